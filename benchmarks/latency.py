@@ -1,0 +1,240 @@
+"""Latency and memory of the shipped model on real chest X-rays.
+
+Usage::
+
+    python benchmarks/latency.py --model models/covid_resnet50.keras --n 20 --repeats 5
+
+Prints medians (over ``--repeats`` timed runs of each of ``--n`` images, after
+one warm-up) of:
+
+* decoding and preprocessing one file (bytes to model input);
+* the bare forward pass of one image through the compiled model (a
+  ``tf.function`` of the Keras model, the lower bound for any prediction);
+* a prediction with its Grad-CAM and Grad-CAM++ maps
+  (:meth:`covid.inference.Classifier.explain`: one forward and one backward pass),
+  and its ratio to the bare forward pass;
+* batched scoring throughput (:meth:`covid.inference.Classifier.predict_batch`);
+* the cold start, in a fresh subprocess: importing TensorFlow, loading and
+  verifying the model, and the first (tracing) prediction and Grad-CAM calls;
+* this process's peak resident memory (``resource.getrusage``).
+
+Images are read from ``../shared/data/covid19-radiography`` (both classes, in a
+fixed order); nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid19-radiography"
+
+_COLD_LOAD = """
+import json, sys, time
+t0 = time.perf_counter()
+import tensorflow  # noqa: F401
+from covid.inference import Classifier
+t1 = time.perf_counter()
+clf = Classifier.from_file(sys.argv[1])
+t2 = time.perf_counter()
+import numpy as np
+s = clf.metadata.input_size
+clf.predict_batch(np.zeros((1, s, s, 1), np.float32))
+t3 = time.perf_counter()
+clf.explain(np.zeros((s, s, 1), np.float32))
+t4 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_predict_s": t3 - t2,
+                  "first_explain_s": t4 - t3}))
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses the command line."""
+    from covid.model import DEFAULT_MODEL_PATH
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / DEFAULT_MODEL_PATH)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder")
+    parser.add_argument("--n", type=int, default=20, help="images (half per class)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per image")
+    parser.add_argument("--batch", type=int, default=16, help="batch size for throughput")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    return parser.parse_args(argv)
+
+
+def pick_images(data: Path, n: int) -> list[Path]:
+    """The first ``n`` images, alternating between the class folders, sorted by name.
+
+    Raises:
+        SystemExit: The dataset folder is missing or holds no images.
+    """
+    folders = sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+    per_class = [
+        sorted(f for f in folder.iterdir() if f.suffix.lower() in {".png", ".jpg", ".jpeg"})
+        for folder in folders
+    ]
+    picked: list[Path] = []
+    for i in range(max((len(files) for files in per_class), default=0)):
+        for files in per_class:
+            if i < len(files) and len(picked) < n:
+                picked.append(files[i])
+    if not picked:
+        raise SystemExit(f"no X-rays found under {data}")
+    return picked
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls, in seconds (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cold_start(model: Path) -> dict[str, float]:
+    """Imports and loads the model in a fresh interpreter; returns its timings."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", _COLD_LOAD, str(model)],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def peak_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
+    """Peak resident memory in MiB (``ru_maxrss`` is in KiB on Linux)."""
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measures everything; returns the numbers (seconds, MiB)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from covid.inference import Classifier
+    from covid.io import decode_image
+    from covid.model import load_model
+    from covid.preprocess import to_model_input
+
+    cold = cold_start(args.model)
+
+    paths = pick_images(args.data, args.n)
+    contents = [p.read_bytes() for p in paths]
+    model, meta = load_model(args.model)
+    classifier = Classifier(model, meta)
+    size = meta.input_size
+
+    def prepare(data: bytes, name: str) -> np.ndarray:
+        return to_model_input(decode_image(data, name).pixels, size)
+
+    inputs = [prepare(c, p.name).astype(np.float32) for c, p in zip(contents, paths, strict=True)]
+    forward = tf.function(
+        lambda x: model(x, training=False),
+        input_signature=[tf.TensorSpec((None, size, size, 1), tf.float32)],
+        reduce_retracing=True,
+    )
+
+    decode_t, forward_t, cam_t, campp_t = [], [], [], []
+    for data, path, x in zip(contents, paths, inputs, strict=True):
+        batch = tf.constant(x[np.newaxis])
+        decode_t.append(median_time(lambda d=data, n=path.name: prepare(d, n), args.repeats))
+        forward_t.append(median_time(lambda b=batch: forward(b).numpy(), args.repeats))
+        cam_t.append(
+            median_time(lambda x=x: classifier.explain(x, method="gradcam"), args.repeats)
+        )
+        campp_t.append(
+            median_time(lambda x=x: classifier.explain(x, method="gradcam++"), args.repeats)
+        )
+
+    batch = np.stack(inputs[: args.batch])
+    batch_t = median_time(lambda: classifier.predict_batch(batch), args.repeats)
+
+    fwd = statistics.median(forward_t)
+    cam = statistics.median(cam_t)
+    return {
+        "model": str(args.model),
+        "model_sha256": meta.sha256[:12],
+        "input_size": size,
+        "images": len(paths),
+        "repeats": args.repeats,
+        "threads": {"cpu_count": os.cpu_count(), "tf_intra": tf.config.threading
+                    .get_intra_op_parallelism_threads()},
+        "decode_preprocess_s": statistics.median(decode_t),
+        "forward_s": fwd,
+        "predict_gradcam_s": cam,
+        "predict_gradcam_pp_s": statistics.median(campp_t),
+        "gradcam_over_forward": cam / fwd if fwd > 0 else float("nan"),
+        "batch_size": len(batch),
+        "batch_predict_s": batch_t,
+        "images_per_s": len(batch) / batch_t if batch_t > 0 else float("nan"),
+        "cold_import_s": cold["import_s"],
+        "cold_load_s": cold["load_s"],
+        "cold_first_predict_s": cold["first_predict_s"],
+        "cold_first_gradcam_s": cold["first_explain_s"],
+        "peak_rss_mib": peak_rss_mib(),
+        "cold_subprocess_peak_rss_mib": peak_rss_mib(resource.RUSAGE_CHILDREN),
+    }
+
+
+def report(r: dict[str, Any]) -> str:
+    """Formats the measurements as a plain-text table."""
+    ms = 1000.0
+    lines = [
+        f"model            {r['model']} (sha256 {r['model_sha256']}…, {r['input_size']} px)",
+        f"images           {r['images']} real X-rays x {r['repeats']} repeats (medians)",
+        f"CPU              {r['threads']['cpu_count']} cores "
+        f"(TF intra-op threads: {r['threads']['tf_intra'] or 'default'})",
+        "",
+        f"decode + preprocess          {r['decode_preprocess_s'] * ms:9.1f} ms / image",
+        f"bare forward pass (compiled) {r['forward_s'] * ms:9.1f} ms / image",
+        f"prediction + Grad-CAM        {r['predict_gradcam_s'] * ms:9.1f} ms / image",
+        f"prediction + Grad-CAM++      {r['predict_gradcam_pp_s'] * ms:9.1f} ms / image",
+        f"Grad-CAM / forward ratio     {r['gradcam_over_forward']:9.2f} x",
+        f"batch scoring ({r['batch_size']:>2})          {r['batch_predict_s'] * ms:9.1f} ms "
+        f"({r['images_per_s']:.1f} images/s)",
+        "",
+        f"cold: import TensorFlow      {r['cold_import_s']:9.2f} s",
+        f"cold: load + verify model    {r['cold_load_s']:9.2f} s",
+        f"cold: first prediction       {r['cold_first_predict_s']:9.2f} s",
+        f"cold: first Grad-CAM         {r['cold_first_gradcam_s']:9.2f} s",
+        "",
+        f"peak memory (this process)   {r['peak_rss_mib']:9.0f} MiB",
+        f"peak memory (cold subprocess){r['cold_subprocess_peak_rss_mib']:9.0f} MiB",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = parse_args(argv)
+    if not args.model.is_file():
+        raise SystemExit(
+            f"model not found: {args.model} (train it: python -m covid.train, "
+            "then python -m covid.evaluate --ship models/covid_resnet50.keras)"
+        )
+    results = run(args)
+    print(json.dumps(results, indent=2) if args.json else report(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+"""Chest X-ray screening: a Keras ResNet-50 COVID/Normal classifier with Grad-CAM.
+
+Research tool, not a medical device.
+"""
+
+__version__ = "0.1.0"
+
+DISCLAIMER = "Research tool, not a medical device."

@@ -1,0 +1,230 @@
+"""The loaded classifier: batched logits, calibrated probabilities, features and Grad-CAM.
+
+:class:`Classifier` builds its gradient model and compiles its ``tf.function``
+graphs once, when it is created; every later call reuses them. The wrapped Keras
+model is never modified.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from covid.calibration import calibrated_probs
+from covid.gradcam import METHODS, build_gradcam_model, find_last_conv_layer, gradcam_step
+from covid.model import DEFAULT_MODEL_PATH, LOGITS_LAYER, ModelMetadata, load_model
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A prediction and its class activation map, from one forward pass.
+
+    Attributes:
+        probs: (C,) float32 calibrated class probabilities summing to 1.
+        cam: (S, S) float32 map in [0, 1] at the model's input resolution.
+        target: The class index the map explains.
+        method: ``"gradcam"`` or ``"gradcam++"``.
+        logits: (C,) float32 raw logits.
+        features: (F,) float32 pooled penultimate features, or None.
+    """
+
+    probs: np.ndarray
+    cam: np.ndarray
+    target: int
+    method: str = "gradcam"
+    logits: np.ndarray | None = None
+    features: np.ndarray | None = None
+
+
+class Classifier:
+    """A loaded model with its metadata, ready for batched scoring and Grad-CAM.
+
+    Attributes:
+        model: The wrapped Keras model (never modified).
+        metadata: Its metadata (class names, input size, temperature, threshold).
+        batch_size: Images per forward pass in the ``*_batch`` methods.
+        gradcam_layer: The layer the maps explain.
+    """
+
+    def __init__(self, model: keras.Model, metadata: ModelMetadata, batch_size: int = 32):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.model = model
+        self.metadata = metadata
+        self.batch_size = batch_size
+        self.gradcam_layer = self._resolve_layer(model, metadata.gradcam_layer)
+        self._grad_model = build_gradcam_model(model, self.gradcam_layer, LOGITS_LAYER)
+        self.n_classes = int(self._grad_model.outputs[1].shape[-1])
+        self.n_features = int(self._grad_model.outputs[2].shape[-1])
+        size = metadata.input_size
+        image_spec = tf.TensorSpec((None, size, size, 1), tf.float32)
+        target_spec = tf.TensorSpec((None,), tf.int32)
+        self._forward = tf.function(
+            self._forward_impl, input_signature=[image_spec], reduce_retracing=True
+        )
+        self._explainers = {
+            method: tf.function(
+                self._explainer_impl(method),
+                input_signature=[image_spec, target_spec],
+                reduce_retracing=True,
+            )
+            for method in METHODS
+        }
+
+    @classmethod
+    def from_file(cls, path: str | Path = DEFAULT_MODEL_PATH, batch_size: int = 32) -> Classifier:
+        """Loads a verified model file (see ``covid.model.load_model``).
+
+        Args:
+            path: The ``.keras`` file, with its metadata JSON beside it.
+            batch_size: Images per forward pass.
+
+        Returns:
+            The classifier.
+
+        Raises:
+            covid.model.ModelFileError: Missing, altered or unreadable files.
+        """
+        model, metadata = load_model(path)
+        return cls(model, metadata, batch_size=batch_size)
+
+    @staticmethod
+    def _resolve_layer(model: keras.Model, name: str) -> str:
+        """The metadata's Grad-CAM layer if the model has it, else the last 4-D layer."""
+        if any(layer.name == name for layer in model.layers):
+            return name
+        return find_last_conv_layer(model)
+
+    def _forward_impl(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(N, S, S, 1) -> (N, C) logits and (N, F) features, in inference mode."""
+        _, logits, features = self._grad_model(images, training=False)
+        return tf.cast(logits, tf.float32), tf.cast(features, tf.float32)
+
+    def _explainer_impl(self, method: str):
+        """A graph-compilable one-pass prediction-and-map function for ``method``."""
+
+        def explain_step(images: tf.Tensor, targets: tf.Tensor):
+            return gradcam_step(self._grad_model, images, targets, method)
+
+        return explain_step
+
+    def _check_batch(self, x: np.ndarray) -> np.ndarray:
+        """Validates a (N, S, S, 1) batch and returns it as float32."""
+        x = np.asarray(x, dtype=np.float32)
+        size = self.metadata.input_size
+        if x.ndim != 4 or x.shape[1:] != (size, size, 1):
+            raise ValueError(f"expected a (N, {size}, {size}, 1) batch, got shape {x.shape}")
+        return x
+
+    def forward_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits and pooled features for a batch, in one pass per chunk.
+
+        Args:
+            x: (N, S, S, 1) raw intensities in [0, 255].
+
+        Returns:
+            ``(logits, features)``: (N, C) and (N, F) float32 arrays.
+
+        Raises:
+            ValueError: ``x`` is not (N, S, S, 1) with S the model's input size.
+        """
+        x = self._check_batch(x)
+        logits = [np.zeros((0, self.n_classes), np.float32)]
+        features = [np.zeros((0, self.n_features), np.float32)]
+        for start in range(0, len(x), self.batch_size):
+            chunk_logits, chunk_features = self._forward(
+                tf.constant(x[start : start + self.batch_size])
+            )
+            logits.append(chunk_logits.numpy())
+            features.append(chunk_features.numpy())
+        return np.concatenate(logits), np.concatenate(features)
+
+    def logits_batch(self, x: np.ndarray) -> np.ndarray:
+        """Raw (pre-softmax, uncalibrated) logits.
+
+        Args:
+            x: (N, S, S, 1) raw intensities in [0, 255].
+
+        Returns:
+            (N, C) float32 logits.
+        """
+        return self.forward_batch(x)[0]
+
+    def features_batch(self, x: np.ndarray) -> np.ndarray:
+        """Pooled penultimate features (e.g. for an out-of-distribution detector).
+
+        Args:
+            x: (N, S, S, 1) raw intensities in [0, 255].
+
+        Returns:
+            (N, F) float32 features (F = 2048 for ResNet-50).
+        """
+        return self.forward_batch(x)[1]
+
+    def predict_batch(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities: softmax of the logits over the temperature.
+
+        Args:
+            x: (N, S, S, 1) raw intensities in [0, 255].
+
+        Returns:
+            (N, C) float32 probabilities; each row sums to 1.
+        """
+        return calibrated_probs(self.logits_batch(x), self.metadata.temperature)
+
+    def explain(
+        self, x: np.ndarray, target: int | None = None, method: str = "gradcam"
+    ) -> Explanation:
+        """Predicts one image and maps the evidence for a class, in one pass.
+
+        Args:
+            x: (S, S, 1) or (1, S, S, 1) raw intensities in [0, 255].
+            target: The class index to explain; None for the predicted class.
+            method: ``"gradcam"`` or ``"gradcam++"``.
+
+        Returns:
+            The calibrated probabilities, the (S, S) map and the class explained.
+
+        Raises:
+            ValueError: Wrong shape, unknown method or target out of range.
+        """
+        if method not in self._explainers:
+            raise ValueError(f"unknown CAM method {method!r}; expected one of {METHODS}")
+        if target is not None and not 0 <= target < self.n_classes:
+            raise ValueError(f"target must be in [0, {self.n_classes}), got {target}")
+        x = np.asarray(x, dtype=np.float32)
+        batch = self._check_batch(x[np.newaxis] if x.ndim == 3 else x)
+        if len(batch) != 1:
+            raise ValueError(f"explain takes one image, got a batch of {len(batch)}")
+        targets = tf.constant([-1 if target is None else int(target)], dtype=tf.int32)
+        cams, logits, features, used = self._explainers[method](tf.constant(batch), targets)
+        logits = logits.numpy()[0]
+        return Explanation(
+            probs=calibrated_probs(logits[np.newaxis], self.metadata.temperature)[0],
+            cam=cams.numpy()[0].astype(np.float32),
+            target=int(used.numpy()[0]),
+            method=method,
+            logits=logits,
+            features=features.numpy()[0],
+        )
+
+    def label_for(self, p_positive: float, threshold: float | None = None) -> str:
+        """The class name at an operating point on the positive-class probability.
+
+        Args:
+            p_positive: Calibrated probability of the positive class.
+            threshold: Operating point; None for the model's shipped threshold.
+
+        Returns:
+            The positive class when ``p_positive >= threshold``, else the other
+            (first non-positive) class.
+        """
+        threshold = self.metadata.threshold if threshold is None else threshold
+        positive = self.metadata.positive_class
+        if p_positive >= threshold:
+            return positive
+        return next(name for name in self.metadata.class_names if name != positive)

@@ -1,0 +1,224 @@
+"""The Keras ResNet-50 classifier, its metadata, and verified saving and loading.
+
+The saved model takes raw grayscale intensities in [0, 255] and does its own
+normalisation (:class:`ResNetGrayPreprocess`), so training and serving share one
+preprocessing path. The model's output is the softmax over ``logits``; a JSON file
+beside the ``.keras`` file holds the class names, input size, Grad-CAM layer,
+calibration temperature, operating threshold, metrics and the file's SHA-256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+
+DEFAULT_MODEL_PATH = Path("models/covid_resnet50.keras")
+"""The shipped model, relative to the project's root."""
+
+GRADCAM_LAYER = "conv5_block3_out"
+"""ResNet-50's last convolutional block output (7 x 7 at 224 px)."""
+
+LOGITS_LAYER = "logits"
+
+# ResNet-50's ImageNet ("caffe") channel means, in BGR order.
+_IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+class ModelFileError(ValueError):
+    """A model or metadata file that is missing, altered or unreadable."""
+
+
+@keras.saving.register_keras_serializable(package="covid")
+class ResNetGrayPreprocess(keras.layers.Layer):
+    """Turns (B, H, W, 1) grayscale [0, 255] into ResNet-50's (B, H, W, 3) input.
+
+    Repeats the channel and subtracts ImageNet's BGR means, exactly as
+    ``keras.applications.resnet50.preprocess_input`` does for an RGB image with
+    equal channels, so that ImageNet weights, when a user has them, apply.
+    """
+
+    def call(self, inputs):
+        """Normalises a batch (see the class docstring)."""
+        rgb = keras.ops.repeat(inputs, 3, axis=-1)
+        mean = keras.ops.convert_to_tensor(_IMAGENET_BGR_MEAN, dtype=rgb.dtype)
+        return rgb - mean
+
+    def compute_output_shape(self, input_shape):
+        """Same batch and spatial shape, three channels."""
+        return (*input_shape[:-1], 3)
+
+
+@dataclass
+class ModelMetadata:
+    """Everything a consumer of the model needs besides its weights.
+
+    Attributes:
+        name: Human-readable model name.
+        version: Model version string.
+        class_names: Output classes, in order.
+        positive_class: The pathological class whose probability is thresholded.
+        input_size: Square input side, in pixels.
+        gradcam_layer: Name of the layer Grad-CAM explains.
+        temperature: Calibration temperature dividing the logits.
+        threshold: Operating point on the calibrated positive-class probability.
+        sha256: SHA-256 of the ``.keras`` file.
+        trained_on: Plain-words description of the training data.
+        splits: Split sizes per class.
+        metrics: Test-split metrics.
+        recipe: The training recipe.
+        extra: Further artefacts (e.g. out-of-distribution statistics).
+    """
+
+    name: str = "COVID-19 chest X-ray ResNet-50"
+    version: str = "0"
+    class_names: list[str] = field(default_factory=lambda: ["COVID", "Normal"])
+    positive_class: str = "COVID"
+    input_size: int = 224
+    gradcam_layer: str = GRADCAM_LAYER
+    temperature: float = 1.0
+    threshold: float = 0.5
+    sha256: str = ""
+    trained_on: str = ""
+    splits: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def positive_index(self) -> int:
+        """Index of the positive class in the model's outputs."""
+        return self.class_names.index(self.positive_class)
+
+    def to_json(self) -> str:
+        """Serialises the metadata as indented JSON."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelMetadata:
+        """Parses metadata JSON, ignoring unknown keys from newer versions."""
+        raw = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def build_model(
+    n_classes: int = 2,
+    input_size: int | None = None,
+    weights: str | None = None,
+    bn_momentum: float = 0.9,
+    dropout: float = 0.2,
+) -> keras.Model:
+    """Builds the ResNet-50 classifier as one flat functional model.
+
+    Args:
+        n_classes: Number of output classes.
+        input_size: Square input side, or None for any size (progressive resizing).
+        weights: None for random initialisation, ``"imagenet"`` (downloads: only
+            where the internet is reachable) or the path of a local
+            ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5`` file.
+        bn_momentum: BatchNormalization momentum. Keras' default of 0.99 leaves
+            the moving statistics far behind the weights in a short from-scratch
+            run, and the model then scores at chance in inference mode.
+        dropout: Dropout rate before the classifier.
+
+    Returns:
+        A model mapping (B, H, W, 1) intensities in [0, 255] to (B, n_classes)
+        probabilities, with a ``logits`` layer before the softmax.
+    """
+    inputs = keras.Input((input_size, input_size, 1), name="xray")
+    x = ResNetGrayPreprocess(name="resnet_preprocess")(inputs)
+    base = keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=x)
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = bn_momentum
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(base.output)
+    x = keras.layers.Dropout(dropout, name="head_dropout")(x)
+    logits = keras.layers.Dense(n_classes, name=LOGITS_LAYER, dtype="float32")(x)
+    probs = keras.layers.Activation("softmax", name="probs", dtype="float32")(logits)
+    return keras.Model(inputs, probs, name="covid_resnet50")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Returns a file's SHA-256 as hex."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def metadata_path(model_path: str | Path) -> Path:
+    """Returns the metadata JSON path beside a ``.keras`` file."""
+    return Path(model_path).with_suffix(".json")
+
+
+def save_model(model: keras.Model, metadata: ModelMetadata, path: str | Path) -> ModelMetadata:
+    """Saves the model and its metadata (with the file's SHA-256) side by side.
+
+    Args:
+        model: The model; saved without optimizer state.
+        metadata: Its metadata; ``sha256`` is filled in.
+        path: The ``.keras`` path; the JSON goes beside it.
+
+    Returns:
+        The metadata as written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path, include_optimizer=False)
+    metadata.sha256 = file_sha256(path)
+    write_metadata(metadata, path)
+    return metadata
+
+
+def write_metadata(metadata: ModelMetadata, model_path: str | Path) -> None:
+    """Writes the metadata JSON beside a model file."""
+    metadata_path(model_path).write_text(metadata.to_json())
+
+
+def read_metadata(model_path: str | Path) -> ModelMetadata:
+    """Reads the metadata JSON beside a model file.
+
+    Raises:
+        ModelFileError: The JSON is missing or malformed.
+    """
+    meta_file = metadata_path(model_path)
+    if not meta_file.is_file():
+        raise ModelFileError(f"model metadata not found: {meta_file}")
+    try:
+        return ModelMetadata.from_json(meta_file.read_text())
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ModelFileError(f"model metadata is malformed: {meta_file} ({err})") from err
+
+
+def load_model(path: str | Path = DEFAULT_MODEL_PATH) -> tuple[keras.Model, ModelMetadata]:
+    """Loads a model after checking its file against the SHA-256 in its metadata.
+
+    Args:
+        path: The ``.keras`` file.
+
+    Returns:
+        The model (not compiled) and its metadata.
+
+    Raises:
+        ModelFileError: The model or its metadata is missing, or the file's
+            SHA-256 does not match the metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    metadata = read_metadata(path)
+    actual = file_sha256(path)
+    if actual != metadata.sha256:
+        raise ModelFileError(
+            f"model file {path} does not match its metadata: SHA-256 is {actual[:12]}…, "
+            f"expected {metadata.sha256[:12] or '(none)'}…"
+        )
+    model = keras.saving.load_model(path, compile=False)
+    return model, metadata

@@ -1,0 +1,85 @@
+"""Evaluation charts as matplotlib figures (the CLI saves them, the page shows them).
+
+Built with the object-oriented API (``Figure``), so no global backend or pyplot state is touched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def roc_figure(
+    roc: dict[str, list[float]],
+    auc: float,
+    ci: tuple[float, float],
+    operating: tuple[float, float] | None = None,
+) -> Figure:
+    """The ROC curve with its AUC, CI and (optionally) the operating point.
+
+    Args:
+        roc: ``{"fpr", "tpr"}`` lists.
+        auc: Area under the curve.
+        ci: (lower, upper) bounds of its confidence interval.
+        operating: (1 - specificity, sensitivity) of the operating point.
+
+    Returns:
+        The figure.
+    """
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
+    ax.plot(roc["fpr"], roc["tpr"], color="tab:blue",
+            label=f"AUC {auc:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    if operating is not None:
+        ax.plot(*operating, "o", color="tab:red", label="operating point")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, test split",
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(curves: dict[str, dict[str, list[float]]]) -> Figure:
+    """Reliability diagram: observed COVID rate against predicted probability.
+
+    Args:
+        curves: Named curves, each ``{"predicted", "observed"}`` (e.g. before
+            and after temperature scaling).
+
+    Returns:
+        The figure.
+    """
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect")
+    for name, curve in curves.items():
+        ax.plot(curve["predicted"], curve["observed"], marker="o", label=name)
+    ax.set(xlabel="predicted P(COVID)", ylabel="observed COVID rate",
+           title="Reliability, test split", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(matrix: np.ndarray, class_names: list[str]) -> Figure:
+    """A confusion matrix with counts (rows: truth, columns: prediction).
+
+    Args:
+        matrix: (C, C) counts.
+        class_names: C class names.
+
+    Returns:
+        The figure.
+    """
+    fig = Figure(figsize=(3.6, 3.2))
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    for (row, col), count in np.ndenumerate(matrix):
+        color = "white" if count > matrix.max() / 2 else "black"
+        ax.text(col, row, str(count), ha="center", va="center", color=color)
+    ax.set_xticks(range(len(class_names)), class_names)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion, test split")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,83 @@
+"""Shared fixtures: a tiny CNN with the real model's interface, its metadata and file."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path
+
+import keras
+import pytest
+
+from covid.model import LOGITS_LAYER, ModelMetadata, save_model
+
+TINY_SIZE = 32
+TINY_LAYER = "last_conv"
+
+
+def build_tiny_cnn(size: int = TINY_SIZE, seed: int = 0, n_classes: int = 2) -> keras.Model:
+    """A small CNN with the real model's interface.
+
+    (B, size, size, 1) float32 intensities in [0, 255] -> (B, n_classes) softmax,
+    with layers named ``last_conv`` (4-D), ``avg_pool``, ``logits`` and ``probs``.
+    """
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((size, size, 1), name="xray")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="conv1")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name=TINY_LAYER)(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    logits = keras.layers.Dense(n_classes, name=LOGITS_LAYER)(x)
+    probs = keras.layers.Activation("softmax", name="probs")(logits)
+    return keras.Model(inputs, probs, name="tiny_cnn")
+
+
+def tiny_metadata_for(temperature: float = 1.5, threshold: float = 0.5) -> ModelMetadata:
+    """Metadata matching :func:`build_tiny_cnn`."""
+    return ModelMetadata(
+        name="tiny test CNN",
+        version="test",
+        class_names=["COVID", "Normal"],
+        positive_class="COVID",
+        input_size=TINY_SIZE,
+        gradcam_layer=TINY_LAYER,
+        temperature=temperature,
+        threshold=threshold,
+        trained_on="nothing (random weights, for tests)",
+    )
+
+
+@pytest.fixture
+def tiny_cnn() -> keras.Model:
+    """A fresh, seeded, untrained tiny CNN (32 x 32 x 1 input, 2 classes)."""
+    return build_tiny_cnn()
+
+
+@pytest.fixture
+def tiny_metadata() -> ModelMetadata:
+    """Metadata for ``tiny_cnn``: input 32, layer ``last_conv``, T = 1.5, threshold 0.5."""
+    return tiny_metadata_for()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tmp_path_factory) -> Path:
+    """A saved tiny model (``.keras`` + metadata JSON with its SHA-256)."""
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    save_model(build_tiny_cnn(), tiny_metadata_for(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """The COVID-19 Radiography Database beside the repository, or skip."""
+    path = Path(__file__).resolve().parents[1].parent / "shared/data/covid19-radiography"
+    if not path.is_dir():
+        pytest.skip(f"dataset not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_factory():
+    """``build_tiny_cnn(size=32, seed=0, n_classes=2)``, for tests needing several models."""
+    return build_tiny_cnn

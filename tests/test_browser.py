@@ -1,0 +1,159 @@
+"""End to end: a real Streamlit server, driven by headless Chromium through Playwright.
+
+Uploads one real chest X-ray from ``../shared`` and one broken file, then checks
+what a user sees: both class percentages as text (summing to 100), the Grad-CAM
+overlay image, and a clear error naming the broken file. A screenshot is saved
+to ``test-artifacts/``. The server is the shipped model when it exists, else the
+tiny test model. The test fails (never skips) when Chromium cannot be launched;
+it skips only when the shared X-rays are absent.
+
+Run with ``pytest -m browser``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from covid.model import DEFAULT_MODEL_PATH, read_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+SERVER_START_S = 180
+RESULT_S = 300
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"streamlit not healthy after {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def served_model(tiny_model_file) -> Path:
+    """The shipped model when present, else the tiny test model."""
+    shipped = ROOT / DEFAULT_MODEL_PATH
+    if shipped.is_file() and shipped.with_suffix(".json").is_file():
+        return shipped
+    return Path(tiny_model_file)
+
+
+@pytest.fixture(scope="module")
+def server(served_model, tmp_path_factory):
+    """A ``streamlit run`` subprocess on a free port; always killed afterwards."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    env = dict(os.environ, COVID_MODEL_PATH=str(served_model), TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
+           "--server.port", str(port), "--server.address", "127.0.0.1",
+           "--server.headless", "true", "--browser.gatherUsageStats", "false",
+           "--server.fileWatcherType", "none"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+def _launch(playwright):
+    """Launches headless Chromium, failing the test (not skipping) when it cannot."""
+    try:
+        return playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+    except Exception as err:  # any launch failure is a test failure
+        pytest.fail(f"headless Chromium could not be launched from {CHROMIUM}: {err}")
+
+
+def _real_xray(shared_data_dir: Path) -> Path:
+    folder = Path(shared_data_dir) / "COVID"
+    if not folder.is_dir():  # shared_data_dir may be the dataset's parent
+        folder = Path(shared_data_dir) / "covid19-radiography" / "COVID"
+    return sorted(folder.glob("*.jpg"))[0]
+
+
+def test_upload_real_xray_and_broken_file(shared_data_dir, served_model, server):
+    from playwright.sync_api import expect, sync_playwright
+
+    xray = _real_xray(shared_data_dir)
+    class_names = read_metadata(served_model).class_names
+    ARTIFACTS.mkdir(exist_ok=True)
+    junk = bytes(range(256)) * 16
+
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(server, wait_until="domcontentloaded")
+            expect(page.get_by_text("Research tool, not a medical device.")).to_be_visible(
+                timeout=SERVER_START_S * 1000
+            )
+            page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files([
+                {"name": xray.name, "mimeType": "image/jpeg", "buffer": xray.read_bytes()},
+                {"name": "broken.png", "mimeType": "image/png", "buffer": junk},
+            ])
+
+            alert = page.locator('[data-testid="stAlert"]').filter(has_text="broken.png")
+            expect(alert).to_be_visible(timeout=RESULT_S * 1000)
+            overlay = page.locator(f'img[alt="Grad-CAM overlay for {xray.name}"]')
+            expect(overlay).to_be_visible(timeout=RESULT_S * 1000)
+            assert overlay.evaluate("img => img.complete && img.naturalWidth > 0")
+
+            percentages = {}
+            for name in class_names:
+                label = page.get_by_text(re.compile(rf"^{re.escape(name)} \d+\.\d%"))
+                expect(label.first).to_be_visible()
+                percentages[name] = float(
+                    re.search(r"(\d+\.\d)%", label.first.inner_text()).group(1)
+                )
+            assert round(sum(percentages.values()), 6) == 100.0
+            assert "not a PNG, JPEG or DICOM" in alert.first.inner_text()
+            page.wait_for_timeout(500)  # let images finish painting for the screenshot
+            page.screenshot(path=str(ARTIFACTS / "browser_upload.png"), full_page=True)
+            assert not page.locator('[data-testid="stException"]').count()
+        finally:
+            browser.close()

@@ -1,0 +1,173 @@
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from covid.inference import Classifier, Explanation
+
+SIZE = 32
+
+
+def _images(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0, 255, (n, SIZE, SIZE, 1)).astype(np.float32)
+
+
+@pytest.fixture
+def classifier(tiny_cnn, tiny_metadata):
+    return Classifier(tiny_cnn, tiny_metadata, batch_size=4)
+
+
+def test_from_file_loads_the_verified_model(tiny_model_file):
+    clf = Classifier.from_file(tiny_model_file)
+    assert clf.metadata.input_size == SIZE
+    assert clf.gradcam_layer == "last_conv"
+    probs = clf.predict_batch(_images(3))
+    assert probs.shape == (3, 2)
+
+
+def test_predict_batch_rows_are_probabilities(classifier):
+    probs = classifier.predict_batch(_images(7))
+    assert probs.shape == (7, 2)
+    assert probs.dtype == np.float32
+    assert np.all(probs >= 0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_logits_are_the_models_pre_softmax_scores(tiny_cnn, tiny_metadata):
+    x = _images(5)
+    clf = Classifier(tiny_cnn, dataclasses.replace(tiny_metadata, temperature=1.0))
+    logits = clf.logits_batch(x)
+    model_probs = tiny_cnn.predict(x, verbose=0)
+    np.testing.assert_allclose(softmax(logits, axis=1), model_probs, atol=1e-5)
+    np.testing.assert_allclose(clf.predict_batch(x), model_probs, atol=1e-5)
+
+
+def test_temperature_softens_the_probabilities(tiny_cnn, tiny_metadata):
+    x = _images(6)
+    cold = Classifier(tiny_cnn, dataclasses.replace(tiny_metadata, temperature=1.0))
+    warm = Classifier(tiny_cnn, dataclasses.replace(tiny_metadata, temperature=2.0))
+    logits = cold.logits_batch(x)
+    np.testing.assert_array_equal(warm.logits_batch(x), logits)
+    p_cold, p_warm = cold.predict_batch(x), warm.predict_batch(x)
+    np.testing.assert_allclose(p_warm, softmax(logits / 2.0, axis=1), atol=1e-6)
+    assert np.all(p_warm.max(axis=1) < p_cold.max(axis=1))
+    np.testing.assert_array_equal(p_warm.argmax(axis=1), p_cold.argmax(axis=1))
+
+
+def test_batching_does_not_change_the_results(tiny_cnn, tiny_metadata):
+    x = _images(7)
+    small = Classifier(tiny_cnn, tiny_metadata, batch_size=3)
+    large = Classifier(tiny_cnn, tiny_metadata, batch_size=32)
+    np.testing.assert_allclose(small.logits_batch(x), large.logits_batch(x), atol=1e-5)
+    assert small.logits_batch(x[:0]).shape == (0, 2)
+    assert small.features_batch(x[:0]).shape == (0, 16)
+
+
+def test_forward_batch_returns_logits_and_pooled_features(classifier, tiny_cnn):
+    x = _images(5)
+    logits, features = classifier.forward_batch(x)
+    assert logits.shape == (5, 2) and features.shape == (5, 16)
+    np.testing.assert_allclose(features, classifier.features_batch(x))
+    np.testing.assert_allclose(logits, classifier.logits_batch(x))
+    kernel, bias = tiny_cnn.get_layer("logits").get_weights()
+    np.testing.assert_allclose(features @ kernel + bias, logits, rtol=1e-4, atol=1e-5)
+
+
+def test_graphs_are_traced_once(classifier):
+    for n in (1, 3, 4, 9):
+        classifier.predict_batch(_images(n))
+        classifier.explain(_images(1)[0])
+    assert classifier._forward.experimental_get_tracing_count() == 1
+    assert classifier._explainers["gradcam"].experimental_get_tracing_count() == 1
+
+
+def _balance_predictions(classifier, x):
+    """Shifts the logits bias so that about half of ``x`` is predicted as each class."""
+    logits = classifier.logits_batch(x)
+    layer = classifier.model.get_layer("logits")
+    kernel, bias = layer.get_weights()
+    bias[1] += float(np.median(logits[:, 0] - logits[:, 1]))
+    layer.set_weights([kernel, bias])
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_explain_matches_predict_in_one_pass(classifier, method):
+    x = _images(6, seed=2)
+    _balance_predictions(classifier, x)
+    probs = classifier.predict_batch(x)
+    assert 0 < probs.argmax(axis=1).sum() < len(x)  # both classes are predicted
+    features = classifier.features_batch(x)
+    for i in range(len(x)):
+        explanation = classifier.explain(x[i], method=method)
+        assert isinstance(explanation, Explanation)
+        np.testing.assert_allclose(explanation.probs, probs[i], atol=1e-6)
+        np.testing.assert_allclose(explanation.features, features[i], rtol=1e-5, atol=1e-6)
+        assert explanation.target == int(np.argmax(probs[i]))
+        assert explanation.cam.shape == (SIZE, SIZE)
+        assert explanation.cam.dtype == np.float32
+        assert explanation.cam.min() >= 0.0 and explanation.cam.max() <= 1.0
+        assert explanation.method == method
+
+
+def test_explain_accepts_a_batch_of_one_and_a_target(classifier):
+    x = _images(1)
+    default = classifier.explain(x)
+    other = 1 - default.target
+    explained = classifier.explain(x, target=other)
+    assert explained.target == other
+    np.testing.assert_allclose(explained.probs, default.probs)
+    assert np.abs(explained.cam - default.cam).max() > 0.1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        explained.target = 0
+
+
+@pytest.mark.parametrize(
+    "shape", [(SIZE, SIZE), (SIZE - 1, SIZE, 1), (2, SIZE, SIZE, 1), (1, SIZE, SIZE, 3)]
+)
+def test_explain_rejects_wrong_shapes(classifier, shape):
+    with pytest.raises(ValueError):
+        classifier.explain(np.zeros(shape, np.float32))
+
+
+def test_explain_rejects_bad_target_or_method(classifier):
+    x = _images(1)[0]
+    with pytest.raises(ValueError, match="target"):
+        classifier.explain(x, target=2)
+    with pytest.raises(ValueError, match="target"):
+        classifier.explain(x, target=-1)
+    with pytest.raises(ValueError, match="method"):
+        classifier.explain(x, method="saliency")
+
+
+def test_batch_methods_reject_wrong_shapes(classifier):
+    with pytest.raises(ValueError, match="batch"):
+        classifier.predict_batch(np.zeros((2, 64, 64, 1), np.float32))
+    with pytest.raises(ValueError, match="batch"):
+        classifier.forward_batch(np.zeros((SIZE, SIZE, 1), np.float32))
+
+
+def test_label_for_uses_the_operating_point(classifier):
+    assert classifier.metadata.threshold == 0.5
+    assert classifier.label_for(0.5) == "COVID"
+    assert classifier.label_for(0.49) == "Normal"
+    assert classifier.label_for(0.7, threshold=0.8) == "Normal"
+    assert classifier.label_for(0.2, threshold=0.1) == "COVID"
+
+
+def test_missing_gradcam_layer_falls_back_to_the_last_conv(tiny_cnn, tiny_metadata):
+    meta = dataclasses.replace(tiny_metadata, gradcam_layer="conv5_block3_out")
+    assert Classifier(tiny_cnn, meta).gradcam_layer == "last_conv"
+
+
+def test_classifier_leaves_the_model_unchanged(tiny_cnn, tiny_metadata):
+    x = _images(2)
+    config, weights = tiny_cnn.to_json(), tiny_cnn.get_weights()
+    n_layers, output = len(tiny_cnn.layers), tiny_cnn(x).numpy()
+    clf = Classifier(tiny_cnn, tiny_metadata)
+    clf.predict_batch(x)
+    clf.explain(x[:1], method="gradcam++")
+    assert tiny_cnn.to_json() == config and len(tiny_cnn.layers) == n_layers
+    assert all(np.array_equal(a, b) for a, b in zip(weights, tiny_cnn.get_weights(), strict=True))
+    np.testing.assert_array_equal(tiny_cnn(x).numpy(), output)

@@ -1,0 +1,68 @@
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covid.__main__ import main
+from covid.predict import COLUMNS
+
+
+def _png(path, seed):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 255, (70, 80), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    _png(tmp_path / "in" / "a.png", 1)
+    _png(tmp_path / "in" / "sub" / "b.png", 2)
+    (tmp_path / "in" / "sub" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 50)
+    (tmp_path / "in" / ".hidden.png").write_bytes(b"skip me")
+    return tmp_path / "in"
+
+
+def test_csv_rows_columns_and_error_row(folder, tiny_model_file, capsys):
+    status = main(["predict", "--model", str(tiny_model_file), str(folder),
+                   str(folder / "missing.png")])
+    assert status == 0
+    out = capsys.readouterr().out
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert out.splitlines()[0] == ",".join(COLUMNS)
+    assert COLUMNS[:5] == ("path", "label", "p_covid", "p_normal", "error")
+    names = [r["path"].rsplit("/", 1)[-1] for r in rows]
+    assert names == ["a.png", "b.png", "corrupt.png", "missing.png"]
+    for r in rows[:2]:
+        assert r["error"] == "" and r["label"] in ("COVID", "Normal")
+        assert float(r["p_covid"]) + float(r["p_normal"]) == pytest.approx(1.0, abs=2e-6)
+    assert rows[2]["error"].startswith("corrupt.png: ") and rows[2]["label"] == ""
+    assert rows[3]["error"] == "missing.png: no such file."
+
+
+def test_json_format(folder, tiny_model_file, capsys):
+    assert main(["predict", "--format", "json", "--model", str(tiny_model_file),
+                 str(folder / "a.png")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert list(rows[0]) == list(COLUMNS)
+    assert rows[0]["p_covid"] + rows[0]["p_normal"] == pytest.approx(1.0, abs=2e-6)
+
+
+def test_missing_model_is_a_clear_error_without_traceback(folder, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "covid", "predict", "--model", str(tmp_path / "none.keras"),
+         str(folder)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    assert "model file not found" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_usage_error_is_non_zero():
+    with pytest.raises(SystemExit) as exc:
+        main(["predict"])
+    assert exc.value.code == 2

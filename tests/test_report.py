@@ -1,0 +1,217 @@
+import contextlib
+import io
+import re
+import subprocess
+import sys
+import zlib
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+from PIL import Image
+from pypdf import PdfReader
+
+from covid import DISCLAIMER
+from covid.__main__ import main
+from covid.io import ImageDecodeError
+from covid.model import ModelMetadata
+from covid.pipeline import StudyResult, percentages
+from covid.report import ReportError, build_report, report_for_file
+from covid.triage import ADMIT, GO_HOME, triage_message
+
+SHA = "0123456789abcdef" * 4
+WHEN = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
+PATIENT = "DOE^JANE"
+PATIENT_ID = "PID-12345"
+
+
+def _text(pdf: bytes) -> str:
+    reader = PdfReader(io.BytesIO(pdf))
+    return "\n".join(page.extract_text() for page in reader.pages)
+
+
+def _all_bytes(pdf: bytes) -> bytes:
+    """The raw file plus every stream inflated, to look for leaks anywhere."""
+    inflated = []
+    for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
+        with contextlib.suppress(zlib.error):
+            inflated.append(zlib.decompress(match.group(1)))
+    return pdf + b"".join(inflated)
+
+
+def _n_images(pdf: bytes) -> int:
+    return sum(len(page.images) for page in PdfReader(io.BytesIO(pdf)).pages)
+
+
+def _png_bytes(seed: int = 0, shape=(72, 80)) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def metadata():
+    return ModelMetadata(name="tiny test CNN", version="test-7", sha256=SHA, threshold=0.5)
+
+
+def _result(p_covid=0.8766, ood=False, info=None):
+    rng = np.random.default_rng(1)
+    label = "COVID" if p_covid >= 0.5 else "Normal"
+    return StudyResult(
+        name="study_01.png", probs=np.array([p_covid, 1 - p_covid], np.float32),
+        p_positive=p_covid, label=label, ood=ood,
+        ood_reason="the intensities are unlike a chest film" if ood else None,
+        pixels=rng.integers(0, 255, (90, 70), dtype=np.uint8),
+        model_input=np.zeros((32, 32, 1), np.uint8), info=info or {"Modality": "CR"},
+        triage=triage_message(label, ood=ood),
+    )
+
+
+def _overlay(shape=(90, 70)):
+    return np.random.default_rng(2).integers(0, 255, (*shape, 3), dtype=np.uint8)
+
+
+def test_report_holds_everything_required(metadata):
+    result = _result()
+    pdf = build_report(result, _overlay(), metadata, 0.5, when=WHEN)
+    assert pdf.startswith(b"%PDF-")
+    text = _text(pdf)
+    covid_pct, normal_pct = percentages(result.probs)
+    assert covid_pct + normal_pct == pytest.approx(100.0)
+    for expected in (f"COVID {covid_pct:.1f} %", f"Normal {normal_pct:.1f} %", ADMIT,
+                     "tiny test CNN", "test-7", SHA[:12], DISCLAIMER, "0.500",
+                     "shipped operating point", "study_01.png", "Modality: CR",
+                     "2024-05-01 12:30"):
+        assert expected in text, expected
+    assert SHA[:13] not in text
+    assert _n_images(pdf) >= 2
+
+
+def test_session_threshold_is_named_as_such(metadata):
+    result = _result(p_covid=0.4)
+    result.label, result.triage = "COVID", triage_message("COVID")
+    text = _text(build_report(result, _overlay(), metadata, 0.3, when=WHEN))
+    assert "0.300" in text and "session choice" in text and "0.500" in text
+
+
+def test_ood_study_gets_no_triage_advice(metadata):
+    text = _text(build_report(_result(ood=True), _overlay(), metadata, 0.5, when=WHEN))
+    assert "This does not look like a chest X-ray" in text
+    assert ADMIT not in text and GO_HOME not in text
+    assert "Result at the operating point" not in text
+    assert DISCLAIMER in text
+
+
+def test_identifier_like_info_keys_are_never_printed(metadata):
+    info = {"Modality": "DX", "PatientName": PATIENT, "Patient ID": PATIENT_ID}
+    pdf = build_report(_result(info=info), _overlay(), metadata, 0.5, when=WHEN)
+    assert "Modality: DX" in _text(pdf)
+    for secret in (PATIENT, PATIENT_ID):
+        assert secret not in _text(pdf)
+        assert secret.encode() not in _all_bytes(pdf)
+
+
+def test_inconsistent_or_failed_inputs_are_refused(metadata):
+    with pytest.raises(ReportError, match="threshold"):
+        build_report(_result(p_covid=0.6), _overlay(), metadata, 0.7)
+    with pytest.raises(ReportError, match="failed"):
+        build_report(StudyResult(name="x.png", error="x.png: empty"), _overlay(), metadata, 0.5)
+    with pytest.raises(ReportError, match="overlay"):
+        build_report(_result(), _overlay()[:, :, 0], metadata, 0.5)
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model_file):
+    from covid.inference import Classifier
+
+    return Classifier.from_file(tiny_model_file)
+
+
+def test_report_for_file_on_a_png(classifier, tmp_path):
+    path = tmp_path / "thorax_ü.png"
+    path.write_bytes(_png_bytes())
+    pdf = report_for_file(path, classifier, method="gradcam++", colormap="turbo", when=WHEN)
+    text = _text(pdf)
+    assert "thorax_ü.png" in text and "tiny test CNN" in text
+    assert "shipped operating point" in text
+    assert _n_images(pdf) >= 2
+
+
+def test_report_for_file_on_a_broken_file(classifier, tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    with pytest.raises(ImageDecodeError, match=r"^broken\.png: .*corrupt"):
+        report_for_file(path, classifier)
+    with pytest.raises(ImageDecodeError, match="no such file"):
+        report_for_file(tmp_path / "missing.png", classifier)
+
+
+def _dicom_bytes() -> bytes:
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID = PATIENT, PATIENT_ID
+    ds.PatientBirthDate, ds.InstitutionName = "19700101", "General Hospital"
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
+    ds.Rows = ds.Columns = 64
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = np.random.default_rng(3).integers(0, 255, (64, 64), np.uint8).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def test_dicom_patient_identifiers_never_reach_the_pdf(classifier, tmp_path):
+    pytest.importorskip("covid.dicom", reason="covid/dicom.py (DICOM decoding) not there yet")
+    path = tmp_path / "study.dcm"
+    path.write_bytes(_dicom_bytes())
+    pdf = report_for_file(path, classifier, when=WHEN)
+    text, raw = _text(pdf), _all_bytes(pdf)
+    assert "study.dcm" in text and _n_images(pdf) >= 2
+    for secret in (PATIENT, PATIENT_ID, "DOE", "JANE", "19700101", "General Hospital"):
+        assert secret not in text, secret
+        assert secret.encode() not in raw, secret
+
+
+def test_cli_writes_a_valid_pdf(tiny_model_file, tmp_path, capsys):
+    pytest.importorskip("covid.ood", reason="covid/ood.py not there yet")
+    image, out = tmp_path / "a.png", tmp_path / "out" / "report.pdf"
+    image.write_bytes(_png_bytes(4))
+    out.parent.mkdir()
+    assert main(["report", str(image), "-o", str(out), "--model", str(tiny_model_file)]) == 0
+    text = _text(out.read_bytes())
+    assert "a.png" in text and DISCLAIMER in text and _n_images(out.read_bytes()) >= 2
+
+
+def test_cli_missing_model_is_a_clear_error(tmp_path, capsys):
+    image = tmp_path / "a.png"
+    image.write_bytes(_png_bytes(5))
+    status = main(["report", str(image), "-o", str(tmp_path / "r.pdf"),
+                   "--model", str(tmp_path / "none.keras")])
+    assert status == 1
+    assert "error: model file not found" in capsys.readouterr().err
+    assert not (tmp_path / "r.pdf").exists()
+
+
+def test_cli_broken_file_exits_1_without_traceback(tiny_model_file, tmp_path):
+    broken, out = tmp_path / "broken.png", tmp_path / "r.pdf"
+    broken.write_bytes(b"not an image at all")
+    proc = subprocess.run(
+        [sys.executable, "-m", "covid", "report", str(broken), "-o", str(out),
+         "--model", str(tiny_model_file)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 1
+    assert "error: broken.png: this is not a PNG, JPEG or DICOM image" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not out.exists()
