@@ -158,6 +158,32 @@ def _write_scores(path: Path, names: list[str], labels: np.ndarray, logits: np.n
                              f"{z[0]:.5f}", f"{z[1]:.5f}"])
 
 
+def cam_energy(classifier, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Where Grad-CAM puts its energy on the test split: chest centre, border, corners.
+
+    Args:
+        classifier: The loaded :class:`covid.inference.Classifier`.
+        images: (N, S, S, 1) float32 model inputs.
+        labels: (N,) true class indices.
+
+    Returns:
+        Mean energy shares ``overall``, ``per_class`` (true class) and
+        ``by_predicted``, plus each region's share of the image ``area``.
+    """
+    from covid.cam_stats import area_shares, energy_shares, summarise_shares
+
+    shares, predicted = [], []
+    for image in images:
+        explanation = classifier.explain(image)
+        shares.append(energy_shares(explanation.cam))
+        predicted.append(explanation.target)
+    names = classifier.metadata.class_names
+    summary = summarise_shares(shares, labels.tolist(), names, predicted)
+    return {"overall": summary["overall"], "per_class": summary["by_class"],
+            "by_predicted": summary["by_predicted"], "area": area_shares(*images.shape[1:3]),
+            "method": "Grad-CAM of the predicted class", "layer": classifier.gradcam_layer}
+
+
 def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None) -> dict:
     """Runs the evaluation and writes the metadata and artefacts beside the model.
 
@@ -181,11 +207,13 @@ def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None) 
                                                           data_root)
         x = load_images(files, size).astype(np.float32)
         logits[side] = classifier.logits_batch(x)
+        if side == "test":
+            energy = cam_energy(classifier, x, labels[side])
         LOG.info("%s: %d images scored", side, len(files))
     summary = summarise(logits["val"], labels["val"], logits["test"], labels["test"],
                         meta.positive_index)
     meta.temperature, meta.threshold = summary["temperature"], summary["threshold"]
-    meta.metrics = summary["metrics"]
+    meta.metrics = {**summary["metrics"], "cam_energy_central": energy["overall"]["central"]}
     write_metadata(meta, model_path)
     paths = artefact_paths(model_path)
     if split_path.resolve() != paths["split"].resolve():
@@ -194,7 +222,7 @@ def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None) 
                   meta.temperature, meta)
     paths["evaluation"].write_text(json.dumps(
         {"metrics": summary["metrics"], "temperature": meta.temperature,
-         "threshold": meta.threshold, "curves": summary["curves"]}) + "\n")
+         "threshold": meta.threshold, "curves": summary["curves"], "cam_energy": energy}) + "\n")
     _save_plots(summary, meta, paths)
     return summary
 

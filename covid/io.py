@@ -1,14 +1,22 @@
 """One decode step for every input: the dashboard, the CLI and training all use it.
 
 Files are identified by their content (magic bytes), never by their extension.
-Every failure raises :class:`ImageDecodeError`, whose message names the file and
-the reason in plain words. Nothing is ever written to disk.
+Sizes are checked from the file's header before any pixel is decoded, so a
+"decompression bomb" (a small file claiming a huge image) is refused without
+allocating its pixels. Every failure raises :class:`ImageDecodeError`, whose
+message names the file and the reason in plain words. Nothing is ever written to
+disk.
+
+Accepted: PNG (8 or 16 bits, grey, grey + alpha, RGB, RGBA, palette; an animated
+PNG gives its first frame), JPEG (grey, RGB, CMYK; EXIF orientation applied) and
+DICOM (see :mod:`covid.dicom`), with or without the 128-byte preamble. Anything
+else (GIF, BMP, TIFF, WebP, PDF, text...) is refused as not a PNG, JPEG or DICOM.
 """
 
 from __future__ import annotations
 
 import io
-import warnings
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,9 +32,34 @@ MAX_PIXELS = 50_000_000
 MIN_SIDE = 64
 """Smallest accepted image side, in pixels."""
 
+COLOR_SPREAD = 4.0
+"""Mean absolute deviation of the channels from their mean (0-255 scale) above
+which an RGB image counts as real colour rather than grey stored as RGB."""
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
-
+_DICOM_PREFIX = b"DICM"
+# Value representations that may follow a tag in an explicit-VR DICOM data set.
+_DICOM_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
+    b"UC UI UL UN UR US UT UV".split()
+)
+# JPEG start-of-frame markers (they hold the image size); C4, C8 and CC are not.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# JPEG markers without a length field.
+_JPEG_STANDALONE = frozenset(range(0xD0, 0xDA)) | {0x01}
+# Formats recognised only to be refused by name: (magic bytes, plain name).
+_OTHER_FORMATS = (
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"BM", "a BMP image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive or office document"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+    (b"\xff\x4f\xff\x51", "a JPEG 2000 image"),
+)
 
 class ImageDecodeError(ValueError):
     """An input that cannot be turned into a chest X-ray image.
@@ -64,6 +97,10 @@ class DecodedImage:
 def sniff_format(data: bytes) -> str | None:
     """Identifies a file's format from its first bytes.
 
+    DICOM is recognised by the ``DICM`` prefix at byte 128 (the standard file
+    format), by ``DICM`` at byte 0 (preamble stripped), or by a first data
+    element in group 0002 or 0008 (a bare data set, as some old systems write).
+
     Args:
         data: The file's content.
 
@@ -74,7 +111,9 @@ def sniff_format(data: bytes) -> str | None:
         return "PNG"
     if data.startswith(_JPEG_MAGIC):
         return "JPEG"
-    if len(data) >= 132 and data[128:132] == b"DICM":
+    if data[128:132] == _DICOM_PREFIX or data.startswith(_DICOM_PREFIX):
+        return "DICOM"
+    if _looks_like_bare_dicom(data):
         return "DICOM"
     return None
 
@@ -96,21 +135,17 @@ def decode_image(data: bytes, name: str) -> DecodedImage:
     if not data:
         raise ImageDecodeError(name, "the file is empty.")
     if len(data) > MAX_FILE_BYTES:
-        raise ImageDecodeError(
-            name, f"the file is larger than the {MAX_FILE_BYTES // 2**20} MB limit."
-        )
+        raise ImageDecodeError(name, _too_big_file_reason())
     kind = sniff_format(data)
     if kind is None:
-        raise ImageDecodeError(
-            name, "this is not a PNG, JPEG or DICOM image (its content is not recognised)."
-        )
+        raise ImageDecodeError(name, _unrecognised_reason(data))
     if kind == "DICOM":
         from covid import dicom  # deferred: pydicom is only needed for DICOM files
 
-        pixels, info = dicom.decode_dicom(data, name)
-        _check_size(name, pixels.shape[1], pixels.shape[0])
-        return DecodedImage(pixels=pixels, name=name, kind=kind, info=info)
-    pixels, is_color = _decode_raster(data, name)
+        pixels, is_color, info = dicom.decode_dicom(data, name)
+        check_dimensions(name, pixels.shape[1], pixels.shape[0])
+        return DecodedImage(pixels=pixels, name=name, kind=kind, is_color=is_color, info=info)
+    pixels, is_color = _decode_raster(data, name, kind)
     return DecodedImage(pixels=pixels, name=name, kind=kind, is_color=is_color)
 
 
@@ -128,24 +163,31 @@ def read_image(path: str | Path) -> DecodedImage:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ImageDecodeError(
-                path.name, f"the file is larger than the {MAX_FILE_BYTES // 2**20} MB limit."
-            )
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise ImageDecodeError(path.name, _too_big_file_reason())
         data = path.read_bytes()
     except OSError as err:
         raise ImageDecodeError(path.name, f"the file cannot be read ({err.strerror}).") from err
     return decode_image(data, path.name)
 
 
-def _check_size(name: str, width: int, height: int) -> None:
-    """Refuses images that are too large or too small, from their dimensions."""
+def check_dimensions(name: str, width: int, height: int) -> None:
+    """Refuses images that are too large or too small, from their dimensions.
+
+    Args:
+        name: The file name, used only in messages.
+        width: Image width, in pixels.
+        height: Image height, in pixels.
+
+    Raises:
+        ImageDecodeError: More than :data:`MAX_PIXELS` pixels, or a side
+            shorter than :data:`MIN_SIDE`.
+    """
     if width * height > MAX_PIXELS:
         raise ImageDecodeError(
             name,
             f"the image is {width} x {height} pixels, more than the "
-            f"{MAX_PIXELS // 1_000_000} megapixel limit.",
+            f"{MAX_PIXELS / 1_000_000:g} megapixel limit.",
         )
     if min(width, height) < MIN_SIDE:
         raise ImageDecodeError(
@@ -155,26 +197,113 @@ def _check_size(name: str, width: int, height: int) -> None:
         )
 
 
-def _decode_raster(data: bytes, name: str) -> tuple[np.ndarray, bool]:
+def is_real_color(rgb: np.ndarray) -> bool:
+    """Tells real colour from grey stored as RGB.
+
+    Args:
+        rgb: (H, W, 3) uint8 image.
+
+    Returns:
+        Whether the channels differ by more than :data:`COLOR_SPREAD` on average.
+    """
+    channels = rgb.astype(np.int16)
+    spread = np.abs(channels - channels.mean(axis=2, keepdims=True)).mean()
+    return bool(spread > COLOR_SPREAD)
+
+
+def _too_big_file_reason() -> str:
+    return f"the file is larger than the {MAX_FILE_BYTES / 2**20:.3g} MB limit."
+
+
+def _unrecognised_reason(data: bytes) -> str:
+    """Plain words for content that is not PNG, JPEG or DICOM."""
+    what = next((label for magic, label in _OTHER_FORMATS if data.startswith(magic)), None)
+    if what is None and (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+        what = "a WebP image"
+    if what is None and _looks_like_text(data):
+        what = "a text file"
+    detail = f"it is {what}" if what else "its content is not recognised"
+    return f"this is not a PNG, JPEG or DICOM image ({detail})."
+
+
+def _looks_like_text(data: bytes) -> bool:
+    """Whether the first bytes read as printable UTF-8 text."""
+    text = data[:512].decode("utf-8", errors="replace")
+    printable = sum(ch != "\ufffd" and (ch.isprintable() or ch in "\r\n\t\f") for ch in text)
+    return printable >= 0.95 * len(text)
+
+
+def _looks_like_bare_dicom(data: bytes) -> bool:
+    """Whether ``data`` starts with a plausible group 0002 or 0008 DICOM element."""
+    if len(data) < 8:
+        return False
+    group, _element = struct.unpack_from("<HH", data)
+    if group not in (0x0002, 0x0008):
+        return False
+    if data[4:6] in _DICOM_VRS:
+        return True
+    (length,) = struct.unpack_from("<I", data, 4)  # implicit VR: a 4-byte length
+    return length < min(len(data), 1024)
+
+
+def _header_size(data: bytes, kind: str) -> tuple[int, int] | None:
+    """The (width, height) a PNG or JPEG header claims, without decoding pixels."""
+    if kind == "PNG":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            return None
+        width, height = struct.unpack_from(">II", data, 16)
+        return width, height
+    return _jpeg_size(data)
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """The (width, height) in a JPEG's first start-of-frame segment, or None."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        if marker == 0xDA:  # start of scan: no frame header before it
+            return None
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        if marker in _JPEG_SOF and pos + 9 <= len(data):
+            height, width = struct.unpack_from(">HH", data, pos + 5)
+            return (width, height) if height else None  # 0: height set later (DNL)
+        pos += 2 + length
+    return None
+
+
+def _decode_raster(data: bytes, name: str, kind: str) -> tuple[np.ndarray, bool]:
     """Decodes PNG or JPEG bytes with Pillow, checking the size before decoding.
+
+    Pillow's ``ImageFile.LOAD_TRUNCATED_IMAGES`` is left False (its default), so a
+    truncated file fails instead of decoding as a partly grey image.
 
     Returns:
         (H, W) uint8 grayscale pixels and whether the source held real colour.
     """
+    claimed = _header_size(data, kind)
+    if claimed is not None:
+        check_dimensions(name, *claimed)  # before Pillow allocates anything
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            _check_size(name, *image.size)
-            image.load()
-            image = ImageOps.exif_transpose(image)
+        image = Image.open(io.BytesIO(data), formats=[kind])
+        check_dimensions(name, *image.size)
+        image.load()
+        image = ImageOps.exif_transpose(image)
     except ImageDecodeError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+    except Image.DecompressionBombError as err:
         raise ImageDecodeError(name, "the image is too large to decode safely.") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as err:
         raise ImageDecodeError(
-            name, f"the image is corrupt or truncated and cannot be decoded ({err})."
+            name,
+            f"the {kind} image is corrupt or truncated and cannot be decoded ({err}).",
         ) from err
     return _to_gray(image)
 
@@ -185,15 +314,14 @@ def _to_gray(image: Image.Image) -> tuple[np.ndarray, bool]:
         return _rescale_to_uint8(np.asarray(image, dtype=np.float64)), False
     if image.mode == "P":
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA"):
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
         background = Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = Image.alpha_composite(background, image.convert("RGBA"))
     if image.mode == "L":
         return np.asarray(image, dtype=np.uint8).copy(), False
-    rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
-    spread = np.abs(rgb - rgb.mean(axis=2, keepdims=True)).mean()
-    gray = np.asarray(image.convert("RGB").convert("L"), dtype=np.uint8).copy()
-    return gray, bool(spread > 4.0)
+    rgb_image = image.convert("RGB")
+    gray = np.asarray(rgb_image.convert("L"), dtype=np.uint8).copy()
+    return gray, is_real_color(np.asarray(rgb_image))
 
 
 def _rescale_to_uint8(values: np.ndarray) -> np.ndarray:

@@ -108,7 +108,8 @@ class _Doc:
         """Writes a wrapped paragraph across the content width."""
         self.font(size, bold)
         self.pdf.multi_cell(
-            _CONTENT_W, height, self.text(value), new_x=XPos.LMARGIN, new_y=YPos.NEXT
+            _CONTENT_W, height, self.text(value), align="L",
+            new_x=XPos.LMARGIN, new_y=YPos.NEXT,
         )
 
     def heading(self, value: str) -> None:

@@ -165,35 +165,80 @@ def test_altered_model_file_is_refused(monkeypatch, tmp_path, tiny_model_file):
     assert "python -m covid.train" in at.info[0].value
 
 
-def test_upload_shows_one_result_per_xray_and_one_error_per_bad_file(make_app, meta, calls):
+def _select_row(at: AppTest, row: int | None) -> AppTest:
+    """Ticks one row of the batch table (as a click would), or clears the choice."""
+    table = at.dataframe[0]
+    rows = [] if row is None else [row]
+    at.session_state[table.key] = {"selection": {"rows": rows, "columns": [], "cells": []}}
+    return at.run()
+
+
+def _table(at: AppTest) -> list[dict]:
+    return at.dataframe[0].value.to_dict("records")
+
+
+BROKEN = ("broken.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "image/png")
+
+
+def test_batch_shows_a_table_sorted_by_suspicion_with_the_broken_file_last(make_app, meta, calls):
     at = make_app().run()
     at.file_uploader(key="uploads").set_value([
-        ("chest.png", _png(1), "image/png"),
-        ("broken.png", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4, "image/png"),
-        ("other.png", _png(2), "image/png"),
+        ("chest.png", _png(1), "image/png"), BROKEN, ("other.png", _png(2), "image/png"),
+        ("third.png", _png(7), "image/png"),
     ]).run()
     assert not at.exception
 
     errors = [e.value for e in at.error if "broken.png" in e.value]
     assert len(errors) == 1 and errors[0].startswith("broken.png")
-    assert [h.value for h in at.subheader] == ["chest.png", "other.png"]
+    rows = _table(at)
+    assert list(rows[0]) == ["file", "COVID %", "label", "out-of-distribution", "triage", "error"]
+    assert [r["file"] for r in rows][-1] == "broken.png"
+    assert rows[-1]["error"].startswith("broken.png: ") and rows[-1]["label"] == ""
+    assert np.isnan(rows[-1]["COVID %"])
+    covid = [r["COVID %"] for r in rows[:-1]]
+    assert covid == sorted(covid, reverse=True) and len(covid) == 3
+    store = at.session_state["_covid_studies"]
+    by_name = {r.name: r for r in store.values()}
+    expected = sorted((n for n in by_name if n != "broken.png"),
+                      key=lambda n: -by_name[n].p_positive)
+    assert [r["file"] for r in rows[:-1]] == expected
+    for row in rows[:-1]:
+        result = by_name[row["file"]]
+        assert row["label"] == result.label and row["triage"] in result.triage
+        assert row["COVID %"] == pytest.approx(100 * result.p_positive, abs=0.051)
+        assert row["error"] == ""
 
+    # no study opens until a row is chosen, and no map is computed for it
+    assert not [h for h in at.subheader if h.value.endswith(".png")]
+    assert any("Choose a row" in i.value for i in at.info)
+    assert calls["forward"] == 3 and not calls["explain"]
+
+    _select_row(at, 1)
+    assert not at.exception
+    assert [h.value for h in at.subheader if h.value.endswith(".png")] == [rows[1]["file"]]
     pct = _percentages(at, meta.class_names)
-    assert set(pct) == set(meta.class_names)
-    bars = [b for b in at.progress if "%" in b.text]
-    assert len(bars) == 2 * len(meta.class_names)
-    for i in range(0, len(bars), len(meta.class_names)):
-        values = [float(b.text.replace("*", "").split()[1].rstrip("%"))
-                  for b in bars[i:i + len(meta.class_names)]]
-        assert round(sum(values), 6) == 100.0
-        assert sum("prediction" in b.text for b in bars[i:i + len(meta.class_names)]) == 1
-
+    assert round(sum(pct.values()), 6) == 100.0
+    assert pct["COVID"] == rows[1]["COVID %"]
     triage = [a.value for a in (*at.success, *at.error) if DISCLAIMER in a.value]
-    assert len(triage) == 2
+    assert len(triage) == 1 and rows[1]["triage"] in triage[0]
     captions = [c for img in at.image for c in img.captions]
-    assert sum(c == "X-ray" for c in captions) == 2
-    assert sum(c.startswith("Grad-CAM") for c in captions) == 2
-    assert calls["forward"] == 2 and len(calls["explain"]) == 2
+    assert captions.count("X-ray") == 1 and sum(c.startswith("Grad-CAM") for c in captions) == 1
+
+    _select_row(at, len(rows) - 1)  # the broken file: its error, no panel
+    assert not at.exception
+    assert not [h for h in at.subheader if h.value.endswith(".png")]
+    assert sum("broken.png" in e.value for e in at.error) == 2
+    assert calls["forward"] == 3 and len(calls["explain"]) == 1
+
+
+def test_one_readable_xray_opens_directly_beside_the_errors(make_app, meta):
+    at = make_app().run()
+    at.file_uploader(key="uploads").set_value([("chest.png", _png(1), "image/png"), BROKEN]).run()
+    assert not at.exception
+    assert not at.dataframe
+    assert [h.value for h in at.subheader] == ["chest.png"]
+    assert any(e.value.startswith("broken.png") for e in at.error)
+    assert set(_percentages(at, meta.class_names)) == set(meta.class_names)
 
 
 def test_display_controls_do_not_rerun_the_network(make_app, meta, calls):
@@ -249,7 +294,182 @@ def test_a_failing_map_only_hides_its_own_panel(make_app, meta, monkeypatch):
     at.file_uploader(key="uploads").set_value([
         ("bad.png", _png(5), "image/png"), ("good.png", _png(6), "image/png"),
     ]).run()
+    files = [r["file"] for r in _table(at)]
+    _select_row(at, files.index("bad.png"))
     assert not at.exception
     assert any(e.value.startswith("bad.png: the result could not be displayed") for e in at.error)
-    assert [h.value for h in at.subheader] == ["good.png"]
+    assert at.dataframe and not [h for h in at.subheader if h.value.endswith(".png")]
+    _select_row(at, files.index("good.png"))
+    assert not at.exception
+    assert [h.value for h in at.subheader if h.value.endswith(".png")] == ["good.png"]
     assert any(c.startswith("Grad-CAM") for img in at.image for c in img.captions)
+
+
+# ------------------------------------------------------------------ model page
+
+
+@pytest.fixture(scope="module")
+def evaluated_model(tiny_model_file, tmp_path_factory) -> Path:
+    """A copy of the tiny model with evaluation artefacts made on tiny random data."""
+    from covid.evaluate import evaluate
+
+    root = tmp_path_factory.mktemp("evaluated")
+    rng = np.random.default_rng(0)
+    files = {"train": [], "val": [], "test": []}
+    for side in ("val", "test"):
+        for name in ("COVID", "Normal"):
+            for i in range(8):
+                rel = f"{name}/{side}-{i}.png"
+                (root / "data" / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 255, (70, 70), dtype=np.uint8)).save(
+                    root / "data" / rel)
+                files[side].append(rel)
+    model = root / "m" / "tiny.keras"
+    model.parent.mkdir()
+    shutil.copyfile(tiny_model_file, model)
+    shutil.copyfile(Path(tiny_model_file).with_suffix(".json"), model.with_suffix(".json"))
+    split = root / "m" / "split.json"
+    split.write_text(json.dumps({"root": str(root / "data"), "files": files}))
+    evaluate(model, split)
+    return model
+
+
+@pytest.fixture
+def serve(monkeypatch):
+    """Serves a given model file in fresh AppTests (no out-of-distribution detector)."""
+
+    def make(model: Path) -> AppTest:
+        monkeypatch.setenv("COVID_MODEL_PATH", str(model))
+        monkeypatch.setitem(sys.modules, "covid.ood", _fake_ood_module(False))
+        return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+
+    st.cache_resource.clear()
+    yield make
+    st.cache_resource.clear()
+
+
+def _open_model_page(at: AppTest) -> AppTest:
+    at.button(key="op_change").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Model"
+    return at
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, evaluated_model):
+    from covid.batch import scores_from_csv
+    from covid.evaluate import artefact_paths
+    from covid.metrics import operating_point
+
+    meta = read_metadata(evaluated_model)
+    at = _open_model_page(serve(evaluated_model).run())
+    assert [h.value for h in at.header] == [
+        "Model card", "Operating point", "Test-split charts", "Explanation sanity"]
+    text = _texts(at)
+    assert "DeGrave" in text and "shortcut" in text.lower()
+    assert "Not for clinical use" in text and meta.trained_on in text
+    assert "Evaluation artefacts missing" not in text
+
+    slider = at.slider(key="op_threshold")
+    assert slider.value == pytest.approx(meta.threshold)
+    scores, truth = scores_from_csv(artefact_paths(evaluated_model)["scores"].read_text(), "COVID")
+    prevalence = at.number_input(key="op_prevalence")
+    assert prevalence.value == pytest.approx(100 * truth.mean(), abs=0.05)
+    expected = operating_point(scores, truth, meta.threshold, prevalence=prevalence.value / 100)
+    assert _metric(at, "Sensitivity") == f"{expected['sensitivity']:.1%}"
+    assert _metric(at, "Specificity") == f"{expected['specificity']:.1%}"
+
+    prevalence.set_value(1.0).run()
+    expected = operating_point(scores, truth, meta.threshold, prevalence=0.01)
+    assert _metric(at, "PPV") == f"{expected['ppv']:.1%}"
+    assert _metric(at, "NPV") == f"{expected['npv']:.1%}"
+    at.slider(key="op_threshold").set_value(0.0).run()
+    assert not at.exception
+    assert _metric(at, "Sensitivity") == "100.0%" and _metric(at, "Specificity") == "0.0%"
+    assert len(at.image) == 3  # ROC, confusion matrix, reliability diagram
+
+    energy = json.loads(artefact_paths(evaluated_model)["evaluation"].read_text())["cam_energy"]
+    assert f"{energy['overall']['central']:.0%} of the Grad-CAM energy" in _texts(at)
+    groups = at.dataframe[-1].value["group"].tolist()
+    assert groups == ["All test images", "True COVID", "True Normal", "Uniform map (area)"]
+
+
+def test_model_page_without_artefacts_says_so(serve, tiny_model_file):
+    at = _open_model_page(serve(tiny_model_file).run())
+    text = _texts(at)
+    assert "Evaluation artefacts missing" in text and "python -m covid.evaluate" in text
+    assert "tiny.evaluation.json" in text and "tiny.test_scores.csv" in text
+    assert "Not measured yet" in text
+    assert "DeGrave" in text  # the model card needs only the metadata
+    assert not at.slider(key="op_threshold") if "op_threshold" in at.session_state else True
+    assert not at.image
+
+
+def test_model_page_without_cam_energy_says_it_was_not_measured(serve, evaluated_model, tmp_path):
+    from covid.evaluate import artefact_paths, ship
+
+    copy = tmp_path / "copy.keras"
+    ship(evaluated_model, copy)
+    path = artefact_paths(copy)["evaluation"]
+    evaluation = json.loads(path.read_text())
+    del evaluation["cam_energy"]
+    path.write_text(json.dumps(evaluation))
+    at = _open_model_page(serve(copy).run())
+    assert "Not measured yet" in _texts(at)
+    assert len(at.image) == 3
+
+
+def _label_and_triage(at: AppTest) -> tuple[str, str]:
+    label = next(m.value for m in at.markdown if m.value.startswith("**Prediction: "))
+    triage = next(a.value for a in (*at.success, *at.error) if DISCLAIMER in a.value)
+    return label.removeprefix("**Prediction: ").rstrip("*"), triage
+
+
+def test_operating_point_is_per_session_and_relabels_cached_results(
+    serve, evaluated_model, calls
+):
+    from covid.triage import ADMIT, GO_HOME
+
+    meta = read_metadata(evaluated_model)
+    upload = ("chest.png", _png(1), "image/png")
+    first = serve(evaluated_model).run()
+    first.file_uploader(key="uploads").set_value(upload).run()
+    shipped_label, shipped_triage = _label_and_triage(first)
+    p = next(iter(first.session_state["_covid_studies"].values())).p_positive
+    assert shipped_label == ("COVID" if p >= meta.threshold else "Normal")
+    assert "the shipped operating point" in _texts(first)
+
+    # session 1 picks a threshold that flips this study
+    flipped, threshold = ("Normal", 1.0) if shipped_label == "COVID" else ("COVID", 0.0)
+    assert p < 1.0
+    _open_model_page(first)
+    first.slider(key="op_threshold").set_value(threshold).run()
+    first.button(key="op_back").click().run()
+    assert not first.exception and first.title[0].value == "Chest X-ray screening"
+    assert any("uploaded before you opened the model page" in i.value for i in first.info)
+    label, triage = _label_and_triage(first)
+    assert label == flipped
+    assert triage.startswith(ADMIT if flipped == "COVID" else GO_HOME)
+    assert "chosen for this session" in _texts(first)
+    assert f"{threshold:.3f}" in "\n".join(m.value for m in first.sidebar.markdown)
+    assert calls["forward"] == 1  # re-labelled, not re-scored
+
+    # session 2, same process and caches, keeps the shipped operating point
+    second = serve(evaluated_model).run()
+    second.file_uploader(key="uploads").set_value(upload).run()
+    assert not second.exception
+    assert _label_and_triage(second) == (shipped_label, shipped_triage)
+    assert "the shipped operating point" in _texts(second)
+    assert second.button(key="op_reset").disabled
+    _open_model_page(second)
+    assert second.slider(key="op_threshold").value == pytest.approx(meta.threshold)
+
+    # session 1 still has its own choice, and its reset button brings back the shipped one
+    first.run()
+    assert _label_and_triage(first)[0] == flipped
+    first.button(key="op_reset").click().run()
+    assert _label_and_triage(first) == (shipped_label, shipped_triage)
+    assert "the shipped operating point" in _texts(first)

@@ -61,6 +61,10 @@ def test_evaluate_writes_metadata_and_artefacts(tiny_model_file, tmp_path):
     meta = read_metadata(model)
     assert meta.temperature == summary["temperature"]
     assert meta.metrics["n"] == 12
+    energy = json.loads(artefact_paths(model)["evaluation"].read_text())["cam_energy"]
+    assert energy["overall"]["n"] == 12
+    assert set(energy["per_class"]) == {"COVID", "Normal"}
+    assert 0 <= energy["overall"]["central"] <= 1
     paths = artefact_paths(model)
     for key in ("split", "scores", "evaluation", "roc_png", "reliability_png"):
         assert paths[key].exists(), key

@@ -180,6 +180,7 @@ def test_dicom_patient_identifiers_never_reach_the_pdf(classifier, tmp_path):
     pdf = report_for_file(path, classifier, when=WHEN)
     text, raw = _text(pdf), _all_bytes(pdf)
     assert "study.dcm" in text and _n_images(pdf) >= 2
+    assert "Modality: CR" in text and "ViewPosition: PA" in text
     for secret in (PATIENT, PATIENT_ID, "DOE", "JANE", "19700101", "General Hospital"):
         assert secret not in text, secret
         assert secret.encode() not in raw, secret

@@ -1,0 +1,154 @@
+"""The page's pure helpers: re-labelling, suspicion order, table rows, CSV and model-page numbers."""
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from covid import DISCLAIMER
+from covid.batch import (
+    cam_energy_rows,
+    cam_energy_verdict,
+    confusion_at,
+    csv_bytes,
+    relabel,
+    scores_from_csv,
+    suspicion_order,
+    table_columns,
+    table_rows,
+)
+from covid.metrics import operating_point
+from covid.pipeline import StudyResult
+from covid.triage import ADMIT, GO_HOME, NOT_A_CHEST_XRAY, triage_message
+
+CLASSES = ["COVID", "Normal"]
+HEADER = ["file", "COVID %", "label", "out-of-distribution", "triage", "error"]
+
+
+def _label_at(threshold):
+    return lambda p: "COVID" if p >= threshold else "Normal"
+
+
+def _scored(name: str, p: float, ood: bool | None = None, threshold: float = 0.5) -> StudyResult:
+    label = _label_at(threshold)(p)
+    return StudyResult(
+        name=name, probs=np.array([p, 1 - p], np.float32), p_positive=p, label=label,
+        ood=ood, triage=triage_message(label, "COVID", ood=bool(ood)),
+    )
+
+
+def _failed(name: str) -> StudyResult:
+    return StudyResult(name=name, error=f"{name}: this is not a PNG, JPEG or DICOM image.")
+
+
+def test_table_columns_are_fixed_and_ordered():
+    assert table_columns("COVID") == HEADER
+
+
+def test_csv_has_the_table_columns_in_order_and_the_rows_in_order():
+    results = [_scored("b.png", 0.2), _failed("broken.png"), _scored("a.png", 0.9, ood=False)]
+    ranked = [results[i] for i in suspicion_order(results)]
+    rows = table_rows(ranked, CLASSES, "COVID")
+    assert [list(row) for row in rows] == [HEADER] * 3
+
+    text = csv_bytes(rows, table_columns("COVID")).decode("utf-8")
+    parsed = list(csv.reader(io.StringIO(text)))
+    assert parsed[0] == HEADER
+    assert [r[0] for r in parsed[1:]] == ["a.png", "b.png", "broken.png"]
+    a, b, broken = parsed[1:]
+    assert a == ["a.png", "90.0", "COVID", "no", f"{ADMIT} {DISCLAIMER}", ""]
+    assert b[1:5] == ["20.0", "Normal", "", f"{GO_HOME} {DISCLAIMER}"]  # no detector ran
+    assert broken[:5] == ["broken.png", "", "", "", ""]
+    assert broken[5].startswith("broken.png: ")
+    assert text.endswith("\r\n") and len(text.splitlines()) == 4
+
+
+def test_table_rows_can_drop_the_repeated_disclaimer():
+    rows = table_rows([_scored("a.png", 0.9)], CLASSES, "COVID", disclaimer=False)
+    assert rows[0]["triage"] == ADMIT
+
+
+def test_percentage_matches_the_bars_when_covid_is_the_second_class():
+    result = StudyResult(name="x.png", probs=np.array([0.3334, 0.6666]), p_positive=0.6666,
+                         label="COVID", triage="t")
+    assert table_rows([result], ["Normal", "COVID"], "COVID")[0]["COVID %"] == 66.7
+
+
+def test_csv_neutralises_spreadsheet_formulas():
+    rows = table_rows([_failed("=HYPERLINK(\"http://x\").png")], CLASSES, "COVID")
+    parsed = list(csv.reader(io.StringIO(csv_bytes(rows, HEADER).decode())))
+    assert parsed[1][0].startswith("'=") and parsed[1][5].startswith("'=")
+
+
+def test_suspicion_order_is_descending_with_errors_last_and_stable_ties():
+    results = [_failed("bad1"), _scored("low", 0.1), _scored("tie1", 0.6), _scored("high", 0.95),
+               _scored("tie2", 0.6), _failed("bad2")]
+    assert [results[i].name for i in suspicion_order(results)] == [
+        "high", "tie1", "tie2", "low", "bad1", "bad2"]
+
+
+def test_relabel_follows_the_threshold_and_leaves_the_cached_result_alone():
+    cached = _scored("a.png", 0.4)
+    assert cached.label == "Normal"
+    lower = relabel(cached, _label_at(0.3), "COVID")
+    assert lower.label == "COVID" and lower.triage == f"{ADMIT} {DISCLAIMER}"
+    assert cached.label == "Normal" and cached.triage.startswith(GO_HOME)
+    assert lower.probs is cached.probs and lower.p_positive == cached.p_positive
+    higher = relabel(lower, _label_at(0.5), "COVID")
+    assert higher.label == "Normal" and higher.triage.startswith(GO_HOME)
+
+
+def test_relabel_keeps_out_of_distribution_and_failed_results_safe():
+    flagged = relabel(_scored("cat.png", 0.9, ood=True), _label_at(0.1), "COVID")
+    assert flagged.triage.startswith(NOT_A_CHEST_XRAY)
+    failed = _failed("bad.png")
+    assert relabel(failed, _label_at(0.1), "COVID") is failed
+
+
+def test_scores_from_csv_reads_the_evaluation_file():
+    text = ("file,label,p_covid,logit_covid,logit_normal\r\n"
+            "COVID/1.png,COVID,0.900000,1,0\r\nNormal/2.png,Normal,0.250000,0,1\r\n")
+    scores, truth = scores_from_csv(text, "COVID")
+    assert scores.tolist() == [0.9, 0.25] and truth.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("file,label\r\nx,COVID\r\n", "p_covid"),
+    ("file,label,p_covid\r\nx,COVID,high\r\n", "not a number"),
+    ("file,label,p_covid\r\nx,COVID,1.5\r\n", "outside"),
+    ("file,label,p_covid\r\n", "no rows"),
+])
+def test_scores_from_csv_refuses_malformed_files(text, message):
+    with pytest.raises(ValueError, match=message):
+        scores_from_csv(text, "COVID")
+
+
+@pytest.mark.parametrize("class_names", [["COVID", "Normal"], ["Normal", "COVID"]])
+def test_confusion_at_puts_truth_in_rows_in_class_order(class_names):
+    scores = np.array([0.9, 0.8, 0.3, 0.7, 0.1, 0.2])
+    truth = np.array([True, True, True, False, False, False])
+    point = operating_point(scores, truth, 0.5)  # tp 2, fn 1, fp 1, tn 2
+    matrix = confusion_at(point, class_names, "COVID")
+    covid, normal = class_names.index("COVID"), class_names.index("Normal")
+    assert matrix[covid, covid] == 2 and matrix[covid, normal] == 1
+    assert matrix[normal, covid] == 1 and matrix[normal, normal] == 2
+
+
+def _energy(central, corners=0.02):
+    group = {"n": 10, "n_empty": 0, "central": central, "border": 1 - central, "corners": corners}
+    return {"overall": group, "per_class": {"COVID": group, "Normal": dict(group, n=4)},
+            "area": {"central": 0.56, "border": 0.44, "corners": 0.09}}
+
+
+def test_cam_energy_rows_and_verdict():
+    rows = cam_energy_rows(_energy(0.8))
+    assert [r["group"] for r in rows] == ["All test images", "True COVID", "True Normal",
+                                          "Uniform map (area)"]
+    assert rows[0]["central"] == pytest.approx(80.0) and rows[2]["images"] == 4
+    assert rows[-1]["central"] == pytest.approx(56.0)
+    assert cam_energy_verdict(_energy(0.8)).startswith("80% of the Grad-CAM energy")
+    assert "not sufficient" in cam_energy_verdict(_energy(0.8))
+    low = cam_energy_verdict(_energy(0.5, corners=0.2))
+    assert low.startswith("Only 50%") and "borders" in low and "corners" in low
+    assert "says nothing" in cam_energy_verdict({"overall": {"central": None}})
