@@ -45,6 +45,7 @@ from covid import DISCLAIMER
 from covid.batch import (
     ERROR,
     FILE,
+    LABEL,
     OOD,
     TRIAGE,
     cam_energy_rows,
@@ -140,6 +141,8 @@ _OPERATING_POINT_KEY = "_covid_operating_point"
 _BATCH_KEY = "_covid_batch"
 """The last uploads, (name, bytes) pairs, kept to survive a visit to the model page."""
 _RESTORED_KEY = "_covid_batch_restored"
+_CHOSEN_KEY = "_covid_chosen"
+"""The key of the study opened from the batch table."""
 _PAGE_KEY = "_covid_page"
 THRESHOLD_WIDGET = "op_threshold"
 PREVALENCE_WIDGET = "op_prevalence"
@@ -390,7 +393,7 @@ def operating_point_words(meta: ModelMetadata, threshold: float) -> str:
     rule = f"P({meta.positive_class}) ≥ {threshold:.3f}"
     if is_shipped(meta, threshold):
         return f"{rule}, the shipped operating point"
-    return f"{rule}, chosen for this session (shipped: {meta.threshold:.3f})"
+    return f"{rule}, chosen for this session (shipped {meta.threshold:.3f})"
 
 
 # --------------------------------------------------------------------- navigation
@@ -548,16 +551,16 @@ def operating_point_notice_ui(meta: ModelMetadata, threshold: float) -> None:
     """Which operating point labels the studies, with reset and change buttons."""
     shipped = is_shipped(meta, threshold)
     with st.container(horizontal=True, vertical_alignment="center", key="op_notice"):
-        text = f"**Operating point:** {operating_point_words(meta, threshold)}."
-        if not shipped:
-            text += " It applies to this browser session only."
-        st.markdown(text, width="content")
+        st.markdown(f"**Operating point:** {operating_point_words(meta, threshold)}.",
+                    width="content")
         st.button(
             "Reset to shipped", key="op_reset", on_click=reset_operating_point,
             disabled=shipped, icon=":material/restart_alt:",
-            help="Go back to the threshold validated with the model.",
+            help="Go back to the threshold validated with the model. A choice made on the "
+            "model page applies to this browser session only.",
         )
-        if st.button("Change on the model page", key="op_change", icon=":material/tune:"):
+        if st.button("Change", key="op_change", icon=":material/tune:",
+                     help="Choose another operating point on the model page."):
             go_to(MODEL)
 
 
@@ -683,6 +686,35 @@ def report_name(file_name: str) -> str:
     return f"{stem}-report.pdf"
 
 
+def report_pdf(
+    study: Study,
+    classifier: Classifier,
+    settings: DisplaySettings,
+    threshold: float,
+    cam: np.ndarray | None = None,
+) -> bytes:
+    """The study's one-page PDF report, in memory.
+
+    Args:
+        study: A scored study, re-labelled at ``threshold`` (:func:`at_threshold`).
+        classifier: The loaded classifier.
+        settings: The display settings: the map is drawn with their method,
+            display, colour map and opacity.
+        threshold: The operating point in force (shipped or this session's).
+        cam: The map of the evidence for the study's label, when already computed.
+
+    Returns:
+        The PDF's bytes (see :func:`covid.report.build_report`).
+    """
+    meta, result = classifier.metadata, study.result
+    if cam is None:
+        target = meta.class_names.index(result.label)
+        x = result.model_input.astype(np.float32)
+        cam = classifier.explain(x, target=target, method=settings.method).cam
+    overlay = render_map(result.pixels, cam, settings)
+    return build_report(result, overlay, meta, threshold)
+
+
 def report_ui(
     study: Study,
     classifier: Classifier,
@@ -696,20 +728,12 @@ def report_ui(
     the map, drawn with the current method, display, colour map and opacity,
     of the evidence for the reported label.
     """
-    meta, result = classifier.metadata, study.result
-    target = meta.class_names.index(result.label)
-    cached = maps.get((study.key, target, settings.method))
-
-    def pdf() -> bytes:
-        cam = cached
-        if cam is None:  # another class is shown: map the reported label's evidence
-            x = result.model_input.astype(np.float32)
-            cam = classifier.explain(x, target=target, method=settings.method).cam
-        overlay = render_map(result.pixels, cam, settings)
-        return build_report(result, overlay, meta, threshold)
-
+    target = classifier.metadata.class_names.index(study.result.label)
+    cam = maps.get((study.key, target, settings.method))  # read here, never written later
     st.download_button(
-        "PDF report", data=pdf, file_name=report_name(result.name), mime="application/pdf",
+        "PDF report",
+        data=functools.partial(report_pdf, study, classifier, settings, threshold, cam),
+        file_name=report_name(study.result.name), mime="application/pdf",
         key=f"pdf:{study.key}", on_click="ignore", icon=":material/picture_as_pdf:",
         help="One page: the X-ray, the map of the evidence for the reported label (current "
         "display settings), the probabilities, the triage at the operating point in force, "
@@ -808,24 +832,30 @@ def batch_table_ui(studies: Sequence[Study], meta: ModelMetadata) -> Study | Non
         "could not be read last). Click a column header to sort by it; tick a row to open "
         f"its study. All triage advice: {DISCLAIMER}"
     )
+    keys = [s.key for s in ranked]
+    kept = st.session_state.get(_CHOSEN_KEY)
     event = st.dataframe(
         {column: [row[column] for row in shown] for column in columns},
         key=table_key(studies),
         on_select="rerun",
         selection_mode="single-row",
+        selection_default={"selection": {"rows": [keys.index(kept)]}} if kept in keys else None,
         hide_index=True,
         width="stretch",
+        placeholder="",
         column_config={
-            FILE: st.column_config.TextColumn(FILE, width="medium"),
+            FILE: st.column_config.TextColumn(FILE, width=170),
             probability: st.column_config.ProgressColumn(
-                probability, format="%.1f%%", min_value=0.0, max_value=100.0,
+                probability, format="%.1f%%", min_value=0.0, max_value=100.0, width=120,
                 help=f"Calibrated probability of {meta.positive_class}.",
             ),
+            LABEL: st.column_config.TextColumn(LABEL, width=70),
             OOD: st.column_config.TextColumn(
-                OOD, help="Flagged as not looking like a chest X-ray (no triage advice)."
+                OOD, width=125,
+                help="Flagged as not looking like a chest X-ray (then no triage advice).",
             ),
-            TRIAGE: st.column_config.TextColumn(TRIAGE, width="large"),
-            ERROR: st.column_config.TextColumn(ERROR, width="medium"),
+            TRIAGE: st.column_config.TextColumn(TRIAGE, width=320),
+            ERROR: st.column_config.TextColumn(ERROR, width=150),
         },
     )
     st.download_button(
@@ -835,7 +865,9 @@ def batch_table_ui(studies: Sequence[Study], meta: ModelMetadata) -> Study | Non
     )
     chosen = list(event.selection.rows) if event is not None else []
     if chosen and 0 <= chosen[0] < len(ranked):
+        st.session_state[_CHOSEN_KEY] = keys[chosen[0]]  # reopened after a page switch
         return ranked[chosen[0]]
+    st.session_state.pop(_CHOSEN_KEY, None)
     return None
 
 
@@ -1040,10 +1072,13 @@ def metrics_ui(point: dict[str, Any], shipped: dict[str, Any] | None) -> None:
     names = (("Sensitivity", "sensitivity"), ("Specificity", "specificity"), ("PPV", "ppv"),
              ("NPV", "npv"))
     for column, (title, key) in zip(st.columns(4), names, strict=True):
-        value, delta = point.get(key), None
+        value, delta, same = point.get(key), None, True
         if shipped is not None and value is not None and shipped.get(key) is not None:
-            delta = f"{100 * (value - shipped[key]):+.1f} pp vs shipped"
-        column.metric(title, _fmt(value, "{:.1%}"), delta=delta, border=True)
+            change = 100 * (value - shipped[key])
+            delta, same = f"{change:+.1f} pp vs shipped", abs(change) < 0.05
+        column.metric(title, _fmt(value, "{:.1%}"), delta=delta, border=True,
+                      delta_color="off" if same else "normal",
+                      delta_arrow="off" if same else "auto")
 
 
 def operating_point_ui(meta: ModelMetadata, evaluation: Evaluation) -> dict[str, Any] | None:
@@ -1109,7 +1144,7 @@ def charts_ui(meta: ModelMetadata, evaluation: Evaluation, point: dict[str, Any]
         })
     except (KeyError, TypeError, ValueError) as err:
         LOG.warning("evaluation JSON not as expected: %r", err)
-        st.error(f"The evaluation JSON is not as expected (no {err}); re-run the evaluation.",
+        st.error(f"The evaluation JSON is not as expected ({err!r}); re-run the evaluation.",
                  icon=":material/error:")
         return
     roc_col, confusion_col, reliability_col = st.columns(3, gap="medium")
@@ -1147,7 +1182,7 @@ def cam_energy_ui(evaluation: Evaluation) -> None:
     st.dataframe(
         {key: [row[key] for row in rows]
          for key in ("group", "images", "central", "border", "corners")},
-        hide_index=True, width="content",
+        hide_index=True, width="content", placeholder="",
         column_config={"central": percent, "border": percent, "corners": percent,
                        "group": st.column_config.TextColumn("maps")},
     )

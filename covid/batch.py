@@ -129,8 +129,9 @@ def table_rows(
     Returns:
         Dicts keyed by :func:`table_columns`: the file name, the positive-class
         percentage as shown on the bars (one decimal, None for a failed file),
-        the label, the out-of-distribution flag, the triage message and the
-        error (empty strings where not applicable).
+        the label (empty for an image flagged as not a chest X-ray, whose raw
+        scores are not meaningful), the out-of-distribution flag, the triage
+        message and the error (empty strings where not applicable).
     """
     index = list(class_names).index(positive_class)
     column = probability_column(positive_class)
@@ -140,7 +141,7 @@ def table_rows(
         rows.append({
             FILE: result.name,
             column: None if failed else percentages(result.probs, decimals=1)[index],
-            LABEL: "" if failed else (result.label or ""),
+            LABEL: "" if failed or result.ood else (result.label or ""),
             OOD: _ood_flag(result),
             TRIAGE: "" if failed else _advice(result.triage, disclaimer),
             ERROR: result.error or "",

@@ -107,14 +107,7 @@ def decode_dicom(data: bytes, name: str) -> DicomPixels:
     """
     ds = _read_dataset(data, name)
     _check_image_module(ds, name)
-    frame = _first_frame(ds, name)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    if photometric == "PALETTE COLOR" and frame.ndim == 2:
-        frame = _guarded(name, ds, "its colour palette is invalid", apply_color_lut, frame, ds)
-    if frame.ndim == 3:
-        pixels, is_color = _color_to_gray(frame)
-    else:
-        pixels, is_color = _monochrome_to_uint8(frame, ds, photometric == "MONOCHROME1"), False
+    pixels, is_color = _to_gray(_first_frame(ds, name), ds, name)
     return DicomPixels(np.ascontiguousarray(pixels), is_color, safe_info(ds))
 
 
@@ -274,6 +267,17 @@ def _compressed_with(syntax: pydicom.uid.UID) -> str:
     return f"the image is compressed with {label}"
 
 
+def _to_gray(frame: np.ndarray, ds: Dataset, name: str) -> tuple[np.ndarray, bool]:
+    """A decoded frame -> (H, W) uint8 display grey, and whether it was real colour."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric == "PALETTE COLOR" and frame.ndim == 2:
+        rgb = _palette_to_rgb(frame, ds, name)
+        return _color_to_gray(rgb, float(np.iinfo(rgb.dtype).max))
+    if frame.ndim == 3:
+        return _color_to_gray(frame, float(2 ** _int(ds, "BitsStored", 8) - 1))
+    return _monochrome_to_uint8(frame, ds, invert=photometric == "MONOCHROME1"), False
+
+
 def _monochrome_to_uint8(frame: np.ndarray, ds: Dataset, invert: bool) -> np.ndarray:
     """Modality LUT, VOI LUT or window (else min-max), inversion: (H, W) -> uint8."""
     values = apply_modality_lut(frame, ds)
@@ -324,21 +328,22 @@ def _scale(values: np.ndarray, black: float, white: float) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _color_to_gray(rgb: np.ndarray) -> tuple[np.ndarray, bool]:
-    """(H, W, 3) RGB of any depth -> (H, W) uint8 luma (ITU-R 601) and real colour."""
+def _color_to_gray(rgb: np.ndarray, white: float) -> tuple[np.ndarray, bool]:
+    """(H, W, 3) RGB with ``white`` as full scale -> (H, W) uint8 luma (ITU-R 601), colour."""
     if rgb.dtype != np.uint8:
-        rgb = _scale(rgb, float(rgb.min()), float(rgb.max()))
+        rgb = _scale(rgb, 0.0, white)
     luma = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
     return np.clip(np.rint(luma), 0, 255).astype(np.uint8), is_real_color(rgb)
 
 
-def _guarded(name: str, ds: Dataset, what: str, func, *args):
-    """Calls ``func(*args)``, turning pydicom's errors into a plain message."""
+def _palette_to_rgb(indices: np.ndarray, ds: Dataset, name: str) -> np.ndarray:
+    """(H, W) palette indices -> (H, W, 3) RGB through the file's colour tables."""
     try:
-        return func(*args)
+        return apply_color_lut(indices, ds)
     except _DICOM_ERRORS as err:
         raise ImageDecodeError(
-            name, f"the DICOM image cannot be shown: {what} ({_redact(_last_line(err), ds)})."
+            name, "the DICOM image's colour palette is missing or invalid "
+            f"({_redact(_last_line(err), ds)}).",
         ) from err
 
 

@@ -1,8 +1,10 @@
-"""The Streamlit page, driven in-process by ``streamlit.testing.v1.AppTest``.
+"""The Streamlit pages, driven in-process by ``streamlit.testing.v1.AppTest``.
 
-The page serves the tiny test model (``COVID_MODEL_PATH``); uploads are synthetic
-PNGs held in memory. The out-of-distribution detector is replaced by a fake so
-that the tests control whether an image is flagged.
+The pages serve the tiny test model (``COVID_MODEL_PATH``), or a copy of it with
+evaluation artefacts made on tiny random data for the model page; uploads are
+synthetic PNGs held in memory. The out-of-distribution detector is replaced by a
+fake so that the tests control whether an image is flagged. A row of the batch
+table is chosen by writing its selection state, as a click would.
 """
 
 from __future__ import annotations
@@ -404,7 +406,7 @@ def test_model_page_without_artefacts_says_so(serve, tiny_model_file):
     assert "tiny.evaluation.json" in text and "tiny.test_scores.csv" in text
     assert "Not measured yet" in text
     assert "DeGrave" in text  # the model card needs only the metadata
-    assert not at.slider(key="op_threshold") if "op_threshold" in at.session_state else True
+    assert not [s for s in at.slider if s.key == "op_threshold"]  # nothing to judge it on
     assert not at.image
 
 
@@ -473,3 +475,79 @@ def test_operating_point_is_per_session_and_relabels_cached_results(
     first.button(key="op_reset").click().run()
     assert _label_and_triage(first) == (shipped_label, shipped_triage)
     assert "the shipped operating point" in _texts(first)
+
+
+def test_pdf_report_follows_the_session_operating_point(tiny_model_file):
+    from pypdf import PdfReader
+
+    import streamlit_app as app
+    from covid.pipeline import analyse
+
+    classifier = Classifier.from_file(tiny_model_file)
+    cached = analyse([("chest.png", _png(1))], classifier)[0]  # at the shipped threshold
+    assert cached.p_positive < 1.0
+    threshold = 1.0 if cached.label == "COVID" else 0.0
+    study = app.at_threshold([app.Study("key", "digest", cached)], classifier, threshold)[0]
+    assert study.result.label != cached.label
+    settings = app.DisplaySettings(view="Contour lines", method="gradcam++")
+    pdf = app.report_pdf(study, classifier, settings, threshold)
+    assert pdf.startswith(b"%PDF")
+    text = "".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+    assert f"Result at the operating point: {study.result.label}" in text
+    assert "session choice" in text and "chest.png" in text
+
+
+def test_batch_and_opened_study_survive_a_visit_to_the_model_page(serve, evaluated_model):
+    at = serve(evaluated_model).run()
+    at.file_uploader(key="uploads").set_value([
+        ("chest.png", _png(1), "image/png"), ("other.png", _png(2), "image/png"),
+    ]).run()
+    chosen = _table(at)[1]["file"]
+    _select_row(at, 1)
+    _open_model_page(at)
+    at.button(key="op_back").click().run()
+    assert not at.exception
+    assert any("uploaded before you opened the model page" in i.value for i in at.info)
+    assert [h.value for h in at.subheader if h.value.endswith(".png")] == [chosen]
+
+    at.button(key="clear_batch").click().run()
+    assert not at.exception and not at.dataframe
+    assert any("Upload one or more chest X-rays" in i.value for i in at.info)
+
+
+def test_a_batch_is_scored_behind_a_progress_bar(make_app, monkeypatch):
+    import covid.pipeline
+
+    seen = []
+    analyse = covid.pipeline.analyse
+
+    def recording(files, classifier, **kwargs):
+        progress = kwargs["progress"]
+
+        def report(fraction):
+            seen.append(fraction)
+            progress(fraction)
+
+        return analyse(files, classifier, **dict(kwargs, progress=report, batch_size=2))
+
+    monkeypatch.setattr(covid.pipeline, "analyse", recording)
+    at = make_app().run()
+    at.file_uploader(key="uploads").set_value(
+        [(f"{i}.png", _png(i), "image/png") for i in range(5)]).run()
+    assert not at.exception
+    assert seen[0] < 1.0 and seen[-1] == 1.0 and seen == sorted(seen)
+    assert not [bar for bar in at.progress if "Scoring" in bar.text]  # gone once done
+    assert len(_table(at)) == 5
+
+
+def test_flagged_images_in_a_batch_get_no_label_and_no_advice(make_app):
+    at = make_app(flagged=True).run()
+    at.file_uploader(key="uploads").set_value(
+        [("cat.png", _png(4), "image/png"), ("dog.png", _png(8), "image/png")]).run()
+    assert not at.exception
+    for row in _table(at):
+        assert row["out-of-distribution"] == "yes" and row["label"] == ""
+        assert row["triage"].startswith("This does not look like a chest X-ray")
+    _select_row(at, 0)
+    assert any("does not look like a chest X-ray" in w.value for w in at.warning)
+    assert not [a for a in (*at.success, *at.error) if DISCLAIMER in a.value]

@@ -1,4 +1,4 @@
-"""The page's pure helpers: re-labelling, suspicion order, table rows, CSV and model-page numbers."""
+"""The page's pure helpers: re-labelling, suspicion order, table rows, CSV, model page."""
 
 import csv
 import io
@@ -62,6 +62,12 @@ def test_csv_has_the_table_columns_in_order_and_the_rows_in_order():
     assert broken[:5] == ["broken.png", "", "", "", ""]
     assert broken[5].startswith("broken.png: ")
     assert text.endswith("\r\n") and len(text.splitlines()) == 4
+
+
+def test_flagged_image_gets_no_label_and_no_triage_advice():
+    row = table_rows([_scored("cat.png", 0.99, ood=True)], CLASSES, "COVID")[0]
+    assert row["label"] == "" and row["out-of-distribution"] == "yes"
+    assert row["triage"].startswith(NOT_A_CHEST_XRAY) and row["COVID %"] == 99.0
 
 
 def test_table_rows_can_drop_the_repeated_disclaimer():

@@ -1,11 +1,15 @@
 """End to end: a real Streamlit server, driven by headless Chromium through Playwright.
 
-Uploads one real chest X-ray from ``../shared`` and one broken file, then checks
-what a user sees: both class percentages as text (summing to 100), the Grad-CAM
-overlay image, and a clear error naming the broken file. A screenshot is saved
-to ``test-artifacts/``. The server is the shipped model when it exists, else the
-tiny test model. The test fails (never skips) when Chromium cannot be launched;
-it skips only when the shared X-rays are absent.
+* One real chest X-ray from ``../shared`` and one broken file: what a user sees is
+  both class percentages as text (summing to 100), the Grad-CAM overlay image,
+  and a clear error naming the broken file.
+* Five real X-rays dropped at once: the triage table (most suspicious first),
+  a row clicked opens its study, and the study's PDF report and the table's CSV
+  download; then the model page.
+
+Screenshots are saved to ``test-artifacts/``. The server is the shipped model
+when it exists, else the tiny test model. The tests fail (never skip) when
+Chromium cannot be launched; they skip only when the shared X-rays are absent.
 
 Run with ``pytest -m browser``.
 """
@@ -109,11 +113,15 @@ def _launch(playwright):
         pytest.fail(f"headless Chromium could not be launched from {CHROMIUM}: {err}")
 
 
-def _real_xray(shared_data_dir: Path) -> Path:
-    folder = Path(shared_data_dir) / "COVID"
+def _real_xrays(shared_data_dir: Path, label: str = "COVID", n: int = 1) -> list[Path]:
+    folder = Path(shared_data_dir) / label
     if not folder.is_dir():  # shared_data_dir may be the dataset's parent
-        folder = Path(shared_data_dir) / "covid19-radiography" / "COVID"
-    return sorted(folder.glob("*.jpg"))[0]
+        folder = Path(shared_data_dir) / "covid19-radiography" / label
+    return sorted(folder.glob("*.jpg"))[:n]
+
+
+def _real_xray(shared_data_dir: Path) -> Path:
+    return _real_xrays(shared_data_dir)[0]
 
 
 def test_upload_real_xray_and_broken_file(shared_data_dir, served_model, server):
@@ -154,6 +162,91 @@ def test_upload_real_xray_and_broken_file(shared_data_dir, served_model, server)
             assert "not a PNG, JPEG or DICOM" in alert.first.inner_text()
             page.wait_for_timeout(500)  # let images finish painting for the screenshot
             page.screenshot(path=str(ARTIFACTS / "browser_upload.png"), full_page=True)
+            assert not page.locator('[data-testid="stException"]').count()
+        finally:
+            browser.close()
+
+
+ROW_PX = 35
+"""Height of a header or body row of ``st.dataframe`` (Streamlit's default)."""
+
+
+def _table_cell(page, column: int, row: int):
+    """A body cell of the batch table's accessible twin (column 0 is the row marker)."""
+    return page.locator(f'[data-testid="stDataFrame"] [data-testid="glide-cell-{column}-{row}"]')
+
+
+def _download(page, button_text: str) -> tuple[str, bytes]:
+    """Clicks a download button; returns the suggested file name and the bytes."""
+    button = page.locator('[data-testid="stDownloadButton"]').get_by_role(
+        "button", name=button_text, exact=True
+    )
+    with page.expect_download(timeout=RESULT_S * 1000) as info:
+        button.click()
+    download = info.value
+    return download.suggested_filename, Path(download.path()).read_bytes()
+
+
+def test_batch_of_real_xrays_table_detail_pdf_and_model_page(shared_data_dir, server):
+    from playwright.sync_api import expect, sync_playwright
+
+    xrays = _real_xrays(shared_data_dir, "COVID", 3) + _real_xrays(shared_data_dir, "Normal", 2)
+    assert len(xrays) == 5
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 2600}, accept_downloads=True)
+            page.goto(server, wait_until="domcontentloaded")
+            expect(page.get_by_text("Research tool, not a medical device.").first).to_be_visible(
+                timeout=SERVER_START_S * 1000
+            )
+            page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files([
+                {"name": x.name, "mimeType": "image/jpeg", "buffer": x.read_bytes()}
+                for x in xrays
+            ])
+
+            # the table: five rows, most suspicious first, and no study open yet
+            expect(page.get_by_text("Batch triage")).to_be_visible(timeout=RESULT_S * 1000)
+            expect(_table_cell(page, 1, 4)).to_be_attached(timeout=RESULT_S * 1000)
+            names = [_table_cell(page, 1, i).inner_text() for i in range(5)]
+            assert sorted(names) == sorted(x.name for x in xrays)
+            covid = [float(_table_cell(page, 2, i).inner_text()) for i in range(5)]
+            assert covid == sorted(covid, reverse=True)
+            expect(page.get_by_text("Choose a row to open")).to_be_visible()
+            assert not page.locator('img[alt^="Grad-CAM"]').count()
+
+            # clicking the second row's marker opens that study
+            canvas = page.locator('[data-testid="stDataFrame"] canvas').first.bounding_box()
+            page.mouse.click(canvas["x"] + 16, canvas["y"] + ROW_PX * 2 + ROW_PX / 2)
+            chosen = names[1]
+            overlay = page.locator(f'img[alt="Grad-CAM overlay for {chosen}"]')
+            expect(overlay).to_be_visible(timeout=RESULT_S * 1000)
+            assert overlay.evaluate("img => img.complete && img.naturalWidth > 0")
+            expect(page.get_by_role("heading", name=chosen)).to_be_visible()
+            expect(page.get_by_text("Prediction: ")).to_be_visible()
+
+            # the study's PDF report and the table's CSV
+            name, pdf = _download(page, "PDF report")
+            assert pdf.startswith(b"%PDF") and name == f"{Path(chosen).stem}-report.pdf"
+            name, table = _download(page, "Download the table (CSV)")
+            lines = table.decode("utf-8").splitlines()
+            assert lines[0] == "file,COVID %,label,out-of-distribution,triage,error"
+            assert [line.split(",")[0] for line in lines[1:]] == names
+
+            page.wait_for_timeout(500)  # let images finish painting for the screenshot
+            page.screenshot(path=str(ARTIFACTS / "browser_batch.png"), full_page=True)
+            assert not page.locator('[data-testid="stException"]').count()
+
+            # the model page
+            page.get_by_role("link", name="Model").click()
+            expect(page.get_by_role("heading", name="Model card")).to_be_visible(
+                timeout=RESULT_S * 1000
+            )
+            expect(page.get_by_text("DeGrave")).to_be_visible()
+            page.wait_for_timeout(1500)
+            page.screenshot(path=str(ARTIFACTS / "browser_model.png"), full_page=True)
             assert not page.locator('[data-testid="stException"]').count()
         finally:
             browser.close()

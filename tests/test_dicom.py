@@ -183,6 +183,25 @@ def test_rgb_dicom_is_grey_and_marked_colour():
     assert decode_image(_dicom(colour, photometric="RGB"), "colour.dcm").is_color
 
 
+def _palette_dicom(red: np.ndarray, green: np.ndarray, blue: np.ndarray) -> bytes:
+    ds = _dataset(_pattern(), photometric="PALETTE COLOR")
+    for colour, table in zip(("Red", "Green", "Blue"), (red, green, blue), strict=True):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 16])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", table.astype("<u2").tobytes())
+    return _bytes(ds)
+
+
+def test_palette_colour_dicom():
+    ramp = np.arange(256, dtype=np.uint16) * 257
+    grey = decode_image(_palette_dicom(ramp, ramp, ramp), "palette.dcm")
+    assert not grey.is_color
+    np.testing.assert_array_equal(grey.pixels, _pattern())
+    assert decode_image(_palette_dicom(ramp, ramp[::-1], ramp), "hot.dcm").is_color
+    with pytest.raises(ImageDecodeError, match="colour palette is missing or invalid"):
+        ds = _dataset(_pattern(), photometric="PALETTE COLOR")
+        decode_image(_bytes(ds), "nopalette.dcm")
+
+
 def test_colour_jpeg_dicom_is_grey_and_marked_colour():
     cbook = pytest.importorskip("matplotlib.cbook")
     with cbook.get_sample_data("grace_hopper.jpg") as handle:

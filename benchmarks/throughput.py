@@ -1,0 +1,200 @@
+"""Batch-scoring throughput on real chest X-rays, with and without heatmaps.
+
+Usage::
+
+    python benchmarks/throughput.py --model models/covid_resnet50.keras --n 64 --batch 16
+
+Scores ``--n`` real X-rays from ``../shared/data/covid19-radiography`` (both
+classes, alternating, in a fixed order) and prints the throughput, in images per
+second (the median of ``--repeats`` timed runs, after a warm-up that traces the
+graphs), of:
+
+* ``model.predict``: Keras' ``predict`` on the already preprocessed
+  (N, S, S, 1) batch, the reference (no decoding, no calibration);
+* ``analyse``, heatmaps off: :func:`covid.pipeline.analyse` from the files'
+  bytes (decode, preprocess, batched forward pass, calibration, labels, triage,
+  and the out-of-distribution check with ``--ood``), what the page does for a
+  batch before a study is opened;
+* ``analyse``, heatmaps on: the same plus
+  :meth:`covid.inference.Classifier.explain` for every image (the Grad-CAM map
+  of its label, as the page draws it when a study is opened).
+
+Each is also given as a ratio to ``model.predict``; the goal is heatmaps off at
+0.9x or better (``--check`` exits with status 1 when it is missed). Nothing is
+written anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid19-radiography"
+GOAL = 0.9
+"""Heatmaps-off throughput the pipeline should keep, as a fraction of ``model.predict``'s."""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses the command line."""
+    from covid.model import DEFAULT_MODEL_PATH
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / DEFAULT_MODEL_PATH)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder")
+    parser.add_argument("--n", type=int, default=64, help="images (alternating classes)")
+    parser.add_argument("--batch", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each measure")
+    parser.add_argument("--ood", action="store_true",
+                        help="include the model's out-of-distribution check in analyse")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    parser.add_argument("--check", action="store_true",
+                        help=f"exit with status 1 when heatmaps off is below {GOAL}x predict")
+    args = parser.parse_args(argv)
+    for name in ("n", "batch", "repeats"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    return args
+
+
+def pick_images(data: Path, n: int) -> list[Path]:
+    """The first ``n`` images, alternating between the class folders, each sorted by name.
+
+    Raises:
+        SystemExit: The dataset folder is missing or holds no images.
+    """
+    folders = sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+    per_class = [
+        sorted(f for f in folder.iterdir() if f.suffix.lower() in {".png", ".jpg", ".jpeg"})
+        for folder in folders
+    ]
+    picked: list[Path] = []
+    for i in range(max((len(files) for files in per_class), default=0)):
+        for files in per_class:
+            if i < len(files) and len(picked) < n:
+                picked.append(files[i])
+    if not picked:
+        raise SystemExit(f"no X-rays found under {data}")
+    return picked
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``fn`` over ``repeats`` calls, in seconds."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measures the three throughputs; returns them with the set-up."""
+    import numpy as np
+    import tensorflow as tf
+
+    from covid.inference import Classifier
+    from covid.pipeline import analyse
+
+    paths = pick_images(args.data, args.n)
+    files = [(p.name, p.read_bytes()) for p in paths]
+    classifier = Classifier.from_file(args.model, batch_size=args.batch)
+    meta, model = classifier.metadata, classifier.model
+    ood = None
+    if args.ood:
+        from covid.ood import load_detector
+
+        ood = load_detector(args.model)
+
+    def score() -> list:
+        return analyse(files, classifier, ood=ood, batch_size=args.batch)
+
+    def score_and_explain() -> None:
+        for result in score():
+            if result.error is None:
+                target = meta.class_names.index(result.label)
+                classifier.explain(result.model_input.astype(np.float32), target=target)
+
+    results = score()  # warm-up: traces the forward pass
+    failed = [r.name for r in results if r.error is not None]
+    if failed:
+        raise SystemExit(f"unreadable X-rays: {', '.join(failed)}")
+    x = np.stack([r.model_input for r in results]).astype(np.float32)
+    model.predict(x[: args.batch], batch_size=args.batch, verbose=0)  # warm-up
+    first = results[0]
+    classifier.explain(first.model_input.astype(np.float32),
+                       target=meta.class_names.index(first.label))  # warm-up: traces Grad-CAM
+
+    predict_s = median_seconds(
+        lambda: model.predict(x, batch_size=args.batch, verbose=0), args.repeats
+    )
+    off_s = median_seconds(score, args.repeats)
+    on_s = median_seconds(score_and_explain, args.repeats)
+    n = len(files)
+    return {
+        "model": str(args.model),
+        "model_sha256": meta.sha256[:12],
+        "input_size": meta.input_size,
+        "images": n,
+        "covid_images": sum(p.parent.name.lower() == "covid" for p in paths),
+        "batch_size": args.batch,
+        "repeats": args.repeats,
+        "ood": ood is not None,
+        "devices": [d.device_type for d in tf.config.list_logical_devices()],
+        "cpu_count": os.cpu_count(),
+        "predict_img_s": n / predict_s,
+        "analyse_img_s": n / off_s,
+        "analyse_gradcam_img_s": n / on_s,
+        "analyse_over_predict": predict_s / off_s,
+        "gradcam_over_predict": predict_s / on_s,
+        "goal": GOAL,
+        "goal_met": predict_s / off_s >= GOAL,
+    }
+
+
+def report(r: dict[str, Any]) -> str:
+    """Formats the measurements as a plain-text table."""
+    verdict = "met" if r["goal_met"] else "NOT met"
+    gpu = "GPU" if "GPU" in r["devices"] else "CPU only"
+    lines = [
+        f"model    {r['model']} (sha256 {r['model_sha256']}…, {r['input_size']} px)",
+        f"images   {r['images']} real X-rays ({r['covid_images']} COVID), batch "
+        f"{r['batch_size']}, median of {r['repeats']} run(s)"
+        + (", with the out-of-distribution check" if r["ood"] else ""),
+        f"device   {gpu}, {r['cpu_count']} CPU cores",
+        "",
+        f"{'':40}{'img/s':>9}{'x predict':>12}",
+        f"{'model.predict (preprocessed batch)':40}{r['predict_img_s']:9.1f}{1.0:12.2f}",
+        f"{'analyse, heatmaps off (from bytes)':40}{r['analyse_img_s']:9.1f}"
+        f"{r['analyse_over_predict']:12.2f}   goal >= {r['goal']:.2f}x: {verdict}",
+        f"{'analyse + Grad-CAM per image':40}{r['analyse_gradcam_img_s']:9.1f}"
+        f"{r['gradcam_over_predict']:12.2f}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = parse_args(argv)
+    if not args.model.is_file():
+        raise SystemExit(
+            f"model not found: {args.model} (train it: python -m covid.train, "
+            "then python -m covid.evaluate --ship models/covid_resnet50.keras)"
+        )
+    results = run(args)
+    print(json.dumps(results, indent=2) if args.json else report(results))
+    return 1 if args.check and not results["goal_met"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The out-of-distribution gate of the shipped model, on real non-chest images.
+
+Non-chest images are real photos and scans that ship with matplotlib and pydicom,
+plus synthetic ones (noise, flat, a chart, a text page). The false-flag rate is
+measured on real X-rays from the model's own held-out test split.
+"""
+
+import gzip
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import cbook
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+from pydicom.data import get_testdata_file
+
+from covid.evaluate import artefact_paths
+from covid.inference import Classifier
+from covid.model import DEFAULT_MODEL_PATH, read_metadata
+from covid.ood import load_detector
+from covid.pipeline import analyse
+
+
+def _has_ood_stats() -> bool:
+    return DEFAULT_MODEL_PATH.exists() and "ood" in read_metadata(DEFAULT_MODEL_PATH).extra
+
+
+pytestmark = pytest.mark.skipif(
+    not _has_ood_stats(),
+    reason=f"no shipped model with out-of-distribution statistics at {DEFAULT_MODEL_PATH}",
+)
+
+MIN_DETECTION_RATE = 0.75
+"""Measured on the shipped model (v1): 11 of 14 (0.79). The three misses are the
+small grayscale CT and MR slices from pydicom, which the gate does not yet catch."""
+MAX_FALSE_FLAG_RATE = 0.05
+"""The threshold flags 2% of validation X-rays; 5% bounds sampling noise on 300 films."""
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _chart() -> bytes:
+    fig = Figure(figsize=(4, 4))
+    ax = fig.subplots()
+    ax.bar(["a", "b", "c"], [3, 1, 2])
+    ax.plot([0, 1, 2], [1, 3, 2], color="black")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _text_page() -> bytes:
+    page = Image.new("L", (300, 400), 255)
+    draw = ImageDraw.Draw(page)
+    for row in range(30):
+        draw.text((10, 10 + row * 13), "Lorem ipsum dolor sit amet, consectetur " * 2, fill=0)
+    return _png(np.asarray(page))
+
+
+def _mri_slice() -> bytes:
+    with gzip.open(cbook.get_sample_data("s1045.ima.gz", asfileobj=False)) as handle:
+        raw = np.frombuffer(handle.read(), ">u2").reshape(256, 256).astype(np.float64)
+    return _png((raw / raw.max() * 255).astype(np.uint8))
+
+
+def non_chest_corpus() -> list[tuple[str, bytes]]:
+    """Real non-chest images shipped with matplotlib and pydicom, and synthetic ones."""
+    rng = np.random.default_rng(0)
+    files = [
+        (name, Path(cbook.get_sample_data(name, asfileobj=False)).read_bytes())
+        for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")
+    ]
+    files.append(("mri_s1045.png", _mri_slice()))
+    files += [(name, Path(get_testdata_file(name)).read_bytes())
+              for name in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "JPGExtended.dcm",
+                           "SC_rgb_jpeg.dcm", "MR_small_RLE.dcm")]
+    files += [
+        ("noise.png", _png(rng.integers(0, 256, (256, 256), dtype=np.uint8))),
+        ("flat.png", _png(np.full((256, 256), 128, np.uint8))),
+        ("chart.png", _chart()),
+        ("text_page.png", _text_page()),
+    ]
+    return files
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return Classifier.from_file(DEFAULT_MODEL_PATH)
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return load_detector(DEFAULT_MODEL_PATH)
+
+
+def test_non_chest_images_are_flagged_or_refused(classifier, detector):
+    results = analyse(non_chest_corpus(), classifier, ood=detector)
+    caught = {r.name: bool(r.ood) or r.error is not None for r in results}
+    rate = sum(caught.values()) / len(caught)
+    print(f"non-chest detection rate: {rate:.2f} ({sum(caught.values())}/{len(caught)}); "
+          f"missed: {[n for n, c in caught.items() if not c]}")
+    assert rate >= MIN_DETECTION_RATE
+    for r in results:
+        if r.ood:
+            assert "not look like a chest X-ray" in r.triage
+            assert "admit" not in r.triage.lower() and "go home" not in r.triage.lower()
+
+
+def test_false_flag_rate_on_real_xrays(classifier, detector, shared_data_dir):
+    split = json.loads(artefact_paths(DEFAULT_MODEL_PATH)["split"].read_text())
+    names = split["files"]["test"][::6][:300]
+    files = [(n, (shared_data_dir / n).read_bytes()) for n in names]
+    results = analyse(files, classifier, ood=detector)
+    assert all(r.error is None for r in results)
+    rate = np.mean([bool(r.ood) for r in results])
+    print(f"false-flag rate on {len(results)} real test-split X-rays: {rate:.3f}")
+    assert rate <= MAX_FALSE_FLAG_RATE
