@@ -1011,7 +1011,9 @@ def data_card_ui(meta: ModelMetadata) -> None:
     if meta.splits:
         classes = list(meta.class_names)
         rows = {"split": [], **{name: [] for name in classes}, "total": []}
-        for side, counts in meta.splits.items():
+        known = [side for side in ("train", "val", "test") if side in meta.splits]
+        for side in known + [side for side in meta.splits if side not in known]:
+            counts = meta.splits[side]
             rows["split"].append(side)
             for name in classes:
                 rows[name].append(int((counts or {}).get(name, 0)))

@@ -279,13 +279,20 @@ def cam_energy_rows(energy: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+CLEAR_MARGIN = 0.10
+"""How far above its area share the central energy must be to call it a lean toward the chest."""
+
+
 def cam_energy_verdict(energy: Mapping[str, Any]) -> str:
     """One honest sentence on where the maps put their energy.
 
     Compares the central chest box's share of the Grad-CAM energy with its
-    share of the image (what a uniform, uninformative map would give), and
-    mentions the corners, where text markers sit, when they get more than their
-    area.
+    share of the image (what a uniform, uninformative map would give): below
+    it, the maps favour the film's borders; less than :data:`CLEAR_MARGIN`
+    above it, the check shows little; further above, the maps lean toward the
+    chest, which is necessary but not sufficient evidence that the model reads
+    the lungs. Classes whose maps fall below the uniform share are named, and
+    the corners (where text markers sit) when they get more than their area.
 
     Args:
         energy: The evaluation's ``cam_energy``.
@@ -298,15 +305,22 @@ def cam_energy_verdict(energy: Mapping[str, Any]) -> str:
     if central is None:
         return "No map had any energy, so this check says nothing about what the model uses."
     area = _area(energy)
-    corner_note = ""
+    share = (f"{central:.0%} of the Grad-CAM energy falls on the central chest region, which "
+             f"covers {area['central']:.0%} of the image")
+    if central <= area["central"]:
+        text = (f"Only {share}: no more than an uninformative map, so the model may be reading "
+                "the film's borders rather than the lungs.")
+    elif central - area["central"] < CLEAR_MARGIN:
+        text = (f"{share}: barely more than an uninformative map, so this check does not show "
+                "that the model reads the lungs.")
+    else:
+        text = (f"{share}: the maps lean toward the chest, which is necessary but not "
+                "sufficient; it does not rule out shortcuts.")
+    below = [(name, group["central"]) for name, group in (energy.get("per_class") or {}).items()
+             if (group or {}).get("central") is not None and group["central"] < area["central"]]
+    if below and central > area["central"]:
+        text += " For true " + " and ".join(f"{n} films it is {v:.0%}" for n, v in below) + "."
     if corners is not None and corners > area["corners"]:
-        corner_note = (f" The corners, where text markers sit, get {corners:.0%} of it for "
-                       f"{area['corners']:.0%} of the area, a possible source shortcut.")
-    if central > area["central"]:
-        return (f"{central:.0%} of the Grad-CAM energy falls on the central chest region, which "
-                f"covers {area['central']:.0%} of the image: the maps lean toward the chest, "
-                "which is necessary but not sufficient; it does not rule out shortcuts."
-                f"{corner_note}")
-    return (f"Only {central:.0%} of the Grad-CAM energy falls on the central chest region, which "
-            f"covers {area['central']:.0%} of the image: no more than an uninformative map, so "
-            f"the model may be reading the film's borders rather than the lungs.{corner_note}")
+        text += (f" The corners, where text markers sit, get {corners:.0%} of it for "
+                 f"{area['corners']:.0%} of the area, a possible source shortcut.")
+    return text

@@ -141,20 +141,28 @@ def test_confusion_at_puts_truth_in_rows_in_class_order(class_names):
     assert matrix[normal, covid] == 1 and matrix[normal, normal] == 2
 
 
-def _energy(central, corners=0.02):
+def _energy(central, corners=0.02, covid=None):
     group = {"n": 10, "n_empty": 0, "central": central, "border": 1 - central, "corners": corners}
-    return {"overall": group, "per_class": {"COVID": group, "Normal": dict(group, n=4)},
+    covid_group = group if covid is None else dict(group, central=covid, border=1 - covid)
+    return {"overall": group, "per_class": {"COVID": covid_group, "Normal": dict(group, n=4)},
             "area": {"central": 0.56, "border": 0.44, "corners": 0.09}}
 
 
-def test_cam_energy_rows_and_verdict():
+def test_cam_energy_rows():
     rows = cam_energy_rows(_energy(0.8))
     assert [r["group"] for r in rows] == ["All test images", "True COVID", "True Normal",
                                           "Uniform map (area)"]
     assert rows[0]["central"] == pytest.approx(80.0) and rows[2]["images"] == 4
-    assert rows[-1]["central"] == pytest.approx(56.0)
-    assert cam_energy_verdict(_energy(0.8)).startswith("80% of the Grad-CAM energy")
-    assert "not sufficient" in cam_energy_verdict(_energy(0.8))
+    assert rows[-1]["central"] == pytest.approx(56.0) and rows[-1]["images"] is None
+
+
+def test_cam_energy_verdict_is_graded_against_a_uniform_map():
+    clear = cam_energy_verdict(_energy(0.8))
+    assert clear.startswith("80% of the Grad-CAM energy") and "not sufficient" in clear
+    assert "films" not in clear and "corners" not in clear
+    weak = cam_energy_verdict(_energy(0.61, covid=0.54))
+    assert "barely more than an uninformative map" in weak
+    assert weak.endswith("For true COVID films it is 54%.")
     low = cam_energy_verdict(_energy(0.5, corners=0.2))
     assert low.startswith("Only 50%") and "borders" in low and "corners" in low
     assert "says nothing" in cam_energy_verdict({"overall": {"central": None}})
