@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import logging
 import math
@@ -221,13 +220,11 @@ def load_ood_detector(path: str, stamp: tuple[int, int]) -> Any | None:
         stamp: The file's (size, mtime_ns).
 
     Returns:
-        The detector from :func:`covid.ood.load_detector`, or None when the
-        project has no :mod:`covid.ood` module.
+        The detector from :func:`covid.ood.load_detector` (cheap checks only
+        when the model ships no out-of-distribution statistics).
     """
     del stamp
-    if importlib.util.find_spec("covid.ood") is None:
-        return None
-    from covid.ood import load_detector
+    from covid.ood import load_detector  # deferred: imports scikit-learn
 
     return load_detector(path)
 

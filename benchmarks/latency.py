@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/latency.py --model models/covid_resnet50.keras --n 20 --repeats 5
+    python -m benchmarks.latency --model models/covid_resnet50.keras --n 20 --repeats 5
 
 Prints medians (over ``--repeats`` timed runs of each of ``--n`` images, after
 one warm-up) of:
@@ -31,13 +31,13 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import median_seconds, pick_images
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid19-radiography"
 
@@ -72,38 +72,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=16, help="batch size for throughput")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     return parser.parse_args(argv)
-
-
-def pick_images(data: Path, n: int) -> list[Path]:
-    """The first ``n`` images, alternating between the class folders, sorted by name.
-
-    Raises:
-        SystemExit: The dataset folder is missing or holds no images.
-    """
-    folders = sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
-    per_class = [
-        sorted(f for f in folder.iterdir() if f.suffix.lower() in {".png", ".jpg", ".jpeg"})
-        for folder in folders
-    ]
-    picked: list[Path] = []
-    for i in range(max((len(files) for files in per_class), default=0)):
-        for files in per_class:
-            if i < len(files) and len(picked) < n:
-                picked.append(files[i])
-    if not picked:
-        raise SystemExit(f"no X-rays found under {data}")
-    return picked
-
-
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` calls, in seconds (after one warm-up)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def cold_start(model: Path) -> dict[str, float]:
@@ -154,19 +122,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     decode_t, forward_t, cam_t, campp_t = [], [], [], []
+
+    def timed(fn: Callable[[], Any]) -> float:
+        return median_seconds(fn, args.repeats, warmup=True)
+
     for data, path, x in zip(contents, paths, inputs, strict=True):
         batch = tf.constant(x[np.newaxis])
-        decode_t.append(median_time(lambda d=data, n=path.name: prepare(d, n), args.repeats))
-        forward_t.append(median_time(lambda b=batch: forward(b).numpy(), args.repeats))
-        cam_t.append(
-            median_time(lambda x=x: classifier.explain(x, method="gradcam"), args.repeats)
-        )
-        campp_t.append(
-            median_time(lambda x=x: classifier.explain(x, method="gradcam++"), args.repeats)
-        )
+        decode_t.append(timed(lambda d=data, n=path.name: prepare(d, n)))
+        forward_t.append(timed(lambda b=batch: forward(b).numpy()))
+        cam_t.append(timed(lambda x=x: classifier.explain(x, method="gradcam")))
+        campp_t.append(timed(lambda x=x: classifier.explain(x, method="gradcam++")))
 
     batch = np.stack(inputs[: args.batch])
-    batch_t = median_time(lambda: classifier.predict_batch(batch), args.repeats)
+    batch_t = timed(lambda: classifier.predict_batch(batch))
 
     fwd = statistics.median(forward_t)
     cam = statistics.median(cam_t)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/throughput.py --model models/covid_resnet50.keras --n 64 --batch 16
+    python -m benchmarks.throughput --model models/covid_resnet50.keras --n 64 --batch 16
 
 Scores ``--n`` real X-rays from ``../shared/data/covid19-radiography`` (both
 classes, alternating, in a fixed order) and prints the throughput, in images per
@@ -29,15 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import median_seconds, pick_images
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid19-radiography"
 GOAL = 0.9
@@ -64,37 +62,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
     return args
-
-
-def pick_images(data: Path, n: int) -> list[Path]:
-    """The first ``n`` images, alternating between the class folders, each sorted by name.
-
-    Raises:
-        SystemExit: The dataset folder is missing or holds no images.
-    """
-    folders = sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
-    per_class = [
-        sorted(f for f in folder.iterdir() if f.suffix.lower() in {".png", ".jpg", ".jpeg"})
-        for folder in folders
-    ]
-    picked: list[Path] = []
-    for i in range(max((len(files) for files in per_class), default=0)):
-        for files in per_class:
-            if i < len(files) and len(picked) < n:
-                picked.append(files[i])
-    if not picked:
-        raise SystemExit(f"no X-rays found under {data}")
-    return picked
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    """Median wall time of ``fn`` over ``repeats`` calls, in seconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

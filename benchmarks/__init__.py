@@ -1,0 +1,1 @@
+"""Benchmark scripts that print numbers: ``python -m benchmarks.latency``, ``.throughput``."""
