@@ -41,7 +41,9 @@ import numpy as np
 import streamlit as st
 
 from covid import DISCLAIMER
-from covid.batch import (
+from covid.explain.overlay import colormap_names, contour_overlay, heatmap_only, overlay_heatmap
+from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
+from covid.screening.batch import (
     ERROR,
     FILE,
     LABEL,
@@ -58,16 +60,14 @@ from covid.batch import (
     table_columns,
     table_rows,
 )
-from covid.evaluate import artefact_paths
-from covid.metrics import operating_point
-from covid.model import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
-from covid.overlay import colormap_names, contour_overlay, heatmap_only, overlay_heatmap
-from covid.pipeline import StudyResult, analyse, percentages
-from covid.plots import confusion_figure, reliability_figure, roc_figure
-from covid.report import build_report
+from covid.screening.pipeline import StudyResult, analyse, percentages
+from covid.screening.report import build_report
+from covid.training.evaluate import artefact_paths
+from covid.training.metrics import operating_point
+from covid.training.plots import confusion_figure, reliability_figure, roc_figure
 
 if TYPE_CHECKING:
-    from covid.inference import Classifier
+    from covid.explain.inference import Classifier
 
 LOG = logging.getLogger("covid.app")
 
@@ -87,8 +87,8 @@ TRAIN_HOWTO = """\
 Train a model, then evaluate and ship it, from the project's root:
 
 ```bash
-python -m covid.train --run runs/main
-python -m covid.evaluate --model runs/main/model.keras --ship models/covid_resnet50.keras
+python -m covid.training.train --run runs/main
+python -m covid.training.evaluate --model runs/main/model.keras --ship models/covid_resnet50.keras
 ```
 
 Or point the page at another model: `COVID_MODEL_PATH=path/to/model.keras streamlit run \
@@ -99,7 +99,7 @@ EVALUATE_HOWTO = """\
 Evaluate the model to make them (from the project's root):
 
 ```bash
-python -m covid.evaluate --model {model}
+python -m covid.training.evaluate --model {model}
 ```
 """
 
@@ -157,7 +157,7 @@ class DisplaySettings:
         target: ``PREDICTED`` or a class name: the class the map explains.
         method: ``"gradcam"`` or ``"gradcam++"``.
         view: One of :data:`VIEWS`.
-        colormap: A name from :func:`covid.overlay.colormap_names`.
+        colormap: A name from :func:`covid.explain.overlay.colormap_names`.
         opacity: Heatmap opacity over the X-ray, 0 to 1.
     """
 
@@ -200,13 +200,13 @@ def load_classifier(path: str, stamp: tuple[int, int]) -> Classifier:
         stamp: The file's (size, mtime_ns), so that a re-shipped model is reloaded.
 
     Returns:
-        The :class:`covid.inference.Classifier`; shared by every session, never mutated.
+        The :class:`covid.explain.inference.Classifier`; shared by every session, never mutated.
 
     Raises:
         ModelFileError: The model or its metadata is missing, or the SHA-256 differs.
     """
     del stamp  # part of the cache key only
-    from covid.inference import Classifier  # deferred: imports TensorFlow
+    from covid.explain.inference import Classifier  # deferred: imports TensorFlow
 
     return Classifier.from_file(path)
 
@@ -220,11 +220,11 @@ def load_ood_detector(path: str, stamp: tuple[int, int]) -> Any | None:
         stamp: The file's (size, mtime_ns).
 
     Returns:
-        The detector from :func:`covid.ood.load_detector` (cheap checks only
+        The detector from :func:`covid.screening.ood.load_detector` (cheap checks only
         when the model ships no out-of-distribution statistics).
     """
     del stamp
-    from covid.ood import load_detector  # deferred: imports scikit-learn
+    from covid.screening.ood import load_detector  # deferred: imports scikit-learn
 
     return load_detector(path)
 
@@ -536,7 +536,7 @@ def model_card_ui(meta: ModelMetadata, threshold: float) -> None:
             ], head=("Metric", "Value")))
             st.caption("At the shipped operating point.")
         else:
-            st.caption("No test metrics yet: run `python -m covid.evaluate`.")
+            st.caption("No test metrics yet: run `python -m covid.training.evaluate`.")
         rows = [(f"Shipped threshold on P({meta.positive_class})", f"{meta.threshold:.3f}")]
         if not is_shipped(meta, threshold):
             rows.append(("This session's threshold", f"{threshold:.3f}"))
@@ -701,7 +701,7 @@ def report_pdf(
         cam: The map of the evidence for the study's label, when already computed.
 
     Returns:
-        The PDF's bytes (see :func:`covid.report.build_report`).
+        The PDF's bytes (see :func:`covid.screening.report.build_report`).
     """
     meta, result = classifier.metadata, study.result
     if cam is None:
@@ -1173,7 +1173,7 @@ def cam_energy_ui(evaluation: Evaluation) -> None:
     if not isinstance(energy, dict):
         st.info("Not measured yet: where the Grad-CAM maps put their energy (chest centre, "
                 "border, corners) has not been measured for this model. Re-run "
-                "`python -m covid.evaluate` to measure it.", icon=":material/info:")
+                "`python -m covid.training.evaluate` to measure it.", icon=":material/info:")
         return
     st.markdown(f"**{cam_energy_verdict(energy)}**")
     rows = cam_energy_rows(energy)

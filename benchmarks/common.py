@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from covid.data import find_dataset
+from covid.training.data import find_dataset
 
 
 def pick_images(data: Path, n: int) -> list[Path]:

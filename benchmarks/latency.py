@@ -11,9 +11,9 @@ one warm-up) of:
 * the bare forward pass of one image through the compiled model (a
   ``tf.function`` of the Keras model, the lower bound for any prediction);
 * a prediction with its Grad-CAM and Grad-CAM++ maps
-  (:meth:`covid.inference.Classifier.explain`: one forward and one backward pass),
+  (:meth:`covid.explain.inference.Classifier.explain`: one forward and one backward pass),
   and its ratio to the bare forward pass;
-* batched scoring throughput (:meth:`covid.inference.Classifier.predict_batch`);
+* batched scoring throughput (:meth:`covid.explain.inference.Classifier.predict_batch`);
 * the cold start, in a fresh subprocess: importing TensorFlow, loading and
   verifying the model, and the first (tracing) prediction and Grad-CAM calls;
 * this process's peak resident memory (``resource.getrusage``).
@@ -45,7 +45,7 @@ _COLD_LOAD = """
 import json, sys, time
 t0 = time.perf_counter()
 import tensorflow  # noqa: F401
-from covid.inference import Classifier
+from covid.explain.inference import Classifier
 t1 = time.perf_counter()
 clf = Classifier.from_file(sys.argv[1])
 t2 = time.perf_counter()
@@ -62,7 +62,7 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_predict_s": t3 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line."""
-    from covid.model import DEFAULT_MODEL_PATH
+    from covid.model.classifier import DEFAULT_MODEL_PATH
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=ROOT / DEFAULT_MODEL_PATH)
@@ -98,10 +98,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import tensorflow as tf
 
-    from covid.inference import Classifier
-    from covid.io import decode_image
-    from covid.model import load_model
-    from covid.preprocess import to_model_input
+    from covid.explain.inference import Classifier
+    from covid.inputs.decode import decode_image
+    from covid.inputs.preprocess import to_model_input
+    from covid.model.classifier import load_model
 
     cold = cold_start(args.model)
 
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if not args.model.is_file():
         raise SystemExit(
-            f"model not found: {args.model} (train it: python -m covid.train, "
-            "then python -m covid.evaluate --ship models/covid_resnet50.keras)"
+            f"model not found: {args.model} (train it: python -m covid.training.train, "
+            "then python -m covid.training.evaluate --ship models/covid_resnet50.keras)"
         )
     results = run(args)
     print(json.dumps(results, indent=2) if args.json else report(results))

@@ -11,12 +11,12 @@ graphs), of:
 
 * ``model.predict``: Keras' ``predict`` on the already preprocessed
   (N, S, S, 1) batch, the reference (no decoding, no calibration);
-* ``analyse``, heatmaps off: :func:`covid.pipeline.analyse` from the files'
+* ``analyse``, heatmaps off: :func:`covid.screening.pipeline.analyse` from the files'
   bytes (decode, preprocess, batched forward pass, calibration, labels, triage,
   and the out-of-distribution check with ``--ood``), what the page does for a
   batch before a study is opened;
 * ``analyse``, heatmaps on: the same plus
-  :meth:`covid.inference.Classifier.explain` for every image (the Grad-CAM map
+  :meth:`covid.explain.inference.Classifier.explain` for every image (the Grad-CAM map
   of its label, as the page draws it when a study is opened).
 
 Each is also given as a ratio to ``model.predict``; the goal is heatmaps off at
@@ -44,7 +44,7 @@ GOAL = 0.9
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line."""
-    from covid.model import DEFAULT_MODEL_PATH
+    from covid.model.classifier import DEFAULT_MODEL_PATH
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=ROOT / DEFAULT_MODEL_PATH)
@@ -69,8 +69,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import tensorflow as tf
 
-    from covid.inference import Classifier
-    from covid.pipeline import analyse
+    from covid.explain.inference import Classifier
+    from covid.screening.pipeline import analyse
 
     paths = pick_images(args.data, args.n)
     files = [(p.name, p.read_bytes()) for p in paths]
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     meta, model = classifier.metadata, classifier.model
     ood = None
     if args.ood:
-        from covid.ood import load_detector
+        from covid.screening.ood import load_detector
 
         ood = load_detector(args.model)
 
@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.model.is_file():
         raise SystemExit(
-            f"model not found: {args.model} (train it: python -m covid.train, "
-            "then python -m covid.evaluate --ship models/covid_resnet50.keras)"
+            f"model not found: {args.model} (train it: python -m covid.training.train, "
+            "then python -m covid.training.evaluate --ship models/covid_resnet50.keras)"
         )
     results = run(args)
     print(json.dumps(results, indent=2) if args.json else report(results))

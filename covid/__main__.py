@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from covid import DISCLAIMER, predict, report
+from covid import DISCLAIMER
+from covid.screening import predict, report
 
 
 def main(argv: list[str] | None = None) -> int:

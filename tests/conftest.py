@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from covid.model import LOGITS_LAYER, ModelMetadata, save_model
+from covid.model.classifier import LOGITS_LAYER, ModelMetadata, save_model
 
 TINY_SIZE = 32
 TINY_LAYER = "last_conv"

@@ -24,10 +24,10 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from covid import DISCLAIMER
-from covid.inference import Classifier
-from covid.io import decode_image
-from covid.model import read_metadata
-from covid.preprocess import to_model_input
+from covid.explain.inference import Classifier
+from covid.inputs.decode import decode_image
+from covid.inputs.preprocess import to_model_input
+from covid.model.classifier import read_metadata
 
 APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 TIMEOUT = 120
@@ -56,8 +56,8 @@ class _FakeDetector:
 
 
 def _fake_ood_module(flagged: bool) -> types.ModuleType:
-    module = types.ModuleType("covid.ood")
-    module.__spec__ = importlib.machinery.ModuleSpec("covid.ood", None)
+    module = types.ModuleType("covid.screening.ood")
+    module.__spec__ = importlib.machinery.ModuleSpec("covid.screening.ood", None)
     module.load_detector = lambda path: _FakeDetector(flagged)
     return module
 
@@ -68,7 +68,7 @@ def make_app(tiny_model_file, monkeypatch):
     monkeypatch.setenv("COVID_MODEL_PATH", str(tiny_model_file))
 
     def make(flagged: bool = False) -> AppTest:
-        monkeypatch.setitem(sys.modules, "covid.ood", _fake_ood_module(flagged))
+        monkeypatch.setitem(sys.modules, "covid.screening.ood", _fake_ood_module(flagged))
         st.cache_resource.clear()
         st.cache_data.clear()
         return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
@@ -147,8 +147,8 @@ def test_missing_model_explains_how_to_train(monkeypatch, tmp_path):
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert "absent.keras" in at.error[0].value
-    assert "python -m covid.train" in at.info[0].value
-    assert "python -m covid.evaluate" in at.info[0].value
+    assert "python -m covid.training.train" in at.info[0].value
+    assert "python -m covid.training.evaluate" in at.info[0].value
     assert not at.slider and not at.file_uploader
     assert any(DISCLAIMER in w.value for w in at.warning)
 
@@ -164,7 +164,7 @@ def test_altered_model_file_is_refused(monkeypatch, tmp_path, tiny_model_file):
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert "does not match" in at.error[0].value
-    assert "python -m covid.train" in at.info[0].value
+    assert "python -m covid.training.train" in at.info[0].value
 
 
 def _select_row(at: AppTest, row: int | None) -> AppTest:
@@ -313,7 +313,7 @@ def test_a_failing_map_only_hides_its_own_panel(make_app, meta, monkeypatch):
 @pytest.fixture(scope="module")
 def evaluated_model(tiny_model_file, tmp_path_factory) -> Path:
     """A copy of the tiny model with evaluation artefacts made on tiny random data."""
-    from covid.evaluate import evaluate
+    from covid.training.evaluate import evaluate
 
     root = tmp_path_factory.mktemp("evaluated")
     rng = np.random.default_rng(0)
@@ -342,7 +342,7 @@ def serve(monkeypatch):
 
     def make(model: Path) -> AppTest:
         monkeypatch.setenv("COVID_MODEL_PATH", str(model))
-        monkeypatch.setitem(sys.modules, "covid.ood", _fake_ood_module(False))
+        monkeypatch.setitem(sys.modules, "covid.screening.ood", _fake_ood_module(False))
         return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
 
     st.cache_resource.clear()
@@ -362,9 +362,9 @@ def _metric(at: AppTest, label: str) -> str:
 
 
 def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, evaluated_model):
-    from covid.batch import scores_from_csv
-    from covid.evaluate import artefact_paths
-    from covid.metrics import operating_point
+    from covid.screening.batch import scores_from_csv
+    from covid.training.evaluate import artefact_paths
+    from covid.training.metrics import operating_point
 
     meta = read_metadata(evaluated_model)
     at = _open_model_page(serve(evaluated_model).run())
@@ -402,7 +402,7 @@ def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, eval
 def test_model_page_without_artefacts_says_so(serve, tiny_model_file):
     at = _open_model_page(serve(tiny_model_file).run())
     text = _texts(at)
-    assert "Evaluation artefacts missing" in text and "python -m covid.evaluate" in text
+    assert "Evaluation artefacts missing" in text and "python -m covid.training.evaluate" in text
     assert "tiny.evaluation.json" in text and "tiny.test_scores.csv" in text
     assert "Not measured yet" in text
     assert "DeGrave" in text  # the model card needs only the metadata
@@ -411,7 +411,7 @@ def test_model_page_without_artefacts_says_so(serve, tiny_model_file):
 
 
 def test_model_page_without_cam_energy_says_it_was_not_measured(serve, evaluated_model, tmp_path):
-    from covid.evaluate import artefact_paths, ship
+    from covid.training.evaluate import artefact_paths, ship
 
     copy = tmp_path / "copy.keras"
     ship(evaluated_model, copy)
@@ -433,7 +433,7 @@ def _label_and_triage(at: AppTest) -> tuple[str, str]:
 def test_operating_point_is_per_session_and_relabels_cached_results(
     serve, evaluated_model, calls
 ):
-    from covid.triage import ADMIT, GO_HOME
+    from covid.screening.triage import ADMIT, GO_HOME
 
     meta = read_metadata(evaluated_model)
     upload = ("chest.png", _png(1), "image/png")
@@ -481,7 +481,7 @@ def test_pdf_report_follows_the_session_operating_point(tiny_model_file):
     from pypdf import PdfReader
 
     import streamlit_app as app
-    from covid.pipeline import analyse
+    from covid.screening.pipeline import analyse
 
     classifier = Classifier.from_file(tiny_model_file)
     cached = analyse([("chest.png", _png(1))], classifier)[0]  # at the shipped threshold
@@ -516,10 +516,10 @@ def test_batch_and_opened_study_survive_a_visit_to_the_model_page(serve, evaluat
 
 
 def test_a_batch_is_scored_behind_a_progress_bar(make_app, monkeypatch):
-    import covid.pipeline
+    import covid.screening.pipeline
 
     seen = []
-    analyse = covid.pipeline.analyse
+    analyse = covid.screening.pipeline.analyse
 
     def recording(files, classifier, **kwargs):
         progress = kwargs["progress"]
@@ -530,7 +530,7 @@ def test_a_batch_is_scored_behind_a_progress_bar(make_app, monkeypatch):
 
         return analyse(files, classifier, **dict(kwargs, progress=report, batch_size=2))
 
-    monkeypatch.setattr(covid.pipeline, "analyse", recording)
+    monkeypatch.setattr(covid.screening.pipeline, "analyse", recording)
     at = make_app().run()
     at.file_uploader(key="uploads").set_value(
         [(f"{i}.png", _png(i), "image/png") for i in range(5)]).run()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from covid import DISCLAIMER
-from covid.batch import (
+from covid.screening.batch import (
     cam_energy_rows,
     cam_energy_verdict,
     confusion_at,
@@ -18,9 +18,9 @@ from covid.batch import (
     table_columns,
     table_rows,
 )
-from covid.metrics import operating_point
-from covid.pipeline import StudyResult
-from covid.triage import ADMIT, GO_HOME, NOT_A_CHEST_XRAY, triage_message
+from covid.screening.pipeline import StudyResult
+from covid.screening.triage import ADMIT, GO_HOME, NOT_A_CHEST_XRAY, triage_message
+from covid.training.metrics import operating_point
 
 CLASSES = ["COVID", "Normal"]
 HEADER = ["file", "COVID %", "label", "out-of-distribution", "triage", "error"]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from covid.model import DEFAULT_MODEL_PATH, read_metadata
+from covid.model.classifier import DEFAULT_MODEL_PATH, read_metadata
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from covid.calibration import (
+from covid.model.calibration import (
     calibrated_probs,
     choose_threshold,
     expected_calibration_error,

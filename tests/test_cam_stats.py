@@ -3,7 +3,13 @@ import math
 import numpy as np
 import pytest
 
-from covid.cam_stats import REGIONS, area_shares, energy_shares, region_masks, summarise_shares
+from covid.explain.cam_stats import (
+    REGIONS,
+    area_shares,
+    energy_shares,
+    region_masks,
+    summarise_shares,
+)
 
 
 def test_central_map_puts_all_energy_in_the_centre():

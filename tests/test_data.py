@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid.augment import augment_batch
-from covid.data import (
+from covid.inputs.decode import decode_image
+from covid.inputs.preprocess import to_batch
+from covid.training.augment import augment_batch
+from covid.training.data import (
     CLASS_NAMES,
     find_dataset,
     group_near_duplicates,
@@ -15,8 +17,6 @@ from covid.data import (
     perceptual_hashes,
     split_indices,
 )
-from covid.io import decode_image
-from covid.preprocess import to_batch
 
 
 def _film(seed: int, size: int = 96) -> np.ndarray:

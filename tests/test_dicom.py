@@ -24,8 +24,8 @@ from pydicom.uid import (  # noqa: E402
     generate_uid,
 )
 
-import covid.dicom as cdicom  # noqa: E402
-from covid.io import ImageDecodeError, decode_image  # noqa: E402
+import covid.inputs.dicom as cdicom  # noqa: E402
+from covid.inputs.decode import ImageDecodeError, decode_image  # noqa: E402
 
 H, W = 80, 96
 PHI = {"PatientName": "DOE^JANE", "PatientID": "PID-778899",

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid.evaluate import artefact_paths, evaluate, ship, summarise
-from covid.model import load_model, read_metadata
+from covid.model.classifier import load_model, read_metadata
+from covid.training.evaluate import artefact_paths, evaluate, ship, summarise
 
 
 def _logits(rng, labels, separation):

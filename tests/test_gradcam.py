@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from covid.gradcam import (
+from covid.explain.gradcam import (
     build_gradcam_model,
     cam_from_gradients,
     compute_cams,

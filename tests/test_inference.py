@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from covid.inference import Classifier, Explanation
+from covid.explain.inference import Classifier, Explanation
 
 SIZE = 32
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-import covid.io as cio
-from covid.io import ImageDecodeError, decode_image, read_image, sniff_format
+import covid.inputs.decode as cio
+from covid.inputs.decode import ImageDecodeError, decode_image, read_image, sniff_format
 
 H, W = 96, 128
 

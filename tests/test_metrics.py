@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from covid.metrics import auc_with_ci, operating_point, roc_points
+from covid.training.metrics import auc_with_ci, operating_point, roc_points
 
 
 def test_perfect_scores_give_auc_one():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid.io import DecodedImage, decode_image, read_image
-from covid.ood import (
+from covid.inputs.decode import DecodedImage, decode_image, read_image
+from covid.screening.ood import (
     MIN_STD,
     OODDetector,
     OODFileError,
@@ -218,7 +218,7 @@ def test_detector_without_statistics_uses_cheap_checks_only():
 def _tiny_model_file(directory: Path) -> Path:
     import keras
 
-    from covid.model import LOGITS_LAYER, ModelMetadata, save_model
+    from covid.model.classifier import LOGITS_LAYER, ModelMetadata, save_model
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 1), name="xray")
@@ -251,8 +251,8 @@ def _tiny_dataset(root: Path) -> dict:
 
 def test_cli_fits_on_a_tiny_model(tmp_path, capsys):
     pytest.importorskip("tensorflow")
-    from covid.model import load_model, read_metadata
-    from covid.ood import load_detector, main
+    from covid.model.classifier import load_model, read_metadata
+    from covid.screening.ood import load_detector, main
 
     model_path = _tiny_model_file(tmp_path)
     assert load_detector(model_path).stats is None  # no statistics yet: cheap checks only
@@ -271,7 +271,7 @@ def test_cli_fits_on_a_tiny_model(tmp_path, capsys):
     assert detector.threshold == entry["threshold"] and detector.stats.feature_dim == 8
 
     (tmp_path / "tiny.ood.npz").write_bytes(b"altered")
-    from covid.model import ModelFileError
+    from covid.model.classifier import ModelFileError
 
     with pytest.raises(ModelFileError, match="do not match"):
         load_detector(model_path)
@@ -279,7 +279,7 @@ def test_cli_fits_on_a_tiny_model(tmp_path, capsys):
 
 def test_cli_reports_a_missing_split(tmp_path, capsys):
     pytest.importorskip("tensorflow")
-    from covid.ood import main
+    from covid.screening.ood import main
 
     model_path = _tiny_model_file(tmp_path)
     status = main(["--model", str(model_path), "--split", str(tmp_path / "none.json")])

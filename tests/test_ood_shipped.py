@@ -17,11 +17,11 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from pydicom.data import get_testdata_file
 
-from covid.evaluate import artefact_paths
-from covid.inference import Classifier
-from covid.model import DEFAULT_MODEL_PATH, read_metadata
-from covid.ood import load_detector
-from covid.pipeline import analyse
+from covid.explain.inference import Classifier
+from covid.model.classifier import DEFAULT_MODEL_PATH, read_metadata
+from covid.screening.ood import load_detector
+from covid.screening.pipeline import analyse
+from covid.training.evaluate import artefact_paths
 
 
 def _has_ood_stats() -> bool:

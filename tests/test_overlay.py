@@ -2,7 +2,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from covid.overlay import (
+from covid.explain.overlay import (
     colormap_names,
     contour_lines,
     contour_overlay,

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid.inference import Classifier
-from covid.pipeline import analyse, percentages, rank_by_suspicion
-from covid.triage import ADMIT, GO_HOME
+from covid.explain.inference import Classifier
+from covid.screening.pipeline import analyse, percentages, rank_by_suspicion
+from covid.screening.triage import ADMIT, GO_HOME
 
 
 def _png(seed: int, size: int = 72) -> bytes:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from covid.__main__ import main
-from covid.predict import COLUMNS
+from covid.screening.predict import COLUMNS
 
 
 def _png(path, seed):

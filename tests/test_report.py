@@ -13,11 +13,11 @@ from pypdf import PdfReader
 
 from covid import DISCLAIMER
 from covid.__main__ import main
-from covid.io import ImageDecodeError
-from covid.model import ModelMetadata
-from covid.pipeline import StudyResult, percentages
-from covid.report import ReportError, build_report, report_for_file
-from covid.triage import ADMIT, GO_HOME, triage_message
+from covid.inputs.decode import ImageDecodeError
+from covid.model.classifier import ModelMetadata
+from covid.screening.pipeline import StudyResult, percentages
+from covid.screening.report import ReportError, build_report, report_for_file
+from covid.screening.triage import ADMIT, GO_HOME, triage_message
 
 SHA = "0123456789abcdef" * 4
 WHEN = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
@@ -123,7 +123,7 @@ def test_inconsistent_or_failed_inputs_are_refused(metadata):
 
 @pytest.fixture(scope="module")
 def classifier(tiny_model_file):
-    from covid.inference import Classifier
+    from covid.explain.inference import Classifier
 
     return Classifier.from_file(tiny_model_file)
 
@@ -174,7 +174,7 @@ def _dicom_bytes() -> bytes:
 
 
 def test_dicom_patient_identifiers_never_reach_the_pdf(classifier, tmp_path):
-    pytest.importorskip("covid.dicom", reason="covid/dicom.py (DICOM decoding) not there yet")
+    pytest.importorskip("covid.inputs.dicom", reason="covid/dicom.py (DICOM decoding) not there yet")
     path = tmp_path / "study.dcm"
     path.write_bytes(_dicom_bytes())
     pdf = report_for_file(path, classifier, when=WHEN)
@@ -187,7 +187,7 @@ def test_dicom_patient_identifiers_never_reach_the_pdf(classifier, tmp_path):
 
 
 def test_cli_writes_a_valid_pdf(tiny_model_file, tmp_path, capsys):
-    pytest.importorskip("covid.ood", reason="covid/ood.py not there yet")
+    pytest.importorskip("covid.screening.ood", reason="covid/ood.py not there yet")
     image, out = tmp_path / "a.png", tmp_path / "out" / "report.pdf"
     image.write_bytes(_png_bytes(4))
     out.parent.mkdir()

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from covid.data import load_images
-from covid.evaluate import artefact_paths
-from covid.inference import Classifier
-from covid.model import DEFAULT_MODEL_PATH, file_sha256, read_metadata
+from covid.explain.inference import Classifier
+from covid.model.classifier import DEFAULT_MODEL_PATH, file_sha256, read_metadata
+from covid.training.data import load_images
+from covid.training.evaluate import artefact_paths
 
 pytestmark = pytest.mark.skipif(
     not DEFAULT_MODEL_PATH.exists(), reason=f"no shipped model at {DEFAULT_MODEL_PATH}"

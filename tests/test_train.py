@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid import train
-from covid.model import load_model
+from covid.model.classifier import load_model
+from covid.training import train
 
 
 def _dataset(root, per_class=24):

@@ -236,7 +236,7 @@ def compute_cams(
     """Computes maps for a batch with any Keras CNN, eagerly (a convenience).
 
     For repeated use, build the gradient model once and wrap
-    :func:`gradcam_step` in ``tf.function``, as ``covid.inference.Classifier`` does.
+    :func:`gradcam_step` in ``tf.function``, as ``covid.explain.inference.Classifier`` does.
 
     Args:
         model: A Keras functional CNN (left unchanged).

@@ -9,7 +9,7 @@ disk.
 
 Accepted: PNG (8 or 16 bits, grey, grey + alpha, RGB, RGBA, palette; an animated
 PNG gives its first frame), JPEG (grey, RGB, CMYK; EXIF orientation applied) and
-DICOM (see :mod:`covid.dicom`), with or without the 128-byte preamble. Anything
+DICOM (see :mod:`covid.inputs.dicom`), with or without the 128-byte preamble. Anything
 else (GIF, BMP, TIFF, WebP, PDF, text...) is refused as not a PNG, JPEG or DICOM.
 """
 
@@ -140,7 +140,7 @@ def decode_image(data: bytes, name: str) -> DecodedImage:
     if kind is None:
         raise ImageDecodeError(name, _unrecognised_reason(data))
     if kind == "DICOM":
-        from covid import dicom  # deferred: pydicom is only needed for DICOM files
+        from covid.inputs import dicom  # deferred: pydicom is only needed for DICOM files
 
         pixels, is_color, info = dicom.decode_dicom(data, name)
         check_dimensions(name, pixels.shape[1], pixels.shape[0])

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covid.calibration import calibrated_probs
-from covid.io import DecodedImage, ImageDecodeError, decode_image
-from covid.preprocess import fit_within, to_model_input
-from covid.triage import triage_message
+from covid.inputs.decode import DecodedImage, ImageDecodeError, decode_image
+from covid.inputs.preprocess import fit_within, to_model_input
+from covid.model.calibration import calibrated_probs
+from covid.screening.triage import triage_message
 
 if TYPE_CHECKING:
-    from covid.inference import Classifier
+    from covid.explain.inference import Classifier
 
 
 DISPLAY_MAX_SIDE = 1024

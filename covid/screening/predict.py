@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from covid.model import DEFAULT_MODEL_PATH, ModelFileError
-from covid.pipeline import StudyResult, analyse
+from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError
+from covid.screening.pipeline import StudyResult, analyse
 
 COLUMNS = ("path", "label", "p_covid", "p_normal", "error", "ood")
 CHUNK = 64
@@ -45,7 +45,7 @@ def iter_files(paths: list[Path]) -> Iterator[Path]:
 
 def _read(path: Path) -> bytes | str:
     """The file's bytes, or a message saying why it cannot be read."""
-    from covid.io import MAX_FILE_BYTES
+    from covid.inputs.decode import MAX_FILE_BYTES
 
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
@@ -89,8 +89,8 @@ def predict_paths(paths: list[Path], model_path: Path) -> Iterator[dict[str, Any
     Yields:
         Rows (see :func:`row`), in file order.
     """
-    from covid.inference import Classifier
-    from covid.ood import load_detector
+    from covid.explain.inference import Classifier
+    from covid.screening.ood import load_detector
 
     classifier = Classifier.from_file(model_path)
     detector = load_detector(model_path)

@@ -19,8 +19,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn.model_selection import StratifiedGroupKFold
 
-from covid.io import read_image
-from covid.preprocess import to_model_input
+from covid.inputs.decode import read_image
+from covid.inputs.preprocess import to_model_input
 
 CLASS_NAMES: tuple[str, ...] = ("COVID", "Normal")
 """Class order of the model's outputs."""
@@ -249,7 +249,7 @@ def make_tf_dataset(
     """
     import tensorflow as tf
 
-    from covid.augment import augment_batch
+    from covid.training.augment import augment_batch
 
     def _prepare(x, y):
         x = tf.cast(x, tf.float32)

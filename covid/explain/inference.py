@@ -14,9 +14,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from covid.calibration import calibrated_probs
-from covid.gradcam import METHODS, build_gradcam_model, find_last_conv_layer, gradcam_step
-from covid.model import DEFAULT_MODEL_PATH, LOGITS_LAYER, ModelMetadata, load_model
+from covid.explain.gradcam import METHODS, build_gradcam_model, find_last_conv_layer, gradcam_step
+from covid.model.calibration import calibrated_probs
+from covid.model.classifier import DEFAULT_MODEL_PATH, LOGITS_LAYER, ModelMetadata, load_model
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Classifier:
 
     @classmethod
     def from_file(cls, path: str | Path = DEFAULT_MODEL_PATH, batch_size: int = 32) -> Classifier:
-        """Loads a verified model file (see ``covid.model.load_model``).
+        """Loads a verified model file (see ``covid.model.classifier.load_model``).
 
         Args:
             path: The ``.keras`` file, with its metadata JSON beside it.
@@ -87,7 +87,7 @@ class Classifier:
             The classifier.
 
         Raises:
-            covid.model.ModelFileError: Missing, altered or unreadable files.
+            covid.model.classifier.ModelFileError: Missing, altered or unreadable files.
         """
         model, metadata = load_model(path)
         return cls(model, metadata, batch_size=batch_size)

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from covid import DISCLAIMER
-from covid.cam_stats import REGIONS, area_shares
-from covid.pipeline import StudyResult, percentages, rank_by_suspicion
-from covid.triage import triage_message
+from covid.explain.cam_stats import REGIONS, area_shares
+from covid.screening.pipeline import StudyResult, percentages, rank_by_suspicion
+from covid.screening.triage import triage_message
 
 FILE, LABEL, OOD, TRIAGE, ERROR = "file", "label", "out-of-distribution", "triage", "error"
 """Table column names (the probability column is named after the positive class)."""
@@ -64,7 +64,7 @@ def relabel(
     re-derived from ``p_positive``. The input is left untouched.
 
     Args:
-        result: A result from :func:`covid.pipeline.analyse`.
+        result: A result from :func:`covid.screening.pipeline.analyse`.
         label_for: Maps P(positive) to a class name at the chosen operating
             point, e.g. ``lambda p: classifier.label_for(p, threshold)``.
         positive_class: The pathological class.
@@ -83,7 +83,7 @@ def relabel(
 def suspicion_order(results: Sequence[StudyResult]) -> list[int]:
     """Indices of the results, most suspicious first, failed files last.
 
-    Follows :func:`covid.pipeline.rank_by_suspicion`: descending P(positive);
+    Follows :func:`covid.screening.pipeline.rank_by_suspicion`: descending P(positive);
     ties and failed files keep their upload order.
 
     Args:
@@ -224,13 +224,13 @@ def confusion_at(
     """The 2 x 2 confusion matrix of an operating point, in class order.
 
     Args:
-        point: From :func:`covid.metrics.operating_point` (``tp, fn, fp, tn``).
+        point: From :func:`covid.training.metrics.operating_point` (``tp, fn, fp, tn``).
         class_names: The two class names, in output order.
         positive_class: The pathological class.
 
     Returns:
         (2, 2) int counts; rows are the truth, columns the prediction, both in
-        ``class_names`` order (as :func:`covid.plots.confusion_figure` expects).
+        ``class_names`` order (as :func:`covid.training.plots.confusion_figure` expects).
 
     Raises:
         ValueError: There are not exactly two classes.

@@ -18,7 +18,7 @@ Two layers:
   threshold is the 98th percentile of the validation split's scores: about 2% of
   in-distribution X-rays are flagged.
 
-``python -m covid.ood --model models/covid_resnet50.keras`` fits the statistics
+``python -m covid.screening.ood --model models/covid_resnet50.keras`` fits the statistics
 and writes them beside the model (``covid_resnet50.ood.npz``), recording the file
 name, its SHA-256 and the threshold in the model's metadata JSON under
 ``extra["ood"]`` (the ``.keras`` file is not touched, so its SHA-256 stays valid).
@@ -41,7 +41,7 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 
-from covid.io import DecodedImage
+from covid.inputs.decode import DecodedImage
 
 DEFAULT_COMPONENTS = 128
 """PCA dimensions kept from the features (a 128 x 2048 float32 basis is 1 MB)."""
@@ -358,10 +358,10 @@ def load_detector(model_path: str | Path) -> OODDetector:
         The detector; with the cheap checks only when the model has no statistics.
 
     Raises:
-        covid.model.ModelFileError: The metadata is missing or malformed, or the
+        covid.model.classifier.ModelFileError: The metadata is missing or malformed, or the
             statistics file it names is missing, altered or unreadable.
     """
-    from covid.model import ModelFileError, read_metadata
+    from covid.model.classifier import ModelFileError, read_metadata
 
     entry = read_metadata(model_path).extra.get("ood")
     if not entry:
@@ -386,8 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0, or 1 with a message on stderr.
     """
     args = _parse_args(argv)
-    from covid.io import ImageDecodeError
-    from covid.model import ModelFileError
+    from covid.inputs.decode import ImageDecodeError
+    from covid.model.classifier import ModelFileError
 
     try:
         entry = fit_for_model(args)
@@ -408,8 +408,8 @@ def fit_for_model(args: argparse.Namespace) -> dict:
     Returns:
         The ``extra["ood"]`` entry written to the model's metadata.
     """
-    from covid.inference import Classifier
-    from covid.model import read_metadata, write_metadata
+    from covid.explain.inference import Classifier
+    from covid.model.classifier import read_metadata, write_metadata
 
     classifier = Classifier.from_file(args.model, batch_size=args.batch_size)
     split_file = args.split or _default_split(args.model)
@@ -444,7 +444,7 @@ def fit_for_model(args: argparse.Namespace) -> dict:
 
 def _features(classifier, paths: list[Path], chunk: int = 256) -> np.ndarray:
     """(N, D) pooled features of image files, decoded exactly as served."""
-    from covid.data import load_images
+    from covid.training.data import load_images
 
     size = classifier.metadata.input_size
     parts = [np.zeros((0, classifier.n_features), np.float32)]
@@ -479,12 +479,12 @@ def _default_split(model_path: Path) -> Path:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m covid.ood",
+        prog="python -m covid.screening.ood",
         description="Fit a model's out-of-distribution (Mahalanobis) statistics.",
     )
     parser.add_argument("--model", type=Path, required=True, help="the .keras model file")
     parser.add_argument("--split", type=Path, default=None,
-                        help="split JSON from covid.train (default: NAME.split.json beside "
+                        help="split JSON from covid.training.train (default: NAME.split.json beside "
                              f"the model, else {_DEFAULT_SPLIT})")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="dataset folder (default: the split file's root)")

@@ -31,13 +31,13 @@ from fpdf.enums import XPos, YPos
 from PIL import Image
 
 from covid import DISCLAIMER
-from covid.io import MAX_FILE_BYTES, ImageDecodeError
-from covid.model import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
-from covid.pipeline import StudyResult, analyse, percentages
-from covid.triage import NOT_A_CHEST_XRAY, triage_message
+from covid.inputs.decode import MAX_FILE_BYTES, ImageDecodeError
+from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
+from covid.screening.pipeline import StudyResult, analyse, percentages
+from covid.screening.triage import NOT_A_CHEST_XRAY, triage_message
 
 if TYPE_CHECKING:
-    from covid.inference import Classifier
+    from covid.explain.inference import Classifier
 
 TITLE = "Chest X-ray screening report"
 SHA_PREFIX_CHARS = 12
@@ -253,7 +253,7 @@ def build_report(
     """Builds the one-study PDF report in memory.
 
     Args:
-        result: A scored study (from :func:`covid.pipeline.analyse`); its
+        result: A scored study (from :func:`covid.screening.pipeline.analyse`); its
             ``pixels`` (H, W) uint8 are shown as the X-ray.
         overlay: (h, w, 3) uint8 Grad-CAM overlay of the same film.
         metadata: The model's metadata.
@@ -305,7 +305,7 @@ def read_study(path: str | Path) -> bytes:
         Its content.
 
     Raises:
-        covid.io.ImageDecodeError: The file is missing, unreadable or too large.
+        covid.inputs.decode.ImageDecodeError: The file is missing, unreadable or too large.
     """
     path = Path(path)
     try:
@@ -350,17 +350,17 @@ def report_for_file(
         method: ``"gradcam"`` or ``"gradcam++"``.
         colormap: A matplotlib colormap name for the overlay.
         opacity: Weight of the coloured map in the overlay, in [0, 1].
-        ood: An out-of-distribution detector (see :func:`covid.pipeline.analyse`), or None.
+        ood: An out-of-distribution detector (see :func:`covid.screening.pipeline.analyse`), or None.
         when: The report's date and time (None: now).
 
     Returns:
         The PDF file's bytes.
 
     Raises:
-        covid.io.ImageDecodeError: The file cannot be read or decoded.
+        covid.inputs.decode.ImageDecodeError: The file cannot be read or decoded.
         ValueError: Bad method, colormap or opacity.
     """
-    from covid.overlay import overlay_heatmap
+    from covid.explain.overlay import overlay_heatmap
 
     path = Path(path)
     result = analyse([(path.name, read_study(path))], classifier, threshold=threshold, ood=ood)[0]
@@ -391,8 +391,8 @@ def _unit_interval(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``report`` sub-command's arguments."""
-    from covid.gradcam import METHODS
-    from covid.overlay import colormap_names
+    from covid.explain.gradcam import METHODS
+    from covid.explain.overlay import colormap_names
 
     parser.add_argument("file", type=Path, metavar="FILE", help="a PNG, JPEG or DICOM image")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="PDF",
@@ -407,12 +407,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _make_report(args: argparse.Namespace) -> bytes:
     """Checks the file, loads the model and its detector, and builds the report."""
-    from covid.inference import Classifier
-    from covid.io import decode_image
+    from covid.explain.inference import Classifier
+    from covid.inputs.decode import decode_image
 
     decode_image(read_study(args.file), args.file.name)  # fail fast, before loading the model
     classifier = Classifier.from_file(args.model)
-    from covid.ood import load_detector
+    from covid.screening.ood import load_detector
 
     return report_for_file(
         args.file, classifier, threshold=args.threshold, method=args.method,

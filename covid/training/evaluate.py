@@ -1,0 +1,265 @@
+"""Evaluates a trained model on its held-out test split, and calibrates it.
+
+Usage::
+
+    python -m covid.evaluate --model runs/main/model.keras --ship models/covid_resnet50.keras
+
+The temperature and the operating threshold are fitted on the validation split,
+never on test. Test metrics (AUC with a bootstrap 95% CI, sensitivity,
+specificity, PPV, NPV, the confusion matrix, ECE before and after temperature
+scaling) are computed with the model in inference mode and written into the
+model's metadata. ROC and reliability plots, the per-image test scores and the
+evaluation data behind the plots are saved next to the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from covid.model.calibration import (
+    calibrated_probs,
+    choose_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    reliability_curve,
+)
+from covid.model.classifier import ModelMetadata, metadata_path, read_metadata, write_metadata
+from covid.training.data import load_images
+from covid.training.metrics import auc_with_ci, operating_point, roc_points
+
+LOG = logging.getLogger("covid.training.evaluate")
+
+
+def artefact_paths(model_path: str | Path) -> dict[str, Path]:
+    """Where the evaluation artefacts of a model live, beside its file.
+
+    Args:
+        model_path: The ``.keras`` file.
+
+    Returns:
+        Paths keyed ``split``, ``scores``, ``evaluation``, ``roc_png``, ``reliability_png``.
+    """
+    model_path = Path(model_path)
+    stem = model_path.with_suffix("")
+    return {
+        "split": Path(f"{stem}.split.json"),
+        "scores": Path(f"{stem}.test_scores.csv"),
+        "evaluation": Path(f"{stem}.evaluation.json"),
+        "roc_png": Path(f"{stem}.roc.png"),
+        "reliability_png": Path(f"{stem}.reliability.png"),
+    }
+
+
+def load_split_side(split: dict, side: str, class_names: list[str], data_root: Path | None):
+    """Paths and labels of one side of a stored split.
+
+    Args:
+        split: The split record written by training.
+        side: ``"train"``, ``"val"`` or ``"test"``.
+        class_names: Class names; a file's class is its first folder.
+        data_root: Dataset folder (None: the one recorded in the split).
+
+    Returns:
+        (relative names, absolute paths, (N,) labels).
+    """
+    root = Path(data_root or split["root"])
+    names = split["files"][side]
+    lowered = [c.lower() for c in class_names]
+    labels = np.asarray([lowered.index(Path(n).parts[0].lower()) for n in names])
+    return names, tuple(root / n for n in names), labels
+
+
+def summarise(
+    val_logits: np.ndarray,
+    val_labels: np.ndarray,
+    test_logits: np.ndarray,
+    test_labels: np.ndarray,
+    positive_index: int = 0,
+    min_sensitivity: float = 0.98,
+) -> dict:
+    """Calibrates on validation and measures on test.
+
+    Args:
+        val_logits: (Nv, C) validation logits.
+        val_labels: (Nv,) validation class indices.
+        test_logits: (Nt, C) test logits.
+        test_labels: (Nt,) test class indices.
+        positive_index: Index of the positive class.
+        min_sensitivity: Validation sensitivity the threshold must keep.
+
+    Returns:
+        ``temperature``, ``threshold``, ``metrics`` (for the metadata) and
+        ``curves`` (ROC and reliability data for plots and the model page).
+    """
+    temperature = fit_temperature(val_logits, val_labels)
+    val_p = calibrated_probs(val_logits, temperature)[:, positive_index]
+    threshold = choose_threshold(val_p, val_labels == positive_index, min_sensitivity)
+    raw = calibrated_probs(test_logits, 1.0)
+    cal = calibrated_probs(test_logits, temperature)
+    is_pos = test_labels == positive_index
+    auc, low, high = auc_with_ci(cal[:, positive_index], is_pos)
+    point = operating_point(cal[:, positive_index], is_pos, threshold)
+    metrics = {
+        "split": "test",
+        "mode": "inference (BatchNorm moving statistics)",
+        "n": len(test_labels),
+        "auc": auc,
+        "auc_ci95": [low, high],
+        **{k: point[k] for k in ("sensitivity", "specificity", "ppv", "npv")},
+        "confusion": {"tp": point["tp"], "fn": point["fn"], "fp": point["fp"], "tn": point["tn"]},
+        "ece_before_scaling": expected_calibration_error(raw, test_labels),
+        "ece_after_scaling": expected_calibration_error(cal, test_labels),
+        "val_ece_before_scaling": expected_calibration_error(
+            calibrated_probs(val_logits, 1.0), val_labels
+        ),
+        "val_ece_after_scaling": expected_calibration_error(
+            calibrated_probs(val_logits, temperature), val_labels
+        ),
+        "val_sensitivity_target": min_sensitivity,
+    }
+    curves = {
+        "roc": roc_points(cal[:, positive_index], is_pos),
+        "reliability_before": reliability_curve(raw[:, positive_index], is_pos),
+        "reliability_after": reliability_curve(cal[:, positive_index], is_pos),
+    }
+    return {"temperature": temperature, "threshold": threshold, "metrics": metrics,
+            "curves": curves}
+
+
+def _save_plots(summary: dict, meta: ModelMetadata, paths: dict[str, Path]) -> None:
+    from covid.training.plots import reliability_figure, roc_figure
+
+    m = summary["metrics"]
+    fig = roc_figure(summary["curves"]["roc"], m["auc"], tuple(m["auc_ci95"]),
+                     (1 - m["specificity"], m["sensitivity"]))
+    fig.savefig(paths["roc_png"], dpi=110)
+    fig = reliability_figure({
+        "before scaling": summary["curves"]["reliability_before"],
+        f"after scaling (T = {summary['temperature']:.2f})": summary["curves"]["reliability_after"],
+    })
+    fig.savefig(paths["reliability_png"], dpi=110)
+
+
+def _write_scores(path: Path, names: list[str], labels: np.ndarray, logits: np.ndarray,
+                  temperature: float, meta: ModelMetadata) -> None:
+    probs = calibrated_probs(logits, temperature)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", "p_covid", "logit_covid", "logit_normal"])
+        for name, label, p, z in zip(names, labels, probs, logits, strict=True):
+            writer.writerow([name, meta.class_names[label], f"{p[meta.positive_index]:.6f}",
+                             f"{z[0]:.5f}", f"{z[1]:.5f}"])
+
+
+def cam_energy(classifier, images: np.ndarray, labels: np.ndarray) -> dict:
+    """Where Grad-CAM puts its energy on the test split: chest centre, border, corners.
+
+    Args:
+        classifier: The loaded :class:`covid.explain.inference.Classifier`.
+        images: (N, S, S, 1) float32 model inputs.
+        labels: (N,) true class indices.
+
+    Returns:
+        Mean energy shares ``overall``, ``per_class`` (true class) and
+        ``by_predicted``, plus each region's share of the image ``area``.
+    """
+    from covid.explain.cam_stats import area_shares, energy_shares, summarise_shares
+
+    shares, predicted = [], []
+    for image in images:
+        explanation = classifier.explain(image)
+        shares.append(energy_shares(explanation.cam))
+        predicted.append(explanation.target)
+    names = classifier.metadata.class_names
+    summary = summarise_shares(shares, labels.tolist(), names, predicted)
+    return {"overall": summary["overall"], "per_class": summary["by_class"],
+            "by_predicted": summary["by_predicted"], "area": area_shares(*images.shape[1:3]),
+            "method": "Grad-CAM of the predicted class", "layer": classifier.gradcam_layer}
+
+
+def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None) -> dict:
+    """Runs the evaluation and writes the metadata and artefacts beside the model.
+
+    Args:
+        model_path: The ``.keras`` model (its metadata JSON beside it).
+        split_path: The split record from training.
+        data_root: Dataset folder override.
+
+    Returns:
+        The summary from :func:`summarise`.
+    """
+    from covid.explain.inference import Classifier
+
+    classifier = Classifier.from_file(model_path)
+    meta = read_metadata(model_path)
+    split = json.loads(split_path.read_text())
+    size = meta.input_size
+    logits, labels, names = {}, {}, {}
+    for side in ("val", "test"):
+        names[side], files, labels[side] = load_split_side(split, side, meta.class_names,
+                                                          data_root)
+        x = load_images(files, size).astype(np.float32)
+        logits[side] = classifier.logits_batch(x)
+        if side == "test":
+            energy = cam_energy(classifier, x, labels[side])
+        LOG.info("%s: %d images scored", side, len(files))
+    summary = summarise(logits["val"], labels["val"], logits["test"], labels["test"],
+                        meta.positive_index)
+    meta.temperature, meta.threshold = summary["temperature"], summary["threshold"]
+    meta.metrics = {**summary["metrics"], "cam_energy_central": energy["overall"]["central"]}
+    write_metadata(meta, model_path)
+    paths = artefact_paths(model_path)
+    if split_path.resolve() != paths["split"].resolve():
+        shutil.copyfile(split_path, paths["split"])
+    _write_scores(paths["scores"], names["test"], labels["test"], logits["test"],
+                  meta.temperature, meta)
+    paths["evaluation"].write_text(json.dumps(
+        {"metrics": summary["metrics"], "temperature": meta.temperature,
+         "threshold": meta.threshold, "curves": summary["curves"], "cam_energy": energy}) + "\n")
+    _save_plots(summary, meta, paths)
+    return summary
+
+
+def ship(model_path: Path, target: Path) -> None:
+    """Copies a model with its metadata and artefacts to the shipped location."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(model_path, target)
+    shutil.copyfile(metadata_path(model_path), metadata_path(target))
+    for key, source in artefact_paths(model_path).items():
+        if source.exists():
+            shutil.copyfile(source, artefact_paths(target)[key])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m covid.evaluate",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--model", type=Path, default=Path("runs/main/model.keras"))
+    parser.add_argument("--split", type=Path, default=None,
+                        help="split record (default: split.json in the model's run folder, "
+                        "else <model>.split.json)")
+    parser.add_argument("--data", type=Path, default=None, help="dataset folder override")
+    parser.add_argument("--ship", type=Path, default=None,
+                        help="also copy the evaluated model and its artefacts here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    split = args.split
+    if split is None:
+        beside = args.model.parent / "split.json"
+        split = beside if beside.exists() else artefact_paths(args.model)["split"]
+    summary = evaluate(args.model, split, args.data)
+    print(json.dumps({k: summary[k] for k in ("temperature", "threshold", "metrics")}, indent=2))
+    if args.ship:
+        ship(args.model, args.ship)
+        LOG.info("shipped to %s", args.ship)
+
+
+if __name__ == "__main__":
+    main()
