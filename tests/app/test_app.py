@@ -29,7 +29,7 @@ from covid.inputs.decode import decode_image
 from covid.inputs.preprocess import to_model_input
 from covid.model.classifier import read_metadata
 
-APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
+APP = Path(__file__).resolve().parents[2] / "streamlit_app.py"
 TIMEOUT = 120
 
 

@@ -24,7 +24,7 @@ from covid.screening.ood import (
     save_ood,
 )
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/covid19-radiography"
+DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/covid19-radiography"
 D = 64
 
 
