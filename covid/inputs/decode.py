@@ -5,7 +5,9 @@ Sizes are checked from the file's header before any pixel is decoded, so a
 "decompression bomb" (a small file claiming a huge image) is refused without
 allocating its pixels. Every failure raises :class:`ImageDecodeError`, whose
 message names the file and the reason in plain words. Nothing is ever written to
-disk.
+disk. This module is the one dispatcher: it sniffs the format and hands the
+bytes to Pillow (PNG, JPEG) or to :mod:`covid.inputs.dicom`; the error type and the
+size limits both use live below them, in :mod:`covid.inputs.errors` (re-exported here).
 
 Accepted: PNG (8 or 16 bits, grey, grey + alpha, RGB, RGBA, palette; an animated
 PNG gives its first frame), JPEG (grey, RGB, CMYK; EXIF orientation applied) and
@@ -23,18 +25,29 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-MAX_FILE_BYTES = 64 * 1024 * 1024
-"""Largest accepted upload or file, in bytes."""
+from covid.inputs.errors import (
+    COLOR_SPREAD,
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    MIN_SIDE,
+    ImageDecodeError,
+    check_dimensions,
+    is_real_color,
+)
 
-MAX_PIXELS = 50_000_000
-"""Largest accepted image, in pixels (checked from the header, before decoding)."""
-
-MIN_SIDE = 64
-"""Smallest accepted image side, in pixels."""
-
-COLOR_SPREAD = 4.0
-"""Mean absolute deviation of the channels from their mean (0-255 scale) above
-which an RGB image counts as real colour rather than grey stored as RGB."""
+__all__ = [
+    "COLOR_SPREAD",
+    "MAX_FILE_BYTES",
+    "MAX_PIXELS",
+    "MIN_SIDE",
+    "DecodedImage",
+    "ImageDecodeError",
+    "check_dimensions",
+    "decode_image",
+    "is_real_color",
+    "read_image",
+    "sniff_format",
+]
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -60,19 +73,6 @@ _OTHER_FORMATS = (
     (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
     (b"\xff\x4f\xff\x51", "a JPEG 2000 image"),
 )
-
-class ImageDecodeError(ValueError):
-    """An input that cannot be turned into a chest X-ray image.
-
-    Attributes:
-        name: The file name the user knows the input by.
-        reason: The reason, in plain words.
-    """
-
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"{name}: {reason}")
-        self.name = name
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -169,46 +169,6 @@ def read_image(path: str | Path) -> DecodedImage:
     except OSError as err:
         raise ImageDecodeError(path.name, f"the file cannot be read ({err.strerror}).") from err
     return decode_image(data, path.name)
-
-
-def check_dimensions(name: str, width: int, height: int) -> None:
-    """Refuses images that are too large or too small, from their dimensions.
-
-    Args:
-        name: The file name, used only in messages.
-        width: Image width, in pixels.
-        height: Image height, in pixels.
-
-    Raises:
-        ImageDecodeError: More than :data:`MAX_PIXELS` pixels, or a side
-            shorter than :data:`MIN_SIDE`.
-    """
-    if width * height > MAX_PIXELS:
-        raise ImageDecodeError(
-            name,
-            f"the image is {width} x {height} pixels, more than the "
-            f"{MAX_PIXELS / 1_000_000:g} megapixel limit.",
-        )
-    if min(width, height) < MIN_SIDE:
-        raise ImageDecodeError(
-            name,
-            f"the image is {width} x {height} pixels, too small to read "
-            f"(at least {MIN_SIDE} pixels a side).",
-        )
-
-
-def is_real_color(rgb: np.ndarray) -> bool:
-    """Tells real colour from grey stored as RGB.
-
-    Args:
-        rgb: (H, W, 3) uint8 image.
-
-    Returns:
-        Whether the channels differ by more than :data:`COLOR_SPREAD` on average.
-    """
-    channels = rgb.astype(np.int16)
-    spread = np.abs(channels - channels.mean(axis=2, keepdims=True)).mean()
-    return bool(spread > COLOR_SPREAD)
 
 
 def _too_big_file_reason() -> str:

@@ -38,7 +38,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from covid.inputs.decode import ImageDecodeError, check_dimensions, is_real_color
+from covid.inputs.errors import ImageDecodeError, check_dimensions, is_real_color
 
 SAFE_FIELDS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation")
 """The only header fields returned: none identifies a patient."""

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageFile
 
 import covid.inputs.decode as cio
+import covid.inputs.errors
 from covid.inputs.decode import ImageDecodeError, decode_image, read_image, sniff_format
 
 H, W = 96, 128
@@ -130,7 +131,7 @@ def test_decompression_bomb_is_refused_from_the_header(make, monkeypatch):
 
 
 def test_pixel_limit_is_inclusive(monkeypatch):
-    monkeypatch.setattr(cio, "MAX_PIXELS", 100 * 100)
+    monkeypatch.setattr(covid.inputs.errors, "MAX_PIXELS", 100 * 100)
     assert decode_image(_png(_pattern(100, 100)), "ok.png").pixels.shape == (100, 100)
     with pytest.raises(ImageDecodeError, match=r"101 x 100 pixels, more than the 0\.01 megapixel"):
         decode_image(_png(_pattern(100, 101)), "big.png")
