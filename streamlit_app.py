@@ -43,28 +43,30 @@ import streamlit as st
 from covid import DISCLAIMER
 from covid.explain.overlay import colormap_names, contour_overlay, heatmap_only, overlay_heatmap
 from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
-from covid.screening.batch import (
+from covid.screening.pipeline import StudyResult, analyse, percentages
+from covid.screening.report import build_report
+from covid.screening.table import (
     ERROR,
     FILE,
     LABEL,
     OOD,
     TRIAGE,
-    cam_energy_rows,
-    cam_energy_verdict,
-    confusion_at,
     csv_bytes,
     probability_column,
     relabel,
-    scores_from_csv,
     suspicion_order,
     table_columns,
     table_rows,
 )
-from covid.screening.pipeline import StudyResult, analyse, percentages
-from covid.screening.report import build_report
 from covid.training.evaluate import artefact_paths
 from covid.training.metrics import operating_point
 from covid.training.plots import confusion_figure, reliability_figure, roc_figure
+from covid.training.results import (
+    cam_energy_rows,
+    cam_energy_verdict,
+    confusion_at,
+    scores_from_csv,
+)
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier

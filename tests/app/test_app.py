@@ -362,7 +362,7 @@ def _metric(at: AppTest, label: str) -> str:
 
 
 def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, evaluated_model):
-    from covid.screening.batch import scores_from_csv
+    from covid.training.results import scores_from_csv
     from covid.training.evaluate import artefact_paths
     from covid.training.metrics import operating_point
 

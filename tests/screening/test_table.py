@@ -1,26 +1,22 @@
-"""The page's pure helpers: re-labelling, suspicion order, table rows, CSV, model page."""
+"""The batch table's pure helpers: re-labelling, suspicion order, table rows, CSV."""
 
 import csv
 import io
 
 import numpy as np
-import pytest
 
 from covid import DISCLAIMER
-from covid.screening.batch import (
-    cam_energy_rows,
-    cam_energy_verdict,
-    confusion_at,
+from covid.screening.pipeline import StudyResult
+from covid.screening.table import (
+    by_column,
     csv_bytes,
     relabel,
-    scores_from_csv,
     suspicion_order,
     table_columns,
+    table_key,
     table_rows,
 )
-from covid.screening.pipeline import StudyResult
 from covid.screening.triage import ADMIT, GO_HOME, NOT_A_CHEST_XRAY, triage_message
-from covid.training.metrics import operating_point
 
 CLASSES = ["COVID", "Normal"]
 HEADER = ["file", "COVID %", "label", "out-of-distribution", "triage", "error"]
@@ -112,57 +108,14 @@ def test_relabel_keeps_out_of_distribution_and_failed_results_safe():
     assert relabel(failed, _label_at(0.1), "COVID") is failed
 
 
-def test_scores_from_csv_reads_the_evaluation_file():
-    text = ("file,label,p_covid,logit_covid,logit_normal\r\n"
-            "COVID/1.png,COVID,0.900000,1,0\r\nNormal/2.png,Normal,0.250000,0,1\r\n")
-    scores, truth = scores_from_csv(text, "COVID")
-    assert scores.tolist() == [0.9, 0.25] and truth.tolist() == [True, False]
+def test_by_column_turns_rows_into_columns_in_order():
+    rows = table_rows([_scored("b.png", 0.2), _failed("bad.png")], CLASSES, "COVID")
+    columns = by_column(rows, ["error", "file"])
+    assert list(columns) == ["error", "file"]
+    assert columns["file"] == ["b.png", "bad.png"] and columns["error"][0] == ""
 
 
-@pytest.mark.parametrize("text, message", [
-    ("file,label\r\nx,COVID\r\n", "p_covid"),
-    ("file,label,p_covid\r\nx,COVID,high\r\n", "not a number"),
-    ("file,label,p_covid\r\nx,COVID,1.5\r\n", "outside"),
-    ("file,label,p_covid\r\n", "no rows"),
-])
-def test_scores_from_csv_refuses_malformed_files(text, message):
-    with pytest.raises(ValueError, match=message):
-        scores_from_csv(text, "COVID")
-
-
-@pytest.mark.parametrize("class_names", [["COVID", "Normal"], ["Normal", "COVID"]])
-def test_confusion_at_puts_truth_in_rows_in_class_order(class_names):
-    scores = np.array([0.9, 0.8, 0.3, 0.7, 0.1, 0.2])
-    truth = np.array([True, True, True, False, False, False])
-    point = operating_point(scores, truth, 0.5)  # tp 2, fn 1, fp 1, tn 2
-    matrix = confusion_at(point, class_names, "COVID")
-    covid, normal = class_names.index("COVID"), class_names.index("Normal")
-    assert matrix[covid, covid] == 2 and matrix[covid, normal] == 1
-    assert matrix[normal, covid] == 1 and matrix[normal, normal] == 2
-
-
-def _energy(central, corners=0.02, covid=None):
-    group = {"n": 10, "n_empty": 0, "central": central, "border": 1 - central, "corners": corners}
-    covid_group = group if covid is None else dict(group, central=covid, border=1 - covid)
-    return {"overall": group, "per_class": {"COVID": covid_group, "Normal": dict(group, n=4)},
-            "area": {"central": 0.56, "border": 0.44, "corners": 0.09}}
-
-
-def test_cam_energy_rows():
-    rows = cam_energy_rows(_energy(0.8))
-    assert [r["group"] for r in rows] == ["All test images", "True COVID", "True Normal",
-                                          "Uniform map (area)"]
-    assert rows[0]["central"] == pytest.approx(80.0) and rows[2]["images"] == 4
-    assert rows[-1]["central"] == pytest.approx(56.0) and rows[-1]["images"] is None
-
-
-def test_cam_energy_verdict_is_graded_against_a_uniform_map():
-    clear = cam_energy_verdict(_energy(0.8))
-    assert clear.startswith("80% of the Grad-CAM energy") and "not sufficient" in clear
-    assert "films" not in clear and "corners" not in clear
-    weak = cam_energy_verdict(_energy(0.61, covid=0.54))
-    assert "barely more than an uninformative map" in weak
-    assert weak.endswith("For true COVID films it is 54%.")
-    low = cam_energy_verdict(_energy(0.5, corners=0.2))
-    assert low.startswith("Only 50%") and "borders" in low and "corners" in low
-    assert "says nothing" in cam_energy_verdict({"overall": {"central": None}})
+def test_table_key_changes_with_the_uploads_only():
+    key = table_key(["a", "b"])
+    assert key == table_key(["a", "b"]) and key.startswith("batch_table_") and len(key) == 28
+    assert key != table_key(["b", "a"]) and key != table_key(["a"])
