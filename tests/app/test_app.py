@@ -362,9 +362,9 @@ def _metric(at: AppTest, label: str) -> str:
 
 
 def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, evaluated_model):
-    from covid.training.results import scores_from_csv
     from covid.training.evaluate import artefact_paths
     from covid.training.metrics import operating_point
+    from covid.training.results import scores_from_csv
 
     meta = read_metadata(evaluated_model)
     at = _open_model_page(serve(evaluated_model).run())
@@ -480,7 +480,7 @@ def test_operating_point_is_per_session_and_relabels_cached_results(
 def test_pdf_report_follows_the_session_operating_point(tiny_model_file):
     from pypdf import PdfReader
 
-    import streamlit_app as app
+    from covid.screening import studies as app
     from covid.screening.pipeline import analyse
 
     classifier = Classifier.from_file(tiny_model_file)

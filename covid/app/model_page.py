@@ -1,0 +1,285 @@
+"""The model page: the model card, a live operating point, test-split charts, CAM check.
+
+Everything shown is read from the model's metadata and the evaluation artefacts
+beside the model (:func:`covid.training.results.read_evaluation`); the operating
+point chosen here applies to this browser session only (:mod:`covid.app.state`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import streamlit as st
+
+from covid.app import state
+from covid.app.common import (
+    disclaimer_ui,
+    fmt,
+    load_or_explain,
+    markdown_table,
+    operating_point_words,
+)
+from covid.app.navigation import MODEL, SCREENING, go_to
+from covid.app.resources import model_path
+from covid.model.classifier import ModelMetadata
+from covid.screening.table import by_column
+from covid.training.metrics import operating_point
+from covid.training.plots import confusion_figure, reliability_figure, roc_figure
+from covid.training.results import (
+    Evaluation,
+    cam_energy_rows,
+    cam_energy_verdict,
+    change_from,
+    confusion_at,
+    read_evaluation,
+    roc_marker,
+    split_table,
+)
+
+LOG = logging.getLogger(__name__)
+
+EVALUATE_HOWTO = """\
+Evaluate the model to make them (from the project's root):
+
+```bash
+python -m covid.training.evaluate --model {model}
+```
+"""
+
+INTENDED_USE = """\
+**Intended use.** Research and teaching: a demonstration of how a screening-support
+tool could sort chest X-rays and show why it scored them as it did.
+**Not for clinical use**: it is not a medical device, has not been validated
+clinically, and must not be used to diagnose, treat or triage patients.
+
+**Limits.**
+- Two classes only: every film is forced into COVID-19 or Normal. Other diseases
+  (bacterial or viral pneumonia, lung opacities, tuberculosis...) were not in the
+  training data, and the model cannot say "something else".
+- One public database, images downsampled to 224 x 224 pixels. The test split
+  comes from the same archives as the training data, so its metrics are optimistic
+  for any other hospital, scanner or population.
+- Calibration (temperature) and the operating threshold were fitted on the
+  validation split of the same database; PPV and NPV depend on the prevalence
+  where it is used.
+- Grad-CAM maps are coarse (7 x 7 cells at 224 px) and show where the evidence
+  lies, not what it is.
+"""
+
+SHORTCUT_WARNING = """\
+**Beware of source shortcuts.** In this database the COVID-19 and Normal X-rays
+come from different archives and hospitals. A network can learn to recognise the
+*source* (text markers, borders, exposure, patient age, scanner) instead of the
+disease, score very well on a test split drawn from the same sources, and fail on
+films from a new hospital (DeGrave, Janizek and Lee, "AI for radiographic COVID-19
+detection selects shortcuts over signal", *Nature Machine Intelligence*, 2021).
+Good numbers here do not show clinical validity.
+"""
+
+
+def _value(value: Any) -> str:
+    """A recipe or metadata value in plain text."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_value(v)}" for k, v in value.items())
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def data_card_ui(meta: ModelMetadata) -> None:
+    """Where the data came from, how it was split, and how the model was trained."""
+    st.markdown(f"**Data.** {meta.trained_on or 'Not recorded in the metadata.'}")
+    if meta.splits:
+        st.dataframe(split_table(meta.splits, meta.class_names), hide_index=True,
+                     width="content")
+    else:
+        st.caption("Split sizes are not recorded in the metadata.")
+    grouping = (meta.recipe or {}).get("duplicate_grouping")
+    if grouping:
+        st.markdown(
+            f"**Duplicate-aware split.** Near-duplicate films (the same X-ray re-cropped or "
+            f"re-contrasted) were grouped ({grouping}), so no film is in two splits."
+        )
+    else:
+        st.caption("Duplicate-aware splitting is not recorded in the metadata.")
+    with st.expander("Training recipe"):
+        if meta.recipe:
+            st.markdown(markdown_table([(k, _value(v)) for k, v in meta.recipe.items()],
+                                       head=("Setting", "Value")))
+        else:
+            st.caption("The training recipe is not recorded in the metadata.")
+
+
+def model_card_section_ui(meta: ModelMetadata) -> None:
+    """The model card: identity, data, intended use, limits and the shortcut warning."""
+    st.header("Model card", anchor=False)
+    st.markdown(
+        f"**{meta.name}**, version `{meta.version}`, SHA-256 `{meta.sha256[:12]}` · "
+        f"input {meta.input_size} x {meta.input_size} grayscale · classes "
+        f"{', '.join(meta.class_names)} · temperature {meta.temperature:.3f} · shipped "
+        f"threshold P({meta.positive_class}) ≥ {meta.threshold:.3f}"
+    )
+    st.warning(SHORTCUT_WARNING, icon=":material/report:")
+    data_col, use_col = st.columns(2, gap="large")
+    with data_col:
+        data_card_ui(meta)
+    with use_col:
+        st.markdown(INTENDED_USE)
+
+
+def threshold_ui(meta: ModelMetadata) -> float:
+    """The live operating-point slider; the value becomes this session's choice."""
+    state.start_threshold_widget(meta)
+    threshold = st.slider(
+        f"Threshold on calibrated P({meta.positive_class})", min_value=0.0, max_value=1.0,
+        step=0.001, format="%.3f", key=state.THRESHOLD_WIDGET,
+        help=f"A study is labelled {meta.positive_class} when its calibrated probability is at "
+        "least the threshold. Applies to the screening page, for this browser session only.",
+    )
+    return state.follow_threshold_widget(meta, threshold)
+
+
+def metrics_ui(point: dict[str, Any], shipped: dict[str, Any] | None) -> None:
+    """Sensitivity, specificity, PPV and NPV, with the change from the shipped point."""
+    names = (("Sensitivity", "sensitivity"), ("Specificity", "specificity"), ("PPV", "ppv"),
+             ("NPV", "npv"))
+    for column, (title, key) in zip(st.columns(4), names, strict=True):
+        value = point.get(key)
+        delta, same = change_from(value, None if shipped is None else shipped.get(key))
+        column.metric(title, fmt(value, "{:.1%}"), delta=delta, border=True,
+                      delta_color="off" if same else "normal",
+                      delta_arrow="off" if same else "auto")
+
+
+def operating_point_ui(meta: ModelMetadata, evaluation: Evaluation) -> dict[str, Any] | None:
+    """The live operating point on the stored test scores; returns its statistics."""
+    st.header("Operating point", anchor=False)
+    if evaluation.scores is None:
+        st.info("The operating point cannot be explored without the per-image test scores.",
+                icon=":material/info:")
+        return None
+    scores, truth = evaluation.scores
+    sample = evaluation.test_prevalence
+    slider_col, prevalence_col, buttons_col = st.columns([3, 1.2, 1.3], gap="medium",
+                                                         vertical_alignment="bottom")
+    with slider_col:
+        threshold = threshold_ui(meta)
+    with prevalence_col:
+        prevalence = st.number_input(
+            "Prevalence (%)", min_value=0.1, max_value=99.9, value=round(100 * sample, 1),
+            step=0.5, format="%.1f", key=state.PREVALENCE_WIDGET, persist_state="session",
+            help="Share of the screened population with the disease: PPV and NPV depend on "
+            f"it. The test split's is {sample:.1%}.",
+        )
+    with buttons_col, st.container(horizontal=True):
+        st.button("Reset", key="op_reset_model", on_click=state.reset_operating_point,
+                  disabled=state.is_shipped(meta, threshold), icon=":material/restart_alt:",
+                  help="Back to the shipped operating point.")
+        if st.button("Screening", key="op_back", icon=":material/arrow_back:",
+                     help="Back to the screening page, at this operating point."):
+            go_to(SCREENING)
+    point = operating_point(scores, truth, threshold, prevalence=prevalence / 100.0)
+    shipped = None
+    if not state.is_shipped(meta, threshold):
+        shipped = operating_point(scores, truth, meta.threshold, prevalence=prevalence / 100.0)
+    st.markdown(f"**In force on the screening page (this session):** "
+                f"{operating_point_words(meta, threshold)}.")
+    metrics_ui(point, shipped)
+    st.caption(
+        f"On the held-out test split ({len(scores)} images): TP {point['tp']} · FN "
+        f"{point['fn']} · FP {point['fp']} · TN {point['tn']}. PPV and NPV at a prevalence "
+        f"of {prevalence:.1f}%."
+    )
+    return point
+
+
+def charts_ui(meta: ModelMetadata, evaluation: Evaluation, point: dict[str, Any] | None) -> None:
+    """ROC with AUC and CI, the confusion matrix at the point, and reliability diagrams."""
+    st.header("Test-split charts", anchor=False)
+    summary = evaluation.summary
+    if summary is None:
+        st.info("The ROC and reliability charts need the evaluation JSON.",
+                icon=":material/info:")
+        return
+    try:
+        metrics, curves = summary["metrics"], summary["curves"]
+        roc = roc_figure(curves["roc"], float(metrics["auc"]), tuple(metrics["auc_ci95"]),
+                         roc_marker(point))
+        temperature = float(summary.get("temperature", meta.temperature))
+        reliability = reliability_figure({
+            "before scaling": curves["reliability_before"],
+            f"after scaling (T = {temperature:.2f})": curves["reliability_after"],
+        })
+    except (KeyError, TypeError, ValueError) as err:
+        LOG.warning("evaluation JSON not as expected: %r", err)
+        st.error(f"The evaluation JSON is not as expected ({err!r}); re-run the evaluation.",
+                 icon=":material/error:")
+        return
+    roc_col, confusion_col, reliability_col = st.columns(3, gap="medium")
+    with roc_col:
+        st.pyplot(roc, alt="ROC curve of the test split with the operating point")
+        st.caption(f"AUC {float(metrics['auc']):.3f} (95% CI {metrics['auc_ci95'][0]:.3f}-"
+                   f"{metrics['auc_ci95'][1]:.3f}); red dot: the operating point in force.")
+    with confusion_col:
+        if point is not None:
+            matrix = confusion_at(point, meta.class_names, meta.positive_class)
+            st.pyplot(confusion_figure(matrix, list(meta.class_names)),
+                      alt="Confusion matrix at the operating point")
+            st.caption(f"At P({meta.positive_class}) ≥ {point['threshold']:.3f}; rows: truth, "
+                       "columns: prediction.")
+        else:
+            st.caption("The confusion matrix needs the per-image test scores.")
+    with reliability_col:
+        st.pyplot(reliability, alt="Reliability diagram before and after temperature scaling")
+        st.caption("Observed COVID rate against predicted probability, before and after "
+                   "temperature scaling (fitted on the validation split).")
+
+
+def cam_energy_ui(evaluation: Evaluation) -> None:
+    """Explanation sanity: where the test split's Grad-CAM maps put their energy."""
+    st.header("Explanation sanity", anchor=False)
+    energy = (evaluation.summary or {}).get("cam_energy")
+    if not isinstance(energy, dict):
+        st.info("Not measured yet: where the Grad-CAM maps put their energy (chest centre, "
+                "border, corners) has not been measured for this model. Re-run "
+                "`python -m covid.training.evaluate` to measure it.", icon=":material/info:")
+        return
+    st.markdown(f"**{cam_energy_verdict(energy)}**")
+    percent = st.column_config.NumberColumn(format="%.0f%%")
+    st.dataframe(
+        by_column(cam_energy_rows(energy), ("group", "images", "central", "border", "corners")),
+        hide_index=True, width="content", placeholder="",
+        column_config={"central": percent, "border": percent, "corners": percent,
+                       "group": st.column_config.TextColumn("maps")},
+    )
+    st.caption(
+        "Share of each map's energy (the sum of its values) in the central chest box (70% of "
+        "the width, 80% of the height), the rest of the film (border) and the four 15% "
+        "corners (part of the border, where text markers usually are); mean over the test "
+        "split, Grad-CAM of the predicted class. A uniform map would give the last row."
+    )
+
+
+def page() -> None:
+    """The model page: model card, charts, live operating point and Grad-CAM check."""
+    state.visit(MODEL)
+    st.title("Model", anchor=False)
+    disclaimer_ui()
+    path = model_path()
+    loaded = load_or_explain(path)
+    if loaded is None:
+        return
+    meta = loaded[0].metadata
+    model_card_section_ui(meta)
+    evaluation = read_evaluation(path, meta.positive_class)
+    if evaluation.problems:
+        st.warning(
+            "**Evaluation artefacts missing.** Beside the model "
+            f"(`{path.parent}`):\n\n" + "\n".join(f"- {p}" for p in evaluation.problems)
+            + "\n\n" + EVALUATE_HOWTO.format(model=path),
+            icon=":material/folder_off:",
+        )
+    point = operating_point_ui(meta, evaluation)
+    charts_ui(meta, evaluation, point)
+    cam_energy_ui(evaluation)

@@ -1,0 +1,85 @@
+"""The ``st.cache_resource`` loaders: the model and its detector, once per process.
+
+Set ``COVID_MODEL_PATH`` to serve another ``.keras`` model than the shipped one.
+Both loaders are keyed by the file's path and (size, mtime), so a re-shipped
+model is reloaded; what they return is shared by every session and never mutated.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import streamlit as st
+
+from covid.model.classifier import DEFAULT_MODEL_PATH
+
+if TYPE_CHECKING:
+    from covid.explain.inference import Classifier
+
+MODEL_ENV = "COVID_MODEL_PATH"
+"""Environment variable naming the model to serve."""
+
+
+def model_path() -> Path:
+    """The model to serve: ``$COVID_MODEL_PATH``, else the shipped model."""
+    return Path(os.environ.get(MODEL_ENV) or DEFAULT_MODEL_PATH)
+
+
+def file_stamp(path: Path) -> tuple[int, int]:
+    """A model file's (size, mtime_ns), or (0, 0) when it is missing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0, 0)
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
+def load_classifier(path: str, stamp: tuple[int, int]) -> Classifier:
+    """Loads and verifies the classifier once per process (per file version).
+
+    Args:
+        path: The ``.keras`` file.
+        stamp: The file's (size, mtime_ns), so that a re-shipped model is reloaded.
+
+    Returns:
+        The :class:`covid.explain.inference.Classifier`; shared by every session, never mutated.
+
+    Raises:
+        ModelFileError: The model or its metadata is missing, or the SHA-256 differs.
+    """
+    del stamp  # part of the cache key only
+    from covid.explain.inference import Classifier  # deferred: imports TensorFlow
+
+    return Classifier.from_file(path)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def load_ood_detector(path: str, stamp: tuple[int, int]) -> Any | None:
+    """Loads the out-of-distribution detector shipped with the model, if any.
+
+    Args:
+        path: The ``.keras`` file.
+        stamp: The file's (size, mtime_ns).
+
+    Returns:
+        The detector from :func:`covid.screening.ood.load_detector` (cheap checks only
+        when the model ships no out-of-distribution statistics).
+    """
+    del stamp
+    from covid.screening.ood import load_detector  # deferred: imports scikit-learn
+
+    return load_detector(path)
+
+
+def load_model(path: Path) -> tuple[Classifier, Any | None]:
+    """The cached classifier and detector for a model file.
+
+    Raises:
+        ModelFileError: The model or its metadata is missing, or the SHA-256 differs.
+    """
+    classifier = load_classifier(str(path), file_stamp(path))
+    ood = load_ood_detector(str(path), file_stamp(path))
+    return classifier, ood

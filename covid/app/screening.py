@@ -1,0 +1,332 @@
+"""The screening page: uploads, the batch triage table, and the study chosen in it.
+
+One upload shows its study directly; several show the triage table first (most
+suspicious first, downloadable as CSV), and choosing a row opens that study.
+Each file is scored once per session and re-labelled at the operating point in
+force (:mod:`covid.screening.studies`); the study view is :mod:`covid.app.study`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import streamlit as st
+
+from covid import DISCLAIMER
+from covid.app import state
+from covid.app.common import (
+    disclaimer_ui,
+    fmt,
+    load_or_explain,
+    markdown_table,
+    operating_point_words,
+)
+from covid.app.navigation import MODEL, SCREENING, go_to
+from covid.app.resources import model_path
+from covid.app.study import safe_detail_ui
+from covid.explain.overlay import colormap_names
+from covid.model.classifier import ModelMetadata
+from covid.screening.studies import (
+    DEFAULT_COLORMAP,
+    DEFAULT_OPACITY,
+    METHODS,
+    PREDICTED,
+    VIEWS,
+    DisplaySettings,
+    Study,
+    at_threshold,
+    prune_maps,
+    score_files,
+)
+from covid.screening.table import (
+    ERROR,
+    FILE,
+    LABEL,
+    OOD,
+    TRIAGE,
+    by_column,
+    csv_bytes,
+    probability_column,
+    suspicion_order,
+    table_columns,
+    table_key,
+    table_rows,
+)
+
+if TYPE_CHECKING:
+    from covid.explain.inference import Classifier
+
+LOG = logging.getLogger(__name__)
+
+UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]
+
+
+def header_ui() -> None:
+    """Title, introduction and the disclaimer."""
+    st.title("Chest X-ray screening")
+    st.markdown(
+        "Upload posterior-anterior chest X-rays to see the model's **COVID-19 / Normal** "
+        "probabilities, a Grad-CAM map of the regions that drove the prediction, and the "
+        "triage advice at the operating point in force. Several X-rays at once give a "
+        "triage table, most suspicious first."
+    )
+    disclaimer_ui()
+
+
+def controls_ui(class_names: Sequence[str]) -> DisplaySettings:
+    """The explanation controls, in the sidebar (kept across page switches).
+
+    Args:
+        class_names: The model's classes.
+
+    Returns:
+        The chosen settings.
+    """
+    with st.sidebar:
+        st.header("Explanation")
+        target = st.selectbox(
+            "Class to explain",
+            [PREDICTED, *class_names],
+            key="target",
+            help="Grad-CAM shows which regions raise the chosen class's score.",
+            persist_state="session",
+        )
+        method = st.radio(
+            "Method", list(METHODS), key="method", horizontal=True, persist_state="session"
+        )
+        view = st.radio("Display", VIEWS, key="view", persist_state="session")
+        names = list(colormap_names())
+        colormap = st.selectbox(
+            "Colour map",
+            names,
+            index=names.index(DEFAULT_COLORMAP) if DEFAULT_COLORMAP in names else 0,
+            key="colormap",
+            disabled=view == "Contour lines",
+            persist_state="session",
+        )
+        opacity = st.slider(
+            "Heatmap opacity",
+            min_value=0.0,
+            max_value=1.0,
+            value=DEFAULT_OPACITY,
+            step=0.05,
+            key="opacity",
+            disabled=view != "Overlay",
+            persist_state="session",
+        )
+    return DisplaySettings(
+        target=target, method=METHODS[method], view=view, colormap=colormap, opacity=opacity
+    )
+
+
+def model_card_ui(meta: ModelMetadata, threshold: float) -> None:
+    """The model's identity, test metrics and operating point, in the sidebar."""
+    with st.sidebar:
+        st.divider()
+        st.header("Model")
+        st.markdown(
+            f"**{meta.name}**  \nVersion `{meta.version}`  \nSHA-256 `{meta.sha256[:12]}`"
+        )
+        if meta.trained_on:
+            st.caption(f"Trained on {meta.trained_on}")
+        m = meta.metrics or {}
+        if m:
+            ci = m.get("auc_ci95") or [None, None]
+            st.markdown(f"**Held-out {m.get('split', 'test')} split** (n = {m.get('n', '?')})")
+            st.markdown(markdown_table([
+                ("ROC AUC", fmt(m.get("auc"))),
+                ("AUC 95% CI", f"{fmt(ci[0])}-{fmt(ci[1])}"),
+                ("Sensitivity", fmt(m.get("sensitivity"), "{:.1%}")),
+                ("Specificity", fmt(m.get("specificity"), "{:.1%}")),
+                ("PPV", fmt(m.get("ppv"), "{:.1%}")),
+                ("NPV", fmt(m.get("npv"), "{:.1%}")),
+                ("ECE (calibrated)", fmt(m.get("ece_after_scaling"))),
+            ], head=("Metric", "Value")))
+            st.caption("At the shipped operating point.")
+        else:
+            st.caption("No test metrics yet: run `python -m covid.training.evaluate`.")
+        rows = [(f"Shipped threshold on P({meta.positive_class})", f"{meta.threshold:.3f}")]
+        if not state.is_shipped(meta, threshold):
+            rows.append(("This session's threshold", f"{threshold:.3f}"))
+        rows.append(("Temperature", f"{meta.temperature:.3f}"))
+        st.markdown(markdown_table(rows, head=("Operating point", "Value")))
+
+
+def operating_point_notice_ui(meta: ModelMetadata, threshold: float) -> None:
+    """Which operating point labels the studies, with reset and change buttons."""
+    shipped = state.is_shipped(meta, threshold)
+    with st.container(horizontal=True, vertical_alignment="center", key="op_notice"):
+        st.markdown(f"**Operating point:** {operating_point_words(meta, threshold)}.",
+                    width="content")
+        st.button(
+            "Reset to shipped", key="op_reset", on_click=state.reset_operating_point,
+            disabled=shipped, icon=":material/restart_alt:",
+            help="Go back to the threshold validated with the model. A choice made on the "
+            "model page applies to this browser session only.",
+        )
+        if st.button("Change", key="op_change", icon=":material/tune:",
+                     help="Choose another operating point on the model page."):
+            go_to(MODEL)
+
+
+def upload_ui() -> list[tuple[str, bytes]]:
+    """The uploader; returns (name, bytes) pairs held in memory only."""
+    uploaded = st.file_uploader(
+        "Chest X-rays (PNG, JPEG or DICOM)",
+        type=UPLOAD_TYPES,
+        accept_multiple_files=True,
+        key="uploads",
+        help="Files stay in memory for this session and are never written to disk.",
+    )
+    return [(f.name, f.getvalue()) for f in uploaded or []]
+
+
+def current_batch_ui(uploaded: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """The files to show; the uploads kept from before a visit to the model page say so."""
+    files, restored = state.batch_to_show(uploaded, came_back=state.visit(SCREENING))
+    if restored:
+        with st.container(horizontal=True, vertical_alignment="center"):
+            st.info(
+                f"Showing the {len(files)} file(s) uploaded before you opened the model page. "
+                "Upload files to replace them.", icon=":material/history:",
+            )
+            st.button("Clear", key="clear_batch", on_click=state.clear_batch,
+                      icon=":material/delete:")
+    return files
+
+
+def batch_table_ui(studies: Sequence[Study], meta: ModelMetadata) -> Study | None:
+    """The triage table (most suspicious first), its CSV download and the chosen row.
+
+    Args:
+        studies: Every upload, re-labelled at the operating point in force.
+        meta: The model's metadata.
+
+    Returns:
+        The study whose row is selected, or None.
+    """
+    ranked = [studies[i] for i in suspicion_order([s.result for s in studies])]
+    columns = table_columns(meta.positive_class)
+    results = [s.result for s in ranked]
+    shown = table_rows(results, meta.class_names, meta.positive_class, disclaimer=False)
+    exported = table_rows(results, meta.class_names, meta.positive_class)
+    probability = probability_column(meta.positive_class)
+    st.subheader("Batch triage", anchor=False)
+    st.caption(
+        f"{len(studies)} files, most suspicious first (highest {probability}; files that "
+        "could not be read last). Click a column header to sort by it; tick a row to open "
+        f"its study. All triage advice: {DISCLAIMER}"
+    )
+    keys = [s.key for s in ranked]
+    kept = state.chosen_study()
+    event = st.dataframe(
+        by_column(shown, columns),
+        key=table_key([s.key for s in studies]),
+        on_select="rerun",
+        selection_mode="single-row",
+        selection_default={"selection": {"rows": [keys.index(kept)]}} if kept in keys else None,
+        hide_index=True,
+        width="stretch",
+        placeholder="",
+        column_config={
+            FILE: st.column_config.TextColumn(FILE, width=170),
+            probability: st.column_config.ProgressColumn(
+                probability, format="%.1f%%", min_value=0.0, max_value=100.0, width=120,
+                help=f"Calibrated probability of {meta.positive_class}.",
+            ),
+            LABEL: st.column_config.TextColumn(LABEL, width=70),
+            OOD: st.column_config.TextColumn(
+                OOD, width=125,
+                help="Flagged as not looking like a chest X-ray (then no triage advice).",
+            ),
+            TRIAGE: st.column_config.TextColumn(TRIAGE, width=320),
+            ERROR: st.column_config.TextColumn(ERROR, width=150),
+        },
+    )
+    st.download_button(
+        "Download the table (CSV)", data=csv_bytes(exported, columns),
+        file_name="xray-triage.csv",
+        mime="text/csv", key="batch_csv", on_click="ignore", icon=":material/download:",
+    )
+    chosen = list(event.selection.rows) if event is not None else []
+    if chosen and 0 <= chosen[0] < len(ranked):
+        state.choose_study(keys[chosen[0]])  # reopened after a page switch
+        return ranked[chosen[0]]
+    state.choose_study(None)
+    return None
+
+
+def results_ui(
+    studies: Sequence[Study],
+    classifier: Classifier,
+    settings: DisplaySettings,
+    threshold: float,
+) -> None:
+    """Errors first (one per unreadable file), then the X-ray, or the batch table.
+
+    One readable X-ray opens directly; several give the triage table first, and
+    the row chosen there opens below it.
+    """
+    maps = state.maps_store()
+    prune_maps(maps, {s.key for s in studies})
+    for study in studies:
+        if study.result.error:
+            st.error(study.result.error, icon=":material/error:")
+    readable = [s for s in studies if s.result.error is None]
+    if len(readable) == 1:
+        safe_detail_ui(readable[0], classifier, settings, maps, threshold)
+        return
+    if not readable:
+        return
+    chosen = batch_table_ui(studies, classifier.metadata)
+    if chosen is None:
+        st.info("Choose a row to open its X-ray, Grad-CAM map, probabilities and triage.",
+                icon=":material/touch_app:")
+    elif chosen.result.error:
+        st.error(chosen.result.error, icon=":material/error:")
+    else:
+        safe_detail_ui(chosen, classifier, settings, maps, threshold)
+
+
+def analysis_ui(
+    files: Sequence[tuple[str, bytes]], classifier: Classifier, ood: Any | None
+) -> list[Study]:
+    """Scores the uploads (new files only) behind a progress bar."""
+    store = state.studies_store()
+    bar = st.empty()
+    text = f"Scoring {len(files)} X-ray(s)…" if len(files) > 1 else "Scoring the X-ray…"
+
+    def progress(fraction: float) -> None:
+        bar.progress(min(max(fraction, 0.0), 1.0), text=text)
+
+    try:
+        return score_files(files, classifier, store, ood=ood, progress=progress)
+    finally:
+        bar.empty()
+
+
+def page() -> None:
+    """The screening page: uploads, the batch table and one study's detail."""
+    header_ui()
+    path = model_path()
+    loaded = load_or_explain(path)
+    if loaded is None:
+        return
+    classifier, ood = loaded
+    meta = classifier.metadata
+    threshold = state.threshold_in_force(meta)
+    settings = controls_ui(meta.class_names)
+    model_card_ui(meta, threshold)
+    operating_point_notice_ui(meta, threshold)
+    files = current_batch_ui(upload_ui())
+    if not files:
+        st.info("Upload one or more chest X-rays to begin.", icon=":material/upload_file:")
+        return
+    try:
+        studies = at_threshold(analysis_ui(files, classifier, ood), classifier, threshold)
+        results_ui(studies, classifier, settings, threshold)
+    except Exception:  # a bug must not leave a traceback on a clinician's screen
+        LOG.exception("analysis failed")
+        st.error("The analysis failed unexpectedly; the error was logged on the server.")

@@ -1,0 +1,154 @@
+"""Every ``st.session_state`` key the pages use, behind small functions.
+
+One browser session's memory: its scored studies and maps (so that nothing is
+scored twice), the last uploads (kept across a visit to the model page), the
+study opened from the batch table, the page last shown, and the session's
+operating point. The operating point chosen on the model page applies to this
+session only; it is stored with the model's SHA-256 so that a choice made for
+another model file is ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import streamlit as st
+
+from covid.model.classifier import ModelMetadata
+
+_STUDIES_KEY = "_covid_studies"
+"""Scored results, keyed by model, content and file name."""
+_CAMS_KEY = "_covid_cams"
+"""Class-activation maps, keyed by (study key, class index, method)."""
+_OPERATING_POINT_KEY = "_covid_operating_point"
+"""Per-session operating point: ``{"model": SHA-256, "threshold": float}``."""
+_BATCH_KEY = "_covid_batch"
+"""The last uploads, (name, bytes) pairs, kept to survive a visit to the model page."""
+_RESTORED_KEY = "_covid_batch_restored"
+"""Whether the files shown are the kept ones rather than the uploader's."""
+_CHOSEN_KEY = "_covid_chosen"
+"""The key of the study opened from the batch table."""
+_PAGE_KEY = "_covid_page"
+"""The URL path of the page shown last."""
+THRESHOLD_WIDGET = "op_threshold"
+"""The model page's threshold slider."""
+PREVALENCE_WIDGET = "op_prevalence"
+"""The model page's prevalence input."""
+
+
+# ------------------------------------------------------------------ caches
+
+
+def studies_store() -> dict[str, Any]:
+    """This session's scored results (see :func:`covid.screening.studies.score_files`)."""
+    return st.session_state.setdefault(_STUDIES_KEY, {})
+
+
+def maps_store() -> dict[tuple[str, int, str], Any]:
+    """This session's maps (see :func:`covid.screening.studies.class_map`)."""
+    return st.session_state.setdefault(_CAMS_KEY, {})
+
+
+# ------------------------------------------------------------- page and batch
+
+
+def visit(page: str) -> bool:
+    """Records ``page`` as shown; returns whether the last page shown was another one."""
+    came_back = st.session_state.get(_PAGE_KEY, page) != page
+    st.session_state[_PAGE_KEY] = page
+    return came_back
+
+
+def batch_to_show(
+    uploaded: list[tuple[str, bytes]], came_back: bool
+) -> tuple[list[tuple[str, bytes]], bool]:
+    """The files to show: the uploads, or the last ones after a visit to another page.
+
+    Streamlit empties the uploader when the user switches pages, so the last
+    uploads are kept in this session's memory and shown again on the way back,
+    until new files are uploaded or the user clears them (:func:`clear_batch`).
+
+    Args:
+        uploaded: What the uploader holds now.
+        came_back: Whether the user has just come back from another page.
+
+    Returns:
+        (name, bytes) pairs, and whether they are the kept uploads.
+    """
+    state = st.session_state
+    if uploaded:
+        state[_BATCH_KEY], state[_RESTORED_KEY] = uploaded, False
+        return uploaded, False
+    if came_back and state.get(_BATCH_KEY):
+        state[_RESTORED_KEY] = True
+    if state.get(_RESTORED_KEY) and state.get(_BATCH_KEY):
+        return state[_BATCH_KEY], True
+    state.pop(_BATCH_KEY, None)
+    state[_RESTORED_KEY] = False
+    return [], False
+
+
+def clear_batch() -> None:
+    """Button callback: forgets the uploads kept across a visit to the model page."""
+    st.session_state.pop(_BATCH_KEY, None)
+    st.session_state[_RESTORED_KEY] = False
+
+
+def chosen_study() -> str | None:
+    """The key of the study opened from the batch table, if any."""
+    return st.session_state.get(_CHOSEN_KEY)
+
+
+def choose_study(key: str | None) -> None:
+    """Remembers the study opened from the batch table (reopened after a page switch)."""
+    if key is None:
+        st.session_state.pop(_CHOSEN_KEY, None)
+    else:
+        st.session_state[_CHOSEN_KEY] = key
+
+
+# ---------------------------------------------------------------- operating point
+
+
+def threshold_in_force(meta: ModelMetadata) -> float:
+    """The session's operating point on P(positive class), else the shipped one.
+
+    A choice made for another model (a re-shipped file) is ignored.
+    """
+    chosen = st.session_state.get(_OPERATING_POINT_KEY)
+    if isinstance(chosen, dict) and chosen.get("model") == meta.sha256:
+        return float(chosen["threshold"])
+    return float(meta.threshold)
+
+
+def is_shipped(meta: ModelMetadata, threshold: float) -> bool:
+    """Whether a threshold is the model's shipped operating point."""
+    return math.isclose(threshold, meta.threshold, rel_tol=0.0, abs_tol=1e-9)
+
+
+def choose_threshold(meta: ModelMetadata, threshold: float) -> None:
+    """Makes ``threshold`` this session's operating point (never shared between sessions)."""
+    if is_shipped(meta, threshold):
+        st.session_state.pop(_OPERATING_POINT_KEY, None)
+    else:
+        st.session_state[_OPERATING_POINT_KEY] = {"model": meta.sha256, "threshold": threshold}
+
+
+def reset_operating_point() -> None:
+    """Button callback: back to the shipped operating point (this session only)."""
+    st.session_state.pop(_OPERATING_POINT_KEY, None)
+    st.session_state.pop(THRESHOLD_WIDGET, None)
+
+
+def start_threshold_widget(meta: ModelMetadata) -> None:
+    """Sets the threshold slider to the point in force, unless it already has a value."""
+    if THRESHOLD_WIDGET not in st.session_state:
+        st.session_state[THRESHOLD_WIDGET] = threshold_in_force(meta)
+
+
+def follow_threshold_widget(meta: ModelMetadata, value: float) -> float:
+    """Makes the slider's value this session's choice; returns the threshold in force."""
+    if not math.isclose(value, threshold_in_force(meta), rel_tol=0.0, abs_tol=1e-12):
+        choose_threshold(meta, float(value))
+    return threshold_in_force(meta)

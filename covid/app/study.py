@@ -1,0 +1,182 @@
+"""One study's view: the X-ray, its Grad-CAM, the probability bars, triage and PDF report."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import MutableMapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import streamlit as st
+
+from covid.app import state
+from covid.model.classifier import ModelMetadata
+from covid.screening.pipeline import StudyResult, percentages
+from covid.screening.studies import (
+    CONTOUR_LEVELS,
+    METHODS,
+    DisplaySettings,
+    Study,
+    class_map,
+    render_map,
+    report_name,
+    report_pdf,
+    target_index,
+)
+
+if TYPE_CHECKING:
+    from covid.explain.inference import Classifier
+
+LOG = logging.getLogger(__name__)
+
+
+def probability_bars_ui(
+    result: StudyResult, class_names: Sequence[str], emphasise: bool = True
+) -> list[float]:
+    """One bar per class with its percentage; the predicted label in bold.
+
+    The percentages are rounded so that they sum to exactly 100.
+
+    Args:
+        result: A scored study.
+        class_names: The model's classes, in output order.
+        emphasise: Whether to mark the predicted class (not for rejected images).
+
+    Returns:
+        The percentages shown, in class order.
+    """
+    shown = percentages(result.probs, decimals=1)
+    st.caption("Calibrated probabilities")
+    for name, pct in zip(class_names, shown, strict=True):
+        text = f"{name} {pct:.1f}%"
+        if emphasise and name == result.label:
+            text = f"**{text}** · prediction"
+        st.progress(min(max(pct / 100.0, 0.0), 1.0), text=text)
+    return shown
+
+
+def triage_ui(
+    result: StudyResult, meta: ModelMetadata, shown: Sequence[float], threshold: float
+) -> None:
+    """The prediction and its triage advice: red for the pathological class, else green."""
+    st.markdown(f"**Prediction: {result.label}**")
+    which = "shipped" if state.is_shipped(meta, threshold) else "this session's choice"
+    st.caption(
+        f"{meta.positive_class} probability {shown[meta.positive_index]:.1f}% against the "
+        f"operating threshold of {threshold:.1%} ({which})."
+    )
+    if result.label == meta.positive_class:
+        st.error(result.triage, icon=":material/flag:")
+    else:
+        st.success(result.triage, icon=":material/check_circle:")
+
+
+def info_ui(info: dict[str, str]) -> None:
+    """The safe DICOM fields (modality, body part, view), if any."""
+    if info:
+        st.caption(" · ".join(f"{k}: {v}" for k, v in info.items()))
+
+
+def map_ui(study: Study, cam: np.ndarray, settings: DisplaySettings, explained: str) -> None:
+    """The Grad-CAM image with its caption."""
+    method = next(k for k, v in METHODS.items() if v == settings.method)
+    legend = ""
+    if settings.view == "Contour lines":
+        low, high = (f"{level:.0%}" for level in CONTOUR_LEVELS)
+        legend = f" (gold {low}, red {high} of the peak)"
+    st.image(
+        render_map(study.result.pixels, cam, settings),
+        caption=f"{method} · {settings.view.lower()}{legend} · explains {explained}",
+        width="stretch",
+        alt=f"{method} {settings.view.lower()} for {study.result.name}",
+    )
+
+
+def report_ui(
+    study: Study,
+    classifier: Classifier,
+    settings: DisplaySettings,
+    maps: MutableMapping,
+    threshold: float,
+) -> None:
+    """The study's PDF report, built in memory only when the button is clicked.
+
+    The report shows the label and triage at the operating point in force and
+    the map, drawn with the current method, display, colour map and opacity,
+    of the evidence for the reported label.
+    """
+    target = classifier.metadata.class_names.index(study.result.label)
+    cam = maps.get((study.key, target, settings.method))  # read here, never written later
+    st.download_button(
+        "PDF report",
+        data=functools.partial(report_pdf, study, classifier, settings, threshold, cam),
+        file_name=report_name(study.result.name), mime="application/pdf",
+        key=f"pdf:{study.key}", on_click="ignore", icon=":material/picture_as_pdf:",
+        help="One page: the X-ray, the map of the evidence for the reported label (current "
+        "display settings), the probabilities, the triage at the operating point in force, "
+        "the model's identity and the disclaimer. Built in memory, never stored.",
+    )
+
+
+def study_detail_ui(
+    study: Study,
+    classifier: Classifier,
+    settings: DisplaySettings,
+    maps: MutableMapping,
+    threshold: float,
+) -> None:
+    """One scored X-ray: image, Grad-CAM, probabilities, triage and its PDF, side by side."""
+    result, meta = study.result, classifier.metadata
+    target = target_index(result, settings.target, meta.class_names)
+    cam = class_map(study, classifier, target, settings.method, maps)
+    explained = meta.class_names[target]
+    with st.container(border=True):
+        st.subheader(result.name, anchor=False)
+        image_col, map_col, score_col = st.columns([1, 1, 1.15], gap="medium")
+        with image_col:
+            st.image(
+                result.pixels, caption="X-ray", width="stretch", alt=f"X-ray {result.name}"
+            )
+        if result.ood:
+            with map_col:
+                reason = f"Flagged: {result.ood_reason}\n\n" if result.ood_reason else ""
+                st.warning(f"{reason}{result.triage}", icon=":material/warning:")
+            with score_col:
+                with st.expander("Raw model scores (not a chest X-ray)"):
+                    st.warning(
+                        "Not a chest X-ray: these scores are not meaningful and are shown "
+                        "for transparency only."
+                    )
+                    probability_bars_ui(result, meta.class_names, emphasise=False)
+                    map_ui(study, cam, settings, explained)
+                report_ui(study, classifier, settings, maps, threshold)
+            with image_col:
+                info_ui(result.info)
+            return
+        with map_col:
+            map_ui(study, cam, settings, explained)
+        with score_col:
+            shown = probability_bars_ui(result, meta.class_names)
+            triage_ui(result, meta, shown, threshold)
+            info_ui(result.info)
+            report_ui(study, classifier, settings, maps, threshold)
+
+
+def safe_detail_ui(
+    study: Study,
+    classifier: Classifier,
+    settings: DisplaySettings,
+    maps: MutableMapping,
+    threshold: float,
+) -> None:
+    """:func:`study_detail_ui`, with a failure shown as a message instead of a traceback."""
+    try:
+        study_detail_ui(study, classifier, settings, maps, threshold)
+    except Exception:  # one failing panel must not take the page down
+        LOG.exception("displaying %s failed", study.result.name)
+        st.error(
+            f"{study.result.name}: the result could not be displayed "
+            "(the error was logged on the server).",
+            icon=":material/error:",
+        )
