@@ -174,7 +174,7 @@ def _dicom_bytes() -> bytes:
 
 
 def test_dicom_patient_identifiers_never_reach_the_pdf(classifier, tmp_path):
-    pytest.importorskip("covid.inputs.dicom", reason="covid/dicom.py (DICOM decoding) not there yet")
+    pytest.importorskip("covid.inputs.dicom", reason="DICOM decoding not there yet")
     path = tmp_path / "study.dcm"
     path.write_bytes(_dicom_bytes())
     pdf = report_for_file(path, classifier, when=WHEN)
