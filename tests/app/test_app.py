@@ -47,7 +47,7 @@ class _FakeDetector:
     def __init__(self, flagged: bool) -> None:
         self.flagged = flagged
 
-    def assess(self, decoded, features):
+    def assess(self, decoded, features, lungs=None):
         return types.SimpleNamespace(
             flagged=self.flagged, score=9.0 if self.flagged else 0.1,
             reason="its intensity histogram is unlike the training X-rays." if self.flagged
