@@ -3,6 +3,7 @@
 Sub-commands:
     predict  score image files and folders (CSV or JSON on stdout).
     report   write a one-study PDF report (X-ray, Grad-CAM, probabilities, triage).
+    explain  write each film's Grad-CAM, lung mask and overlay as PNG files.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import argparse
 import sys
 
 from covid import DISCLAIMER
-from covid.screening import predict, report
+from covid.screening import explain_files, predict, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,8 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     predict.add_arguments(commands.add_parser("predict", help="score chest X-rays"))
     report.add_arguments(commands.add_parser("report", help="write a one-study PDF report"))
+    explain_files.add_arguments(
+        commands.add_parser("explain", help="write each film's map, lung mask and overlay")
+    )
     args = parser.parse_args(argv)
-    runners = {"predict": predict.run, "report": report.run}
+    runners = {"predict": predict.run, "report": report.run, "explain": explain_files.run}
     return runners[args.command](args)
 
 

@@ -1,4 +1,4 @@
-"""``python -m covid.evaluate``: entry point kept at the package's top (see :mod:`covid.training.evaluate`)."""
+"""``python -m covid.evaluate``: entry point (see :mod:`covid.training.evaluate`)."""
 
 from covid.training.evaluate import main
 

@@ -7,6 +7,8 @@ cannot diverge.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
@@ -65,3 +67,134 @@ def to_batch(images: list[np.ndarray], size: int) -> np.ndarray:
     if not images:
         return np.zeros((0, size, size, 1), dtype=np.float32)
     return np.stack([to_model_input(img, size) for img in images]).astype(np.float32)
+
+
+LUNG_MARGIN = 0.08
+"""Margin added on every side of the lungs' bounding box, as a share of its size."""
+
+FOCUS_MODES = ("full", "crop", "attenuate", "crop+attenuate")
+"""Lung-focused inputs: the whole film, the lungs' square box, the whole film with
+the outside of the lungs attenuated, or both together."""
+
+OUTSIDE_WEIGHT = 0.3
+"""Intensity kept outside the (dilated, softened) lung fields by ``attenuate``."""
+
+
+@dataclass(frozen=True)
+class LungBox:
+    """A square region of a film, in film pixels; it may reach past the film's edges.
+
+    Attributes:
+        top: First row.
+        left: First column.
+        side: Side length, in pixels.
+    """
+
+    top: int
+    left: int
+    side: int
+
+    @classmethod
+    def whole(cls, shape: tuple[int, int]) -> LungBox:
+        """The square box that holds a whole (H, W) film, centred on it."""
+        height, width = shape
+        side = max(height, width)
+        return cls((height - side) // 2, (width - side) // 2, side)
+
+
+def lung_box(mask: np.ndarray, margin: float = LUNG_MARGIN) -> LungBox | None:
+    """The square box around the lungs, with a margin, centred on them.
+
+    Args:
+        mask: (H, W) bool lung mask.
+        margin: Share of the lungs' extent added on every side.
+
+    Returns:
+        The box (which may reach past the film), or None for an empty mask.
+    """
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if len(rows) == 0:
+        return None
+    height, width = rows[-1] + 1 - rows[0], cols[-1] + 1 - cols[0]
+    side = round(max(height, width) * (1 + 2 * margin))
+    centre_row, centre_col = (rows[0] + rows[-1] + 1) / 2, (cols[0] + cols[-1] + 1) / 2
+    return LungBox(round(centre_row - side / 2), round(centre_col - side / 2), side)
+
+
+def crop_to_box(pixels: np.ndarray, box: LungBox) -> np.ndarray:
+    """Cuts a box out of an image, with zeros where the box reaches past it.
+
+    Args:
+        pixels: (H, W) image of any dtype.
+        box: The region.
+
+    Returns:
+        (side, side) array of the image's dtype.
+    """
+    out = np.zeros((box.side, box.side), dtype=pixels.dtype)
+    height, width = pixels.shape
+    top, left = max(box.top, 0), max(box.left, 0)
+    bottom, right = min(box.top + box.side, height), min(box.left + box.side, width)
+    if bottom > top and right > left:
+        out[top - box.top : bottom - box.top, left - box.left : right - box.left] = pixels[
+            top:bottom, left:right
+        ]
+    return out
+
+
+def _resize_float(values: np.ndarray, size: int) -> np.ndarray:
+    image = Image.fromarray(values.astype(np.float32), mode="F")
+    return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
+
+
+def _soft_weight(mask: np.ndarray, outside: float) -> np.ndarray:
+    """Per-pixel weights: 1 in the (slightly dilated) lungs, ``outside`` far from them."""
+    from scipy import ndimage
+
+    side = mask.shape[0]
+    grown = ndimage.binary_dilation(mask, iterations=max(1, side // 25))
+    soft = ndimage.gaussian_filter(grown.astype(np.float32), sigma=max(1.0, side / 80))
+    return outside + (1.0 - outside) * np.clip(soft, 0.0, 1.0)
+
+
+def lung_focus(
+    pixels: np.ndarray,
+    mask: np.ndarray | None,
+    size: int,
+    mode: str = "crop+attenuate",
+    outside: float = OUTSIDE_WEIGHT,
+) -> tuple[np.ndarray, LungBox]:
+    """The one lung-focused preprocessing path, shared by training and serving.
+
+    Args:
+        pixels: (H, W) uint8 film.
+        mask: (H, W) bool lung mask (ignored, and may be None, for ``full``).
+        size: The classifier's input side.
+        mode: One of :data:`FOCUS_MODES`.
+        outside: Intensity weight outside the lungs for the ``attenuate`` modes.
+
+    Returns:
+        ``(x, box)``: the (size, size, 1) uint8 model input, and the film region
+        it shows, with which a map over the input is placed back on the film.
+
+    Raises:
+        ValueError: Unknown mode, bad image, or a missing or empty mask where
+            the mode needs one.
+    """
+    if mode not in FOCUS_MODES:
+        raise ValueError(f"unknown focus mode {mode!r}; expected one of {FOCUS_MODES}")
+    if pixels.ndim != 2 or pixels.dtype != np.uint8:
+        raise ValueError(f"expected a (H, W) uint8 image, got {pixels.shape} {pixels.dtype}")
+    if mode == "full":
+        return to_model_input(pixels, size), LungBox.whole(pixels.shape)
+    if mask is None or mask.shape != pixels.shape or not mask.any():
+        raise ValueError(f"mode {mode!r} needs a non-empty lung mask of the film's shape")
+    box = lung_box(mask) if mode.startswith("crop") else LungBox.whole(pixels.shape)
+    film = crop_to_box(pixels, box).astype(np.float32)
+    lungs = crop_to_box(mask.astype(bool), box)
+    film = _resize_float(film, size)
+    if mode.endswith("attenuate"):
+        lungs_small = _resize_float(lungs.astype(np.float32), size) > 0.5
+        film = film * _soft_weight(lungs_small, outside)
+    x = np.clip(np.rint(film), 0, 255).astype(np.uint8)
+    return x[:, :, np.newaxis], box

@@ -64,6 +64,11 @@ class ModelMetadata:
         class_names: Output classes, in order.
         positive_class: The pathological class whose probability is thresholded.
         input_size: Square input side, in pixels.
+        input_mode: How a film becomes the input: ``full`` (the whole film) or a
+            lung-focused mode (``crop``, ``attenuate``, ``crop+attenuate``; see
+            ``covid.inputs.preprocess.lung_focus``), which needs the lung segmenter.
+        lung_model_sha256: SHA-256 of the lung segmenter the classifier was trained
+            with (empty for ``full``).
         gradcam_layer: Name of the layer Grad-CAM explains.
         temperature: Calibration temperature dividing the logits.
         threshold: Operating point on the calibrated positive-class probability.
@@ -80,6 +85,8 @@ class ModelMetadata:
     class_names: list[str] = field(default_factory=lambda: ["COVID", "Normal"])
     positive_class: str = "COVID"
     input_size: int = 224
+    input_mode: str = "full"
+    lung_model_sha256: str = ""
     gradcam_layer: str = GRADCAM_LAYER
     temperature: float = 1.0
     threshold: float = 0.5

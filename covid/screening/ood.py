@@ -34,6 +34,7 @@ import math
 import sys
 import zipfile
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -295,6 +296,45 @@ def cheap_checks(decoded: DecodedImage) -> str | None:
     return None
 
 
+NON_CHEST_MODALITIES = {"CT": "CT", "MR": "MR", "US": "ultrasound", "NM": "nuclear medicine",
+                        "PT": "PET"}
+"""DICOM Modality values that are never a chest radiograph, with plain names."""
+
+CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "TORAX", "PORT CHEST",
+                              "CHEST PA", "CHEST AP", "PECHO", "THORAX PA"})
+"""BodyPartExamined values accepted as a chest (upper-cased)."""
+
+
+def dicom_tag_problem(info: dict[str, str]) -> str | None:
+    """Why a DICOM's own tags say it is not a chest radiograph, or None.
+
+    Args:
+        info: The safe DICOM fields of a decoded image (empty for PNG and JPEG).
+
+    Returns:
+        A reason naming the tag and its value, or None.
+    """
+    modality = info.get("Modality", "").strip().upper()
+    if modality in NON_CHEST_MODALITIES:
+        return (f"its DICOM tag Modality is {modality} ({NON_CHEST_MODALITIES[modality]}), "
+                "not a radiograph.")
+    part = info.get("BodyPartExamined", "").strip().upper()
+    if part and part not in CHEST_BODY_PARTS:
+        return f"its DICOM tag BodyPartExamined is {part}, not the chest."
+    return None
+
+
+def lung_problem(lungs: Any) -> str | None:
+    """Why the segmented lung fields are implausible, or None (also when no segmenter ran).
+
+    Args:
+        lungs: A :class:`covid.model.lungs.LungSegmentation`, or None.
+    """
+    if lungs is None or lungs.problem is None:
+        return None
+    return f"no plausible pair of lung fields: {lungs.problem}."
+
+
 class OODDetector:
     """Flags images unlike the training X-rays: cheap checks, then Mahalanobis.
 
@@ -323,12 +363,15 @@ class OODDetector:
             return np.full(len(features), math.nan)
         return mahalanobis_score(self.stats, features)
 
-    def assess(self, decoded: DecodedImage, features: np.ndarray | None) -> OODResult:
-        """Judges one image.
+    def assess(
+        self, decoded: DecodedImage, features: np.ndarray | None, lungs: Any = None
+    ) -> OODResult:
+        """Judges one image: DICOM tags, cheap pixel checks, lung fields, then features.
 
         Args:
             decoded: The decoded image.
             features: (D,) pooled features of the image, or None.
+            lungs: Its :class:`covid.model.lungs.LungSegmentation`, or None.
 
         Returns:
             Flagged with the first reason found, or not flagged.
@@ -336,7 +379,7 @@ class OODDetector:
         score = math.nan
         if features is not None and self.stats is not None:
             score = float(self.score(np.asarray(features).reshape(1, -1))[0])
-        reason = cheap_checks(decoded)
+        reason = dicom_tag_problem(decoded.info) or cheap_checks(decoded) or lung_problem(lungs)
         if reason is None and score > self.threshold:  # False when either is NaN
             reason = ("it does not look like the chest X-rays the model was trained on "
                       f"(feature distance {score:.0f}, above the limit {self.threshold:.0f}).")

@@ -1,8 +1,10 @@
 """``python -m covid predict``: one row per image, as CSV or JSON, on stdout.
 
-Columns, in order: ``path, label, p_covid, p_normal, error, ood``. ``label`` is
-the class at the shipped operating point; probabilities are calibrated and sum
-to 1. A file that cannot be read gets its row with the reason in ``error``, and
+Columns, in order: ``path, label, p_covid, p_normal, error, ood, lung_evidence``.
+``label`` is the class at the shipped operating point; probabilities are
+calibrated and sum to 1. ``lung_evidence`` is the share of the predicted class's
+Grad-CAM energy inside the segmented lungs, in [0, 1] (empty for a file that
+could not be scored). A file that cannot be read gets its row with the reason in ``error``, and
 the run goes on. The exit status is 0 whenever the run completed.
 """
 
@@ -17,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError
+from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
 from covid.screening.pipeline import StudyResult, analyse
 
-COLUMNS = ("path", "label", "p_covid", "p_normal", "error", "ood")
+COLUMNS = ("path", "label", "p_covid", "p_normal", "error", "ood", "lung_evidence")
 CHUNK = 64
 """Files read into memory at a time."""
 
@@ -43,7 +46,7 @@ def iter_files(paths: list[Path]) -> Iterator[Path]:
             yield path
 
 
-def _read(path: Path) -> bytes | str:
+def read_file(path: Path) -> bytes | str:
     """The file's bytes, or a message saying why it cannot be read."""
     from covid.inputs.decode import MAX_FILE_BYTES
 
@@ -76,31 +79,34 @@ def row(path: Path, result: StudyResult, class_names: list[str]) -> dict[str, An
         "p_normal": "" if probs is None else round(float(probs["Normal"]), 6),
         "error": result.error or "",
         "ood": "" if result.ood is None else str(result.ood).lower(),
+        "lung_evidence": "" if result.lung_evidence is None else round(result.lung_evidence, 4),
     }
 
 
-def predict_paths(paths: list[Path], model_path: Path) -> Iterator[dict[str, Any]]:
+def predict_paths(
+    paths: list[Path], model_path: Path, lung_path: Path = DEFAULT_LUNG_MODEL_PATH
+) -> Iterator[dict[str, Any]]:
     """Scores files and folders, yielding one row per file.
 
     Args:
         paths: Files and folders.
         model_path: The ``.keras`` model.
+        lung_path: The lung segmenter's ``.keras`` file.
 
     Yields:
         Rows (see :func:`row`), in file order.
     """
-    from covid.explain.inference import Classifier
-    from covid.screening.ood import load_detector
+    from covid.screening.engine import load_models
 
-    classifier = Classifier.from_file(model_path)
-    detector = load_detector(model_path)
+    models = load_models(model_path, lung_path, warm_up=False)
+    classifier = models.classifier
     files = list(iter_files(paths))
     for start in range(0, len(files), CHUNK):
         chunk = files[start : start + CHUNK]
-        contents = [_read(p) for p in chunk]
+        contents = [read_file(p) for p in chunk]
         readable = [(p.name, c) for p, c in zip(chunk, contents, strict=True)
                     if isinstance(c, bytes)]
-        scored = iter(analyse(readable, classifier, ood=detector))
+        scored = iter(analyse(readable, classifier, ood=models.ood, segmenter=models.segmenter))
         for path, content in zip(chunk, contents, strict=True):
             result = next(scored) if isinstance(content, bytes) else StudyResult(
                 name=path.name, error=content)
@@ -113,12 +119,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image files or folders (searched recursively)")
     parser.add_argument("--format", choices=("csv", "json"), default="csv")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
+    parser.add_argument("--lung-model", type=Path, default=DEFAULT_LUNG_MODEL_PATH)
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``predict``; returns the exit status."""
     try:
-        rows = predict_paths(args.paths, args.model)
+        rows = predict_paths(args.paths, args.model, args.lung_model)
         if args.format == "csv":
             writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
             writer.writeheader()

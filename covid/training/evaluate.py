@@ -31,7 +31,7 @@ from covid.model.calibration import (
     reliability_curve,
 )
 from covid.model.classifier import ModelMetadata, metadata_path, read_metadata, write_metadata
-from covid.training.data import load_images
+from covid.training.lung_data import FocusedSet, MaskSet, focused_dataset, match_masks
 from covid.training.metrics import auc_with_ci, operating_point, roc_points
 
 LOG = logging.getLogger("covid.training.evaluate")
@@ -184,35 +184,155 @@ def cam_energy(classifier, images: np.ndarray, labels: np.ndarray) -> dict:
             "method": "Grad-CAM of the predicted class", "layer": classifier.gradcam_layer}
 
 
-def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None) -> dict:
+PAEDIATRIC_MAX_NUMBER = 1341
+"""Normal films numbered up to this are the paediatric (Kermany) part of the database."""
+
+
+def is_paediatric(name: str) -> bool:
+    """Whether a Normal film's name (``Normal/Normal-123.jpg``) marks it as paediatric."""
+    stem = Path(name).stem
+    number = stem.rsplit("-", 1)[-1]
+    return stem.lower().startswith("normal") and number.isdigit() and (
+        int(number) <= PAEDIATRIC_MAX_NUMBER
+    )
+
+
+def specificity_by_source(names: list[str], labels: np.ndarray, p_positive: np.ndarray,
+                          threshold: float, positive_index: int) -> dict:
+    """Specificity at the operating point, for paediatric and adult normal films apart.
+
+    Args:
+        names: N file names relative to the dataset.
+        labels: (N,) class indices.
+        p_positive: (N,) calibrated positive-class probabilities.
+        threshold: The operating point.
+        positive_index: The positive class's index.
+
+    Returns:
+        ``{"paediatric": {...}, "adult": {...}}`` with ``n``, ``false_alarms`` and
+        ``specificity`` (None for a group without films).
+    """
+    normal = labels != positive_index
+    child = np.array([is_paediatric(n) for n in names], bool)
+    out = {}
+    for group, chosen in (("paediatric", normal & child), ("adult", normal & ~child)):
+        n = int(chosen.sum())
+        flagged = int((p_positive[chosen] >= threshold).sum())
+        out[group] = {"n": n, "false_alarms": flagged,
+                      "specificity": None if n == 0 else 1.0 - flagged / n}
+    return out
+
+
+def localisation(classifier, focused: FocusedSet, masks: MaskSet) -> dict:
+    """How the positive class's maps sit against radiologists' lung and infection masks.
+
+    Each map is computed on the unaltered model input, placed back on the film
+    (:func:`covid.explain.localisation.cam_to_film`) and compared with the masks.
+
+    Args:
+        classifier: The loaded :class:`covid.explain.inference.Classifier`.
+        focused: The inputs of the films the masks index into.
+        masks: The matched masks (all positive-class films).
+
+    Returns:
+        Means of the energy share inside the lungs, of the peak inside the lungs
+        and inside the infection, each beside what a uniform map scores (the
+        masks' mean area share), and ``n``.
+    """
+    from covid.explain.localisation import cam_to_film, energy_inside, peak_inside
+
+    target = classifier.metadata.positive_index
+    share, peak_lungs, peak_infection, lung_area, infection_area = [], [], [], [], []
+    for j, i in enumerate(masks.index):
+        cam = classifier.explain(focused.x[i], target=target).cam
+        film_cam = cam_to_film(cam, focused.box(i), tuple(int(v) for v in focused.shapes[i]))
+        share.append(energy_inside(film_cam, masks.lungs[j]))
+        peak_lungs.append(peak_inside(film_cam, masks.lungs[j]))
+        lung_area.append(masks.lungs[j].mean())
+        if masks.infection[j].any():
+            peak_infection.append(peak_inside(film_cam, masks.infection[j]))
+            infection_area.append(masks.infection[j].mean())
+
+    def _mean(values) -> float | None:
+        return float(np.mean(values)) if len(values) else None
+
+    return {
+        "n": len(masks.index), "n_with_infection": len(peak_infection),
+        "energy_in_lungs": _mean(share), "energy_in_lungs_uniform": _mean(lung_area),
+        "peak_in_lungs": _mean(peak_lungs), "peak_in_lungs_uniform": _mean(lung_area),
+        "peak_in_infection": _mean(peak_infection),
+        "peak_in_infection_uniform": _mean(infection_area),
+        "share_per_film": [round(v, 4) for v in share],
+        "map": f"Grad-CAM of {classifier.metadata.positive_class} at {classifier.gradcam_layer}",
+    }
+
+
+def _segmenter_for(meta: ModelMetadata, lung_model: Path):
+    """The lung segmenter a classifier needs (None for whole-film input)."""
+    if meta.input_mode == "full" and not lung_model.exists():
+        return None
+    from covid.model.lungs import LungSegmenter
+
+    return LungSegmenter.from_file(lung_model)
+
+
+def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None,
+             mask_root: Path | None = None, lung_model: Path = Path("models/lung_unet.keras"),
+             sides: tuple[str, ...] = ("val", "test")) -> dict:
     """Runs the evaluation and writes the metadata and artefacts beside the model.
 
     Args:
         model_path: The ``.keras`` model (its metadata JSON beside it).
         split_path: The split record from training.
         data_root: Dataset folder override.
+        mask_root: COVID-QU-Ex folder for the localisation figures (None: skipped).
+        lung_model: The lung segmenter (needed by lung-focused classifiers).
+        sides: ``("val", "test")`` for the full evaluation; ``("val",)`` to compare
+            candidates on validation alone (nothing is written then).
 
     Returns:
-        The summary from :func:`summarise`.
+        The summary from :func:`summarise` (test) or the validation figures.
     """
     from covid.explain.inference import Classifier
 
     classifier = Classifier.from_file(model_path)
     meta = read_metadata(model_path)
+    segmenter = _segmenter_for(meta, lung_model)
     split = json.loads(split_path.read_text())
     size = meta.input_size
-    logits, labels, names = {}, {}, {}
-    for side in ("val", "test"):
+    logits, labels, names, local = {}, {}, {}, {}
+    for side in sides:
         names[side], files, labels[side] = load_split_side(split, side, meta.class_names,
                                                           data_root)
-        x = load_images(files, size).astype(np.float32)
-        logits[side] = classifier.logits_batch(x)
+        focused = focused_dataset(files, size, meta.input_mode, segmenter)
+        logits[side] = classifier.logits_batch(focused.x.astype(np.float32))
+        if mask_root is not None:
+            positive = np.flatnonzero(labels[side] == meta.positive_index)
+            found = match_masks(tuple(files[i] for i in positive), mask_root)
+            found = MaskSet(positive[found.index], found.lungs, found.infection, found.distance)
+            local[side] = localisation(classifier, focused, found)
+            LOG.info("%s localisation: %s", side,
+                     {k: v for k, v in local[side].items() if k != "share_per_film"})
         if side == "test":
-            energy = cam_energy(classifier, x, labels[side])
+            energy = cam_energy(classifier, focused.x.astype(np.float32), labels[side])
         LOG.info("%s: %d images scored", side, len(files))
+    if "test" not in sides:
+        from sklearn.metrics import roc_auc_score
+
+        return {"val_auc": float(roc_auc_score(labels["val"] == meta.positive_index,
+                                               logits["val"][:, meta.positive_index]
+                                               - logits["val"][:, 1 - meta.positive_index])),
+                "val_localisation": local.get("val")}
     summary = summarise(logits["val"], labels["val"], logits["test"], labels["test"],
                         meta.positive_index)
     meta.temperature, meta.threshold = summary["temperature"], summary["threshold"]
+    p_test = calibrated_probs(logits["test"], meta.temperature)[:, meta.positive_index]
+    summary["metrics"]["specificity_by_source"] = specificity_by_source(
+        names["test"], labels["test"], p_test, meta.threshold, meta.positive_index)
+    if "test" in local:
+        summary["metrics"]["localisation"] = {
+            k: v for k, v in local["test"].items() if k != "share_per_film"}
+        summary["metrics"]["localisation"]["split"] = "test (COVID films with COVID-QU-Ex masks)"
     meta.metrics = {**summary["metrics"], "cam_energy_central": energy["overall"]["central"]}
     write_metadata(meta, model_path)
     paths = artefact_paths(model_path)
@@ -222,7 +342,8 @@ def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None) 
                   meta.temperature, meta)
     paths["evaluation"].write_text(json.dumps(
         {"metrics": summary["metrics"], "temperature": meta.temperature,
-         "threshold": meta.threshold, "curves": summary["curves"], "cam_energy": energy}) + "\n")
+         "threshold": meta.threshold, "curves": summary["curves"], "cam_energy": energy,
+         "localisation": local}) + "\n")
     _save_plots(summary, meta, paths)
     return summary
 
@@ -246,6 +367,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="split record (default: split.json in the model's run folder, "
                         "else <model>.split.json)")
     parser.add_argument("--data", type=Path, default=None, help="dataset folder override")
+    parser.add_argument("--masks", type=Path, default=Path("../shared/data/covid-qu-ex-masks"),
+                        help="COVID-QU-Ex folder for the localisation figures")
+    parser.add_argument("--lung-model", type=Path, default=Path("models/lung_unet.keras"))
+    parser.add_argument("--val-only", action="store_true",
+                        help="compare candidates on validation; writes nothing")
     parser.add_argument("--ship", type=Path, default=None,
                         help="also copy the evaluated model and its artefacts here")
     args = parser.parse_args(argv)
@@ -254,7 +380,12 @@ def main(argv: list[str] | None = None) -> None:
     if split is None:
         beside = args.model.parent / "split.json"
         split = beside if beside.exists() else artefact_paths(args.model)["split"]
-    summary = evaluate(args.model, split, args.data)
+    masks = args.masks if args.masks.is_dir() else None
+    if args.val_only:
+        print(json.dumps(evaluate(args.model, split, args.data, masks, args.lung_model, ("val",)),
+                         indent=1, default=str))
+        return
+    summary = evaluate(args.model, split, args.data, masks, args.lung_model)
     print(json.dumps({k: summary[k] for k in ("temperature", "threshold", "metrics")}, indent=2))
     if args.ship:
         ship(args.model, args.ship)

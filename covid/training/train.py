@@ -28,15 +28,16 @@ import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
 from covid.model.classifier import ModelMetadata, build_model, save_model
+from covid.training.backend import probe_record
 from covid.training.data import (
     CLASS_NAMES,
     DEFAULT_DATA_DIR,
     Dataset,
     find_dataset,
-    load_images,
     make_split,
     make_tf_dataset,
 )
+from covid.training.lung_data import focused_dataset
 
 LOG = logging.getLogger("covid.training.train")
 
@@ -90,8 +91,12 @@ def stage_of_epoch(stages: list[Stage], epoch: int) -> Stage:
     return stages[-1]
 
 
-def choose_strategy() -> tf.distribute.Strategy:
-    """Picks a distribution strategy for the machine(s) at hand."""
+def choose_strategy():
+    """Picks a distribution strategy (TensorFlow backend only; others train as they are)."""
+    if keras.backend.backend() != "tensorflow":
+        import contextlib
+
+        return type("NoStrategy", (), {"scope": staticmethod(contextlib.nullcontext)})()
     if "TF_CONFIG" in os.environ:
         return tf.distribute.MultiWorkerMirroredStrategy()
     if len(tf.config.list_logical_devices("GPU")) > 1:
@@ -227,6 +232,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-images", type=int, default=0, help="tiny-subset runs (per class)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto", help="auto, float32 or mixed_bfloat16")
+    parser.add_argument("--backend", default="auto", help="chosen by covid.train (see --help there)")
+    parser.add_argument("--focus", default="crop+attenuate",
+                        help="input mode: full, crop, attenuate or crop+attenuate")
+    parser.add_argument("--lung-model", type=Path, default=Path("models/lung_unet.keras"))
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from this classifier's weights (e.g. the shipped v1)")
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--weights", default=None, help="None, 'imagenet' or a local .h5 file")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="hash cache")
@@ -266,9 +278,15 @@ def train(args: argparse.Namespace) -> Path:
     (run / "split.json").write_text(json.dumps(_split_record(dataset, split, args.data)))
     train_set, val_set = dataset.subset(split["train"]), dataset.subset(split["val"])
     LOG.info("train %s, val %s", np.bincount(train_set.labels), np.bincount(val_set.labels))
-    x_train = load_images(train_set.paths, final_size)
+    segmenter = None
+    if args.focus != "full":
+        from covid.model.lungs import LungSegmenter
+
+        segmenter = LungSegmenter.from_file(args.lung_model)
+    x_train = focused_dataset(train_set.paths, final_size, args.focus, segmenter).x
     val_keep = _validation_subset(val_set.labels, args.val_limit, args.seed)
-    x_val, y_val = load_images(val_set.subset(val_keep).paths, final_size), val_set.labels[val_keep]
+    x_val = focused_dataset(val_set.subset(val_keep).paths, final_size, args.focus, segmenter).x
+    y_val = val_set.labels[val_keep]
 
     total_epochs = sum(s.epochs for s in stages)
     checkpoint, state_file = run / "checkpoint.keras", run / "state.json"
@@ -287,12 +305,17 @@ def train(args: argparse.Namespace) -> Path:
             model = build_model(
                 len(CLASS_NAMES), weights=args.weights, bn_momentum=args.bn_momentum
             )
+            if args.init:
+                from covid.model.classifier import load_model
+
+                model.set_weights(load_model(args.init)[0].get_weights())
+                LOG.info("initialised from %s", args.init)
             schedule = _lr_schedule(
                 args.lr, total_epochs * args.steps_per_epoch, args.warmup_steps
             )
             model.compile(
                 optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),
-                loss=keras.losses.CategoricalCrossentropy(),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
                 metrics=["accuracy"],
             )
             state = TrainState()
@@ -305,7 +328,7 @@ def train(args: argparse.Namespace) -> Path:
             x_train, train_set.labels, args.batch_size, size, training=True, seed=args.seed + epoch
         )
         fit = model.fit(ds, steps_per_epoch=args.steps_per_epoch, epochs=1, verbose=0)
-        auc = inference_auc(model, x_val, y_val, size)
+        auc = inference_auc(model, x_val, y_val, final_size)
         record = {
             "epoch": epoch, "size": size, "loss": float(fit.history["loss"][-1]),
             "accuracy": float(fit.history["accuracy"][-1]), "val_auc": auc,
@@ -314,7 +337,7 @@ def train(args: argparse.Namespace) -> Path:
         state.history.append(record)
         state.epoch = epoch + 1
         LOG.info("epoch %d/%d %s", epoch + 1, total_epochs, json.dumps(record))
-        if epoch >= final_start and auc > state.best_auc:
+        if auc > state.best_auc:
             state.best_auc, state.best_epoch = auc, epoch
             model.save_weights(run / "best.weights.h5")
         model.save(checkpoint)
@@ -337,6 +360,8 @@ def train(args: argparse.Namespace) -> Path:
 
     metadata = ModelMetadata(
         input_size=final_size,
+        input_mode=args.focus,
+        lung_model_sha256=segmenter.metadata.sha256 if segmenter is not None else "",
         trained_on=f"{args.data.name}: {len(dataset.paths)} images "
         f"({', '.join(f'{(dataset.labels == c).sum()} {n}' for c, n in enumerate(CLASS_NAMES))})",
         splits=_split_record(dataset, split, args.data)["counts"],
@@ -356,6 +381,11 @@ def train(args: argparse.Namespace) -> Path:
                                 "kept": auc_after >= auc_before},
             "duplicate_grouping": "256-bit pHash, Hamming <= 40, groups kept within one split",
             "split_seed": args.seed, "train_seconds": round(time.time() - started),
+            "input_mode": args.focus, "label_smoothing": args.label_smoothing,
+            "initialised_from": str(args.init) if args.init else "random",
+            "best_checkpoint": "best validation AUC (inference mode, final size) over all epochs",
+            "backend": keras.backend.backend(), "backend_probe": probe_record(),
+            "history": state.history,
         },
     )
     exported = run / "model.keras"

@@ -86,17 +86,23 @@ def meta(tiny_model_file):
 def calls(monkeypatch):
     """Counts the network calls the page makes through the Classifier."""
     counts = {"forward": 0, "explain": []}
-    forward, explain = Classifier.forward_batch, Classifier.explain
+    forward, batch, explain = (Classifier.forward_batch, Classifier.explain_batch,
+                               Classifier.explain)
 
     def counting_forward(self, x, *args, **kwargs):
         counts["forward"] += len(x)
         return forward(self, x, *args, **kwargs)
+
+    def counting_batch(self, x, *args, **kwargs):
+        counts["forward"] += len(x)
+        return batch(self, x, *args, **kwargs)
 
     def counting_explain(self, x, target=None, method="gradcam", **kwargs):
         counts["explain"].append((target, method))
         return explain(self, x, target=target, method=method, **kwargs)
 
     monkeypatch.setattr(Classifier, "forward_batch", counting_forward)
+    monkeypatch.setattr(Classifier, "explain_batch", counting_batch)
     monkeypatch.setattr(Classifier, "explain", counting_explain)
     return counts
 

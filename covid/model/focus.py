@@ -1,0 +1,80 @@
+"""From films to the classifier's lung-focused inputs: segment, then focus.
+
+The one path from decoded films to classifier inputs, used by training,
+evaluation and serving alike: the lung segmenter finds the lung fields, then
+:func:`covid.inputs.preprocess.lung_focus` crops and/or attenuates as the
+classifier's metadata says (``input_mode``). A classifier trained on whole films
+(``input_mode == "full"``) needs no segmenter, but one is still run when given,
+so that the page can show the lung fields and the share of evidence inside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from covid.inputs.preprocess import LungBox, lung_focus
+from covid.model.lungs import LungSegmentation, LungSegmenter
+
+
+class NoLungsError(ValueError):
+    """A film in which the segmenter found no lungs, so no lung-focused input exists.
+
+    Attributes:
+        lungs: The (empty) segmentation, for the out-of-distribution gate.
+    """
+
+    def __init__(self, message: str, lungs: LungSegmentation | None = None) -> None:
+        super().__init__(message)
+        self.lungs = lungs
+
+
+@dataclass(frozen=True)
+class FocusedFilm:
+    """One film made ready for the classifier.
+
+    Attributes:
+        x: (S, S, 1) uint8 classifier input.
+        box: The film region the input shows (the whole film for ``full``).
+        lungs: The lung segmentation at the film's resolution, or None when no
+            segmenter ran.
+    """
+
+    x: np.ndarray
+    box: LungBox
+    lungs: LungSegmentation | None
+
+
+def focus_films(
+    films: list[np.ndarray],
+    size: int,
+    mode: str,
+    segmenter: LungSegmenter | None,
+) -> list[FocusedFilm | NoLungsError]:
+    """Segments and focuses a batch of films.
+
+    Args:
+        films: (H, W) uint8 grayscale films of any sizes.
+        size: The classifier's input side.
+        mode: The classifier's input mode (see ``covid.inputs.preprocess.FOCUS_MODES``).
+        segmenter: The lung segmenter; required unless ``mode == "full"``.
+
+    Returns:
+        One :class:`FocusedFilm` per film, or a :class:`NoLungsError` in its
+        place where the mode needs lungs and none were found.
+
+    Raises:
+        ValueError: A lung-focused mode without a segmenter.
+    """
+    if mode != "full" and segmenter is None:
+        raise ValueError(f"input mode {mode!r} needs the lung segmenter")
+    lungs = segmenter.segment_batch(films) if segmenter is not None else [None] * len(films)
+    out: list[FocusedFilm | NoLungsError] = []
+    for film, seg in zip(films, lungs, strict=True):
+        if mode != "full" and (seg is None or seg.box is None):
+            out.append(NoLungsError("no lung fields found, so the film cannot be focused", seg))
+            continue
+        x, box = lung_focus(film, None if seg is None else seg.mask, size, mode)
+        out.append(FocusedFilm(x, box, seg))
+    return out

@@ -1,0 +1,333 @@
+"""The lung segmenter: a small Keras U-Net, its metadata, and masks at film resolution.
+
+The network maps a (S, S, 1) grayscale film in [0, 255] to a (S, S, 1) lung
+probability. :class:`LungSegmenter` wraps a verified, loaded network in one
+compiled ``tf.function`` and turns its output into a binary mask at the film's
+own resolution (the two largest connected fields, holes filled) and the lungs'
+bounding box. Whether that mask looks like a pair of lungs at all is judged by
+:func:`lung_field_problem`, which the out-of-distribution gate uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from covid.inputs.preprocess import LungBox, lung_box, to_model_input
+from covid.model.classifier import ModelFileError, file_sha256
+
+DEFAULT_LUNG_MODEL_PATH = Path("models/lung_unet.keras")
+"""The shipped segmenter, relative to the project's root."""
+
+MASK_THRESHOLD = 0.5
+"""Probability above which a pixel counts as lung."""
+
+
+@keras.saving.register_keras_serializable(package="covid")
+class PerImageStandardize(keras.layers.Layer):
+    """Standardises each image to zero mean and unit variance.
+
+    Makes the segmenter indifferent to a film's exposure and contrast, which
+    differ between hospitals and between PNG, JPEG and DICOM windowing.
+    """
+
+    def call(self, inputs):
+        """(B, H, W, C) -> (B, H, W, C) standardised per image."""
+        mean = keras.ops.mean(inputs, axis=(1, 2, 3), keepdims=True)
+        var = keras.ops.var(inputs, axis=(1, 2, 3), keepdims=True)
+        return (inputs - mean) / keras.ops.sqrt(var + 1.0)
+
+
+def _conv_block(x, filters: int, name: str):
+    for i in (1, 2):
+        x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv{i}")(
+            x
+        )
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn{i}")(x)
+        x = keras.layers.Activation("relu", name=f"{name}_relu{i}")(x)
+    return x
+
+
+def build_unet(
+    input_size: int | None = None, filters: tuple[int, ...] = (16, 32, 64, 128, 192)
+) -> keras.Model:
+    """Builds the lung U-Net (Ronneberger et al., MICCAI 2015), small enough for a CPU.
+
+    Args:
+        input_size: Square input side (a multiple of ``2 ** (len(filters) - 1)``), or
+            None for any such size.
+        filters: Channels per level, from the finest to the bottleneck.
+
+    Returns:
+        A model mapping (B, S, S, 1) intensities in [0, 255] to (B, S, S, 1) float32
+        lung probabilities.
+    """
+    inputs = keras.Input((input_size, input_size, 1), name="xray")
+    x = PerImageStandardize(name="standardize")(inputs)
+    skips = []
+    for level, width in enumerate(filters[:-1]):
+        x = _conv_block(x, width, f"down{level}")
+        skips.append(x)
+        x = keras.layers.MaxPooling2D(name=f"pool{level}")(x)
+    x = _conv_block(x, filters[-1], "bottleneck")
+    for level in reversed(range(len(filters) - 1)):
+        x = keras.layers.UpSampling2D(interpolation="bilinear", name=f"up{level}")(x)
+        x = keras.layers.Concatenate(name=f"skip{level}")([x, skips[level]])
+        x = _conv_block(x, filters[level], f"dec{level}")
+    probs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="lungs")(x)
+    return keras.Model(inputs, probs, name="lung_unet")
+
+
+@dataclass
+class LungModelMetadata:
+    """What a consumer of the segmenter needs besides its weights.
+
+    Attributes:
+        name: Human-readable model name.
+        version: Model version string.
+        input_size: Square input side, in pixels.
+        threshold: Probability above which a pixel is lung.
+        sha256: SHA-256 of the ``.keras`` file.
+        trained_on: Plain-words description of the training data.
+        splits: Split sizes.
+        metrics: Held-out metrics (Dice, IoU).
+        recipe: The training recipe, backend and precision included.
+    """
+
+    name: str = "Lung-field U-Net"
+    version: str = "0"
+    input_size: int = 256
+    threshold: float = MASK_THRESHOLD
+    sha256: str = ""
+    trained_on: str = ""
+    splits: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """Serialises the metadata as indented JSON."""
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> LungModelMetadata:
+        """Parses metadata JSON, ignoring unknown keys."""
+        raw = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def save_lung_model(
+    model: keras.Model, metadata: LungModelMetadata, path: str | Path
+) -> LungModelMetadata:
+    """Saves the segmenter without optimizer state, and its metadata with the SHA-256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path, include_optimizer=False)
+    metadata.sha256 = file_sha256(path)
+    path.with_suffix(".json").write_text(metadata.to_json())
+    return metadata
+
+
+def load_lung_model(
+    path: str | Path = DEFAULT_LUNG_MODEL_PATH,
+) -> tuple[keras.Model, LungModelMetadata]:
+    """Loads the segmenter after checking its SHA-256 against its metadata.
+
+    Raises:
+        ModelFileError: A file is missing or malformed, or the SHA-256 differs.
+    """
+    path = Path(path)
+    meta_file = path.with_suffix(".json")
+    if not path.is_file() or not meta_file.is_file():
+        raise ModelFileError(f"lung model or its metadata not found: {path}")
+    try:
+        metadata = LungModelMetadata.from_json(meta_file.read_text())
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ModelFileError(f"lung model metadata is malformed: {meta_file} ({err})") from err
+    if file_sha256(path) != metadata.sha256:
+        raise ModelFileError(f"lung model {path} does not match the SHA-256 in its metadata")
+    return keras.saving.load_model(path, compile=False), metadata
+
+
+WORK_SIDE = 256
+"""Longest side at which masks are thresholded and cleaned before going to film size."""
+
+
+def _resize(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    image = Image.fromarray(values.astype(np.float32), mode="F")
+    return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+
+
+def mask_from_probs(probs: np.ndarray, shape: tuple[int, int], threshold: float) -> np.ndarray:
+    """Turns a network probability map into a clean binary mask at film resolution.
+
+    The map is resized bilinearly to the film (or, for a film larger than
+    :data:`WORK_SIDE`, to that working size first), thresholded, reduced to its
+    two largest connected components (the lung fields) and its holes are
+    filled; a working-size mask is then resized smoothly to the film.
+
+    Args:
+        probs: (S, S) float lung probabilities in [0, 1].
+        shape: The film's (H, W).
+        threshold: Probability above which a pixel is lung.
+
+    Returns:
+        (H, W) bool mask.
+    """
+    height, width = shape
+    scale = min(1.0, WORK_SIDE / max(height, width))
+    work = (max(1, round(height * scale)), max(1, round(width * scale)))
+    mask = _resize(probs, *work) > threshold
+    labels, count = ndimage.label(mask)
+    if count > 2:
+        sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+        keep = 1 + np.argsort(sizes)[::-1][:2]
+        mask = np.isin(labels, keep)
+    mask = ndimage.binary_fill_holes(mask)
+    if work == (height, width):
+        return mask
+    return _resize(mask.astype(np.float32), height, width) > 0.5
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """The Dice overlap of two binary masks of one shape (1.0 when both are empty).
+
+    Args:
+        a: (H, W) bool mask.
+        b: (H, W) bool mask.
+
+    Returns:
+        ``2 |a & b| / (|a| + |b|)``.
+    """
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"masks differ in shape: {a.shape} and {b.shape}")
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def lung_field_problem(mask: np.ndarray) -> str | None:
+    """Says why a mask is not a plausible pair of lung fields, or None if it is.
+
+    A chest X-ray shows two lung fields: together 8-60% of the film, each at
+    least a sixth of the pair, one on each side of the film's midline, at
+    similar heights.
+
+    Args:
+        mask: (H, W) bool lung mask from :func:`mask_from_probs`.
+
+    Returns:
+        A plain-words reason, or None.
+    """
+    height, width = mask.shape
+    area = mask.mean()
+    if area < 0.08:
+        return f"no lung fields found (lungs would cover {area:.0%} of the image)"
+    if area > 0.60:
+        return f"no distinct lung fields found (the 'lungs' cover {area:.0%} of the image)"
+    labels, count = ndimage.label(mask)
+    if count < 2:
+        return "only one lung field found, not two"
+    sizes = ndimage.sum_labels(mask, labels, index=[1, 2])
+    if sizes.min() < sizes.sum() / 6:
+        return "the two lung fields differ too much in size"
+    centres = np.array(ndimage.center_of_mass(mask, labels, index=[1, 2]))
+    left, right = sorted(centres[:, 1])
+    if not (left < width / 2 < right):
+        return "the two lung fields are not on either side of the midline"
+    if abs(centres[0, 0] - centres[1, 0]) > 0.25 * height:
+        return "the two lung fields are at different heights"
+    return None
+
+
+@dataclass(frozen=True)
+class LungSegmentation:
+    """The lung fields of one film.
+
+    Attributes:
+        mask: (H, W) bool mask at the film's resolution, True inside the lungs.
+        box: The lungs' bounding box on the film (None when the mask is empty).
+        problem: Why the mask is not a plausible pair of lungs, or None.
+    """
+
+    mask: np.ndarray
+    box: LungBox | None
+    problem: str | None
+
+
+class LungSegmenter:
+    """A loaded lung U-Net with one compiled forward pass.
+
+    Attributes:
+        model: The wrapped Keras model (never modified).
+        metadata: Its metadata (input size, threshold, metrics).
+    """
+
+    def __init__(self, model: keras.Model, metadata: LungModelMetadata):
+        import tensorflow as tf
+
+        self.model = model
+        self.metadata = metadata
+        size = metadata.input_size
+        spec = tf.TensorSpec((None, size, size, 1), tf.float32)
+        self._forward = tf.function(
+            lambda x: model(x, training=False), input_signature=[spec], reduce_retracing=True
+        )
+
+    @classmethod
+    def from_file(cls, path: str | Path = DEFAULT_LUNG_MODEL_PATH) -> LungSegmenter:
+        """Loads a verified segmenter (see :func:`load_lung_model`)."""
+        return cls(*load_lung_model(path))
+
+    def warm_up(self) -> None:
+        """Traces the compiled graph once, so that the first real film pays nothing."""
+        size = self.metadata.input_size
+        self.probs_batch(np.zeros((1, size, size, 1), np.float32))
+
+    def probs_batch(self, x: np.ndarray) -> np.ndarray:
+        """Lung probabilities for a batch.
+
+        Args:
+            x: (N, S, S, 1) intensities in [0, 255].
+
+        Returns:
+            (N, S, S) float32 probabilities.
+        """
+        x = np.asarray(x, np.float32)
+        if len(x) == 0:
+            size = self.metadata.input_size
+            return np.zeros((0, size, size), np.float32)
+        return self._forward(x).numpy()[..., 0]
+
+    def segment_batch(self, films: list[np.ndarray]) -> list[LungSegmentation]:
+        """Segments films of any sizes.
+
+        Args:
+            films: (H, W) uint8 grayscale films.
+
+        Returns:
+            One :class:`LungSegmentation` per film, at that film's resolution.
+        """
+        size = self.metadata.input_size
+        if not films:
+            return []
+        batch = np.stack([to_model_input(f, size) for f in films]).astype(np.float32)
+        return [
+            self._finish(p, f.shape) for p, f in zip(self.probs_batch(batch), films, strict=True)
+        ]
+
+    def segment(self, film: np.ndarray) -> LungSegmentation:
+        """Segments one (H, W) uint8 film (see :meth:`segment_batch`)."""
+        return self.segment_batch([film])[0]
+
+    def _finish(self, probs: np.ndarray, shape: tuple[int, int]) -> LungSegmentation:
+        mask = mask_from_probs(probs, shape, self.metadata.threshold)
+        return LungSegmentation(mask, lung_box(mask), lung_field_problem(mask))

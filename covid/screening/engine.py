@@ -1,0 +1,76 @@
+"""The screening models, loaded together: classifier, lung segmenter and OOD gate.
+
+The command line, the reports and the page all load the same three things, once,
+and warm them up before the first film arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError
+from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
+
+if TYPE_CHECKING:
+    from covid.explain.inference import Classifier
+    from covid.model.lungs import LungSegmenter
+    from covid.screening.ood import OODDetector
+
+
+@dataclass(frozen=True)
+class ScreeningModels:
+    """Everything the screening pipeline needs besides the files.
+
+    Attributes:
+        classifier: The COVID/Normal classifier.
+        segmenter: The lung segmenter (None only when a whole-film classifier
+            runs without one).
+        ood: The out-of-distribution detector.
+    """
+
+    classifier: Classifier
+    segmenter: LungSegmenter | None
+    ood: OODDetector
+
+
+def load_models(
+    model_path: str | Path = DEFAULT_MODEL_PATH,
+    lung_path: str | Path = DEFAULT_LUNG_MODEL_PATH,
+    warm_up: bool = True,
+) -> ScreeningModels:
+    """Loads and verifies the classifier, the segmenter and the OOD statistics.
+
+    Args:
+        model_path: The classifier's ``.keras`` file.
+        lung_path: The segmenter's ``.keras`` file.
+        warm_up: Trace every compiled graph now, so that no request pays for it.
+
+    Returns:
+        The loaded models.
+
+    Raises:
+        ModelFileError: A file is missing, altered or unreadable, or a
+            lung-focused classifier has no segmenter, or not the one it was
+            trained with.
+    """
+    from covid.explain.inference import Classifier
+    from covid.model.lungs import LungSegmenter
+    from covid.screening.ood import load_detector
+
+    classifier = Classifier.from_file(model_path)
+    meta = classifier.metadata
+    segmenter = None
+    if Path(lung_path).is_file() or meta.input_mode != "full":
+        segmenter = LungSegmenter.from_file(lung_path)
+        wanted = meta.lung_model_sha256
+        if wanted and segmenter.metadata.sha256 != wanted:
+            raise ModelFileError(
+                f"{model_path} was trained with another lung segmenter than {lung_path}"
+            )
+    if warm_up:
+        classifier.warm_up()
+        if segmenter is not None:
+            segmenter.warm_up()
+    return ScreeningModels(classifier, segmenter, load_detector(model_path))

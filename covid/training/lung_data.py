@@ -1,0 +1,172 @@
+"""Lung-focused training data, and radiologists' masks matched to the classifier's films.
+
+:func:`focused_dataset` runs the serving path (:func:`covid.model.focus.focus_films`)
+over a list of files and caches the inputs, boxes and lung masks, so that a
+training run and its evaluation see exactly what the dashboard would.
+:func:`match_masks` pairs films of the classifier's database with the same films
+in COVID-QU-Ex (another size, another name) by perceptual hash, so that the
+radiologists' lung and infection masks can judge the classifier's maps on its
+own validation and test splits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from covid.inputs.decode import read_image
+from covid.inputs.preprocess import LungBox
+from covid.training.data import perceptual_hashes
+
+LOG = logging.getLogger("covid.training.lung_data")
+MATCH_BITS = 24
+"""Largest 256-bit pHash distance between a film and its resized copy in the other set."""
+
+
+@dataclass(frozen=True)
+class FocusedSet:
+    """Classifier inputs for a list of files, as serving makes them.
+
+    Attributes:
+        x: (N, S, S, 1) uint8 inputs.
+        boxes: (N, 3) int boxes (top, left, side) on each film.
+        shapes: (N, 2) int film shapes (H, W).
+        lung_area: (N,) share of each film covered by the segmented lungs.
+        ok: (N,) bool, False where the segmenter found no lungs (x is then the whole film).
+    """
+
+    x: np.ndarray
+    boxes: np.ndarray
+    shapes: np.ndarray
+    lung_area: np.ndarray
+    ok: np.ndarray
+
+    def box(self, i: int) -> LungBox:
+        """The i-th film's box."""
+        return LungBox(*(int(v) for v in self.boxes[i]))
+
+
+def _cache_key(paths: tuple[Path, ...], size: int, mode: str, segmenter_sha: str) -> str:
+    digest = hashlib.sha256("\n".join(str(p) for p in paths).encode())
+    digest.update(f"{size}|{mode}|{segmenter_sha}".encode())
+    return digest.hexdigest()[:16]
+
+
+def focused_dataset(
+    paths: tuple[Path, ...],
+    size: int,
+    mode: str,
+    segmenter,
+    cache_dir: Path | None = Path(".cache"),
+    chunk: int = 64,
+) -> FocusedSet:
+    """Decodes, segments and focuses files exactly as serving does, with a cache.
+
+    Args:
+        paths: N image files.
+        size: Classifier input side.
+        mode: Input mode (``full``, ``crop``, ``attenuate``, ``crop+attenuate``).
+        segmenter: A :class:`covid.model.lungs.LungSegmenter` (None only for ``full``).
+        cache_dir: Where to keep the result between runs (None: no cache).
+        chunk: Films segmented per batch.
+
+    Returns:
+        The inputs; a film without lungs falls back to the whole film (``ok`` False).
+    """
+    from covid.inputs.preprocess import lung_focus
+    from covid.model.focus import focus_films
+
+    sha = getattr(getattr(segmenter, "metadata", None), "sha256", "none")
+    cache = None
+    if cache_dir is not None:
+        cache = cache_dir / f"focus_{_cache_key(paths, size, mode, sha)}.npz"
+        if cache.exists():
+            with np.load(cache) as stored:
+                return FocusedSet(**{k: stored[k] for k in stored.files})
+    xs, boxes, shapes, areas, oks = [], [], [], [], []
+    for start in range(0, len(paths), chunk):
+        films = [read_image(p).pixels for p in paths[start : start + chunk]]
+        for film, done in zip(films, focus_films(films, size, mode, segmenter), strict=True):
+            ok = not isinstance(done, Exception)
+            x, box = (done.x, done.box) if ok else lung_focus(film, None, size, "full")
+            lungs = done.lungs if ok else None
+            xs.append(x)
+            boxes.append((box.top, box.left, box.side))
+            shapes.append(film.shape)
+            areas.append(float(lungs.mask.mean()) if lungs is not None else 0.0)
+            oks.append(ok)
+        LOG.info("focused %d/%d films", min(start + chunk, len(paths)), len(paths))
+    result = FocusedSet(np.stack(xs), np.asarray(boxes), np.asarray(shapes), np.asarray(areas),
+                        np.asarray(oks))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, **result.__dict__)
+    return result
+
+
+@dataclass(frozen=True)
+class MaskSet:
+    """Radiologists' masks for some of the classifier's films.
+
+    Attributes:
+        index: (M,) indices into the classifier's file list.
+        lungs: M (h, w) bool lung masks.
+        infection: M (h, w) bool infection masks.
+        distance: (M,) pHash distances of the matches.
+    """
+
+    index: np.ndarray
+    lungs: list[np.ndarray]
+    infection: list[np.ndarray]
+    distance: np.ndarray
+
+
+def match_masks(
+    paths: tuple[Path, ...],
+    mask_root: Path,
+    folder: str = "COVID-19",
+    max_bits: int = MATCH_BITS,
+    cache_dir: Path | None = Path(".cache"),
+) -> MaskSet:
+    """Finds COVID-QU-Ex masks for the given classifier films, by perceptual hash.
+
+    Args:
+        paths: The classifier's films (e.g. the COVID films of a split).
+        mask_root: The COVID-QU-Ex folder.
+        folder: Its class folder to search.
+        max_bits: Largest pHash distance accepted as the same film.
+        cache_dir: Where the mask set's hashes are cached.
+
+    Returns:
+        The matched masks (each film matched at most once, nearest first).
+    """
+    from PIL import Image
+
+    films = sorted((mask_root / folder / "images").glob("*"))
+    cache = cache_dir / f"quex_{folder}_phash.npy" if cache_dir else None
+    if cache is not None and cache.exists() and len(np.load(cache)) == len(films):
+        theirs = np.load(cache)
+    else:
+        theirs = perceptual_hashes(tuple(films))
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, theirs)
+    ours = perceptual_hashes(paths)
+    distance = np.bitwise_count(ours[:, None, :] ^ theirs[None, :, :]).sum(-1)
+    nearest = distance.argmin(axis=1)
+    best = distance[np.arange(len(paths)), nearest]
+    index = np.flatnonzero(best <= max_bits)
+
+    def _mask(kind: str, film: Path) -> np.ndarray:
+        return np.asarray(Image.open(mask_root / folder / kind / f"{film.stem}.png").convert("L")) > 127
+
+    return MaskSet(
+        index=index,
+        lungs=[_mask("lungs", films[nearest[i]]) for i in index],
+        infection=[_mask("infection", films[nearest[i]]) for i in index],
+        distance=best[index],
+    )

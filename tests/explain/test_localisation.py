@@ -1,0 +1,103 @@
+"""Maps placed back on the film, their share inside the lungs, and the lung outline."""
+
+import numpy as np
+import pytest
+
+from covid.explain.localisation import (
+    cam_to_film,
+    draw_outline,
+    energy_inside,
+    lung_outline,
+    peak_inside,
+)
+from covid.inputs.preprocess import LungBox, lung_focus
+
+
+def test_cam_to_film_places_the_map_in_its_box_and_zero_elsewhere():
+    cam = np.ones((8, 8), np.float32)
+    film = cam_to_film(cam, LungBox(10, 20, 40), (100, 90))
+    assert film.shape == (100, 90)
+    assert film[10:50, 20:60].min() == pytest.approx(1.0)
+    assert film.sum() == pytest.approx(40 * 40)
+
+
+def test_cam_to_film_clips_a_box_that_reaches_past_the_film():
+    cam = np.zeros((4, 4), np.float32)
+    cam[0, 0] = 1.0  # the box's top-left corner lies outside the film
+    film = cam_to_film(cam, LungBox(-20, -20, 40), (30, 30))
+    assert film.shape == (30, 30)
+    assert film.max() < 0.5  # most of the corner's weight fell off the film
+
+
+def test_energy_share_of_a_planted_map_is_exact():
+    cam = np.zeros((10, 10))
+    cam[:, :4] = 1.0  # 40 units on the left
+    cam[:, 4:] = 0.5  # 30 units on the right
+    mask = np.zeros((10, 10), bool)
+    mask[:, :4] = True
+    assert energy_inside(cam, mask) == pytest.approx(40 / 70)
+    assert energy_inside(np.zeros((10, 10)), mask) == 0.0
+    # a mask at another resolution is resized to the map
+    big = np.repeat(np.repeat(mask, 3, axis=0), 3, axis=1)
+    assert energy_inside(cam, big) == pytest.approx(40 / 70)
+
+
+def test_peak_inside():
+    cam = np.zeros((10, 10))
+    cam[2, 7] = 1.0
+    mask = np.zeros((10, 10), bool)
+    assert not peak_inside(cam, mask)
+    mask[2, 7] = True
+    assert peak_inside(cam, mask)
+    assert not peak_inside(np.zeros((10, 10)), mask)
+
+
+def test_outline_of_a_known_square():
+    mask = np.zeros((9, 9), bool)
+    mask[2:7, 2:7] = True
+    outline = lung_outline(mask, width=1)
+    expected = mask.copy()
+    expected[3:6, 3:6] = False
+    assert np.array_equal(outline, expected)
+    rgb = np.zeros((9, 9, 3), np.uint8)
+    drawn = draw_outline(rgb, mask, color=(1, 2, 3), width=1)
+    assert drawn.dtype == np.uint8 and (drawn[expected] == (1, 2, 3)).all()
+    assert (drawn[~expected] == 0).all() and (rgb == 0).all()
+
+
+def _identity_cam_classifier(size: int):
+    """A classifier whose COVID Grad-CAM is proportional to its input's intensity."""
+    import keras
+
+    from covid.explain.inference import Classifier
+    from covid.model.classifier import ModelMetadata
+
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones", name="last_conv")(
+        inputs
+    )
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    logits = keras.layers.Dense(2, name="logits", kernel_initializer=keras.initializers.Constant(
+        [[1.0, -1.0]]))(x)
+    model = keras.Model(inputs, keras.layers.Activation("softmax", name="probs")(logits))
+    meta = ModelMetadata(input_size=size, gradcam_layer="last_conv", input_mode="crop")
+    return Classifier(model, meta)
+
+
+def test_a_map_over_a_lung_crop_lands_where_the_evidence_was_on_the_film():
+    rows, cols = np.mgrid[:240, :200]
+    lungs = (((rows - 120) / 80) ** 2 + ((cols - 60) / 35) ** 2 <= 1) | (
+        ((rows - 120) / 80) ** 2 + ((cols - 140) / 35) ** 2 <= 1
+    )
+    film = np.zeros((240, 200), np.uint8)
+    film[150:162, 40:52] = 255  # the planted evidence, in the left lung
+    classifier = _identity_cam_classifier(32)
+    x, box = lung_focus(film, lungs, 32, "crop")
+    explained = classifier.explain(x.astype(np.float32), target=0)
+    on_film = cam_to_film(explained.cam, box, film.shape)
+    row, col = np.unravel_index(np.argmax(on_film), on_film.shape)
+    assert 146 <= row <= 166 and 36 <= col <= 56
+    planted = np.zeros_like(lungs)
+    planted[140:172, 30:62] = True
+    assert energy_inside(on_film, planted) > 0.8
+    assert peak_inside(on_film, lungs)

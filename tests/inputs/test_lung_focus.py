@@ -1,0 +1,83 @@
+"""The lung-focused input: box, crop, attenuation, and its golden image."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from covid.inputs.preprocess import LungBox, crop_to_box, lung_box, lung_focus
+
+
+def synthetic_film() -> tuple[np.ndarray, np.ndarray]:
+    """A 300 x 260 film: a gradient background and two darker lung ellipses, and their mask."""
+    rows, cols = np.mgrid[:300, :260]
+    film = (80 + 0.4 * rows + 0.2 * cols).astype(np.float32)
+    left = ((rows - 140) / 80) ** 2 + ((cols - 85) / 40) ** 2 <= 1
+    right = ((rows - 140) / 80) ** 2 + ((cols - 175) / 40) ** 2 <= 1
+    mask = left | right
+    film[mask] -= 50
+    return np.clip(film, 0, 255).astype(np.uint8), mask
+
+
+def test_lung_box_is_square_centred_with_margin():
+    _, mask = synthetic_film()
+    box = lung_box(mask, margin=0.1)
+    # lungs span rows 60..220 (161) and columns 45..215 (171): side 171 * 1.2
+    assert box.side == round(171 * 1.2)
+    assert box.top + box.side / 2 == pytest.approx(140.5, abs=1)
+    assert box.left + box.side / 2 == pytest.approx(130.5, abs=1)
+    assert lung_box(np.zeros((5, 5), bool)) is None
+
+
+def test_crop_pads_with_zeros_past_the_film():
+    film = np.arange(16, dtype=np.uint8).reshape(4, 4) + 1
+    out = crop_to_box(film, LungBox(-1, 2, 3))
+    assert out.tolist() == [[0, 0, 0], [3, 4, 0], [7, 8, 0]]
+
+
+def test_full_mode_is_the_whole_film_resized():
+    film, _ = synthetic_film()
+    x, box = lung_focus(film, None, 64, "full")
+    assert x.shape == (64, 64, 1) and x.dtype == np.uint8
+    assert box == LungBox.whole(film.shape)
+
+
+def test_attenuation_keeps_the_lungs_and_darkens_far_outside():
+    from PIL import Image
+    from scipy import ndimage
+
+    film, mask = synthetic_film()
+    plain, _ = lung_focus(film, mask, 128, "crop")
+    both, box = lung_focus(film, mask, 128, "crop+attenuate", outside=0.3)
+    cropped = Image.fromarray(crop_to_box(mask, box).astype(np.uint8) * 255)
+    small = np.asarray(cropped.resize((128, 128), Image.Resampling.NEAREST)) > 127
+    inside = ndimage.binary_erosion(small, iterations=2)
+    assert np.abs(both[..., 0][inside].astype(int) - plain[..., 0][inside]).max() <= 2
+    corner_ratio = both[2, 2, 0] / max(plain[2, 2, 0], 1)
+    assert corner_ratio == pytest.approx(0.3, abs=0.05)
+
+
+def test_modes_that_need_lungs_refuse_without_them():
+    film, mask = synthetic_film()
+    with pytest.raises(ValueError, match="lung mask"):
+        lung_focus(film, None, 64, "crop")
+    with pytest.raises(ValueError, match="lung mask"):
+        lung_focus(film, np.zeros_like(mask), 64, "attenuate")
+    with pytest.raises(ValueError, match="unknown focus mode"):
+        lung_focus(film, mask, 64, "zoom")
+
+
+GOLDEN_SHA256 = {
+    "crop": "d98151345f75177ce4e7c5aaf62a1a6d82b9315f6e7d1e9e9114cc8c3c060feb",
+    "attenuate": "974bdfe30cb1183d94aec78b607aa845c96fd571f93d15101206f03aaff43c73",
+    "crop+attenuate": "2b1a1dea4b65e7ab94453dbf4103799459ef985db4c59f8f366653bf337d2bbe",
+}
+
+
+@pytest.mark.parametrize("mode", sorted(GOLDEN_SHA256))
+def test_golden_image(mode):
+    """The shipped classifier was trained on exactly these bytes; any change retrains it."""
+    film, mask = synthetic_film()
+    x, _ = lung_focus(film, mask, 160, mode)
+    digest = hashlib.sha256(x.tobytes()).hexdigest()
+    assert digest == GOLDEN_SHA256[mode], digest
