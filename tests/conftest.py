@@ -7,6 +7,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from covid.model.classifier import LOGITS_LAYER, ModelMetadata, save_model
@@ -81,3 +82,49 @@ def shared_data_dir() -> Path:
 def tiny_cnn_factory():
     """``build_tiny_cnn(size=32, seed=0, n_classes=2)``, for tests needing several models."""
     return build_tiny_cnn
+
+
+@pytest.fixture(scope="session")
+def tiny_lung_file(tmp_path_factory) -> Path:
+    """A saved tiny, untrained lung U-Net (input 32; ``.keras`` + metadata JSON)."""
+    from covid.model.lungs import LungModelMetadata, build_unet, save_lung_model
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("lungs") / "tiny_unet.keras"
+    save_lung_model(build_unet(None, filters=(4, 8)), LungModelMetadata(input_size=32), path)
+    return path
+
+
+def planted_lungs(shape: tuple[int, int]) -> np.ndarray:
+    """Two upright elliptical lung fields, one each side of the midline (a plausible pair)."""
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    h, w = shape
+    left = ((rows - 0.45 * h) / (0.3 * h)) ** 2 + ((cols - 0.3 * w) / (0.12 * w)) ** 2 <= 1
+    right = ((rows - 0.45 * h) / (0.3 * h)) ** 2 + ((cols - 0.7 * w) / (0.12 * w)) ** 2 <= 1
+    return left | right
+
+
+class PlantedLungs:
+    """What the patched segmenter returns: ``mask(shape)``; change it with ``mask_for``."""
+
+    def __init__(self) -> None:
+        self.mask_for = planted_lungs
+
+    def mask(self, shape: tuple[int, int]) -> np.ndarray:
+        return self.mask_for(shape)
+
+
+@pytest.fixture
+def plant_lungs(monkeypatch) -> PlantedLungs:
+    """Makes every LungSegmenter return planted masks (default: :func:`planted_lungs`)."""
+    from covid.inputs.preprocess import lung_box
+    from covid.model.lungs import LungSegmentation, LungSegmenter, lung_field_problem
+
+    planted = PlantedLungs()
+
+    def segment_batch(self, films):
+        masks = [planted.mask(film.shape) for film in films]
+        return [LungSegmentation(m, lung_box(m), lung_field_problem(m)) for m in masks]
+
+    monkeypatch.setattr(LungSegmenter, "segment_batch", segment_batch)
+    return planted

@@ -1,8 +1,9 @@
 """The ``st.cache_resource`` loaders: the model and its detector, once per process.
 
-Set ``COVID_MODEL_PATH`` to serve another ``.keras`` model than the shipped one.
-Both loaders are keyed by the file's path and (size, mtime), so a re-shipped
-model is reloaded; what they return is shared by every session and never mutated.
+Set ``COVID_MODEL_PATH`` to serve another ``.keras`` model than the shipped one,
+and ``COVID_LUNG_MODEL_PATH`` for another lung segmenter. The loaders are keyed
+by the file's path and (size, mtime), so a re-shipped model is reloaded; what
+they return is shared by every session and never mutated.
 """
 
 from __future__ import annotations
@@ -14,17 +15,26 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from covid.model.classifier import DEFAULT_MODEL_PATH
+from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
+    from covid.model.lungs import LungSegmenter
 
 MODEL_ENV = "COVID_MODEL_PATH"
 """Environment variable naming the model to serve."""
+LUNG_MODEL_ENV = "COVID_LUNG_MODEL_PATH"
+"""Environment variable naming the lung segmenter to serve."""
 
 
 def model_path() -> Path:
     """The model to serve: ``$COVID_MODEL_PATH``, else the shipped model."""
     return Path(os.environ.get(MODEL_ENV) or DEFAULT_MODEL_PATH)
+
+
+def lung_model_path() -> Path:
+    """The lung segmenter to serve: ``$COVID_LUNG_MODEL_PATH``, else the shipped one."""
+    return Path(os.environ.get(LUNG_MODEL_ENV) or DEFAULT_LUNG_MODEL_PATH)
 
 
 def file_stamp(path: Path) -> tuple[int, int]:
@@ -83,3 +93,36 @@ def load_model(path: Path) -> tuple[Classifier, Any | None]:
     classifier = load_classifier(str(path), file_stamp(path))
     ood = load_ood_detector(str(path), file_stamp(path))
     return classifier, ood
+
+
+@st.cache_resource(show_spinner="Loading the lung segmenter…", max_entries=2)
+def load_lung_segmenter(path: str, stamp: tuple[int, int]) -> LungSegmenter:
+    """Loads and verifies the lung segmenter once per process (per file version).
+
+    Raises:
+        ModelFileError: The file or its metadata is missing, or the SHA-256 differs.
+    """
+    del stamp  # part of the cache key only
+    from covid.model.lungs import LungSegmenter
+
+    return LungSegmenter.from_file(path)
+
+
+def segmenter_for(classifier: Classifier) -> LungSegmenter | None:
+    """The cached lung segmenter to run beside a classifier, or None.
+
+    None when no segmenter file is there and the classifier reads whole films
+    (then the page shows no lung outline and no share of evidence).
+
+    Raises:
+        ModelFileError: A lung-focused classifier has no segmenter, or another
+            one than it was trained with; or the file is altered.
+    """
+    from covid.screening.engine import check_segmenter, wants_segmenter
+
+    path, meta = lung_model_path(), classifier.metadata
+    if not wants_segmenter(meta, path):
+        return None
+    segmenter = load_lung_segmenter(str(path), file_stamp(path))
+    check_segmenter(meta, segmenter, model_path(), path)
+    return segmenter

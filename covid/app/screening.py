@@ -21,13 +21,14 @@ from covid.app.common import (
     fmt,
     load_or_explain,
     markdown_table,
+    model_error_ui,
     operating_point_words,
 )
 from covid.app.navigation import MODEL, SCREENING, go_to
-from covid.app.resources import model_path
+from covid.app.resources import lung_model_path, model_path, segmenter_for
 from covid.app.study import safe_detail_ui
 from covid.explain.overlay import colormap_names
-from covid.model.classifier import ModelMetadata
+from covid.model.classifier import ModelFileError, ModelMetadata
 from covid.screening.studies import (
     DEFAULT_COLORMAP,
     DEFAULT_OPACITY,
@@ -44,6 +45,7 @@ from covid.screening.table import (
     ERROR,
     FILE,
     LABEL,
+    LUNGS,
     OOD,
     TRIAGE,
     by_column,
@@ -57,6 +59,7 @@ from covid.screening.table import (
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
+    from covid.model.lungs import LungSegmenter
 
 LOG = logging.getLogger(__name__)
 
@@ -75,11 +78,12 @@ def header_ui() -> None:
     disclaimer_ui()
 
 
-def controls_ui(class_names: Sequence[str]) -> DisplaySettings:
+def controls_ui(class_names: Sequence[str], lungs: bool = True) -> DisplaySettings:
     """The explanation controls, in the sidebar (kept across page switches).
 
     Args:
         class_names: The model's classes.
+        lungs: Whether a lung segmenter runs (else the lung outline is unavailable).
 
     Returns:
         The chosen settings.
@@ -116,8 +120,18 @@ def controls_ui(class_names: Sequence[str]) -> DisplaySettings:
             disabled=view != "Overlay",
             persist_state="session",
         )
+        outline = st.toggle(
+            "Lung outline",
+            value=False,
+            key="outline",
+            disabled=not lungs,
+            persist_state="session",
+            help="Draw the segmented lung fields' edge over the X-ray and over the map."
+            if lungs else "Needs the lung segmenter (models/lung_unet.keras), which is missing.",
+        )
     return DisplaySettings(
-        target=target, method=METHODS[method], view=view, colormap=colormap, opacity=opacity
+        target=target, method=METHODS[method], view=view, colormap=colormap, opacity=opacity,
+        outline=bool(outline and lungs),
     )
 
 
@@ -241,6 +255,12 @@ def batch_table_ui(studies: Sequence[Study], meta: ModelMetadata) -> Study | Non
                 OOD, width=125,
                 help="Flagged as not looking like a chest X-ray (then no triage advice).",
             ),
+            LUNGS: st.column_config.NumberColumn(
+                LUNGS, format="%.0f%%", width=120,
+                help="Share of the Grad-CAM energy (class predicted at the shipped operating "
+                "point) inside the segmented lung fields; below 50% the model's evidence lies "
+                "mostly outside the lungs. Click the header to sort.",
+            ),
             TRIAGE: st.column_config.TextColumn(TRIAGE, width=320),
             ERROR: st.column_config.TextColumn(ERROR, width=150),
         },
@@ -291,7 +311,8 @@ def results_ui(
 
 
 def analysis_ui(
-    files: Sequence[tuple[str, bytes]], classifier: Classifier, ood: Any | None
+    files: Sequence[tuple[str, bytes]], classifier: Classifier, ood: Any | None,
+    segmenter: LungSegmenter | None = None,
 ) -> list[Study]:
     """Scores the uploads (new files only) behind a progress bar."""
     store = state.studies_store()
@@ -302,7 +323,8 @@ def analysis_ui(
         bar.progress(min(max(fraction, 0.0), 1.0), text=text)
 
     try:
-        return score_files(files, classifier, store, ood=ood, progress=progress)
+        return score_files(files, classifier, store, ood=ood, progress=progress,
+                           segmenter=segmenter)
     finally:
         bar.empty()
 
@@ -315,9 +337,14 @@ def page() -> None:
     if loaded is None:
         return
     classifier, ood = loaded
+    try:
+        segmenter = segmenter_for(classifier)
+    except ModelFileError as err:
+        model_error_ui(err, lung_model_path())
+        return
     meta = classifier.metadata
     threshold = state.threshold_in_force(meta)
-    settings = controls_ui(meta.class_names)
+    settings = controls_ui(meta.class_names, lungs=segmenter is not None)
     model_card_ui(meta, threshold)
     operating_point_notice_ui(meta, threshold)
     files = current_batch_ui(upload_ui())
@@ -325,7 +352,8 @@ def page() -> None:
         st.info("Upload one or more chest X-rays to begin.", icon=":material/upload_file:")
         return
     try:
-        studies = at_threshold(analysis_ui(files, classifier, ood), classifier, threshold)
+        studies = at_threshold(analysis_ui(files, classifier, ood, segmenter), classifier,
+                               threshold)
         results_ui(studies, classifier, settings, threshold)
     except Exception:  # a bug must not leave a traceback on a clinician's screen
         LOG.exception("analysis failed")

@@ -1,4 +1,9 @@
-"""One study's view: the X-ray, its Grad-CAM, the probability bars, triage and PDF report."""
+"""One study's view: the X-ray, its Grad-CAM, the probability bars, triage and PDF report.
+
+With a lung segmenter, the lung outline can be drawn over the X-ray and the map,
+and beside the bars the share of the shown map's evidence inside the lung
+fields is given, with a caution when less than half of it lies there.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import numpy as np
 import streamlit as st
 
 from covid.app import state
+from covid.explain.localisation import evidence_caution, evidence_sentence
 from covid.model.classifier import ModelMetadata
 from covid.screening.pipeline import StudyResult, percentages
 from covid.screening.studies import (
@@ -19,10 +25,13 @@ from covid.screening.studies import (
     DisplaySettings,
     Study,
     class_map,
+    evidence_in_lungs,
+    known_map,
     render_map,
     report_name,
     report_pdf,
     target_index,
+    xray_image,
 )
 
 if TYPE_CHECKING:
@@ -78,19 +87,58 @@ def info_ui(info: dict[str, str]) -> None:
         st.caption(" · ".join(f"{k}: {v}" for k, v in info.items()))
 
 
+def _outlined(result: StudyResult, settings: DisplaySettings) -> bool:
+    """Whether the lung outline is drawn for this study."""
+    return settings.outline and result.lungs is not None
+
+
+def xray_ui(result: StudyResult, settings: DisplaySettings) -> None:
+    """The X-ray, with the lung outline when switched on."""
+    outlined = _outlined(result, settings)
+    st.image(
+        xray_image(result, outlined),
+        caption="X-ray · lung outline" if outlined else "X-ray",
+        width="stretch",
+        alt=f"X-ray {result.name}" + (" with the lung outline" if outlined else ""),
+    )
+
+
 def map_ui(study: Study, cam: np.ndarray, settings: DisplaySettings, explained: str) -> None:
-    """The Grad-CAM image with its caption."""
+    """The Grad-CAM image with its caption (and the lung outline when switched on)."""
     method = next(k for k, v in METHODS.items() if v == settings.method)
     legend = ""
     if settings.view == "Contour lines":
         low, high = (f"{level:.0%}" for level in CONTOUR_LEVELS)
         legend = f" (gold {low}, red {high} of the peak)"
+    outlined = _outlined(study.result, settings)
     st.image(
-        render_map(study.result.pixels, cam, settings),
-        caption=f"{method} · {settings.view.lower()}{legend} · explains {explained}",
+        render_map(study.result.pixels, cam, settings, study.result.lungs),
+        caption=f"{method} · {settings.view.lower()}{legend} · explains {explained}"
+        + (" · lung outline in white" if outlined else ""),
         width="stretch",
-        alt=f"{method} {settings.view.lower()} for {study.result.name}",
+        alt=f"{method} {settings.view.lower()} for {study.result.name}"
+        + (" with the lung outline" if outlined else ""),
     )
+
+
+def lung_evidence_ui(
+    result: StudyResult, cam: np.ndarray, settings: DisplaySettings, explained: str
+) -> None:
+    """The share of the shown map's evidence inside the lungs, and the caution below half.
+
+    Nothing is shown when the lungs were not segmented (no segmenter installed).
+    """
+    share = evidence_in_lungs(result, cam)
+    sentence = evidence_sentence(share)
+    if sentence is None:
+        return
+    method = next(k for k, v in METHODS.items() if v == settings.method)
+    st.markdown(f"**{sentence}**")
+    st.caption(f"Share of the energy of the map shown ({method}, explains {explained}) that "
+               "falls inside the segmented lung fields, measured on the unaltered map.")
+    caution = evidence_caution(share)
+    if caution:
+        st.warning(caution, icon=":material/report:")
 
 
 def report_ui(
@@ -107,15 +155,16 @@ def report_ui(
     of the evidence for the reported label.
     """
     target = classifier.metadata.class_names.index(study.result.label)
-    cam = maps.get((study.key, target, settings.method))  # read here, never written later
+    cam = known_map(study, target, settings.method, maps)  # read here, never written later
     st.download_button(
         "PDF report",
         data=functools.partial(report_pdf, study, classifier, settings, threshold, cam),
         file_name=report_name(study.result.name), mime="application/pdf",
         key=f"pdf:{study.key}", on_click="ignore", icon=":material/picture_as_pdf:",
         help="One page: the X-ray, the map of the evidence for the reported label (current "
-        "display settings), the probabilities, the triage at the operating point in force, "
-        "the model's identity and the disclaimer. Built in memory, never stored.",
+        "display settings) with the lung outline, the share of that evidence inside the "
+        "lungs, the probabilities, the triage at the operating point in force, the model's "
+        "identity and the disclaimer. Built in memory, never stored.",
     )
 
 
@@ -135,9 +184,7 @@ def study_detail_ui(
         st.subheader(result.name, anchor=False)
         image_col, map_col, score_col = st.columns([1, 1, 1.15], gap="medium")
         with image_col:
-            st.image(
-                result.pixels, caption="X-ray", width="stretch", alt=f"X-ray {result.name}"
-            )
+            xray_ui(result, settings)
         if result.ood:
             with map_col:
                 reason = f"Flagged: {result.ood_reason}\n\n" if result.ood_reason else ""
@@ -149,6 +196,7 @@ def study_detail_ui(
                         "for transparency only."
                     )
                     probability_bars_ui(result, meta.class_names, emphasise=False)
+                    lung_evidence_ui(result, cam, settings, explained)
                     map_ui(study, cam, settings, explained)
                 report_ui(study, classifier, settings, maps, threshold)
             with image_col:
@@ -158,6 +206,7 @@ def study_detail_ui(
             map_ui(study, cam, settings, explained)
         with score_col:
             shown = probability_bars_ui(result, meta.class_names)
+            lung_evidence_ui(result, cam, settings, explained)
             triage_ui(result, meta, shown, threshold)
             info_ui(result.info)
             report_ui(study, classifier, settings, maps, threshold)

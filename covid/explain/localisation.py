@@ -114,3 +114,46 @@ def draw_outline(
     out = np.array(rgb, dtype=np.uint8, copy=True)
     out[lung_outline(_resize_mask(mask, rgb.shape[:2]), width)] = color
     return out
+
+
+EVIDENCE_MEANING = (
+    "The share is the part of the map's total weight that falls inside the segmented lung "
+    "fields; a model that reads the lungs puts most of its evidence there, so a low share "
+    "means the result rests on something else on the film (bones, tubes, text markers, "
+    "borders) and deserves suspicion."
+)
+"""One sentence on what the share of evidence inside the lungs means (for the report)."""
+
+
+def share_percent(share: float) -> int:
+    """A share as a whole percentage, rounded down (49.9% shows as 49, never as 50)."""
+    return int(np.floor(100.0 * float(share) + 1e-9))
+
+
+def evidence_sentence(share: float | None) -> str | None:
+    """E.g. "62% of the evidence lies inside the lung fields" (None without lungs).
+
+    Args:
+        share: The share of the shown map's energy inside the lungs, in [0, 1],
+            or None when no lungs were segmented.
+    """
+    if share is None:
+        return None
+    return f"{share_percent(share)}% of the evidence lies inside the lung fields"
+
+
+def evidence_caution(share: float | None) -> str | None:
+    """The caution shown when less than half of the evidence lies in the lungs, else None.
+
+    Args:
+        share: The share of the shown map's energy inside the lungs, or None.
+
+    Returns:
+        A plain caution below :data:`CAUTION_SHARE`; None at or above it, and
+        None when no lungs were segmented.
+    """
+    if share is None or share >= CAUTION_SHARE:
+        return None
+    return (f"Only {share_percent(share)}% of the evidence lies inside the lung fields: the "
+            "model's evidence lies mostly outside the lungs, so treat this result with "
+            "suspicion.")

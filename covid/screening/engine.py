@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError
+from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
 
 if TYPE_CHECKING:
@@ -33,6 +33,31 @@ class ScreeningModels:
     classifier: Classifier
     segmenter: LungSegmenter | None
     ood: OODDetector
+
+
+def wants_segmenter(meta: ModelMetadata, lung_path: str | Path) -> bool:
+    """Whether to load the segmenter: it is there, or the classifier cannot work without it.
+
+    A whole-film classifier runs without a segmenter (then no lung outline, no
+    share of evidence and no lung-field gate); a lung-focused one needs it, so
+    loading it reports the missing file.
+    """
+    return Path(lung_path).is_file() or meta.input_mode != "full"
+
+
+def check_segmenter(
+    meta: ModelMetadata, segmenter: LungSegmenter, model_path: str | Path, lung_path: str | Path
+) -> None:
+    """Refuses a segmenter other than the one the classifier was trained with.
+
+    Raises:
+        ModelFileError: The classifier names another segmenter's SHA-256.
+    """
+    wanted = meta.lung_model_sha256
+    if wanted and segmenter.metadata.sha256 != wanted:
+        raise ModelFileError(
+            f"{model_path} was trained with another lung segmenter than {lung_path}"
+        )
 
 
 def load_models(
@@ -62,13 +87,9 @@ def load_models(
     classifier = Classifier.from_file(model_path)
     meta = classifier.metadata
     segmenter = None
-    if Path(lung_path).is_file() or meta.input_mode != "full":
+    if wants_segmenter(meta, lung_path):
         segmenter = LungSegmenter.from_file(lung_path)
-        wanted = meta.lung_model_sha256
-        if wanted and segmenter.metadata.sha256 != wanted:
-            raise ModelFileError(
-                f"{model_path} was trained with another lung segmenter than {lung_path}"
-            )
+        check_segmenter(meta, segmenter, model_path, lung_path)
     if warm_up:
         classifier.warm_up()
         if segmenter is not None:

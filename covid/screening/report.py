@@ -1,7 +1,9 @@
 """A one-page PDF report for one study, built in memory.
 
-The report holds the X-ray and its Grad-CAM overlay side by side, the class
-probabilities as bars, the triage message, the operating point, the model's
+The report holds the X-ray and its Grad-CAM overlay (with the lung outline)
+side by side, the class probabilities as bars, the share of the map's evidence
+inside the lung fields with what it means, the triage message (or, for an image
+flagged as not a chest X-ray, the warning instead), the operating point, the model's
 identity (name, version, SHA-256 prefix), the date and time and the research-tool
 disclaimer. It names the file but never the patient: of the DICOM header only the
 safe fields the pipeline keeps (modality, body part, view...) are shown, and
@@ -31,17 +33,27 @@ from fpdf.enums import XPos, YPos
 from PIL import Image
 
 from covid import DISCLAIMER
+from covid.explain.localisation import (
+    EVIDENCE_MEANING,
+    draw_outline,
+    evidence_caution,
+    evidence_sentence,
+)
 from covid.inputs.decode import MAX_FILE_BYTES, ImageDecodeError
 from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
-from covid.screening.pipeline import StudyResult, analyse, percentages
+from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
+from covid.screening.pipeline import StudyResult, analyse, film_map, lung_share, percentages
 from covid.screening.triage import NOT_A_CHEST_XRAY, triage_message
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
+    from covid.model.lungs import LungSegmenter
 
 TITLE = "Chest X-ray screening report"
 SHA_PREFIX_CHARS = 12
 """Hex characters of the model's SHA-256 printed in the report."""
+OUTLINE_RGB = (255, 255, 255)
+"""The lung outline's colour over the report's overlay."""
 
 _FONT = "DejaVu"
 _PAGE_W, _MARGIN = 210.0, 15.0
@@ -167,7 +179,7 @@ def _study_lines(doc: _Doc, result: StudyResult, when: datetime) -> None:
     doc.line(f"Report date: {when.strftime('%Y-%m-%d %H:%M %Z').strip()}")
 
 
-def _images(doc: _Doc, pixels: np.ndarray, overlay: np.ndarray) -> None:
+def _images(doc: _Doc, pixels: np.ndarray, overlay: np.ndarray, outlined: bool) -> None:
     """The X-ray and the overlay side by side, each fitted in its box, with captions."""
     pdf = doc.pdf
     width = (_CONTENT_W - _IMAGE_GAP) / 2
@@ -176,7 +188,8 @@ def _images(doc: _Doc, pixels: np.ndarray, overlay: np.ndarray) -> None:
     top = pdf.get_y() + 1
     pictures = (Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)),
                 Image.fromarray(np.ascontiguousarray(overlay, dtype=np.uint8)))
-    captions = ("X-ray", "Grad-CAM overlay (evidence for the label)")
+    captions = ("X-ray", "Grad-CAM overlay (evidence for the label)"
+                + (", lung outline in white" if outlined else ""))
     doc.font(9)
     for i, (picture, caption) in enumerate(zip(pictures, captions, strict=True)):
         x = _MARGIN + i * (width + _IMAGE_GAP)
@@ -220,6 +233,18 @@ def _verdict(doc: _Doc, result: StudyResult, metadata: ModelMetadata) -> None:
     doc.line(result.triage or triage_message(result.label, metadata.positive_class))
 
 
+def _lung_evidence(doc: _Doc, share: float | None) -> None:
+    """The share of the map's evidence inside the lungs, what it means, and the caution."""
+    if share is None:
+        doc.line("Not measured: no lung segmenter was available for this report.")
+        return
+    doc.line(f"{evidence_sentence(share)}.", bold=True)
+    doc.line(EVIDENCE_MEANING, size=9, height=4.5)
+    caution = evidence_caution(share)
+    if caution:
+        doc.line(f"Caution: {caution}", bold=True)
+
+
 def operating_point_text(metadata: ModelMetadata, threshold: float) -> str:
     """Describes the operating point and whether it is the shipped one.
 
@@ -249,18 +274,22 @@ def build_report(
     metadata: ModelMetadata,
     threshold: float,
     when: datetime | None = None,
+    lung_evidence: float | None = None,
 ) -> bytes:
     """Builds the one-study PDF report in memory.
 
     Args:
         result: A scored study (from :func:`covid.screening.pipeline.analyse`); its
             ``pixels`` (H, W) uint8 are shown as the X-ray.
-        overlay: (h, w, 3) uint8 Grad-CAM overlay of the same film.
+        overlay: (h, w, 3) uint8 Grad-CAM overlay of the same film, with the lung
+            outline drawn when ``result.lungs`` is known.
         metadata: The model's metadata.
         threshold: The operating point on P(positive class) that produced
             ``result.label``; compared with ``metadata.threshold`` to say whether
             it is the shipped one or a session choice.
         when: The report's date and time (None: now, local time zone).
+        lung_evidence: The share of the overlaid map's energy inside the lungs,
+            in [0, 1], or None when the lungs were not segmented.
 
     Returns:
         The PDF file's bytes. Nothing is written to disk.
@@ -279,9 +308,11 @@ def build_report(
     doc.pdf.ln(1)
     _study_lines(doc, result, when)
     doc.pdf.ln(2)
-    _images(doc, result.pixels, np.asarray(overlay))
+    _images(doc, result.pixels, np.asarray(overlay), result.lungs is not None)
     doc.heading("Class probabilities (calibrated)")
     _bars(doc, result, metadata)
+    doc.heading("Evidence inside the lungs")
+    _lung_evidence(doc, lung_evidence)
     doc.heading("Triage")
     _verdict(doc, result, metadata)
     doc.heading("Operating point and model")
@@ -338,10 +369,13 @@ def report_for_file(
     opacity: float = 0.4,
     ood: Any | None = None,
     when: datetime | None = None,
+    segmenter: LungSegmenter | None = None,
 ) -> bytes:
     """Scores, explains and reports one image file (PNG, JPEG or DICOM).
 
-    The map explains the class reported at the operating point.
+    The map explains the class reported at the operating point; it is placed
+    on the film (the classifier may have seen a lung crop), the lung outline is
+    drawn over it and its share inside the lungs is reported.
 
     Args:
         path: The image file.
@@ -350,8 +384,10 @@ def report_for_file(
         method: ``"gradcam"`` or ``"gradcam++"``.
         colormap: A matplotlib colormap name for the overlay.
         opacity: Weight of the coloured map in the overlay, in [0, 1].
-        ood: An out-of-distribution detector (see :func:`covid.screening.pipeline.analyse`), or None.
+        ood: An out-of-distribution detector (see :func:`covid.screening.pipeline.analyse`),
+            or None.
         when: The report's date and time (None: now).
+        segmenter: The lung segmenter (required by lung-focused classifiers).
 
     Returns:
         The PDF file's bytes.
@@ -363,16 +399,21 @@ def report_for_file(
     from covid.explain.overlay import overlay_heatmap
 
     path = Path(path)
-    result = analyse([(path.name, read_study(path))], classifier, threshold=threshold, ood=ood)[0]
+    result = analyse([(path.name, read_study(path))], classifier, threshold=threshold, ood=ood,
+                     segmenter=segmenter)[0]
     _raise_for_error(result)
     meta = classifier.metadata
-    target = meta.class_names.index(result.label)
-    explanation = classifier.explain(
-        result.model_input.astype(np.float32), target=target, method=method
-    )
-    overlay = overlay_heatmap(result.pixels, explanation.cam, colormap=colormap, opacity=opacity)
+    cam = result.cam  # the Grad-CAM of the label at this threshold
+    if method != "gradcam" or cam is None:
+        target = meta.class_names.index(result.label)
+        cam = film_map(result, classifier.explain(
+            result.model_input.astype(np.float32), target=target, method=method))
+    overlay = overlay_heatmap(result.pixels, cam, colormap=colormap, opacity=opacity)
+    if result.lungs is not None:
+        overlay = draw_outline(overlay, result.lungs, OUTLINE_RGB)
     used = meta.threshold if threshold is None else threshold
-    return build_report(result, overlay, meta, used, when=when)
+    return build_report(result, overlay, meta, used, when=when,
+                        lung_evidence=lung_share(result, cam))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -398,6 +439,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="PDF",
                         help="where to write the report")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
+    parser.add_argument("--lung-model", type=Path, default=DEFAULT_LUNG_MODEL_PATH,
+                        help="the lung segmenter (default: the shipped one, when present)")
     parser.add_argument("--threshold", type=_unit_interval, default=None,
                         help="operating point on P(COVID) (default: the shipped one)")
     parser.add_argument("--method", choices=METHODS, default="gradcam")
@@ -406,17 +449,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _make_report(args: argparse.Namespace) -> bytes:
-    """Checks the file, loads the model and its detector, and builds the report."""
-    from covid.explain.inference import Classifier
+    """Checks the file, loads the models and the detector, and builds the report."""
     from covid.inputs.decode import decode_image
+    from covid.screening.engine import load_models
 
     decode_image(read_study(args.file), args.file.name)  # fail fast, before loading the model
-    classifier = Classifier.from_file(args.model)
-    from covid.screening.ood import load_detector
-
+    models = load_models(args.model, args.lung_model, warm_up=False)
     return report_for_file(
-        args.file, classifier, threshold=args.threshold, method=args.method,
-        colormap=args.colormap, opacity=args.opacity, ood=load_detector(args.model),
+        args.file, models.classifier, threshold=args.threshold, method=args.method,
+        colormap=args.colormap, opacity=args.opacity, ood=models.ood,
+        segmenter=models.segmenter,
     )
 
 

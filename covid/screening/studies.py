@@ -5,8 +5,12 @@ model, content and file name (:func:`score_files`), and class-activation maps
 keyed by study, class and method (:func:`class_map`). Results are scored at the
 shipped threshold and re-labelled at the threshold in force (:func:`at_threshold`)
 without touching the stores, so moving the operating point, the opacity slider or
-the colour map never runs the network again. :func:`render_map` draws a map the
-chosen way and :func:`report_pdf` builds a study's one-page PDF in memory.
+the colour map never runs the network again. Every map is placed on the displayed
+film (:func:`covid.screening.pipeline.film_map`), whatever region the classifier
+saw, and the default one (the label's Grad-CAM) is the one the pipeline already
+made. :func:`render_map` draws a map the chosen way, with the lung outline if
+asked, :func:`evidence_in_lungs` measures the shown map's share inside the lungs,
+and :func:`report_pdf` builds a study's one-page PDF in memory.
 
 No Streamlit: everything takes and returns plain values.
 """
@@ -15,13 +19,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Callable, MutableMapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from covid.explain.localisation import draw_outline
 from covid.explain.overlay import contour_overlay, heatmap_only, overlay_heatmap
 from covid.screening import pipeline
 from covid.screening.pipeline import StudyResult
@@ -29,7 +34,8 @@ from covid.screening.report import build_report
 from covid.screening.table import relabel
 
 if TYPE_CHECKING:
-    from covid.explain.inference import Classifier
+    from covid.explain.inference import Classifier, Explanation
+    from covid.model.lungs import LungSegmenter
 
 PREDICTED = "Predicted class"
 """The explained-class choice meaning "the class the study is labelled with"."""
@@ -42,6 +48,10 @@ DEFAULT_COLORMAP = "jet"
 DEFAULT_OPACITY = 0.4
 CONTOUR_LEVELS = (0.5, 0.75)
 """Iso-lines drawn in the contour view (gold, then red), as fractions of the map's peak."""
+XRAY_OUTLINE = (0, 255, 255)
+"""The lung outline's colour over the plain X-ray (cyan)."""
+MAP_OUTLINE = (255, 255, 255)
+"""The lung outline's colour over a map (white: in no colour map offered, unlike cyan)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,7 @@ class DisplaySettings:
         view: One of :data:`VIEWS`.
         colormap: A name from :func:`covid.explain.overlay.colormap_names`.
         opacity: Heatmap opacity over the X-ray, 0 to 1.
+        outline: Whether the lung outline is drawn over the X-ray and the map.
     """
 
     target: str = PREDICTED
@@ -61,6 +72,7 @@ class DisplaySettings:
     view: str = VIEWS[0]
     colormap: str = DEFAULT_COLORMAP
     opacity: float = DEFAULT_OPACITY
+    outline: bool = False
 
 
 @dataclass
@@ -89,28 +101,32 @@ def score_files(
     store: MutableMapping[str, StudyResult],
     ood: Any | None = None,
     progress: Callable[[float], None] | None = None,
+    segmenter: LungSegmenter | None = None,
 ) -> list[Study]:
     """Scores uploads, running the network only for files not scored before.
 
     Args:
         files: (name, bytes) pairs in upload order.
         classifier: The loaded classifier.
-        store: Per-session results keyed by model, content and name; pruned to
+        store: Per-session results keyed by models, content and name; pruned to
             the current uploads so that it never outgrows them.
         ood: The out-of-distribution detector, or None.
         progress: Called with the fraction done while new files are scored.
+        segmenter: The lung segmenter, or None (then no lungs, outline or share).
 
     Returns:
         One :class:`Study` per file, in upload order.
     """
-    model_sha = classifier.metadata.sha256
+    models = classifier.metadata.sha256[:16]
+    if segmenter is not None:  # a segmenter shipped meanwhile gives new results
+        models += f"+{segmenter.metadata.sha256[:8]}"
     digests = [content_digest(data) for _, data in files]
-    keys = [f"{model_sha[:16]}:{d}:{name}" for (name, _), d in zip(files, digests, strict=True)]
+    keys = [f"{models}:{d}:{name}" for (name, _), d in zip(files, digests, strict=True)]
     missing = [i for i, key in enumerate(keys) if key not in store]
     if missing:
         # looked up on the module at call time, so that a substituted pipeline is used
         fresh = pipeline.analyse([files[i] for i in missing], classifier, ood=ood,
-                                 progress=progress)
+                                 progress=progress, segmenter=segmenter)
         for i, result in zip(missing, fresh, strict=True):
             store[keys[i]] = result
     for stale in set(store) - set(keys):
@@ -141,54 +157,115 @@ def target_index(result: StudyResult, target: str, class_names: Sequence[str]) -
     return list(class_names).index(name)
 
 
+def known_map(
+    study: Study, target: int, method: str, store: Mapping[tuple[str, int, str], Explanation]
+) -> np.ndarray | None:
+    """The study's film map for a class and method if already computed, else None.
+
+    The pipeline's own map (the Grad-CAM of the class the study was scored
+    with) is always known; others once :func:`class_map` made them.
+
+    Args:
+        study: A successfully scored study.
+        target: Index of the explained class.
+        method: ``"gradcam"`` or ``"gradcam++"``.
+        store: Per-session explanations keyed by (study key, target, method).
+
+    Returns:
+        (H, W) float32 map in [0, 1] over ``study.result.pixels``, or None.
+    """
+    result = study.result
+    if method == "gradcam" and target == result.cam_target and result.cam is not None:
+        return result.cam
+    explained = store.get((study.key, target, method))
+    return None if explained is None else pipeline.film_map(result, explained)
+
+
 def class_map(
     study: Study,
     classifier: Classifier,
     target: int,
     method: str,
-    store: MutableMapping[tuple[str, int, str], np.ndarray],
+    store: MutableMapping[tuple[str, int, str], Explanation],
 ) -> np.ndarray:
-    """The study's (S, S) class-activation map, computed once per class and method.
+    """The study's map for a class and method, on its film; explained once at most.
+
+    The classifier may have seen only a lung crop of the film, so every map is
+    placed back on the displayed film (:func:`covid.screening.pipeline.film_map`),
+    never stretched over it.
 
     Args:
         study: A successfully scored study.
         classifier: The loaded classifier.
         target: Index of the class to explain.
         method: ``"gradcam"`` or ``"gradcam++"``.
-        store: Per-session maps keyed by (study key, target, method).
+        store: Per-session explanations keyed by (study key, target, method).
 
     Returns:
-        The map, in [0, 1].
+        (H, W) float32 map in [0, 1] over ``study.result.pixels``.
     """
-    key = (study.key, target, method)
-    if key not in store:
+    cam = known_map(study, target, method, store)
+    if cam is None:
         x = study.result.model_input.astype(np.float32)
-        store[key] = classifier.explain(x, target=target, method=method).cam
-    return store[key]
+        store[(study.key, target, method)] = classifier.explain(x, target=target, method=method)
+        cam = known_map(study, target, method, store)
+    return cam
 
 
-def prune_maps(store: MutableMapping[tuple[str, int, str], np.ndarray], keys: set[str]) -> None:
+def evidence_in_lungs(result: StudyResult, cam: np.ndarray) -> float | None:
+    """The share of a shown map's energy inside the study's lungs (None without lungs).
+
+    Measured on the unaltered map, whatever class and method it explains.
+    """
+    return pipeline.lung_share(result, cam)
+
+
+def prune_maps(store: MutableMapping[tuple[str, int, str], Any], keys: set[str]) -> None:
     """Drops maps of studies that are no longer uploaded."""
     for stale in [k for k in store if k[0] not in keys]:
         del store[stale]
 
 
-def render_map(pixels: np.ndarray, cam: np.ndarray, settings: DisplaySettings) -> np.ndarray:
+def render_map(
+    pixels: np.ndarray, cam: np.ndarray, settings: DisplaySettings,
+    lungs: np.ndarray | None = None,
+) -> np.ndarray:
     """Draws the map the chosen way (cheap: no network involved).
 
     Args:
         pixels: (H, W) uint8 X-ray.
-        cam: (S, S) map in [0, 1].
+        cam: (h, w) map in [0, 1] (the film map: same shape as ``pixels``).
         settings: The display settings.
+        lungs: (H, W) bool lung mask; its outline is drawn when ``settings.outline``.
 
     Returns:
         (H, W, 3) uint8 RGB image.
     """
     if settings.view == "Heatmap alone":
-        return heatmap_only(cam, settings.colormap, pixels.shape[:2])
-    if settings.view == "Contour lines":
-        return contour_overlay(pixels, cam, levels=CONTOUR_LEVELS)
-    return overlay_heatmap(pixels, cam, colormap=settings.colormap, opacity=settings.opacity)
+        image = heatmap_only(cam, settings.colormap, pixels.shape[:2])
+    elif settings.view == "Contour lines":
+        image = contour_overlay(pixels, cam, levels=CONTOUR_LEVELS)
+    else:
+        image = overlay_heatmap(pixels, cam, colormap=settings.colormap, opacity=settings.opacity)
+    if settings.outline and lungs is not None:
+        image = draw_outline(image, lungs, MAP_OUTLINE)
+    return image
+
+
+def xray_image(result: StudyResult, outline: bool) -> np.ndarray:
+    """The X-ray as shown: grey, or in colour with the lung outline drawn over it.
+
+    Args:
+        result: A scored study.
+        outline: Whether to draw the lung outline (ignored without lungs).
+
+    Returns:
+        (H, W) uint8, or (H, W, 3) uint8 with the outline.
+    """
+    if not outline or result.lungs is None:
+        return result.pixels
+    rgb = np.repeat(result.pixels[:, :, np.newaxis], 3, axis=2)
+    return draw_outline(rgb, result.lungs, XRAY_OUTLINE)
 
 
 def report_name(file_name: str) -> str:
@@ -206,13 +283,18 @@ def report_pdf(
 ) -> bytes:
     """The study's one-page PDF report, in memory.
 
+    The report's map explains the study's label with the current method; the
+    lung outline is always drawn over it (when the lungs were segmented), and
+    the share of its evidence inside the lungs is printed.
+
     Args:
         study: A scored study, re-labelled at ``threshold`` (:func:`at_threshold`).
         classifier: The loaded classifier.
         settings: The display settings: the map is drawn with their method,
             display, colour map and opacity.
         threshold: The operating point in force (shipped or this session's).
-        cam: The map of the evidence for the study's label, when already computed.
+        cam: The film map of the evidence for the study's label, when already
+            computed (see :func:`known_map`).
 
     Returns:
         The PDF's bytes (see :func:`covid.screening.report.build_report`).
@@ -220,7 +302,7 @@ def report_pdf(
     meta, result = classifier.metadata, study.result
     if cam is None:
         target = meta.class_names.index(result.label)
-        x = result.model_input.astype(np.float32)
-        cam = classifier.explain(x, target=target, method=settings.method).cam
-    overlay = render_map(result.pixels, cam, settings)
-    return build_report(result, overlay, meta, threshold)
+        cam = class_map(study, classifier, target, settings.method, {})
+    overlay = render_map(result.pixels, cam, replace(settings, outline=True), result.lungs)
+    return build_report(result, overlay, meta, threshold,
+                        lung_evidence=evidence_in_lungs(result, cam))

@@ -25,6 +25,8 @@ from covid.screening.triage import triage_message
 
 FILE, LABEL, OOD, TRIAGE, ERROR = "file", "label", "out-of-distribution", "triage", "error"
 """Table column names (the probability column is named after the positive class)."""
+LUNGS = "evidence in lungs %"
+"""The share of the predicted class's Grad-CAM energy inside the lung fields, in percent."""
 
 YES, NO = "yes", "no"
 """The out-of-distribution flag's values (empty when no detector ran or the file failed)."""
@@ -45,9 +47,10 @@ def table_columns(positive_class: str) -> list[str]:
         positive_class: The pathological class (``"COVID"``).
 
     Returns:
-        ``file``, ``<positive> %``, ``label``, ``out-of-distribution``, ``triage``, ``error``.
+        ``file``, ``<positive> %``, ``label``, ``out-of-distribution``,
+        ``evidence in lungs %``, ``triage``, ``error``.
     """
-    return [FILE, probability_column(positive_class), LABEL, OOD, TRIAGE, ERROR]
+    return [FILE, probability_column(positive_class), LABEL, OOD, LUNGS, TRIAGE, ERROR]
 
 
 def relabel(
@@ -99,6 +102,13 @@ def _ood_flag(result: StudyResult) -> str:
     return YES if result.ood else NO
 
 
+def _lung_percent(result: StudyResult) -> float | None:
+    """The share of evidence inside the lungs in percent, one decimal (None if unknown)."""
+    if result.error is not None or result.lung_evidence is None:
+        return None
+    return round(100.0 * float(result.lung_evidence), 1)
+
+
 def _advice(triage: str | None, disclaimer: bool) -> str:
     """The triage message, with or without its trailing disclaimer."""
     if not triage:
@@ -126,8 +136,11 @@ def table_rows(
         Dicts keyed by :func:`table_columns`: the file name, the positive-class
         percentage as shown on the bars (one decimal, None for a failed file),
         the label (empty for an image flagged as not a chest X-ray, whose raw
-        scores are not meaningful), the out-of-distribution flag, the triage
-        message and the error (empty strings where not applicable).
+        scores are not meaningful), the out-of-distribution flag, the share of
+        the predicted class's Grad-CAM energy inside the lungs in percent (None
+        for a failed file or without a lung segmenter), the triage message (the
+        not-a-chest-X-ray warning for a flagged image) and the error (empty
+        strings where not applicable).
     """
     index = list(class_names).index(positive_class)
     column = probability_column(positive_class)
@@ -139,6 +152,7 @@ def table_rows(
             column: None if failed else percentages(result.probs, decimals=1)[index],
             LABEL: "" if failed or result.ood else (result.label or ""),
             OOD: _ood_flag(result),
+            LUNGS: _lung_percent(result),
             TRIAGE: "" if failed else _advice(result.triage, disclaimer),
             ERROR: result.error or "",
         })

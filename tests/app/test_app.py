@@ -63,9 +63,13 @@ def _fake_ood_module(flagged: bool) -> types.ModuleType:
 
 
 @pytest.fixture
-def make_app(tiny_model_file, monkeypatch):
-    """Returns a factory of AppTests serving the tiny model (fake OOD detector)."""
+def make_app(tiny_model_file, monkeypatch, tmp_path):
+    """Returns a factory of AppTests serving the tiny model (fake OOD detector).
+
+    No lung segmenter is served unless a test sets ``COVID_LUNG_MODEL_PATH``.
+    """
     monkeypatch.setenv("COVID_MODEL_PATH", str(tiny_model_file))
+    monkeypatch.setenv("COVID_LUNG_MODEL_PATH", str(tmp_path / "no_lung_model.keras"))
 
     def make(flagged: bool = False) -> AppTest:
         monkeypatch.setitem(sys.modules, "covid.screening.ood", _fake_ood_module(flagged))
@@ -199,7 +203,8 @@ def test_batch_shows_a_table_sorted_by_suspicion_with_the_broken_file_last(make_
     errors = [e.value for e in at.error if "broken.png" in e.value]
     assert len(errors) == 1 and errors[0].startswith("broken.png")
     rows = _table(at)
-    assert list(rows[0]) == ["file", "COVID %", "label", "out-of-distribution", "triage", "error"]
+    assert list(rows[0]) == ["file", "COVID %", "label", "out-of-distribution",
+                             "evidence in lungs %", "triage", "error"]
     assert [r["file"] for r in rows][-1] == "broken.png"
     assert rows[-1]["error"].startswith("broken.png: ") and rows[-1]["label"] == ""
     assert np.isnan(rows[-1]["COVID %"])
@@ -236,7 +241,7 @@ def test_batch_shows_a_table_sorted_by_suspicion_with_the_broken_file_last(make_
     assert not at.exception
     assert not [h for h in at.subheader if h.value.endswith(".png")]
     assert sum("broken.png" in e.value for e in at.error) == 2
-    assert calls["forward"] == 3 and len(calls["explain"]) == 1
+    assert calls["forward"] == 3 and not calls["explain"]  # the pipeline's map was shown
 
 
 def test_one_readable_xray_opens_directly_beside_the_errors(make_app, meta):
@@ -253,7 +258,7 @@ def test_display_controls_do_not_rerun_the_network(make_app, meta, calls):
     at = make_app().run()
     at.file_uploader(key="uploads").set_value(("chest.png", _png(3), "image/png")).run()
     assert not at.exception
-    assert calls["forward"] == 1 and len(calls["explain"]) == 1
+    assert calls["forward"] == 1 and not calls["explain"]  # the pipeline's map is reused
 
     at.slider(key="opacity").set_value(0.8).run()
     at.selectbox(key="colormap").set_value(at.selectbox(key="colormap").options[-1]).run()
@@ -261,7 +266,7 @@ def test_display_controls_do_not_rerun_the_network(make_app, meta, calls):
     at.radio(key="view").set_value("Contour lines").run()
     at.radio(key="view").set_value("Overlay").run()
     assert not at.exception
-    assert calls["forward"] == 1 and len(calls["explain"]) == 1
+    assert calls["forward"] == 1 and not calls["explain"]
 
     at.radio(key="method").set_value("Grad-CAM++").run()
     assert calls["forward"] == 1 and calls["explain"][-1][1] == "gradcam++"
@@ -299,6 +304,7 @@ def test_a_failing_map_only_hides_its_own_panel(make_app, meta, monkeypatch):
     flaky.bad_mean = float(to_model_input(decode_image(_png(5), "bad.png").pixels, size).mean())
     monkeypatch.setattr(Classifier, "explain", flaky)
     at = make_app().run()
+    at.radio(key="method").set_value("Grad-CAM++").run()  # a map the pipeline did not make
     at.file_uploader(key="uploads").set_value([
         ("bad.png", _png(5), "image/png"), ("good.png", _png(6), "image/png"),
     ]).run()
@@ -557,3 +563,149 @@ def test_flagged_images_in_a_batch_get_no_label_and_no_advice(make_app):
     _select_row(at, 0)
     assert any("does not look like a chest X-ray" in w.value for w in at.warning)
     assert not [a for a in (*at.success, *at.error) if DISCLAIMER in a.value]
+
+
+# ------------------------------------------------------------------ lung fields
+
+
+@pytest.fixture
+def lungs_app(make_app, tiny_lung_file, monkeypatch, plant_lungs):
+    """AppTests serving the tiny model with a lung segmenter whose masks are planted."""
+
+    def make(flagged: bool = False) -> AppTest:
+        monkeypatch.setenv("COVID_LUNG_MODEL_PATH", str(tiny_lung_file))
+        return make_app(flagged)
+
+    return make
+
+
+SHARE_TEXT = "of the evidence lies inside the lung fields"
+
+
+def _shares(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if SHARE_TEXT in m.value and "Only" not in m.value]
+
+
+def _cautions(at: AppTest) -> list[str]:
+    return [w.value for w in at.warning if "mostly outside the lungs" in w.value]
+
+
+def _captions(at: AppTest) -> list[str]:
+    return [c for img in at.image for c in img.captions]
+
+
+def test_the_share_is_measured_on_the_map_shown(lungs_app, plant_lungs, meta, calls):
+    from covid.explain.localisation import energy_inside, evidence_sentence
+    from covid.screening.pipeline import film_map
+
+    at = lungs_app().run()
+    at.file_uploader(key="uploads").set_value(("chest.png", _png(1), "image/png")).run()
+    assert not at.exception
+    key, result = next(iter(at.session_state["_covid_studies"].items()))
+    lungs = plant_lungs.mask(result.pixels.shape)
+    assert np.array_equal(result.lungs, lungs) and result.cam.max() > 0
+    share = energy_inside(result.cam, lungs)
+    assert result.lung_evidence == pytest.approx(share)
+    assert _shares(at) == [f"**{evidence_sentence(share)}**"]
+    assert bool(_cautions(at)) == (share < 0.5)
+    assert not calls["explain"]  # the pipeline's own map, not explained again
+
+    # explain the other class: the share follows the map shown, unaltered
+    other = next(i for i, name in enumerate(meta.class_names) if name != result.label)
+    at.selectbox(key="target").set_value(meta.class_names[other]).run()
+    assert not at.exception and calls["explain"] == [(other, "gradcam")]
+    explained = at.session_state["_covid_cams"][(key, other, "gradcam")]
+    cam = film_map(result, explained)
+    assert _shares(at) == [f"**{evidence_sentence(energy_inside(cam, lungs))}**"]
+    assert any(f"explains {meta.class_names[other]}" in c.value for c in at.caption
+               if "segmented lung fields" in c.value)
+
+
+@pytest.mark.parametrize(("inside", "shown", "cautioned"),
+                         [(True, "100%", False), (False, "0%", True)])
+def test_the_caution_appears_below_half_and_not_above(lungs_app, plant_lungs, inside, shown,
+                                                      cautioned):
+    plant_lungs.mask_for = lambda shape: np.full(shape, inside)
+    at = lungs_app().run()
+    at.file_uploader(key="uploads").set_value(("chest.png", _png(1), "image/png")).run()
+    assert not at.exception
+    assert _shares(at) == [f"**{shown} {SHARE_TEXT}**"]
+    assert len(_cautions(at)) == int(cautioned)
+    if cautioned:
+        assert "treat this result with suspicion" in _cautions(at)[0]
+
+
+def test_the_outline_switch_draws_the_lungs_over_the_xray_and_the_map(lungs_app, calls):
+    at = lungs_app().run()
+    at.file_uploader(key="uploads").set_value(("chest.png", _png(1), "image/png")).run()
+    toggle = at.toggle(key="outline")
+    assert toggle.label == "Lung outline" and not toggle.disabled and toggle.value is False
+    plain = [img.value for img in at.image]
+    assert "X-ray" in _captions(at) and not any("outline" in c for c in _captions(at))
+
+    at.toggle(key="outline").set_value(True).run()
+    assert not at.exception
+    captions = _captions(at)
+    assert "X-ray · lung outline" in captions
+    assert any(c.startswith("Grad-CAM") and c.endswith("lung outline in white")
+               for c in captions)
+    drawn = [img.value for img in at.image]
+    assert len(drawn) == len(plain) and all(a != b for a, b in zip(plain, drawn, strict=True))
+
+    for view in ("Heatmap alone", "Contour lines"):  # over every display of the map
+        at.radio(key="view").set_value(view).run()
+        assert any(c.endswith("lung outline in white") for c in _captions(at))
+    at.radio(key="view").set_value("Overlay").run()
+    at.toggle(key="outline").set_value(False).run()
+    assert [img.value for img in at.image] == plain
+    assert not calls["explain"]  # drawing the outline never runs the network
+
+
+def test_without_a_segmenter_there_is_no_outline_and_no_share(make_app):
+    at = make_app().run()
+    at.file_uploader(key="uploads").set_value(("chest.png", _png(1), "image/png")).run()
+    assert not at.exception
+    assert at.toggle(key="outline").disabled
+    assert not _shares(at) and not _cautions(at)
+    assert "X-ray" in _captions(at)
+    at.file_uploader(key="uploads").set_value([
+        ("chest.png", _png(1), "image/png"), ("other.png", _png(2), "image/png")]).run()
+    assert all(row["evidence in lungs %"] is None or np.isnan(row["evidence in lungs %"])
+               for row in _table(at))
+
+
+def test_the_batch_table_has_a_numeric_evidence_in_lungs_column(lungs_app):
+    at = lungs_app().run()
+    at.file_uploader(key="uploads").set_value(
+        [(f"{i}.png", _png(i), "image/png") for i in range(3)]).run()
+    assert not at.exception
+    store = {r.name: r for r in at.session_state["_covid_studies"].values()}
+    for row in _table(at):
+        share = store[row["file"]].lung_evidence
+        assert row["evidence in lungs %"] == pytest.approx(round(100 * share, 1))
+    assert at.dataframe[0].value["evidence in lungs %"].dtype.kind == "f"  # sorts as numbers
+
+
+def test_a_flagged_film_shows_the_share_only_beside_its_raw_scores(lungs_app):
+    at = lungs_app(flagged=True).run()
+    at.file_uploader(key="uploads").set_value(("cat.png", _png(4), "image/png")).run()
+    assert not at.exception
+    assert any("does not look like a chest X-ray" in w.value for w in at.warning)
+    assert not [a for a in (*at.success, *at.error) if DISCLAIMER in a.value]
+    assert at.expander and _shares(at)  # inside "Raw model scores"
+
+
+def test_a_lung_focused_model_without_its_segmenter_explains_why(
+    make_app, tiny_model_file, tmp_path, monkeypatch
+):
+    copy = tmp_path / "focused.keras"
+    shutil.copyfile(tiny_model_file, copy)
+    raw = json.loads(Path(tiny_model_file).with_suffix(".json").read_text())
+    raw["input_mode"] = "crop"
+    copy.with_suffix(".json").write_text(json.dumps(raw))
+    at = make_app()
+    monkeypatch.setenv("COVID_MODEL_PATH", str(copy))
+    at.run()
+    assert not at.exception
+    assert any("no_lung_model.keras" in e.value for e in at.error)
+    assert not at.file_uploader

@@ -4,11 +4,15 @@ import numpy as np
 import pytest
 
 from covid.explain.localisation import (
+    CAUTION_SHARE,
     cam_to_film,
     draw_outline,
     energy_inside,
+    evidence_caution,
+    evidence_sentence,
     lung_outline,
     peak_inside,
+    share_percent,
 )
 from covid.inputs.preprocess import LungBox, lung_focus
 
@@ -101,3 +105,34 @@ def test_a_map_over_a_lung_crop_lands_where_the_evidence_was_on_the_film():
     planted[140:172, 30:62] = True
     assert energy_inside(on_film, planted) > 0.8
     assert peak_inside(on_film, lungs)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.2, 0.49, 0.4999])
+def test_the_caution_appears_below_half(share):
+    caution = evidence_caution(share)
+    assert caution and "mostly outside the lungs" in caution and "suspicion" in caution
+    assert f"{share_percent(share)}%" in caution
+
+
+@pytest.mark.parametrize("share", [CAUTION_SHARE, 0.5001, 0.8, 1.0])
+def test_no_caution_at_or_above_half(share):
+    assert evidence_caution(share) is None
+
+
+def test_share_sentence_never_rounds_a_cautioned_share_up_to_half():
+    assert evidence_sentence(0.62) == "62% of the evidence lies inside the lung fields"
+    assert evidence_sentence(0.4999).startswith("49% ") and evidence_caution(0.4999)
+    assert evidence_sentence(0.5).startswith("50% ") and evidence_caution(0.5) is None
+    assert evidence_sentence(1.0).startswith("100% ") and evidence_sentence(0.0).startswith("0% ")
+    assert evidence_sentence(None) is None and evidence_caution(None) is None
+    assert [share_percent(v) for v in (0.29, 0.57, 0.58, 0.999)] == [29, 57, 58, 99]
+
+
+def test_caution_follows_the_share_of_a_planted_map():
+    mask = np.zeros((10, 10), bool)
+    mask[:, :5] = True
+    inside = np.zeros((10, 10))
+    inside[:, :5], inside[:, 5:] = 1.0, 0.5  # 2/3 inside
+    outside = inside[:, ::-1]  # 1/3 inside
+    assert evidence_caution(energy_inside(inside, mask)) is None
+    assert evidence_caution(energy_inside(outside, mask)).startswith("Only 33%")

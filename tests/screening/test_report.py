@@ -13,6 +13,7 @@ from pypdf import PdfReader
 
 from covid import DISCLAIMER
 from covid.__main__ import main
+from covid.explain.localisation import EVIDENCE_MEANING, energy_inside, lung_outline
 from covid.inputs.decode import ImageDecodeError
 from covid.model.classifier import ModelMetadata
 from covid.screening.pipeline import StudyResult, percentages
@@ -112,6 +113,39 @@ def test_identifier_like_info_keys_are_never_printed(metadata):
         assert secret.encode() not in _all_bytes(pdf)
 
 
+def _pages(pdf: bytes) -> int:
+    return len(PdfReader(io.BytesIO(pdf)).pages)
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("ood", [False, True])
+def test_the_share_of_evidence_in_the_lungs_and_its_meaning_are_reported(metadata, ood):
+    result = _result(ood=ood)
+    result.lungs = np.zeros(result.pixels.shape, bool)
+    low = build_report(result, _overlay(), metadata, 0.5, when=WHEN, lung_evidence=0.3)
+    text = _flat(_text(low))
+    assert "30% of the evidence lies inside the lung fields" in text
+    assert _flat(EVIDENCE_MEANING) in text
+    assert "Caution" in text and "mostly outside the lungs" in text
+    assert "lung outline in white" in text
+    assert _pages(low) == 1
+    high = _flat(_text(build_report(result, _overlay(), metadata, 0.5, when=WHEN,
+                                    lung_evidence=0.81)))
+    assert "81% of the evidence lies inside the lung fields" in high and "Caution" not in high
+    if ood:  # a flagged film still gets the warning, never triage advice
+        assert ADMIT not in high and GO_HOME not in high
+        assert "This does not look like a chest X-ray" in high
+
+
+def test_without_lungs_the_share_is_said_to_be_unmeasured(metadata):
+    text = _flat(_text(build_report(_result(), _overlay(), metadata, 0.5, when=WHEN)))
+    assert "Not measured: no lung segmenter" in text
+    assert "lung outline" not in text and "of the evidence lies inside" not in text
+
+
 def test_inconsistent_or_failed_inputs_are_refused(metadata):
     with pytest.raises(ReportError, match="threshold"):
         build_report(_result(p_covid=0.6), _overlay(), metadata, 0.7)
@@ -136,6 +170,34 @@ def test_report_for_file_on_a_png(classifier, tmp_path):
     assert "thorax_ü.png" in text and "tiny test CNN" in text
     assert "shipped operating point" in text
     assert _n_images(pdf) >= 2
+
+
+def test_report_for_file_outlines_the_lungs_and_reports_the_share(
+    classifier, tiny_lung_file, plant_lungs, tmp_path, monkeypatch
+):
+    import covid.screening.report as report
+    from covid.model.lungs import LungSegmenter
+
+    drawn = {}
+    build = report.build_report
+
+    def spy(result, overlay, metadata, threshold, when=None, lung_evidence=None):
+        drawn.update(result=result, overlay=overlay, share=lung_evidence)
+        return build(result, overlay, metadata, threshold, when=when,
+                     lung_evidence=lung_evidence)
+
+    monkeypatch.setattr(report, "build_report", spy)
+    path = tmp_path / "film.png"
+    path.write_bytes(_png_bytes(6, shape=(120, 100)))
+    segmenter = LungSegmenter.from_file(tiny_lung_file)
+    text = _flat(_text(report_for_file(path, classifier, when=WHEN, segmenter=segmenter)))
+    result, overlay = drawn["result"], drawn["overlay"]
+    lungs = plant_lungs.mask((120, 100))
+    assert np.array_equal(result.lungs, lungs)
+    assert (overlay[lung_outline(lungs)] == report.OUTLINE_RGB).all()
+    assert drawn["share"] == pytest.approx(energy_inside(result.cam, lungs))
+    assert f"{int(100 * drawn['share'] + 1e-9)}% of the evidence lies inside the lung fields" \
+        in text
 
 
 def test_report_for_file_on_a_broken_file(classifier, tmp_path):

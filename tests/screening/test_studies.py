@@ -1,4 +1,5 @@
-"""One session's studies: scored once, re-labelled at the threshold, maps computed once."""
+"""One session's studies: scored once, re-labelled at the threshold, maps computed once,
+placed on the film, drawn with the lung outline and measured against the lungs."""
 
 import types
 
@@ -7,19 +8,26 @@ import pytest
 
 import covid.screening.pipeline
 from covid import DISCLAIMER
+from covid.explain.localisation import energy_inside, lung_outline
+from covid.inputs.preprocess import LungBox
 from covid.screening.pipeline import StudyResult
 from covid.screening.studies import (
+    MAP_OUTLINE,
     PREDICTED,
+    XRAY_OUTLINE,
     DisplaySettings,
     Study,
     at_threshold,
     class_map,
     content_digest,
+    evidence_in_lungs,
+    known_map,
     prune_maps,
     render_map,
     report_name,
     score_files,
     target_index,
+    xray_image,
 )
 from covid.screening.triage import ADMIT, GO_HOME, triage_message
 
@@ -43,12 +51,26 @@ class _FakeClassifier:
         return types.SimpleNamespace(cam=np.full((4, 4), 0.5 + 0.1 * target, np.float32))
 
 
-def _result(name: str, p: float = 0.4) -> StudyResult:
+def _lungs(shape=(64, 64)) -> np.ndarray:
+    """Two rectangular lung fields, one each side of the midline."""
+    mask = np.zeros(shape, bool)
+    mask[10:50, 8:28] = True
+    mask[10:50, 36:56] = True
+    return mask
+
+
+def _result(name: str, p: float = 0.4, box: LungBox | None = None,
+            lungs: np.ndarray | None = None) -> StudyResult:
     label = "COVID" if p >= 0.5 else "Normal"
     return StudyResult(name=name, probs=np.array([p, 1 - p]), p_positive=p, label=label,
                        triage=triage_message(label, "COVID"),
                        pixels=np.zeros((64, 64), np.uint8),
-                       model_input=np.zeros((32, 32, 1), np.uint8))
+                       model_input=np.zeros((32, 32, 1), np.uint8),
+                       box=box or LungBox(0, 0, 64), lungs=lungs)
+
+
+class _FakeSegmenter:
+    metadata = types.SimpleNamespace(sha256="c" * 64)
 
 
 @pytest.fixture
@@ -56,7 +78,7 @@ def analysed(monkeypatch):
     """Replaces the pipeline's ``analyse`` with a recorder of the files it scores."""
     seen = []
 
-    def analyse(files, classifier, ood=None, progress=None):
+    def analyse(files, classifier, ood=None, progress=None, segmenter=None):
         seen.append([name for name, _ in files])
         if progress is not None:
             progress(1.0)
@@ -84,6 +106,23 @@ def test_each_upload_is_scored_once_and_the_store_follows_the_uploads(analysed):
     assert analysed[-1] == ["b.png"]  # another model scores again
 
 
+def test_a_segmenter_is_passed_on_and_keys_its_own_results(analysed, monkeypatch):
+    passed = []
+    analyse = covid.screening.pipeline.analyse
+
+    def recording(files, classifier, **kwargs):
+        passed.append(kwargs.get("segmenter"))
+        return analyse(files, classifier, **kwargs)
+
+    monkeypatch.setattr(covid.screening.pipeline, "analyse", recording)
+    classifier, store, segmenter = _FakeClassifier(), {}, _FakeSegmenter()
+    without = score_files([("a.png", b"1")], classifier, store)
+    with_lungs = score_files([("a.png", b"1")], classifier, store, segmenter=segmenter)
+    assert passed == [None, segmenter]  # a segmenter shipped meanwhile scores again
+    assert with_lungs[0].key == f"{'a' * 16}+{'c' * 8}:{content_digest(b'1')}:a.png"
+    assert without[0].key != with_lungs[0].key and list(store) == [with_lungs[0].key]
+
+
 def test_same_content_under_another_name_is_its_own_study(analysed):
     studies = score_files([("a.png", b"1"), ("copy.png", b"1")], _FakeClassifier(), {})
     assert studies[0].digest == studies[1].digest and studies[0].key != studies[1].key
@@ -108,14 +147,71 @@ def test_target_index_follows_the_shown_label():
 def test_maps_are_computed_once_per_class_and_method_and_pruned():
     classifier, store = _FakeClassifier(), {}
     study = Study("k", "d", _result("a.png"))
+    assert known_map(study, 1, "gradcam", store) is None
     first = class_map(study, classifier, 1, "gradcam", store)
-    assert class_map(study, classifier, 1, "gradcam", store) is first
+    assert first.shape == (64, 64)  # on the film, not over the model input
+    np.testing.assert_array_equal(class_map(study, classifier, 1, "gradcam", store), first)
+    np.testing.assert_array_equal(known_map(study, 1, "gradcam", store), first)
     class_map(study, classifier, 1, "gradcam++", store)
     class_map(study, classifier, 0, "gradcam", store)
     assert classifier.explained == [(1, "gradcam"), (1, "gradcam++"), (0, "gradcam")]
-    store[("gone", 0, "gradcam")] = first
+    store[("gone", 0, "gradcam")] = store[("k", 0, "gradcam")]
     prune_maps(store, {"k"})
     assert {key[0] for key in store} == {"k"} and len(store) == 3
+
+
+def test_the_pipelines_own_map_is_reused_not_explained_again():
+    classifier, store = _FakeClassifier(), {}
+    result = _result("a.png", p=0.9)
+    result.cam, result.cam_target = np.full((64, 64), 0.25, np.float32), 0
+    study = Study("k", "d", result)
+    assert class_map(study, classifier, 0, "gradcam", store) is result.cam
+    assert known_map(study, 0, "gradcam", store) is result.cam
+    assert not classifier.explained and not store
+    class_map(study, classifier, 0, "gradcam++", store)  # another method is explained
+    class_map(study, classifier, 1, "gradcam", store)  # and another class
+    assert classifier.explained == [(0, "gradcam++"), (1, "gradcam")]
+
+
+def test_a_map_over_a_lung_crop_is_placed_in_its_box_on_the_film():
+    study = Study("k", "d", _result("a.png", box=LungBox(16, 8, 32)))
+    cam = class_map(study, _FakeClassifier(), 1, "gradcam", {})
+    assert cam.shape == (64, 64)
+    assert cam[16:48, 8:40].min() == pytest.approx(0.6)  # the fake map, unaltered
+    outside = np.ones((64, 64), bool)
+    outside[16:48, 8:40] = False
+    assert not cam[outside].any()
+
+
+def test_evidence_in_lungs_is_the_share_of_the_map_shown():
+    lungs = _lungs()
+    result = _result("a.png", lungs=lungs)
+    cam = np.zeros((64, 64), np.float32)
+    cam[20:30, 10:20] = 1.0  # 100 units inside the left lung
+    cam[0:5, 0:20] = 1.0  # 100 units above the lungs
+    assert evidence_in_lungs(result, cam) == pytest.approx(0.5)
+    assert evidence_in_lungs(result, cam) == energy_inside(cam, lungs)
+    assert evidence_in_lungs(_result("b.png"), cam) is None  # no segmenter: no share
+
+
+def test_the_lung_outline_is_drawn_over_the_xray_and_the_map_only_when_asked():
+    lungs = _lungs()
+    edge = lung_outline(lungs)
+    result = _result("a.png", lungs=lungs)
+    assert xray_image(result, outline=False) is result.pixels
+    shown = xray_image(result, outline=True)
+    assert shown.shape == (64, 64, 3)
+    assert (shown[edge] == XRAY_OUTLINE).all() and not shown[~edge].any()
+    assert xray_image(_result("b.png"), outline=True).ndim == 2  # no lungs: plain X-ray
+
+    cam = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    for view in ("Overlay", "Heatmap alone", "Contour lines"):
+        plain = render_map(result.pixels, cam, DisplaySettings(view=view), lungs)
+        drawn = render_map(result.pixels, cam, DisplaySettings(view=view, outline=True), lungs)
+        assert (drawn[edge] == MAP_OUTLINE).all()
+        np.testing.assert_array_equal(drawn[~edge], plain[~edge])
+        np.testing.assert_array_equal(
+            render_map(result.pixels, cam, DisplaySettings(view=view, outline=True)), plain)
 
 
 @pytest.mark.parametrize("view", ["Overlay", "Heatmap alone", "Contour lines"])

@@ -19,18 +19,20 @@ from covid.screening.table import (
 from covid.screening.triage import ADMIT, GO_HOME, NOT_A_CHEST_XRAY, triage_message
 
 CLASSES = ["COVID", "Normal"]
-HEADER = ["file", "COVID %", "label", "out-of-distribution", "triage", "error"]
+HEADER = ["file", "COVID %", "label", "out-of-distribution", "evidence in lungs %", "triage",
+          "error"]
 
 
 def _label_at(threshold):
     return lambda p: "COVID" if p >= threshold else "Normal"
 
 
-def _scored(name: str, p: float, ood: bool | None = None, threshold: float = 0.5) -> StudyResult:
+def _scored(name: str, p: float, ood: bool | None = None, threshold: float = 0.5,
+            lungs: float | None = None) -> StudyResult:
     label = _label_at(threshold)(p)
     return StudyResult(
         name=name, probs=np.array([p, 1 - p], np.float32), p_positive=p, label=label,
-        ood=ood, triage=triage_message(label, "COVID", ood=bool(ood)),
+        ood=ood, triage=triage_message(label, "COVID", ood=bool(ood)), lung_evidence=lungs,
     )
 
 
@@ -43,7 +45,8 @@ def test_table_columns_are_fixed_and_ordered():
 
 
 def test_csv_has_the_table_columns_in_order_and_the_rows_in_order():
-    results = [_scored("b.png", 0.2), _failed("broken.png"), _scored("a.png", 0.9, ood=False)]
+    results = [_scored("b.png", 0.2), _failed("broken.png"),
+               _scored("a.png", 0.9, ood=False, lungs=0.73456)]
     ranked = [results[i] for i in suspicion_order(results)]
     rows = table_rows(ranked, CLASSES, "COVID")
     assert [list(row) for row in rows] == [HEADER] * 3
@@ -53,17 +56,31 @@ def test_csv_has_the_table_columns_in_order_and_the_rows_in_order():
     assert parsed[0] == HEADER
     assert [r[0] for r in parsed[1:]] == ["a.png", "b.png", "broken.png"]
     a, b, broken = parsed[1:]
-    assert a == ["a.png", "90.0", "COVID", "no", f"{ADMIT} {DISCLAIMER}", ""]
-    assert b[1:5] == ["20.0", "Normal", "", f"{GO_HOME} {DISCLAIMER}"]  # no detector ran
-    assert broken[:5] == ["broken.png", "", "", "", ""]
-    assert broken[5].startswith("broken.png: ")
+    assert a == ["a.png", "90.0", "COVID", "no", "73.5", f"{ADMIT} {DISCLAIMER}", ""]
+    # no detector and no segmenter ran
+    assert b[1:6] == ["20.0", "Normal", "", "", f"{GO_HOME} {DISCLAIMER}"]
+    assert broken[:6] == ["broken.png", "", "", "", "", ""]
+    assert broken[6].startswith("broken.png: ")
     assert text.endswith("\r\n") and len(text.splitlines()) == 4
 
 
 def test_flagged_image_gets_no_label_and_no_triage_advice():
-    row = table_rows([_scored("cat.png", 0.99, ood=True)], CLASSES, "COVID")[0]
+    row = table_rows([_scored("cat.png", 0.99, ood=True, lungs=0.1)], CLASSES, "COVID")[0]
     assert row["label"] == "" and row["out-of-distribution"] == "yes"
     assert row["triage"].startswith(NOT_A_CHEST_XRAY) and row["COVID %"] == 99.0
+    assert row["evidence in lungs %"] == 10.0  # shown, like the raw score
+    text = csv_bytes([row], table_columns("COVID")).decode("utf-8")
+    assert "admit" not in text.lower() and "go home" not in text.lower()
+    assert NOT_A_CHEST_XRAY in text
+
+
+def test_evidence_in_lungs_is_a_number_that_sorts_numerically():
+    results = [_scored(f"{i}.png", 0.5, lungs=share) for i, share in
+               enumerate([0.9, 0.05, 0.456, None, 1.0])]
+    column = by_column(table_rows(results, CLASSES, "COVID"), ["evidence in lungs %"])
+    values = column["evidence in lungs %"]
+    assert values == [90.0, 5.0, 45.6, None, 100.0]
+    assert sorted(v for v in values if v is not None) == [5.0, 45.6, 90.0, 100.0]
 
 
 def test_table_rows_can_drop_the_repeated_disclaimer():
@@ -80,7 +97,7 @@ def test_percentage_matches_the_bars_when_covid_is_the_second_class():
 def test_csv_neutralises_spreadsheet_formulas():
     rows = table_rows([_failed("=HYPERLINK(\"http://x\").png")], CLASSES, "COVID")
     parsed = list(csv.reader(io.StringIO(csv_bytes(rows, HEADER).decode())))
-    assert parsed[1][0].startswith("'=") and parsed[1][5].startswith("'=")
+    assert parsed[1][0].startswith("'=") and parsed[1][-1].startswith("'=")
 
 
 def test_suspicion_order_is_descending_with_errors_last_and_stable_ties():
