@@ -1,4 +1,4 @@
-"""The model page: the model card, a live operating point, test-split charts, CAM check.
+"""The model page: the model card, a live operating point, test-split charts, CAM checks.
 
 Everything shown is read from the model's metadata and the evaluation artefacts
 beside the model (:func:`covid.training.results.read_evaluation`); the operating
@@ -22,16 +22,25 @@ from covid.app.common import (
 )
 from covid.app.navigation import MODEL, SCREENING, go_to
 from covid.app.resources import model_path
+from covid.explain.localisation import CAUTION_SHARE
 from covid.model.classifier import ModelMetadata
 from covid.screening.table import by_column
 from covid.training.metrics import operating_point
-from covid.training.plots import confusion_figure, reliability_figure, roc_figure
+from covid.training.plots import (
+    confusion_figure,
+    lung_share_figure,
+    reliability_figure,
+    roc_figure,
+)
 from covid.training.results import (
     Evaluation,
     cam_energy_rows,
     cam_energy_verdict,
     change_from,
     confusion_at,
+    localisation_rows,
+    localisation_verdict,
+    lung_evidence_rows,
     read_evaluation,
     roc_marker,
     split_table,
@@ -261,6 +270,67 @@ def cam_energy_ui(evaluation: Evaluation) -> None:
     )
 
 
+def _localisation(meta: ModelMetadata, evaluation: Evaluation) -> dict[str, Any] | None:
+    """The localisation figures: from the metadata, else from the evaluation JSON."""
+    found = (meta.metrics or {}).get("localisation")
+    if not isinstance(found, dict):
+        found = ((evaluation.summary or {}).get("metrics") or {}).get("localisation")
+    return found if isinstance(found, dict) else None
+
+
+def lung_localisation_ui(meta: ModelMetadata, evaluation: Evaluation) -> None:
+    """Where the evidence lies against the lungs: the figures, and the share per class."""
+    st.header("Evidence inside the lungs", anchor=False)
+    figures_col, share_col = st.columns(2, gap="large")
+    with figures_col:
+        st.subheader("Against radiologists' masks", anchor=False)
+        loc = _localisation(meta, evaluation)
+        rows = localisation_rows(loc)
+        if not rows:
+            st.info("Not measured yet for this model: how its Grad-CAM maps sit against "
+                    "radiologists' lung and infection masks. Re-run "
+                    "`python -m covid.training.evaluate` with the COVID-QU-Ex masks to "
+                    "measure it.", icon=":material/info:")
+        else:
+            st.markdown(f"**{localisation_verdict(loc)}**")
+            percent = st.column_config.NumberColumn(format="%.0f%%")
+            st.dataframe(by_column(rows, ("measure", "model", "uniform map")), hide_index=True,
+                         width="content", placeholder="",
+                         column_config={"model": percent, "uniform map": percent})
+            n, infected = loc.get("n"), loc.get("n_with_infection")
+            st.caption(
+                f"{loc.get('split') or 'Test split'}: {n if n is not None else '?'} "
+                f"{meta.positive_class} films"
+                + (f" ({infected} with an infection mask)" if infected is not None else "")
+                + f"; {loc.get('map') or 'Grad-CAM of ' + meta.positive_class}. A uniform map "
+                "spreads its evidence evenly: it scores the masks' share of the film."
+            )
+    with share_col:
+        st.subheader("Share per film, by class", anchor=False)
+        groups = evaluation.lung_evidence
+        if not groups:
+            st.info("Not measured yet for this model: the per-image test scores hold no "
+                    "`lung_evidence` column (the share of each film's evidence inside the "
+                    "segmented lungs). Re-run `python -m covid.training.evaluate` with the "
+                    "lung segmenter to measure it.", icon=":material/info:")
+            return
+        st.pyplot(lung_share_figure(groups, CAUTION_SHARE),
+                  alt="Histograms of the share of each test film's evidence inside the lungs")
+        percent = st.column_config.NumberColumn(format="%.0f%%")
+        st.dataframe(
+            by_column(lung_evidence_rows(groups, CAUTION_SHARE),
+                      ("class", "films", "median", "mean", "below caution")),
+            hide_index=True, width="content", placeholder="",
+            column_config={"median": percent, "mean": percent, "below caution": percent},
+        )
+        st.caption(
+            "The number the screening page shows beside each study: the share of the predicted "
+            "class's Grad-CAM energy inside the segmented lung fields. Below "
+            f"{CAUTION_SHARE:.0%} the page cautions the reader; the last column says how "
+            "often that happens on the test split."
+        )
+
+
 def page() -> None:
     """The model page: model card, charts, live operating point and Grad-CAM check."""
     state.visit(MODEL)
@@ -283,3 +353,4 @@ def page() -> None:
     point = operating_point_ui(meta, evaluation)
     charts_ui(meta, evaluation, point)
     cam_energy_ui(evaluation)
+    lung_localisation_ui(meta, evaluation)

@@ -83,3 +83,32 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str]) -> Figure:
     ax.set(xlabel="predicted", ylabel="true", title="Confusion, test split")
     fig.tight_layout()
     return fig
+
+
+def lung_share_figure(groups: dict[str, np.ndarray], caution: float = 0.5) -> Figure:
+    """Histograms of the share of each film's evidence inside the lungs, one per class.
+
+    Args:
+        groups: Per true class, (N,) shares in [0, 1].
+        caution: The share below which the page cautions the reader (a dashed line).
+
+    Returns:
+        The figure.
+    """
+    fig = Figure(figsize=(5.5, 3.4))
+    ax = fig.subplots()
+    bins = np.linspace(0.0, 1.0, 21)
+    for name, values in groups.items():
+        values = np.asarray(values, dtype=np.float64)
+        weights = np.full(len(values), 100.0 / max(len(values), 1))
+        ax.hist(values, bins=bins, weights=weights, histtype="stepfilled", alpha=0.45,
+                label=f"true {name} (n = {len(values)})")
+    ax.axvline(caution, color="black", linestyle="--", linewidth=1,
+               label=f"caution below {caution:.0%}")
+    ax.set(xlabel="share of the Grad-CAM energy inside the lungs",
+           ylabel="% of the class's films", title="Evidence inside the lungs, test split",
+           xlim=(0, 1))
+    ax.xaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -5,8 +5,11 @@ read by :func:`read_evaluation` (never raising for a missing or malformed file):
 the test-split scores parsed from its CSV (:func:`scores_from_csv`), the
 confusion matrix at an operating point (:func:`confusion_at`), the ROC marker
 and the change from the shipped point (:func:`roc_marker`, :func:`change_from`),
-the split sizes (:func:`split_table`) and the Grad-CAM energy check in words
-(:func:`cam_energy_rows`, :func:`cam_energy_verdict`).
+the split sizes (:func:`split_table`), the Grad-CAM energy check in words
+(:func:`cam_energy_rows`, :func:`cam_energy_verdict`), and where the evidence lies
+against the lungs: each test film's share inside them, per class
+(:func:`lung_evidence_from_csv`, :func:`lung_evidence_rows`), and the localisation
+figures beside a uniform map's (:func:`localisation_rows`, :func:`localisation_verdict`).
 
 No Streamlit and no TensorFlow: everything takes and returns plain values.
 """
@@ -42,11 +45,14 @@ class Evaluation:
             optionally ``cam_energy``), or None.
         scores: The test split's calibrated P(positive) and truth, or None.
         problems: Plain-words reasons for what is missing or unreadable.
+        lung_evidence: Per true class, each test film's share of Grad-CAM
+            energy inside the lungs, or None when the scores CSV has none.
     """
 
     summary: dict[str, Any] | None
     scores: tuple[np.ndarray, np.ndarray] | None
     problems: list[str]
+    lung_evidence: dict[str, np.ndarray] | None = None
 
     @property
     def test_prevalence(self) -> float | None:
@@ -69,7 +75,7 @@ def read_evaluation(path: str | Path, positive_class: str) -> Evaluation:
     """
     paths = artefact_paths(path)
     problems: list[str] = []
-    summary = scores = None
+    summary = scores = lung_evidence = None
     try:
         summary = json.loads(paths["evaluation"].read_text())
         if not isinstance(summary, dict):
@@ -80,12 +86,15 @@ def read_evaluation(path: str | Path, positive_class: str) -> Evaluation:
         summary = None
         problems.append(f"`{paths['evaluation'].name}` cannot be read ({err}).")
     try:
-        scores = scores_from_csv(paths["scores"].read_text(), positive_class)
+        text = paths["scores"].read_text()
+        scores = scores_from_csv(text, positive_class)
+        lung_evidence = lung_evidence_from_csv(text)
     except FileNotFoundError:
         problems.append(f"`{paths['scores'].name}` (per-image test scores) is missing.")
     except (OSError, ValueError) as err:
         problems.append(f"`{paths['scores'].name}` cannot be read ({err}).")
-    return Evaluation(summary=summary, scores=scores, problems=problems)
+    return Evaluation(summary=summary, scores=scores, problems=problems,
+                      lung_evidence=lung_evidence)
 
 
 
@@ -120,6 +129,109 @@ def scores_from_csv(text: str, positive_class: str) -> tuple[np.ndarray, np.ndar
     if not scores:
         raise ValueError("the scores CSV has no rows")
     return np.asarray(scores, dtype=np.float64), np.asarray(truth, dtype=bool)
+
+
+def lung_evidence_from_csv(text: str) -> dict[str, np.ndarray] | None:
+    """Each test film's share of evidence inside the lungs, grouped by true class.
+
+    Args:
+        text: The scores CSV; its optional ``lung_evidence`` column holds a share
+            in [0, 1] per film (empty where none was measured).
+
+    Returns:
+        ``{label: (N,) float64 shares}`` in the order the classes first appear,
+        or None when the column is absent or holds no usable value.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    if "lung_evidence" not in (reader.fieldnames or ()):
+        return None
+    groups: dict[str, list[float]] = {}
+    for row in reader:
+        try:
+            share = float(row.get("lung_evidence") or "nan")
+        except ValueError:
+            continue
+        if 0.0 <= share <= 1.0:  # False for NaN
+            groups.setdefault(row.get("label") or "?", []).append(share)
+    return {k: np.asarray(v, dtype=np.float64) for k, v in groups.items()} or None
+
+
+def lung_evidence_rows(groups: Mapping[str, np.ndarray], caution: float = 0.5
+                       ) -> list[dict[str, Any]]:
+    """The share-of-evidence distribution as table rows, one per true class.
+
+    Args:
+        groups: From :func:`lung_evidence_from_csv`.
+        caution: The share below which the page cautions the reader.
+
+    Returns:
+        Dicts with ``class``, ``films``, ``median``, ``mean`` (percent) and
+        ``below caution`` (percent of the class's films below ``caution``).
+    """
+    rows = []
+    for name, values in groups.items():
+        values = np.asarray(values, dtype=np.float64)
+        rows.append({
+            "class": f"True {name}", "films": len(values),
+            "median": 100.0 * float(np.median(values)), "mean": 100.0 * float(values.mean()),
+            "below caution": 100.0 * float(np.mean(values < caution)),
+        })
+    return rows
+
+
+LOCALISATION_MEASURES = (
+    ("energy_in_lungs", "Grad-CAM energy inside the lungs"),
+    ("peak_in_lungs", "Map's peak inside the lungs"),
+    ("peak_in_infection", "Map's peak inside the infection"),
+)
+"""The localisation figures (keys of ``metrics["localisation"]``) and their names."""
+
+
+def localisation_rows(loc: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The localisation figures beside what a uniform map would score, as table rows.
+
+    Args:
+        loc: The evaluation's ``metrics["localisation"]`` (``energy_in_lungs``,
+            ``peak_in_lungs``, ``peak_in_infection``, each with a ``_uniform``
+            twin, as shares in [0, 1]), or None.
+
+    Returns:
+        Dicts with ``measure``, ``model`` and ``uniform map`` in percent (None
+        where missing); empty when no figure is there.
+    """
+    if not isinstance(loc, Mapping):
+        return []
+
+    def _pct(key: str) -> float | None:
+        value = loc.get(key)
+        return None if value is None else 100.0 * float(value)
+
+    rows = [{"measure": name, "model": _pct(key), "uniform map": _pct(f"{key}_uniform")}
+            for key, name in LOCALISATION_MEASURES]
+    return rows if any(row["model"] is not None for row in rows) else []
+
+
+def localisation_verdict(loc: Mapping[str, Any]) -> str:
+    """One honest sentence: do the maps find the lungs better than a uniform map?
+
+    Args:
+        loc: The evaluation's ``metrics["localisation"]``.
+
+    Returns:
+        The sentence.
+    """
+    energy, uniform = loc.get("energy_in_lungs"), loc.get("energy_in_lungs_uniform")
+    if energy is None or uniform is None:
+        return "The share of the maps' energy inside the lungs was not measured."
+    text = (f"{energy:.0%} of the {loc.get('map') or 'Grad-CAM'} energy lies inside the lungs, "
+            f"which cover {uniform:.0%} of the film")
+    if energy <= uniform:
+        return (text + ": no better than a map spread evenly over the film, so the model's "
+                "evidence is not in the lungs.")
+    if energy < 0.5:
+        return (text + ": more than an even map, but most of the evidence still lies outside "
+                "the lungs.")
+    return text + ": most of the evidence lies in the lungs (necessary, not sufficient)."
 
 
 def confusion_at(

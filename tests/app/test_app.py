@@ -381,7 +381,8 @@ def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, eval
     meta = read_metadata(evaluated_model)
     at = _open_model_page(serve(evaluated_model).run())
     assert [h.value for h in at.header] == [
-        "Model card", "Operating point", "Test-split charts", "Explanation sanity"]
+        "Model card", "Operating point", "Test-split charts", "Explanation sanity",
+        "Evidence inside the lungs"]
     text = _texts(at)
     assert "DeGrave" in text and "shortcut" in text.lower()
     assert "Not for clinical use" in text and meta.trained_on in text
@@ -434,6 +435,56 @@ def test_model_page_without_cam_energy_says_it_was_not_measured(serve, evaluated
     at = _open_model_page(serve(copy).run())
     assert "Not measured yet" in _texts(at)
     assert len(at.image) == 3
+
+
+def test_model_page_without_lung_figures_says_they_were_not_measured(serve, evaluated_model):
+    at = _open_model_page(serve(evaluated_model).run())
+    text = _texts(at)
+    assert "how its Grad-CAM maps sit against radiologists' lung and infection masks" in text
+    assert "hold no `lung_evidence` column" in text
+    assert len(at.image) == 3  # no share histogram
+
+
+def test_model_page_shows_the_lung_share_per_class_and_the_localisation_figures(
+    serve, evaluated_model, tmp_path
+):
+    import csv
+
+    from covid.training.evaluate import artefact_paths, ship
+
+    copy = tmp_path / "copy.keras"
+    ship(evaluated_model, copy)
+    scores = artefact_paths(copy)["scores"]
+    rows = list(csv.DictReader(io.StringIO(scores.read_text())))
+    shares = {"COVID": [0.2, 0.7], "Normal": [0.9, 0.45]}
+    with open(scores, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, [*rows[0], "lung_evidence"])
+        writer.writeheader()
+        for i, row in enumerate(rows):
+            writer.writerow({**row, "lung_evidence": shares[row["label"]][i % 2]})
+    raw = json.loads(copy.with_suffix(".json").read_text())
+    raw["metrics"]["localisation"] = {
+        "n": 12, "n_with_infection": 11, "energy_in_lungs": 0.72,
+        "energy_in_lungs_uniform": 0.27, "peak_in_lungs": 0.93, "peak_in_lungs_uniform": 0.27,
+        "peak_in_infection": 0.55, "peak_in_infection_uniform": 0.08,
+        "split": "test (COVID films with COVID-QU-Ex masks)"}
+    copy.with_suffix(".json").write_text(json.dumps(raw))
+
+    at = _open_model_page(serve(copy).run())
+    assert not at.exception
+    assert at.header[-1].value == "Evidence inside the lungs"
+    text = _texts(at)
+    assert "72% of the Grad-CAM energy lies inside the lungs, which cover 27%" in text
+    assert "12 COVID films (11 with an infection mask)" in text
+    figures = at.dataframe[-2].value
+    assert figures["measure"].tolist()[2] == "Map's peak inside the infection"
+    assert figures["model"].tolist() == pytest.approx([72.0, 93.0, 55.0])
+    assert figures["uniform map"].tolist() == pytest.approx([27.0, 27.0, 8.0])
+    per_class = at.dataframe[-1].value
+    assert per_class["class"].tolist() == ["True COVID", "True Normal"]
+    assert per_class["films"].tolist() == [8, 8]
+    assert per_class["below caution"].tolist() == pytest.approx([50.0, 50.0])
+    assert len(at.image) == 4  # ROC, confusion, reliability and the share histogram
 
 
 def _label_and_triage(at: AppTest) -> tuple[str, str]:

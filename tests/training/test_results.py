@@ -1,4 +1,5 @@
-"""Reading the evaluation back for the model page: scores, confusion, CAM energy, splits."""
+"""Reading the evaluation back for the model page: scores, confusion, CAM energy, splits,
+the share of evidence inside the lungs and the localisation figures."""
 
 import json
 
@@ -12,6 +13,10 @@ from covid.training.results import (
     cam_energy_verdict,
     change_from,
     confusion_at,
+    localisation_rows,
+    localisation_verdict,
+    lung_evidence_from_csv,
+    lung_evidence_rows,
     read_evaluation,
     roc_marker,
     scores_from_csv,
@@ -126,3 +131,66 @@ def test_split_table_orders_sides_and_totals_them():
     rows = split_table(splits, ["COVID", "Normal"])
     assert rows == {"split": ["train", "val", "test", "extra"], "COVID": [7, 0, 2, 0],
                     "Normal": [8, 1, 3, 0], "total": [15, 1, 5, 0]}
+
+
+SCORES_WITH_LUNGS = (
+    "file,label,p_covid,logit_covid,logit_normal,lung_evidence\r\n"
+    "COVID/1.png,COVID,0.9,1,0,0.8\r\nNormal/2.png,Normal,0.25,0,1,0.3\r\n"
+    "COVID/3.png,COVID,0.7,1,0,0.4\r\nNormal/4.png,Normal,0.05,0,1,\r\n"
+    "Normal/5.png,Normal,0.1,0,1,0.9\r\n"
+)
+
+
+def test_lung_evidence_is_read_per_class_and_absent_in_older_files():
+    groups = lung_evidence_from_csv(SCORES_WITH_LUNGS)
+    assert list(groups) == ["COVID", "Normal"]
+    assert groups["COVID"].tolist() == [0.8, 0.4]
+    assert groups["Normal"].tolist() == [0.3, 0.9]  # the empty value is left out
+    assert lung_evidence_from_csv(SCORES) is None  # the v1 files have no such column
+    assert lung_evidence_from_csv("file,label,p_covid,lung_evidence\r\nx,COVID,0.5,\r\n") is None
+
+
+def test_read_evaluation_carries_the_lung_evidence(tmp_path):
+    model = tmp_path / "m.keras"
+    paths = artefact_paths(model)
+    paths["scores"].write_text(SCORES_WITH_LUNGS)
+    evaluation = read_evaluation(model, "COVID")
+    assert evaluation.lung_evidence["COVID"].tolist() == [0.8, 0.4]
+    assert evaluation.scores[0].tolist() == [0.9, 0.25, 0.7, 0.05, 0.1]
+    paths["scores"].write_text(SCORES)
+    assert read_evaluation(model, "COVID").lung_evidence is None
+
+
+def test_lung_evidence_rows_summarise_each_class():
+    rows = lung_evidence_rows({"COVID": np.array([0.8, 0.4, 0.6]), "Normal": np.array([0.2])})
+    assert rows[0] == {"class": "True COVID", "films": 3, "median": pytest.approx(60.0),
+                       "mean": pytest.approx(60.0), "below caution": pytest.approx(100 / 3)}
+    assert rows[1]["below caution"] == 100.0
+
+
+LOCALISATION = {"n": 40, "n_with_infection": 38, "energy_in_lungs": 0.15,
+                "energy_in_lungs_uniform": 0.26, "peak_in_lungs": 0.04,
+                "peak_in_lungs_uniform": 0.26, "peak_in_infection": 0.04,
+                "peak_in_infection_uniform": 0.07}
+
+
+def test_localisation_rows_put_each_figure_beside_a_uniform_maps():
+    rows = localisation_rows(LOCALISATION)
+    assert [r["measure"] for r in rows] == ["Grad-CAM energy inside the lungs",
+                                           "Map's peak inside the lungs",
+                                           "Map's peak inside the infection"]
+    assert rows[0]["model"] == pytest.approx(15.0)
+    assert rows[0]["uniform map"] == pytest.approx(26.0)
+    assert rows[2]["uniform map"] == pytest.approx(7.0)
+    partial = localisation_rows({"energy_in_lungs": 0.7, "peak_in_infection": None})
+    assert partial[0]["uniform map"] is None and partial[2]["model"] is None
+    assert localisation_rows(None) == [] and localisation_rows({"n": 3}) == []
+
+
+def test_localisation_verdict_is_graded_against_a_uniform_map():
+    assert "no better than a map spread evenly" in localisation_verdict(LOCALISATION)
+    assert "most of the evidence still lies outside" in localisation_verdict(
+        {**LOCALISATION, "energy_in_lungs": 0.4})
+    assert "most of the evidence lies in the lungs" in localisation_verdict(
+        {**LOCALISATION, "energy_in_lungs": 0.75})
+    assert "not measured" in localisation_verdict({})
