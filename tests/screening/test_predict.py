@@ -66,3 +66,43 @@ def test_usage_error_is_non_zero():
     with pytest.raises(SystemExit) as exc:
         main(["predict"])
     assert exc.value.code == 2
+
+
+def test_csv_header_is_exactly_the_documented_columns_in_order():
+    assert ",".join(COLUMNS) == "path,label,p_covid,p_normal,error,ood,lung_evidence"
+
+
+def test_lung_evidence_is_a_share_for_every_scored_film_and_empty_for_failed_ones(
+    folder, tiny_model_file, tiny_lung_file, plant_lungs, capsys
+):
+    status = main(["predict", "--model", str(tiny_model_file), "--lung-model",
+                   str(tiny_lung_file), str(folder)])
+    assert status == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "path,label,p_covid,p_normal,error,ood,lung_evidence"
+    rows = list(csv.DictReader(io.StringIO(out)))
+    scored = [r for r in rows if not r["error"]]
+    assert len(scored) == 2
+    for r in scored:
+        assert 0.0 <= float(r["lung_evidence"]) <= 1.0
+        assert r["ood"] == "false"  # planted lungs are a plausible pair
+    failed = next(r for r in rows if r["error"])
+    assert failed["lung_evidence"] == "" and failed["ood"] == ""
+
+
+def test_a_film_without_plausible_lungs_is_flagged_in_the_csv(
+    folder, tiny_model_file, tiny_lung_file, plant_lungs, capsys
+):
+    plant_lungs.mask_for = lambda shape: np.zeros(shape, bool)  # no lungs at all
+    assert main(["predict", "--model", str(tiny_model_file), "--lung-model",
+                 str(tiny_lung_file), str(folder / "a.png")]) == 0
+    row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert row["ood"] == "true" and row["error"] == ""
+    assert row["lung_evidence"] == "0.0"  # still a value: no evidence lies in no lungs
+
+
+def test_without_a_segmenter_lung_evidence_is_empty(folder, tiny_model_file, tmp_path, capsys):
+    assert main(["predict", "--model", str(tiny_model_file), "--lung-model",
+                 str(tmp_path / "none.keras"), str(folder / "a.png")]) == 0
+    row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert row["error"] == "" and row["lung_evidence"] == ""
