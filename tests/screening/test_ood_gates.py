@@ -1,0 +1,218 @@
+"""The out-of-distribution gates a film passes before it gets triage advice.
+
+* From the DICOM tags: a Modality of CT, MR, US, NM or PT, or a BodyPartExamined
+  other than the chest, is flagged with the tag in the message.
+* From the pixels: colour, odd shapes and blank images (cheap checks), and,
+  with the shipped lung segmenter, films without a plausible pair of lung fields.
+
+pydicom's ``CT_small.dcm`` and ``MR_small.dcm``, a photo and a blank image are
+flagged; real chest X-rays from ``../shared`` pass (skipped when absent). The
+pixel lung gate is tested with the shipped segmenter once it exists; without it
+those tests skip, saying so.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import cbook
+from PIL import Image
+from pydicom.data import get_testdata_file
+
+from covid.explain.inference import Classifier
+from covid.inputs.decode import decode_image
+from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH, LungSegmenter
+from covid.screening.ood import OODDetector, dicom_tag_problem, lung_problem
+from covid.screening.pipeline import analyse
+from covid.screening.triage import NOT_A_CHEST_XRAY
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_LUNGS = ROOT / DEFAULT_LUNG_MODEL_PATH
+N_REAL = 40
+"""Real films per class for the false-flag checks (kept small: a 2-core CPU)."""
+MAX_FALSE_FLAG_RATE = 0.02
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _dicom(name: str) -> bytes:
+    return Path(get_testdata_file(name)).read_bytes()
+
+
+def _untagged(name: str) -> bytes:
+    """A pydicom sample slice as a plain PNG: no tag left to give it away."""
+    return _png(decode_image(_dicom(name), name).pixels)
+
+
+def _photo() -> bytes:
+    return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).read_bytes()
+
+
+def _grey_photo() -> bytes:
+    return _png(np.asarray(Image.open(io.BytesIO(_photo())).convert("L")))
+
+
+def _blank() -> bytes:
+    return _png(np.full((512, 512), 200, np.uint8))
+
+
+def _chest_dicom(body_part: str, modality: str = "CR") -> bytes:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+    ds.Modality, ds.BodyPartExamined = modality, body_part
+    ds.Rows = ds.Columns = 128
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = np.random.default_rng(0).integers(0, 255, (128, 128), np.uint8).tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _real_films(shared_data_dir: Path, n: int = N_REAL) -> list[tuple[str, bytes]]:
+    files = []
+    for label in ("COVID", "Normal"):
+        found = sorted((shared_data_dir / label).glob("*.*"))
+        step = max(1, len(found) // n)
+        files += [(f"{label}/{p.name}", p.read_bytes()) for p in found[::step][:n]]
+    return files
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model_file):
+    return Classifier.from_file(tiny_model_file)
+
+
+# ------------------------------------------------------------ DICOM tags
+
+
+@pytest.mark.parametrize(("name", "modality"), [("CT_small.dcm", "CT"), ("MR_small.dcm", "MR")])
+def test_pydicom_ct_and_mr_slices_are_flagged_by_their_modality_tag(name, modality):
+    decoded = decode_image(_dicom(name), name)
+    reason = dicom_tag_problem(decoded.info)
+    assert reason and f"Modality is {modality}" in reason
+    verdict = OODDetector().assess(decoded, None)
+    assert verdict.flagged and f"Modality is {modality}" in verdict.reason
+
+
+@pytest.mark.parametrize(("part", "flagged"), [("KNEE", True), ("SKULL", True), ("CHEST", False),
+                                               ("", False)])
+def test_a_body_part_other_than_the_chest_is_flagged_with_the_tag(part, flagged):
+    decoded = decode_image(_chest_dicom(part), "film.dcm")
+    reason = dicom_tag_problem(decoded.info)
+    assert bool(reason) == flagged
+    if flagged:
+        assert f"BodyPartExamined is {part}" in reason
+
+
+@pytest.mark.parametrize("modality", ["US", "NM", "PT"])
+def test_other_non_radiograph_modalities_are_flagged(modality):
+    assert f"Modality is {modality}" in dicom_tag_problem({"Modality": modality})
+    assert dicom_tag_problem({"Modality": "CR"}) is None
+    assert dicom_tag_problem({"Modality": "DX", "BodyPartExamined": "CHEST"}) is None
+
+
+# ------------------------------------------------------- the whole gate, no segmenter
+
+
+def test_ct_mr_a_photo_and_a_blank_image_get_the_warning_not_triage_advice(classifier):
+    files = [("CT_small.dcm", _dicom("CT_small.dcm")), ("MR_small.dcm", _dicom("MR_small.dcm")),
+             ("photo.jpg", _photo()), ("blank.png", _blank())]
+    results = analyse(files, classifier, ood=OODDetector())
+    for result in results:
+        assert result.error is None, result.error
+        assert result.ood, result.name
+        assert result.triage.startswith(NOT_A_CHEST_XRAY)
+        assert "admit" not in result.triage.lower() and "go home" not in result.triage.lower()
+    reasons = {r.name: r.ood_reason for r in results}
+    assert "Modality is CT" in reasons["CT_small.dcm"]
+    assert "Modality is MR" in reasons["MR_small.dcm"]
+    assert "colour" in reasons["photo.jpg"] and "blank" in reasons["blank.png"]
+
+
+def test_real_xrays_pass_the_tag_and_pixel_checks(classifier, shared_data_dir):
+    results = analyse(_real_films(shared_data_dir, 10), classifier, ood=OODDetector())
+    assert all(r.error is None for r in results)
+    assert [r.name for r in results if r.ood] == []
+
+
+def test_implausible_lungs_flag_a_film_and_plausible_ones_do_not(classifier, tiny_lung_file,
+                                                                 plant_lungs):
+    segmenter = LungSegmenter.from_file(tiny_lung_file)
+    film = [("film.png", _grey_photo())]
+    passed = analyse(film, classifier, ood=OODDetector(), segmenter=segmenter)[0]
+    assert not passed.ood  # two planted elliptical fields
+    plant_lungs.mask_for = lambda shape: np.zeros(shape, bool)
+    flagged = analyse(film, classifier, ood=OODDetector(), segmenter=segmenter)[0]
+    assert flagged.ood and "no plausible pair of lung fields" in flagged.ood_reason
+    assert flagged.triage.startswith(NOT_A_CHEST_XRAY)
+
+
+# ------------------------------------------------------- the shipped segmenter
+
+
+shipped = pytest.mark.skipif(
+    not SHIPPED_LUNGS.is_file(),
+    reason=f"no shipped lung segmenter at {SHIPPED_LUNGS} (train it with "
+    "python -m covid.train_lungs)",
+)
+
+
+@pytest.fixture(scope="module")
+def shipped_segmenter():
+    return LungSegmenter.from_file(SHIPPED_LUNGS)
+
+
+def non_chest_pixels() -> list[tuple[str, bytes]]:
+    """Grey non-chest images with no tag to give them away: only the pixels can."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[:256, :256]
+    return [
+        ("CT_small.png", _untagged("CT_small.dcm")),
+        ("MR_small.png", _untagged("MR_small.dcm")),
+        ("grey_photo.png", _grey_photo()),
+        ("noise.png", _png(rng.integers(0, 256, (256, 256), dtype=np.uint8))),
+        ("gradient.png", _png(((rows + cols) / 2).astype(np.uint8))),
+    ]
+
+
+@shipped
+@pytest.mark.parametrize("index", range(len(non_chest_pixels())))
+def test_the_shipped_segmenter_finds_no_lungs_in_grey_non_chest_images(
+    index, shipped_segmenter, classifier
+):
+    name, data = non_chest_pixels()[index]
+    seg = shipped_segmenter.segment(decode_image(data, name).pixels)
+    assert lung_problem(seg), f"{name}: the segmenter found a plausible pair of lungs"
+    result = analyse([(name, data)], classifier, ood=OODDetector(),
+                     segmenter=shipped_segmenter)[0]
+    assert result.ood and result.triage.startswith(NOT_A_CHEST_XRAY)
+
+
+@shipped
+def test_the_shipped_segmenter_passes_real_xrays(shipped_segmenter, classifier, shared_data_dir):
+    results = analyse(_real_films(shared_data_dir), classifier, ood=OODDetector(),
+                      segmenter=shipped_segmenter)
+    assert all(r.error is None for r in results)
+    flagged = [(r.name, r.ood_reason) for r in results if r.ood]
+    rate = len(flagged) / len(results)
+    print(f"real X-rays flagged by the tag, pixel and lung gates: {rate:.3f} "
+          f"({len(flagged)}/{len(results)}) {flagged}")
+    assert rate <= MAX_FALSE_FLAG_RATE
+    assert all(r.lung_evidence is not None and 0.0 <= r.lung_evidence <= 1.0 for r in results)
