@@ -182,6 +182,11 @@ def mask_from_probs(probs: np.ndarray, shape: tuple[int, int], threshold: float)
     Returns:
         (H, W) bool mask.
     """
+    return _to_film(_clean_mask(probs, shape, threshold), shape)
+
+
+def _clean_mask(probs: np.ndarray, shape: tuple[int, int], threshold: float) -> np.ndarray:
+    """The thresholded, cleaned mask at the working size of a film of ``shape``."""
     height, width = shape
     scale = min(1.0, WORK_SIDE / max(height, width))
     work = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -191,10 +196,14 @@ def mask_from_probs(probs: np.ndarray, shape: tuple[int, int], threshold: float)
         sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
         keep = 1 + np.argsort(sizes)[::-1][:2]
         mask = np.isin(labels, keep)
-    mask = ndimage.binary_fill_holes(mask)
-    if work == (height, width):
+    return ndimage.binary_fill_holes(mask)
+
+
+def _to_film(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A working-size mask resized smoothly to the film."""
+    if mask.shape == tuple(shape):
         return mask
-    return _resize(mask.astype(np.float32), height, width) > 0.5
+    return _resize(mask.astype(np.float32), *shape) > 0.5
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -329,5 +338,6 @@ class LungSegmenter:
         return self.segment_batch([film])[0]
 
     def _finish(self, probs: np.ndarray, shape: tuple[int, int]) -> LungSegmentation:
-        mask = mask_from_probs(probs, shape, self.metadata.threshold)
-        return LungSegmentation(mask, lung_box(mask), lung_field_problem(mask))
+        work = _clean_mask(probs, shape, self.metadata.threshold)
+        mask = _to_film(work, shape)
+        return LungSegmentation(mask, lung_box(mask), lung_field_problem(work))

@@ -465,9 +465,14 @@ def fit_for_model(args: argparse.Namespace) -> dict:
             len(train_paths), args.max_train, replace=False))
         train_paths, train_labels = [train_paths[i] for i in keep], train_labels[keep]
     val_paths, _ = _split_files(record, "val", root, names)
-    stats = fit_ood(_features(classifier, train_paths), train_labels,
+    segmenter = None
+    if classifier.metadata.input_mode != "full":
+        from covid.model.lungs import LungSegmenter
+
+        segmenter = LungSegmenter.from_file(args.lung_model)
+    stats = fit_ood(_features(classifier, train_paths, segmenter), train_labels,
                     n_components=args.components, seed=args.seed)
-    val_scores = mahalanobis_score(stats, _features(classifier, val_paths))
+    val_scores = mahalanobis_score(stats, _features(classifier, val_paths, segmenter))
     threshold = _quantile_threshold(val_scores, args.max_flag_rate)
     out = save_ood(dataclasses.replace(stats, threshold=threshold), ood_path(args.model))
     entry = {
@@ -485,15 +490,16 @@ def fit_for_model(args: argparse.Namespace) -> dict:
     return entry
 
 
-def _features(classifier, paths: list[Path], chunk: int = 256) -> np.ndarray:
-    """(N, D) pooled features of image files, decoded exactly as served."""
-    from covid.training.data import load_images
+def _features(classifier, paths: list[Path], segmenter=None, chunk: int = 256) -> np.ndarray:
+    """(N, D) pooled features of image files, decoded and focused exactly as served."""
+    from covid.training.lung_data import focused_dataset
 
-    size = classifier.metadata.input_size
+    meta = classifier.metadata
     parts = [np.zeros((0, classifier.n_features), np.float32)]
     for start in range(0, len(paths), chunk):
-        images = load_images(tuple(paths[start : start + chunk]), size, workers=2)
-        parts.append(classifier.features_batch(images.astype(np.float32)))
+        focused = focused_dataset(tuple(paths[start : start + chunk]), meta.input_size,
+                                  meta.input_mode, segmenter, cache_dir=None)
+        parts.append(classifier.features_batch(focused.x.astype(np.float32)))
     return np.concatenate(parts)
 
 
@@ -538,6 +544,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-train", type=int, default=0,
                         help="fit on a random subset of this many training images (0: all)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lung-model", type=Path, default=Path("models/lung_unet.keras"),
+                        help="the lung segmenter (for lung-focused classifiers)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not 0 < args.max_flag_rate < 1:

@@ -278,7 +278,7 @@ def _segmenter_for(meta: ModelMetadata, lung_model: Path):
 
 def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None,
              mask_root: Path | None = None, lung_model: Path = Path("models/lung_unet.keras"),
-             sides: tuple[str, ...] = ("val", "test")) -> dict:
+             sides: tuple[str, ...] = ("val", "test"), gradcam_layer: str | None = None) -> dict:
     """Runs the evaluation and writes the metadata and artefacts beside the model.
 
     Args:
@@ -289,6 +289,8 @@ def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None,
         lung_model: The lung segmenter (needed by lung-focused classifiers).
         sides: ``("val", "test")`` for the full evaluation; ``("val",)`` to compare
             candidates on validation alone (nothing is written then).
+        gradcam_layer: Explain this layer instead of the metadata's (to compare
+            layers on validation; the metadata records the chosen one).
 
     Returns:
         The summary from :func:`summarise` (test) or the validation figures.
@@ -297,6 +299,9 @@ def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None,
 
     classifier = Classifier.from_file(model_path)
     meta = read_metadata(model_path)
+    if gradcam_layer:
+        meta.gradcam_layer = gradcam_layer
+        classifier = Classifier(classifier.model, meta)
     segmenter = _segmenter_for(meta, lung_model)
     split = json.loads(split_path.read_text())
     size = meta.input_size
@@ -370,6 +375,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--masks", type=Path, default=Path("../shared/data/covid-qu-ex-masks"),
                         help="COVID-QU-Ex folder for the localisation figures")
     parser.add_argument("--lung-model", type=Path, default=Path("models/lung_unet.keras"))
+    parser.add_argument("--layer", default=None, help="Grad-CAM layer override (with --val-only "
+                        "to compare; without, it is recorded in the metadata)")
     parser.add_argument("--val-only", action="store_true",
                         help="compare candidates on validation; writes nothing")
     parser.add_argument("--ship", type=Path, default=None,
@@ -382,10 +389,13 @@ def main(argv: list[str] | None = None) -> None:
         split = beside if beside.exists() else artefact_paths(args.model)["split"]
     masks = args.masks if args.masks.is_dir() else None
     if args.val_only:
-        print(json.dumps(evaluate(args.model, split, args.data, masks, args.lung_model, ("val",)),
-                         indent=1, default=str))
+        found = evaluate(args.model, split, args.data, masks, args.lung_model, ("val",),
+                         args.layer)
+        found["val_localisation"].pop("share_per_film", None)
+        print(json.dumps(found, indent=1, default=str))
         return
-    summary = evaluate(args.model, split, args.data, masks, args.lung_model)
+    summary = evaluate(args.model, split, args.data, masks, args.lung_model,
+                       gradcam_layer=args.layer)
     print(json.dumps({k: summary[k] for k in ("temperature", "threshold", "metrics")}, indent=2))
     if args.ship:
         ship(args.model, args.ship)

@@ -186,6 +186,26 @@ def _split(images: list[Path], folders: np.ndarray, seed: int, cache_dir: Path) 
     return split_indices(folders, groups, seed=seed, val_fraction=0.1, test_fraction=0.1)
 
 
+def _to_float32(model):
+    """An uncompiled float32 copy of a (possibly mixed-precision) U-Net, for serving.
+
+    Saving it carries no optimizer state and no bf16 policy, so that it loads
+    on any backend and runs at full speed on CPUs without native bf16.
+    """
+    import keras
+
+    from covid.model.lungs import build_unet
+
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        clean = build_unet(None)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    clean.set_weights(model.get_weights())
+    return clean
+
+
 def train(args: argparse.Namespace) -> Path:
     """Trains (or resumes), evaluates on the held-out split and saves the segmenter.
 
@@ -240,6 +260,7 @@ def train(args: argparse.Namespace) -> Path:
         model.save(checkpoint)
         state_file.write_text(json.dumps(state, indent=1))
     model.load_weights(run / "best.weights.h5")
+    model = _to_float32(model)
     test_masks = read_masks([masks[i] for i in split["test"]])
     test_dice = mean_dice(model, x[split["test"]], test_masks)
     LOG.info("held-out test Dice %.4f", test_dice)
