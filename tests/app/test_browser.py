@@ -6,6 +6,9 @@
 * Five real X-rays dropped at once: the triage table (most suspicious first),
   a row clicked opens its study, and the study's PDF report and the table's CSV
   download; then the model page.
+* With the shipped lung segmenter: a study shows the share of its evidence
+  inside the lungs, and the "Lung outline" switch draws the outline (counted as
+  cyan pixels in the image the browser shows) and takes it away again.
 
 Screenshots are saved to ``test-artifacts/``. The server is the shipped model
 when it exists, else the tiny test model. The tests fail (never skip) when
@@ -28,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from covid.model.classifier import DEFAULT_MODEL_PATH, read_metadata
+from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -78,11 +82,20 @@ def served_model(tiny_model_file) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(served_model, tmp_path_factory):
+def served_lungs(tmp_path_factory) -> Path | None:
+    """The shipped lung segmenter when present, else None (no outline, no share)."""
+    shipped = ROOT / DEFAULT_LUNG_MODEL_PATH
+    return shipped if shipped.is_file() and shipped.with_suffix(".json").is_file() else None
+
+
+@pytest.fixture(scope="module")
+def server(served_model, served_lungs, tmp_path_factory):
     """A ``streamlit run`` subprocess on a free port; always killed afterwards."""
     port = _free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    lungs = served_lungs or tmp_path_factory.mktemp("nolungs") / "absent.keras"
     env = dict(os.environ, COVID_MODEL_PATH=str(served_model), TF_CPP_MIN_LOG_LEVEL="2",
+               COVID_LUNG_MODEL_PATH=str(lungs),
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
            "--server.port", str(port), "--server.address", "127.0.0.1",
@@ -232,7 +245,8 @@ def test_batch_of_real_xrays_table_detail_pdf_and_model_page(shared_data_dir, se
             assert pdf.startswith(b"%PDF") and name == f"{Path(chosen).stem}-report.pdf"
             name, table = _download(page, "Download the table (CSV)")
             lines = table.decode("utf-8").splitlines()
-            assert lines[0] == "file,COVID %,label,out-of-distribution,triage,error"
+            assert lines[0] == ("file,COVID %,label,out-of-distribution,evidence in lungs %,"
+                                "triage,error")
             assert [line.split(",")[0] for line in lines[1:]] == names
 
             page.wait_for_timeout(500)  # let images finish painting for the screenshot
@@ -247,6 +261,81 @@ def test_batch_of_real_xrays_table_detail_pdf_and_model_page(shared_data_dir, se
             expect(page.get_by_text("DeGrave")).to_be_visible()
             page.wait_for_timeout(1500)
             page.screenshot(path=str(ARTIFACTS / "browser_model.png"), full_page=True)
+            assert not page.locator('[data-testid="stException"]').count()
+        finally:
+            browser.close()
+
+
+CYAN_PIXELS_JS = """img => {
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth;
+    canvas.height = img.naturalHeight;
+    const context = canvas.getContext("2d");
+    context.drawImage(img, 0, 0);
+    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+    let cyan = 0;
+    for (let i = 0; i < data.length; i += 4) {
+        if (data[i + 1] - data[i] > 40 && data[i + 2] - data[i] > 40) cyan += 1;
+    }
+    return cyan;
+}"""
+"""Counts cyan-ish pixels (green and blue well above red) in an image as the browser
+decoded it: the outline, blurred a little by the page's JPEG encoding, while a grey
+film has none."""
+
+
+def test_a_study_shows_the_lung_share_and_the_outline_switch_works(
+    shared_data_dir, served_lungs, server
+):
+    from playwright.sync_api import expect, sync_playwright
+
+    if served_lungs is None:
+        pytest.skip(f"no shipped lung segmenter at {ROOT / DEFAULT_LUNG_MODEL_PATH}")
+    xray = _real_xrays(shared_data_dir, "Normal", 1)[0]
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1100})
+            page.goto(server, wait_until="domcontentloaded")
+            expect(page.get_by_text("Research tool, not a medical device.").first).to_be_visible(
+                timeout=SERVER_START_S * 1000
+            )
+            page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files([
+                {"name": xray.name, "mimeType": "image/jpeg", "buffer": xray.read_bytes()},
+            ])
+
+            share = page.get_by_text(re.compile(r"^\d{1,3}% of the evidence lies inside the "
+                                                r"lung fields$"))
+            expect(share).to_be_visible(timeout=RESULT_S * 1000)
+            percent = int(share.inner_text().split("%")[0])
+            assert 0 <= percent <= 100
+            caution = page.get_by_text("the model's evidence lies mostly outside the lungs")
+            expect(caution).to_have_count(1 if percent < 50 else 0)
+
+            plain = page.locator(f'img[alt="X-ray {xray.name}"]')
+            expect(plain).to_be_visible()
+            assert plain.evaluate(CYAN_PIXELS_JS) == 0  # a grey film has no cyan at all
+
+            switch = page.locator('[data-testid="stSidebar"]').get_by_text("Lung outline")
+            switch.click()
+            outlined = page.locator(f'img[alt="X-ray {xray.name} with the lung outline"]')
+            expect(outlined).to_be_visible(timeout=RESULT_S * 1000)
+            page.wait_for_function(
+                "img => img.complete && img.naturalWidth > 0", arg=outlined.element_handle())
+            assert outlined.evaluate(CYAN_PIXELS_JS) > 100  # the outline is drawn
+            overlay = page.locator(
+                f'img[alt="Grad-CAM overlay for {xray.name} with the lung outline"]')
+            expect(overlay).to_be_visible()
+            expect(share).to_have_text(f"{percent}% of the evidence lies inside the lung fields")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "browser_lungs.png"), full_page=True)
+
+            switch.click()  # and off again
+            expect(page.locator(f'img[alt="X-ray {xray.name}"]')).to_be_visible(
+                timeout=RESULT_S * 1000)
+            expect(outlined).to_have_count(0)
             assert not page.locator('[data-testid="stException"]').count()
         finally:
             browser.close()
