@@ -70,11 +70,25 @@ def focus_films(
     if mode != "full" and segmenter is None:
         raise ValueError(f"input mode {mode!r} needs the lung segmenter")
     lungs = segmenter.segment_batch(films) if segmenter is not None else [None] * len(films)
-    out: list[FocusedFilm | NoLungsError] = []
-    for film, seg in zip(films, lungs, strict=True):
-        if mode != "full" and (seg is None or seg.box is None):
-            out.append(NoLungsError("no lung fields found, so the film cannot be focused", seg))
-            continue
-        x, box = lung_focus(film, None if seg is None else seg.mask, size, mode)
-        out.append(FocusedFilm(x, box, seg))
-    return out
+    return [focus_film(f, seg, size, mode) for f, seg in zip(films, lungs, strict=True)]
+
+
+def focus_film(
+    film: np.ndarray, lungs: LungSegmentation | None, size: int, mode: str
+) -> FocusedFilm | NoLungsError:
+    """Focuses one film given its lung segmentation (see :func:`focus_films`).
+
+    Args:
+        film: (H, W) uint8 grayscale film.
+        lungs: Its segmentation, or None where no segmenter ran (``full`` only).
+        size: The classifier's input side.
+        mode: The classifier's input mode.
+
+    Returns:
+        The focused film, or a :class:`NoLungsError` where the mode needs lungs
+        and none were found.
+    """
+    if mode != "full" and (lungs is None or lungs.box is None):
+        return NoLungsError("no lung fields found, so the film cannot be focused", lungs)
+    x, box = lung_focus(film, None if lungs is None else lungs.mask, size, mode)
+    return FocusedFilm(x, box, lungs)

@@ -50,10 +50,42 @@ class FocusedSet:
         return LungBox(*(int(v) for v in self.boxes[i]))
 
 
-def _cache_key(paths: tuple[Path, ...], size: int, mode: str, segmenter_sha: str) -> str:
+def _cache_key(paths: tuple[Path, ...], *parts: str) -> str:
     digest = hashlib.sha256("\n".join(str(p) for p in paths).encode())
-    digest.update(f"{size}|{mode}|{segmenter_sha}".encode())
+    digest.update("|".join(parts).encode())
     return digest.hexdigest()[:16]
+
+
+def _segmentations(paths: tuple[Path, ...], segmenter, cache_dir: Path | None, chunk: int):
+    """Each file's film and lung segmentation, with the masks cached between runs."""
+    from covid.inputs.preprocess import lung_box
+    from covid.model.lungs import LungSegmentation
+
+    films = [read_image(p).pixels for p in paths]
+    cache = None
+    if cache_dir is not None:
+        cache = cache_dir / f"lungs_{_cache_key(paths, segmenter.metadata.sha256)}.npz"
+        if cache.exists():
+            with np.load(cache, allow_pickle=False) as stored:
+                bits, problems = stored["bits"], stored["problems"]
+            segs = []
+            for film, packed, problem in zip(films, bits, problems, strict=True):
+                mask = np.unpackbits(packed)[: film.size].reshape(film.shape).astype(bool)
+                segs.append(LungSegmentation(mask, lung_box(mask), str(problem) or None))
+            return films, segs
+    segs = []
+    for start in range(0, len(films), chunk):
+        segs += segmenter.segment_batch(films[start : start + chunk])
+        LOG.info("segmented %d/%d films", min(start + chunk, len(films)), len(films))
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        width = max(f.size for f in films)
+        bits = np.zeros((len(films), (width + 7) // 8), np.uint8)
+        for i, seg in enumerate(segs):
+            packed = np.packbits(seg.mask.ravel())
+            bits[i, : len(packed)] = packed
+        np.savez(cache, bits=bits, problems=np.asarray([s.problem or "" for s in segs]))
+    return films, segs
 
 
 def focused_dataset(
@@ -66,46 +98,41 @@ def focused_dataset(
 ) -> FocusedSet:
     """Decodes, segments and focuses files exactly as serving does, with a cache.
 
+    The segmentations are cached per segmenter, so that every input mode and
+    size reuses them; the focusing itself is :func:`covid.model.focus.focus_film`,
+    the serving path.
+
     Args:
         paths: N image files.
         size: Classifier input side.
         mode: Input mode (``full``, ``crop``, ``attenuate``, ``crop+attenuate``).
         segmenter: A :class:`covid.model.lungs.LungSegmenter` (None only for ``full``).
-        cache_dir: Where to keep the result between runs (None: no cache).
+        cache_dir: Where to keep the segmentations between runs (None: no cache).
         chunk: Films segmented per batch.
 
     Returns:
         The inputs; a film without lungs falls back to the whole film (``ok`` False).
     """
     from covid.inputs.preprocess import lung_focus
-    from covid.model.focus import focus_films
+    from covid.model.focus import focus_film
 
-    sha = getattr(getattr(segmenter, "metadata", None), "sha256", "none")
-    cache = None
-    if cache_dir is not None:
-        cache = cache_dir / f"focus_{_cache_key(paths, size, mode, sha)}.npz"
-        if cache.exists():
-            with np.load(cache) as stored:
-                return FocusedSet(**{k: stored[k] for k in stored.files})
-    xs, boxes, shapes, areas, oks = [], [], [], [], []
-    for start in range(0, len(paths), chunk):
-        films = [read_image(p).pixels for p in paths[start : start + chunk]]
-        for film, done in zip(films, focus_films(films, size, mode, segmenter), strict=True):
-            ok = not isinstance(done, Exception)
-            x, box = (done.x, done.box) if ok else lung_focus(film, None, size, "full")
-            lungs = done.lungs if ok else None
-            xs.append(x)
-            boxes.append((box.top, box.left, box.side))
-            shapes.append(film.shape)
-            areas.append(float(lungs.mask.mean()) if lungs is not None else 0.0)
-            oks.append(ok)
-        LOG.info("focused %d/%d films", min(start + chunk, len(paths)), len(paths))
-    result = FocusedSet(np.stack(xs), np.asarray(boxes), np.asarray(shapes), np.asarray(areas),
-                        np.asarray(oks))
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, **result.__dict__)
-    return result
+    if segmenter is None:
+        if mode != "full":
+            raise ValueError(f"input mode {mode!r} needs the lung segmenter")
+        films, segs = [read_image(p).pixels for p in paths], [None] * len(paths)
+    else:
+        films, segs = _segmentations(paths, segmenter, cache_dir, chunk)
+    xs, boxes, areas, oks = [], [], [], []
+    for film, seg in zip(films, segs, strict=True):
+        done = focus_film(film, seg, size, mode)
+        ok = not isinstance(done, Exception)
+        x, box = (done.x, done.box) if ok else lung_focus(film, None, size, "full")
+        xs.append(x)
+        boxes.append((box.top, box.left, box.side))
+        areas.append(float(seg.mask.mean()) if seg is not None else 0.0)
+        oks.append(ok)
+    return FocusedSet(np.stack(xs), np.asarray(boxes), np.asarray([f.shape for f in films]),
+                      np.asarray(areas), np.asarray(oks))
 
 
 @dataclass(frozen=True)
@@ -162,7 +189,8 @@ def match_masks(
     index = np.flatnonzero(best <= max_bits)
 
     def _mask(kind: str, film: Path) -> np.ndarray:
-        return np.asarray(Image.open(mask_root / folder / kind / f"{film.stem}.png").convert("L")) > 127
+        path = mask_root / folder / kind / f"{film.stem}.png"
+        return np.asarray(Image.open(path).convert("L")) > 127
 
     return MaskSet(
         index=index,
