@@ -257,9 +257,9 @@ def batch_table_ui(studies: Sequence[Study], meta: ModelMetadata) -> Study | Non
             ),
             LUNGS: st.column_config.NumberColumn(
                 LUNGS, format="%.0f%%", width=120,
-                help="Share of the Grad-CAM energy (class predicted at the shipped operating "
-                "point) inside the segmented lung fields; below 50% the model's evidence lies "
-                "mostly outside the lungs. Click the header to sort.",
+                help="Share of the predicted class's Grad-CAM energy inside the segmented lung "
+                "fields; below 50% the model's evidence lies mostly outside the lungs. Click "
+                "the header to sort.",
             ),
             TRIAGE: st.column_config.TextColumn(TRIAGE, width=320),
             ERROR: st.column_config.TextColumn(ERROR, width=150),
@@ -353,7 +353,7 @@ def page() -> None:
         return
     try:
         studies = at_threshold(analysis_ui(files, classifier, ood, segmenter), classifier,
-                               threshold)
+                               threshold, state.maps_store())
         results_ui(studies, classifier, settings, threshold)
     except Exception:  # a bug must not leave a traceback on a clinician's screen
         LOG.exception("analysis failed")

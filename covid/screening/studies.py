@@ -134,21 +134,40 @@ def score_files(
     return [Study(k, d, store[k]) for k, d in zip(keys, digests, strict=True)]
 
 
-def at_threshold(studies: Sequence[Study], classifier: Classifier, threshold: float) -> list[Study]:
+def at_threshold(
+    studies: Sequence[Study],
+    classifier: Classifier,
+    threshold: float,
+    maps: MutableMapping[tuple[str, int, str], Explanation] | None = None,
+) -> list[Study]:
     """The studies with labels and triage re-derived at an operating point.
 
     Args:
         studies: Scored studies (their results were made at the shipped threshold).
         classifier: The loaded classifier (its ``label_for`` applies the threshold).
         threshold: The operating point in force on P(positive class).
+        maps: Per-session explanations (see :func:`class_map`). When given, a
+            study whose label flips gets the share of evidence inside the lungs
+            of its new label's Grad-CAM (explained once); without it, a flipped
+            study's share is left empty rather than describing the old label.
 
     Returns:
         New studies (same keys) whose results carry the label and triage advice
         at ``threshold``; the cached results are not modified.
     """
     label_for = functools.partial(classifier.label_for, threshold=threshold)
-    positive = classifier.metadata.positive_class
-    return [Study(s.key, s.digest, relabel(s.result, label_for, positive)) for s in studies]
+    meta = classifier.metadata
+    out = []
+    for study in studies:
+        result = relabel(study.result, label_for, meta.positive_class)
+        fresh = Study(study.key, study.digest, result)
+        if result is not study.result and result.lung_evidence is not None:
+            target = meta.class_names.index(result.label)
+            if target != result.cam_target:
+                result.lung_evidence = None if maps is None else evidence_in_lungs(
+                    result, class_map(fresh, classifier, target, "gradcam", maps))
+        out.append(fresh)
+    return out
 
 
 def target_index(result: StudyResult, target: str, class_names: Sequence[str]) -> int:

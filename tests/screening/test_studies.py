@@ -236,3 +236,23 @@ def test_opacity_only_changes_the_overlay():
 def test_report_name():
     assert report_name("COVID-1.png") == "COVID-1-report.pdf"
     assert report_name(" .png") == "study-report.pdf"
+
+
+def test_a_label_flipped_by_the_threshold_gets_the_share_of_its_own_map():
+    lungs = _lungs()
+    cached = _result("a.png", p=0.4, lungs=lungs)  # Normal at the shipped 0.5
+    cached.cam, cached.cam_target, cached.lung_evidence = np.ones((64, 64), np.float32), 1, 0.9
+    study = Study("k", "d", cached)
+    classifier, maps = _FakeClassifier(), {}
+
+    same = at_threshold([study], classifier, 0.45, maps)[0]
+    assert same.result.lung_evidence == 0.9 and not classifier.explained
+
+    flipped = at_threshold([study], classifier, 0.3, maps)[0]  # now COVID
+    assert flipped.result.label == "COVID" and classifier.explained == [(0, "gradcam")]
+    cam = class_map(flipped, classifier, 0, "gradcam", maps)
+    assert flipped.result.lung_evidence == pytest.approx(energy_inside(cam, lungs))
+    at_threshold([study], classifier, 0.3, maps)
+    assert len(classifier.explained) == 1  # explained once per session
+    assert at_threshold([study], classifier, 0.3)[0].result.lung_evidence is None
+    assert cached.lung_evidence == 0.9 and cached.label == "Normal"  # the cache is untouched
