@@ -193,7 +193,8 @@ def _time_training(model_name: str, precision: str, size: int, batch: int, steps
     for _ in range(steps):
         model.train_on_batch(x, y)
     seconds = time.perf_counter() - tick
-    return {"img_per_s": round(batch * steps / seconds, 2), "keras_backend": keras.backend.backend()}
+    rate = round(batch * steps / seconds, 2)
+    return {"img_per_s": rate, "keras_backend": keras.backend.backend()}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

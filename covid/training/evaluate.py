@@ -148,40 +148,55 @@ def _save_plots(summary: dict, meta: ModelMetadata, paths: dict[str, Path]) -> N
 
 
 def _write_scores(path: Path, names: list[str], labels: np.ndarray, logits: np.ndarray,
-                  temperature: float, meta: ModelMetadata) -> None:
+                  temperature: float, meta: ModelMetadata,
+                  lung_evidence: list[float | None]) -> None:
     probs = calibrated_probs(logits, temperature)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "label", "p_covid", "logit_covid", "logit_normal"])
-        for name, label, p, z in zip(names, labels, probs, logits, strict=True):
+        writer.writerow(["file", "label", "p_covid", "logit_covid", "logit_normal",
+                         "lung_evidence"])
+        for name, label, p, z, share in zip(names, labels, probs, logits, lung_evidence,
+                                            strict=True):
             writer.writerow([name, meta.class_names[label], f"{p[meta.positive_index]:.6f}",
-                             f"{z[0]:.5f}", f"{z[1]:.5f}"])
+                             f"{z[0]:.5f}", f"{z[1]:.5f}",
+                             "" if share is None else f"{share:.4f}"])
 
 
-def cam_energy(classifier, images: np.ndarray, labels: np.ndarray) -> dict:
-    """Where Grad-CAM puts its energy on the test split: chest centre, border, corners.
+def cam_energy(classifier, focused: FocusedSet, labels: np.ndarray, targets: np.ndarray) -> dict:
+    """Where the labelled class's Grad-CAM puts its energy on the test split.
+
+    In the model's input: chest centre, border and corners. On the film: the
+    share inside the segmented lungs, as the page shows it.
 
     Args:
         classifier: The loaded :class:`covid.explain.inference.Classifier`.
-        images: (N, S, S, 1) float32 model inputs.
+        focused: The test films' inputs, boxes and lung masks.
         labels: (N,) true class indices.
+        targets: (N,) class indices explained (the labels at the operating point).
 
     Returns:
         Mean energy shares ``overall``, ``per_class`` (true class) and
-        ``by_predicted``, plus each region's share of the image ``area``.
+        ``by_predicted``, each region's share of the image ``area``, and
+        ``lung_evidence``: the per-film share inside the lungs (None without lungs).
     """
     from covid.explain.cam_stats import area_shares, energy_shares, summarise_shares
+    from covid.explain.localisation import cam_to_film, energy_inside
 
-    shares, predicted = [], []
-    for image in images:
-        explanation = classifier.explain(image)
+    shares, lung_evidence = [], []
+    for i, image in enumerate(focused.x.astype(np.float32)):
+        explanation = classifier.explain(image, target=int(targets[i]))
         shares.append(energy_shares(explanation.cam))
-        predicted.append(explanation.target)
+        if focused.lungs is None:
+            lung_evidence.append(None)
+            continue
+        film = cam_to_film(explanation.cam, focused.box(i), focused.lungs[i].shape)
+        lung_evidence.append(energy_inside(film, focused.lungs[i]))
     names = classifier.metadata.class_names
-    summary = summarise_shares(shares, labels.tolist(), names, predicted)
+    summary = summarise_shares(shares, labels.tolist(), names, targets.tolist())
     return {"overall": summary["overall"], "per_class": summary["by_class"],
-            "by_predicted": summary["by_predicted"], "area": area_shares(*images.shape[1:3]),
-            "method": "Grad-CAM of the predicted class", "layer": classifier.gradcam_layer}
+            "by_predicted": summary["by_predicted"], "area": area_shares(*focused.x.shape[1:3]),
+            "method": "Grad-CAM of the class labelled at the operating point",
+            "layer": classifier.gradcam_layer, "lung_evidence": lung_evidence}
 
 
 PAEDIATRIC_MAX_NUMBER = 1341
@@ -319,7 +334,7 @@ def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None,
             LOG.info("%s localisation: %s", side,
                      {k: v for k, v in local[side].items() if k != "share_per_film"})
         if side == "test":
-            energy = cam_energy(classifier, focused.x.astype(np.float32), labels[side])
+            test_focused = focused
         LOG.info("%s: %d images scored", side, len(files))
     if "test" not in sides:
         from sklearn.metrics import roc_auc_score
@@ -332,6 +347,18 @@ def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None,
                         meta.positive_index)
     meta.temperature, meta.threshold = summary["temperature"], summary["threshold"]
     p_test = calibrated_probs(logits["test"], meta.temperature)[:, meta.positive_index]
+    other = 1 - meta.positive_index
+    targets = np.where(p_test >= meta.threshold, meta.positive_index, other)
+    energy = cam_energy(classifier, test_focused, labels["test"], targets)
+    evidence = np.array([np.nan if v is None else v for v in energy["lung_evidence"]])
+    if np.isfinite(evidence).any():
+        summary["metrics"]["lung_evidence_mean"] = {
+            "all": float(np.nanmean(evidence)),
+            **{name: float(np.nanmean(evidence[labels["test"] == c]))
+               for c, name in enumerate(meta.class_names)},
+            "below_half": float(np.nanmean(evidence < 0.5)),
+            "what": "share of the labelled class's Grad-CAM energy inside the segmented lungs",
+        }
     summary["metrics"]["specificity_by_source"] = specificity_by_source(
         names["test"], labels["test"], p_test, meta.threshold, meta.positive_index)
     if "test" in local:
@@ -344,7 +371,7 @@ def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None,
     if split_path.resolve() != paths["split"].resolve():
         shutil.copyfile(split_path, paths["split"])
     _write_scores(paths["scores"], names["test"], labels["test"], logits["test"],
-                  meta.temperature, meta)
+                  meta.temperature, meta, energy.pop("lung_evidence"))
     paths["evaluation"].write_text(json.dumps(
         {"metrics": summary["metrics"], "temperature": meta.temperature,
          "threshold": meta.threshold, "curves": summary["curves"], "cam_energy": energy,

@@ -37,6 +37,7 @@ class FocusedSet:
         shapes: (N, 2) int film shapes (H, W).
         lung_area: (N,) share of each film covered by the segmented lungs.
         ok: (N,) bool, False where the segmenter found no lungs (x is then the whole film).
+        lungs: N (H, W) bool lung masks at each film's resolution (None without a segmenter).
     """
 
     x: np.ndarray
@@ -44,6 +45,7 @@ class FocusedSet:
     shapes: np.ndarray
     lung_area: np.ndarray
     ok: np.ndarray
+    lungs: list[np.ndarray] | None = None
 
     def box(self, i: int) -> LungBox:
         """The i-th film's box."""
@@ -132,7 +134,8 @@ def focused_dataset(
         areas.append(float(seg.mask.mean()) if seg is not None else 0.0)
         oks.append(ok)
     return FocusedSet(np.stack(xs), np.asarray(boxes), np.asarray([f.shape for f in films]),
-                      np.asarray(areas), np.asarray(oks))
+                      np.asarray(areas), np.asarray(oks),
+                      None if segmenter is None else [seg.mask for seg in segs])
 
 
 @dataclass(frozen=True)

@@ -232,7 +232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-images", type=int, default=0, help="tiny-subset runs (per class)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--precision", default="auto", help="auto, float32 or mixed_bfloat16")
-    parser.add_argument("--backend", default="auto", help="chosen by covid.train (see --help there)")
+    parser.add_argument("--backend", default="auto", help="set by python -m covid.train")
     parser.add_argument("--focus", default="crop+attenuate",
                         help="input mode: full, crop, attenuate or crop+attenuate")
     parser.add_argument("--lung-model", type=Path, default=Path("models/lung_unet.keras"))
