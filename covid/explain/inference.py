@@ -1,12 +1,17 @@
 """The loaded classifier: batched logits, calibrated probabilities, features and Grad-CAM.
 
-:class:`Classifier` builds its gradient model and compiles its ``tf.function``
-graphs once, when it is created; every later call reuses them. The wrapped Keras
-model is never modified.
+:class:`Classifier` builds its gradient model and its ``tf.function`` graphs once,
+when it is created; every later call reuses them. :meth:`Classifier.warm_up`
+traces the graphs before the first request; :meth:`Classifier.warm_up_in_background`
+does it in a thread while calls run eagerly, so that a server answers at once.
+Calls from several threads (sessions) are safe: they take turns through the
+network, one batch at a time. The wrapped Keras model is never modified.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +22,13 @@ import tensorflow as tf
 from covid.explain.gradcam import METHODS, build_gradcam_model, find_last_conv_layer, gradcam_step
 from covid.model.calibration import calibrated_probs
 from covid.model.classifier import DEFAULT_MODEL_PATH, LOGITS_LAYER, ModelMetadata, load_model
+
+LOG = logging.getLogger(__name__)
+
+FORWARD = "forward"
+"""The name of the bare forward graph (the explainers are named by their method)."""
+WARM_UP_ORDER = (METHODS[0], FORWARD, *METHODS[1:])
+"""The graphs in the order they are traced: what a first film needs comes first."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,10 @@ class Classifier:
             )
             for method in METHODS
         }
+        self._lock = threading.Lock()  # one batch at a time through the network
+        self._traced: set[str] = set()  # graphs traced by the warm-up
+        self._warming = False  # a background warm-up is running: untraced graphs run eagerly
+        self._warmer: threading.Thread | None = None
 
     @classmethod
     def from_file(cls, path: str | Path = DEFAULT_MODEL_PATH, batch_size: int = 32) -> Classifier:
@@ -135,12 +151,15 @@ class Classifier:
         x = self._check_batch(x)
         logits = [np.zeros((0, self.n_classes), np.float32)]
         features = [np.zeros((0, self.n_features), np.float32)]
+        forward = self._runnable(FORWARD)
         for start in range(0, len(x), self.batch_size):
-            chunk_logits, chunk_features = self._forward(
-                tf.constant(x[start : start + self.batch_size])
-            )
-            logits.append(chunk_logits.numpy())
-            features.append(chunk_features.numpy())
+            with self._lock:  # held for one batch only, so that sessions interleave
+                chunk_logits, chunk_features = forward(
+                    tf.constant(x[start : start + self.batch_size])
+                )
+                chunk_logits, chunk_features = chunk_logits.numpy(), chunk_features.numpy()
+            logits.append(chunk_logits)
+            features.append(chunk_features)
         return np.concatenate(logits), np.concatenate(features)
 
     def logits_batch(self, x: np.ndarray) -> np.ndarray:
@@ -209,17 +228,17 @@ class Classifier:
         if wanted.shape != (len(x),) or wanted.max(initial=-1) >= self.n_classes:
             raise ValueError(f"targets must be {len(x)} class indices below {self.n_classes}")
         out: list[Explanation] = []
+        explainer = self._runnable(method)
         for start in range(0, len(x), self.batch_size):
             stop = start + self.batch_size
-            cams, logits, features, used = self._explainers[method](
-                tf.constant(x[start:stop]), tf.constant(wanted[start:stop])
-            )
-            logits = logits.numpy()
+            with self._lock:  # held for one batch only, so that sessions interleave
+                outputs = explainer(tf.constant(x[start:stop]), tf.constant(wanted[start:stop]))
+                cams, logits, features, used = (t.numpy() for t in outputs)
             probs = calibrated_probs(logits, self.metadata.temperature)
-            for i, cam in enumerate(cams.numpy()):
+            for i, cam in enumerate(cams):
                 out.append(Explanation(probs=probs[i], cam=cam.astype(np.float32),
-                                       target=int(used.numpy()[i]), method=method,
-                                       logits=logits[i], features=features.numpy()[i]))
+                                       target=int(used[i]), method=method,
+                                       logits=logits[i], features=features[i]))
         return out
 
     def explain(
@@ -247,13 +266,71 @@ class Classifier:
         targets = None if target is None else np.array([target], np.int32)
         return self._explain_chunks(batch, targets, method)[0]
 
-    def warm_up(self) -> None:
-        """Traces every compiled graph once, so that no user request pays for tracing."""
+    def _graph(self, name: str):
+        """The compiled graph called ``name`` (:data:`FORWARD` or a CAM method)."""
+        return self._forward if name == FORWARD else self._explainers[name]
+
+    def _runnable(self, name: str):
+        """The graph to call, or its eager twin while a background warm-up has not traced it.
+
+        Without a background warm-up, the graph is returned even when untraced
+        (the first call traces it, as ``tf.function`` does).
+        """
+        if self._warming and name not in self._traced:
+            return self._forward_impl if name == FORWARD else self._explainer_impl(name)
+        return self._graph(name)
+
+    def _trace(self, name: str) -> None:
+        """Traces (and runs once, on a blank image) one compiled graph."""
         size = self.metadata.input_size
-        zeros = np.zeros((1, size, size, 1), np.float32)
-        self.forward_batch(zeros)
-        for method in self._explainers:
-            self._explain_chunks(zeros, None, method)
+        zeros = tf.zeros((1, size, size, 1), tf.float32)
+        graph = self._graph(name)
+        if name == FORWARD:
+            graph(zeros)
+        else:
+            graph(zeros, tf.constant([-1], tf.int32))
+        self._traced.add(name)
+
+    def warm_up(self) -> None:
+        """Traces every compiled graph once, so that no user request pays for tracing.
+
+        The graph a first film needs (prediction with its Grad-CAM) comes first.
+        """
+        for name in WARM_UP_ORDER:
+            if name not in self._traced:
+                self._trace(name)
+
+    def warm_up_in_background(self) -> threading.Thread:
+        """Starts :meth:`warm_up` in a daemon thread and returns at once.
+
+        Until a graph is traced, the calls that need it run eagerly (the same
+        operations, unfused): a film arriving meanwhile is answered without
+        waiting for the tracing. Starting it again returns the same thread.
+
+        Returns:
+            The warm-up thread (``join`` it to wait for every graph).
+        """
+        if self._warmer is None:
+            self._warming = True
+            self._warmer = threading.Thread(
+                target=self._warm_up_then_compile, name="classifier-warm-up", daemon=True
+            )
+            self._warmer.start()
+        return self._warmer
+
+    def _warm_up_then_compile(self) -> None:
+        """The background warm-up; afterwards every call uses the compiled graphs."""
+        try:
+            self.warm_up()
+        except Exception:  # never fatal: the graphs would then trace on first use
+            LOG.exception("warming up the classifier failed")
+        finally:
+            self._warming = False
+
+    def tracing_counts(self) -> dict[str, int]:
+        """How many times each compiled graph has been traced (for tests and checks)."""
+        return {name: self._graph(name).experimental_get_tracing_count()
+                for name in WARM_UP_ORDER}
 
     def label_for(self, p_positive: float, threshold: float | None = None) -> str:
         """The class name at an operating point on the positive-class probability.

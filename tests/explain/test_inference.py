@@ -1,4 +1,5 @@
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
@@ -171,3 +172,60 @@ def test_classifier_leaves_the_model_unchanged(tiny_cnn, tiny_metadata):
     assert tiny_cnn.to_json() == config and len(tiny_cnn.layers) == n_layers
     assert all(np.array_equal(a, b) for a, b in zip(weights, tiny_cnn.get_weights(), strict=True))
     np.testing.assert_array_equal(tiny_cnn(x).numpy(), output)
+
+
+# ------------------------------------------------------------- warm-up and threads
+
+
+def test_warm_up_traces_each_graph_once_and_no_later_call_traces_again(classifier):
+    assert set(classifier.tracing_counts().values()) == {0}
+    classifier.warm_up()
+    assert classifier.tracing_counts() == {"gradcam": 1, "forward": 1, "gradcam++": 1}
+
+    x = _images(6)
+    classifier.explain(x[0])  # the first request after load
+    classifier.explain(x[1], target=0, method="gradcam++")
+    classifier.explain_batch(x)  # another batch size, two chunks of 4 and 2
+    classifier.predict_batch(x[:3])
+    classifier.features_batch(x[:1])
+    assert classifier.tracing_counts() == {"gradcam": 1, "forward": 1, "gradcam++": 1}
+
+
+def test_a_background_warm_up_answers_at_once_and_then_uses_the_graphs(tiny_cnn, tiny_metadata):
+    x = _images(3)
+    reference = Classifier(tiny_cnn, tiny_metadata)
+    expected = reference.explain_batch(x)
+
+    clf = Classifier(tiny_cnn, tiny_metadata)
+    release, trace = threading.Event(), clf._trace
+    clf._trace = lambda name: (release.wait(60), trace(name))  # a slow tracer
+    thread = clf.warm_up_in_background()
+    assert clf.warm_up_in_background() is thread  # started once
+    during = clf.explain_batch(x)  # answered while nothing is traced yet: eagerly
+    assert set(clf.tracing_counts().values()) == {0}
+    release.set()
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert clf.tracing_counts() == {"gradcam": 1, "forward": 1, "gradcam++": 1}
+    after = clf.explain_batch(x)
+    assert clf.tracing_counts() == {"gradcam": 1, "forward": 1, "gradcam++": 1}
+    for a, b, c in zip(expected, during, after, strict=True):
+        np.testing.assert_allclose(b.probs, a.probs, atol=1e-5)
+        np.testing.assert_allclose(b.cam, a.cam, atol=1e-4)
+        np.testing.assert_allclose(c.probs, a.probs, atol=1e-5)
+        assert a.target == b.target == c.target
+
+
+def test_threads_calling_at_once_each_get_their_own_answers(classifier):
+    from concurrent.futures import ThreadPoolExecutor
+
+    classifier.warm_up()
+    batches = [_images(3, seed=s) for s in range(6)]
+    expected = [classifier.explain_batch(b, method="gradcam++") for b in batches]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        got = list(pool.map(lambda b: classifier.explain_batch(b, method="gradcam++"), batches))
+    for want, have in zip(expected, got, strict=True):
+        for a, b in zip(want, have, strict=True):
+            np.testing.assert_allclose(b.probs, a.probs, atol=1e-6)
+            np.testing.assert_allclose(b.cam, a.cam, atol=1e-6)
+    assert classifier.tracing_counts()["gradcam++"] == 1
