@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -290,6 +291,7 @@ class LungSegmenter:
         self._forward = tf.function(
             lambda x: model(x, training=False), input_signature=[spec], reduce_retracing=True
         )
+        self._lock = threading.Lock()  # one batch at a time, whatever the thread (session)
 
     @classmethod
     def from_file(cls, path: str | Path = DEFAULT_LUNG_MODEL_PATH) -> LungSegmenter:
@@ -314,7 +316,8 @@ class LungSegmenter:
         if len(x) == 0:
             size = self.metadata.input_size
             return np.zeros((0, size, size), np.float32)
-        return self._forward(x).numpy()[..., 0]
+        with self._lock:
+            return self._forward(x).numpy()[..., 0]
 
     def segment_batch(self, films: list[np.ndarray]) -> list[LungSegmentation]:
         """Segments films of any sizes.
