@@ -52,6 +52,8 @@ XRAY_OUTLINE = (0, 255, 255)
 """The lung outline's colour over the plain X-ray (cyan)."""
 MAP_OUTLINE = (255, 255, 255)
 """The lung outline's colour over a map (white: in no colour map offered, unlike cyan)."""
+MAX_STUDIES = 50
+"""Files one session keeps scored at a time (its memory stays bounded); the rest get an error."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ def score_files(
     ood: Any | None = None,
     progress: Callable[[float], None] | None = None,
     segmenter: LungSegmenter | None = None,
+    limit: int = MAX_STUDIES,
 ) -> list[Study]:
     """Scores uploads, running the network only for files not scored before.
 
@@ -109,10 +112,13 @@ def score_files(
         files: (name, bytes) pairs in upload order.
         classifier: The loaded classifier.
         store: Per-session results keyed by models, content and name; pruned to
-            the current uploads so that it never outgrows them.
+            the current uploads so that it never outgrows them, and never holding
+            more than ``limit`` results.
         ood: The out-of-distribution detector, or None.
         progress: Called with the fraction done while new files are scored.
         segmenter: The lung segmenter, or None (then no lungs, outline or share).
+        limit: The most files scored; later ones get an error naming them and
+            the limit (nothing of theirs is kept).
 
     Returns:
         One :class:`Study` per file, in upload order.
@@ -122,16 +128,21 @@ def score_files(
         models += f"+{segmenter.metadata.sha256[:8]}"
     digests = [content_digest(data) for _, data in files]
     keys = [f"{models}:{d}:{name}" for (name, _), d in zip(files, digests, strict=True)]
-    missing = [i for i, key in enumerate(keys) if key not in store]
+    kept = set(keys[:limit])
+    for stale in set(store) - kept:  # removed files are dropped before new ones are scored
+        del store[stale]
+    missing = [i for i, key in enumerate(keys[:limit]) if key not in store]
     if missing:
         # looked up on the module at call time, so that a substituted pipeline is used
         fresh = pipeline.analyse([files[i] for i in missing], classifier, ood=ood,
                                  progress=progress, segmenter=segmenter)
         for i, result in zip(missing, fresh, strict=True):
             store[keys[i]] = result
-    for stale in set(store) - set(keys):
-        del store[stale]
-    return [Study(k, d, store[k]) for k, d in zip(keys, digests, strict=True)]
+    over = [StudyResult(name=name, error=f"{name}: not scored; a session scores at most "
+                        f"{limit} files at a time. Remove some files to score this one.")
+            for name, _ in files[limit:]]
+    results = [store[k] for k in keys[:limit]] + over
+    return [Study(k, d, r) for k, d, r in zip(keys, digests, results, strict=True)]
 
 
 def at_threshold(

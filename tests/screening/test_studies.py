@@ -123,6 +123,26 @@ def test_a_segmenter_is_passed_on_and_keys_its_own_results(analysed, monkeypatch
     assert without[0].key != with_lungs[0].key and list(store) == [with_lungs[0].key]
 
 
+def test_a_session_keeps_at_most_limit_results_and_drops_removed_files(analysed):
+    classifier, store = _FakeClassifier(), {}
+    files = [(f"{i}.png", bytes([i])) for i in range(5)]
+    studies = score_files(files, classifier, store, limit=3)
+    assert analysed == [["0.png", "1.png", "2.png"]] and len(store) == 3
+    assert [s.result.name for s in studies] == [name for name, _ in files]
+    for study in studies[3:]:  # over the limit: named, with the reason, nothing kept
+        assert study.result.error.startswith(f"{study.result.name}: not scored")
+        assert "at most 3 files" in study.result.error and study.result.probs is None
+        assert study.key not in store
+
+    # removing files frees room: the next ones are scored, the removed ones forgotten
+    studies = score_files(files[2:], classifier, store, limit=3)
+    assert analysed[-1] == ["3.png", "4.png"]
+    assert sorted(store) == sorted(s.key for s in studies) and len(store) == 3
+    assert all(s.result.error is None for s in studies)
+    score_files([], classifier, store, limit=3)
+    assert store == {}
+
+
 def test_same_content_under_another_name_is_its_own_study(analysed):
     studies = score_files([("a.png", b"1"), ("copy.png", b"1")], _FakeClassifier(), {})
     assert studies[0].digest == studies[1].digest and studies[0].key != studies[1].key
