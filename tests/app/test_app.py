@@ -404,11 +404,12 @@ def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, eval
     at.slider(key="op_threshold").set_value(0.0).run()
     assert not at.exception
     assert _metric(at, "Sensitivity") == "100.0%" and _metric(at, "Specificity") == "0.0%"
-    assert len(at.image) == 3  # ROC, confusion matrix, reliability diagram
+    # ROC, confusion matrix, reliability (and the lung share histogram when measured)
+    assert len(at.image) == 3 + _has_lung_evidence(at)
 
     energy = json.loads(artefact_paths(evaluated_model)["evaluation"].read_text())["cam_energy"]
     assert f"{energy['overall']['central']:.0%} of the Grad-CAM energy" in _texts(at)
-    groups = at.dataframe[-1].value["group"].tolist()
+    groups = next(d.value for d in at.dataframe if "group" in d.value)["group"].tolist()
     assert groups == ["All test images", "True COVID", "True Normal", "Uniform map (area)"]
 
 
@@ -434,11 +435,39 @@ def test_model_page_without_cam_energy_says_it_was_not_measured(serve, evaluated
     path.write_text(json.dumps(evaluation))
     at = _open_model_page(serve(copy).run())
     assert "Not measured yet" in _texts(at)
-    assert len(at.image) == 3
+    # ROC, confusion matrix, reliability (and the lung share histogram when measured)
+    assert len(at.image) == 3 + _has_lung_evidence(at)
 
 
-def test_model_page_without_lung_figures_says_they_were_not_measured(serve, evaluated_model):
-    at = _open_model_page(serve(evaluated_model).run())
+def _has_lung_evidence(at: AppTest) -> bool:
+    return not any("hold no `lung_evidence` column" in i.value for i in at.info)
+
+
+def test_model_page_without_lung_figures_says_they_were_not_measured(
+    serve, evaluated_model, tmp_path
+):
+    import csv
+
+    from covid.training.evaluate import artefact_paths, ship
+
+    copy = tmp_path / "copy.keras"  # as the v1 files: no lung column, no localisation
+    ship(evaluated_model, copy)
+    scores = artefact_paths(copy)["scores"]
+    rows = list(csv.DictReader(io.StringIO(scores.read_text())))
+    with open(scores, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, [k for k in rows[0] if k != "lung_evidence"],
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    raw = json.loads(copy.with_suffix(".json").read_text())
+    raw["metrics"].pop("localisation", None)
+    copy.with_suffix(".json").write_text(json.dumps(raw))
+    path = artefact_paths(copy)["evaluation"]
+    evaluation = json.loads(path.read_text())
+    evaluation.get("metrics", {}).pop("localisation", None)
+    path.write_text(json.dumps(evaluation))
+
+    at = _open_model_page(serve(copy).run())
     text = _texts(at)
     assert "how its Grad-CAM maps sit against radiologists' lung and infection masks" in text
     assert "hold no `lung_evidence` column" in text
