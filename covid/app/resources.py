@@ -1,4 +1,9 @@
-"""The ``st.cache_resource`` loaders: the model and its detector, once per process.
+"""The ``st.cache_resource`` loaders: the models and the detector, once per process.
+
+Every session shares what they return. The classifier is warmed up as it loads
+(its graphs traced in a background thread while early films are answered
+eagerly) and the lung segmenter before it is returned, so that no request pays
+for tracing.
 
 Set ``COVID_MODEL_PATH`` to serve another ``.keras`` model than the shipped one,
 and ``COVID_LUNG_MODEL_PATH`` for another lung segmenter. The loaders are keyed
@@ -63,7 +68,11 @@ def load_classifier(path: str, stamp: tuple[int, int]) -> Classifier:
     del stamp  # part of the cache key only
     from covid.explain.inference import Classifier  # deferred: imports TensorFlow
 
-    return Classifier.from_file(path)
+    classifier = Classifier.from_file(path)
+    # Traced in a thread from now on; a film arriving meanwhile is answered eagerly,
+    # so that neither the first visitor nor the first film waits for the tracing.
+    classifier.warm_up_in_background()
+    return classifier
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -105,7 +114,9 @@ def load_lung_segmenter(path: str, stamp: tuple[int, int]) -> LungSegmenter:
     del stamp  # part of the cache key only
     from covid.model.lungs import LungSegmenter
 
-    return LungSegmenter.from_file(path)
+    segmenter = LungSegmenter.from_file(path)
+    segmenter.warm_up()  # a small graph: traced now, before the first film
+    return segmenter
 
 
 def segmenter_for(classifier: Classifier) -> LungSegmenter | None:

@@ -78,8 +78,43 @@ def header_ui() -> None:
     disclaimer_ui()
 
 
+RESULTS = "results"
+"""The key of the results fragment (the batch table and the open study)."""
+
+
+def rerun_results() -> None:
+    """Control callback: rerun only the results fragment, not the whole page.
+
+    Only when the fragment is on the page; otherwise the full rerun goes ahead.
+    The display radio is left out: it enables and disables other controls,
+    which a full rerun redraws.
+    """
+    if state.results_shown():
+        st.rerun(RESULTS)
+
+
+def settings_in_force(lungs: bool) -> DisplaySettings:
+    """The display settings from this session's controls (their defaults before they exist).
+
+    Args:
+        lungs: Whether a lung segmenter runs (else no outline).
+    """
+    values = st.session_state
+    return DisplaySettings(
+        target=values.get("target", PREDICTED),
+        method=METHODS[values.get("method", next(iter(METHODS)))],
+        view=values.get("view", VIEWS[0]),
+        colormap=values.get("colormap", DEFAULT_COLORMAP),
+        opacity=float(values.get("opacity", DEFAULT_OPACITY)),
+        outline=bool(values.get("outline", False) and lungs),
+    )
+
+
 def controls_ui(class_names: Sequence[str], lungs: bool = True) -> DisplaySettings:
     """The explanation controls, in the sidebar (kept across page switches).
+
+    A change reruns only the results fragment (:func:`results_fragment`), except
+    for the display radio, which reruns the page.
 
     Args:
         class_names: The model's classes.
@@ -94,11 +129,13 @@ def controls_ui(class_names: Sequence[str], lungs: bool = True) -> DisplaySettin
             "Class to explain",
             [PREDICTED, *class_names],
             key="target",
+            on_change=rerun_results,
             help="Grad-CAM shows which regions raise the chosen class's score.",
             persist_state="session",
         )
         method = st.radio(
-            "Method", list(METHODS), key="method", horizontal=True, persist_state="session"
+            "Method", list(METHODS), key="method", horizontal=True, persist_state="session",
+            on_change=rerun_results,
         )
         view = st.radio("Display", VIEWS, key="view", persist_state="session")
         names = list(colormap_names())
@@ -107,6 +144,7 @@ def controls_ui(class_names: Sequence[str], lungs: bool = True) -> DisplaySettin
             names,
             index=names.index(DEFAULT_COLORMAP) if DEFAULT_COLORMAP in names else 0,
             key="colormap",
+            on_change=rerun_results,
             disabled=view == "Contour lines",
             persist_state="session",
         )
@@ -117,6 +155,7 @@ def controls_ui(class_names: Sequence[str], lungs: bool = True) -> DisplaySettin
             value=DEFAULT_OPACITY,
             step=0.05,
             key="opacity",
+            on_change=rerun_results,
             disabled=view != "Overlay",
             persist_state="session",
         )
@@ -124,6 +163,7 @@ def controls_ui(class_names: Sequence[str], lungs: bool = True) -> DisplaySettin
             "Lung outline",
             value=False,
             key="outline",
+            on_change=rerun_results,
             disabled=not lungs,
             persist_state="session",
             help="Draw the segmented lung fields' edge over the X-ray and over the map."
@@ -310,6 +350,23 @@ def results_ui(
         safe_detail_ui(chosen, classifier, settings, maps, threshold)
 
 
+@st.fragment(key=RESULTS)
+def results_fragment(
+    studies: Sequence[Study], classifier: Classifier, threshold: float, lungs: bool
+) -> None:
+    """:func:`results_ui` as a fragment: a control change or a row click reruns only this.
+
+    The display settings are read from the controls on every run, so a
+    fragment rerun (called with the last full run's arguments) draws the
+    current ones; the network runs only for a map not computed before.
+    """
+    try:
+        results_ui(studies, classifier, settings_in_force(lungs), threshold)
+    except Exception:  # a bug must not leave a traceback on a clinician's screen
+        LOG.exception("showing the results failed")
+        st.error("The results could not be shown; the error was logged on the server.")
+
+
 def analysis_ui(
     files: Sequence[tuple[str, bytes]], classifier: Classifier, ood: Any | None,
     segmenter: LungSegmenter | None = None,
@@ -344,17 +401,20 @@ def page() -> None:
         return
     meta = classifier.metadata
     threshold = state.threshold_in_force(meta)
-    settings = controls_ui(meta.class_names, lungs=segmenter is not None)
+    controls_ui(meta.class_names, lungs=segmenter is not None)
     model_card_ui(meta, threshold)
     operating_point_notice_ui(meta, threshold)
     files = current_batch_ui(upload_ui())
+    state.results_shown(False)
     if not files:
+        state.drop_studies()  # removed files take their results and maps with them
         st.info("Upload one or more chest X-rays to begin.", icon=":material/upload_file:")
         return
     try:
         studies = at_threshold(analysis_ui(files, classifier, ood, segmenter), classifier,
                                threshold, state.maps_store())
-        results_ui(studies, classifier, settings, threshold)
+        results_fragment(studies, classifier, threshold, segmenter is not None)
+        state.results_shown(True)
     except Exception:  # a bug must not leave a traceback on a clinician's screen
         LOG.exception("analysis failed")
         st.error("The analysis failed unexpectedly; the error was logged on the server.")

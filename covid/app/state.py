@@ -31,6 +31,8 @@ _CHOSEN_KEY = "_covid_chosen"
 """The key of the study opened from the batch table."""
 _PAGE_KEY = "_covid_page"
 """The URL path of the page shown last."""
+_RESULTS_KEY = "_covid_results_shown"
+"""Whether the last full run drew the results fragment (the controls may rerun it alone)."""
 THRESHOLD_WIDGET = "op_threshold"
 """The model page's threshold slider."""
 PREVALENCE_WIDGET = "op_prevalence"
@@ -48,6 +50,12 @@ def studies_store() -> dict[str, Any]:
 def maps_store() -> dict[tuple[str, int, str], Any]:
     """This session's maps (see :func:`covid.screening.studies.class_map`)."""
     return st.session_state.setdefault(_CAMS_KEY, {})
+
+
+def drop_studies() -> None:
+    """Forgets this session's results and maps (no file is uploaded any more)."""
+    studies_store().clear()
+    maps_store().clear()
 
 
 # ------------------------------------------------------------- page and batch
@@ -106,6 +114,13 @@ def choose_study(key: str | None) -> None:
         st.session_state.pop(_CHOSEN_KEY, None)
     else:
         st.session_state[_CHOSEN_KEY] = key
+
+
+def results_shown(shown: bool | None = None) -> bool:
+    """Whether the results fragment is on the page; records it when ``shown`` is given."""
+    if shown is not None:
+        st.session_state[_RESULTS_KEY] = shown
+    return bool(st.session_state.get(_RESULTS_KEY, False))
 
 
 # ---------------------------------------------------------------- operating point

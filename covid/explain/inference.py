@@ -301,7 +301,7 @@ class Classifier:
                 self._trace(name)
 
     def warm_up_in_background(self) -> threading.Thread:
-        """Starts :meth:`warm_up` in a daemon thread and returns at once.
+        """Starts :meth:`warm_up` in a thread and returns at once.
 
         Until a graph is traced, the calls that need it run eagerly (the same
         operations, unfused): a film arriving meanwhile is answered without
@@ -312,8 +312,9 @@ class Classifier:
         """
         if self._warmer is None:
             self._warming = True
+            # not a daemon: an interpreter exiting mid-trace would abort in TensorFlow
             self._warmer = threading.Thread(
-                target=self._warm_up_then_compile, name="classifier-warm-up", daemon=True
+                target=self._warm_up_then_compile, name="classifier-warm-up", daemon=False
             )
             self._warmer.start()
         return self._warmer

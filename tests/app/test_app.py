@@ -111,6 +111,42 @@ def calls(monkeypatch):
     return counts
 
 
+@pytest.fixture
+def runs(monkeypatch):
+    """Counts full runs of the screening page and runs of its results fragment."""
+    import covid.app.screening as screening
+
+    counts = {"page": 0, "results": 0}
+    header, results = screening.header_ui, screening.results_ui
+
+    def counting_header():
+        counts["page"] += 1
+        header()
+
+    def counting_results(*args, **kwargs):
+        counts["results"] += 1
+        results(*args, **kwargs)
+
+    monkeypatch.setattr(screening, "header_ui", counting_header)
+    monkeypatch.setattr(screening, "results_ui", counting_results)
+    return counts
+
+
+def _fragment_control(at: AppTest, runs: dict, kind: str, key: str, value) -> list:
+    """Sets a sidebar control and checks that only the results fragment reran.
+
+    Returns the images the fragment drew, then runs the page in full: an AppTest
+    keeps only the last run's elements (a browser keeps the rest of the page).
+    """
+    page, results = runs["page"], runs["results"]
+    getattr(at, kind)(key=key).set_value(value).run()
+    assert not at.exception
+    assert (runs["page"], runs["results"]) == (page, results + 1)
+    drawn = [img.value for img in at.image]
+    at.run()
+    return drawn
+
+
 def _texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [a.value for a in (*at.warning, *at.info)]
     parts += [a.value for a in (*at.error, *at.success)] + [c.value for c in at.caption]
@@ -254,30 +290,53 @@ def test_one_readable_xray_opens_directly_beside_the_errors(make_app, meta):
     assert set(_percentages(at, meta.class_names)) == set(meta.class_names)
 
 
-def test_display_controls_do_not_rerun_the_network(make_app, meta, calls):
+def test_display_controls_rerun_only_the_results_and_not_the_network(make_app, meta, calls,
+                                                                      runs):
     at = make_app().run()
     at.file_uploader(key="uploads").set_value(("chest.png", _png(3), "image/png")).run()
     assert not at.exception
     assert calls["forward"] == 1 and not calls["explain"]  # the pipeline's map is reused
+    shown = [img.value for img in at.image]
 
-    at.slider(key="opacity").set_value(0.8).run()
-    at.selectbox(key="colormap").set_value(at.selectbox(key="colormap").options[-1]).run()
-    at.radio(key="view").set_value("Heatmap alone").run()
+    drawn = _fragment_control(at, runs, "slider", "opacity", 0.8)
+    assert drawn[0] == shown[0] and drawn[1] != shown[1]  # the same X-ray, a new overlay
+    _fragment_control(at, runs, "selectbox", "colormap", at.selectbox(key="colormap").options[-1])
+    page = runs["page"]
+    at.radio(key="view").set_value("Heatmap alone").run()  # enables other controls: full run
+    assert runs["page"] == page + 1 and at.slider(key="opacity").disabled
     at.radio(key="view").set_value("Contour lines").run()
     at.radio(key="view").set_value("Overlay").run()
     assert not at.exception
     assert calls["forward"] == 1 and not calls["explain"]
 
-    at.radio(key="method").set_value("Grad-CAM++").run()
+    _fragment_control(at, runs, "radio", "method", "Grad-CAM++")
     assert calls["forward"] == 1 and calls["explain"][-1][1] == "gradcam++"
     for name in meta.class_names:
-        at.selectbox(key="target").set_value(name).run()
+        _fragment_control(at, runs, "selectbox", "target", name)
     assert not at.exception
     explained = set(calls["explain"])
     assert len(explained) == len(calls["explain"])  # never the same map twice
     assert {t for t, m in explained if m == "gradcam++"} == set(range(len(meta.class_names)))
     assert calls["forward"] == 1
     assert any("Grad-CAM++" in c for img in at.image for c in img.captions)
+
+
+def test_a_control_change_with_no_results_reruns_the_page_and_brings_back_no_study(
+    make_app, runs
+):
+    at = make_app().run()
+    page = runs["page"]
+    at.slider(key="opacity").set_value(0.7).run()  # no results fragment: the page reruns
+    assert not at.exception and runs["page"] == page + 1
+    at.file_uploader(key="uploads").set_value(("chest.png", _png(3), "image/png")).run()
+    assert [h.value for h in at.subheader] == ["chest.png"]
+
+    at.file_uploader(key="uploads").set_value([]).run()  # the file removed
+    page = runs["page"]
+    at.slider(key="opacity").set_value(0.5).run()
+    assert not at.exception and runs["page"] == page + 1
+    assert not at.subheader and not at.image
+    assert not at.session_state["_covid_studies"] and not at.session_state["_covid_cams"]
 
 
 def test_out_of_distribution_image_gets_warning_and_no_triage(make_app, meta):
@@ -731,6 +790,7 @@ def test_the_outline_switch_draws_the_lungs_over_the_xray_and_the_map(lungs_app,
                for c in captions)
     drawn = [img.value for img in at.image]
     assert len(drawn) == len(plain) and all(a != b for a, b in zip(plain, drawn, strict=True))
+    at.run()  # the switch reran only the results: an AppTest then holds nothing else
 
     for view in ("Heatmap alone", "Contour lines"):  # over every display of the map
         at.radio(key="view").set_value(view).run()
