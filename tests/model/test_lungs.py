@@ -83,6 +83,13 @@ def test_plausible_lungs_pass_and_implausible_masks_say_why():
     same_side[40:160, 10:40] = True
     same_side[40:160, 50:90] = True
     assert "midline" in lung_field_problem(same_side)
+    air_beside_a_body = np.zeros((100, 100), bool)
+    air_beside_a_body[10:90, :25] = True
+    air_beside_a_body[10:90, 75:] = True
+    assert "edges" in lung_field_problem(air_beside_a_body)
+    one_touching = two_lungs()
+    one_touching[60:140, :30] = True  # a real left lung may touch the border
+    assert lung_field_problem(one_touching) is None
 
 
 @pytest.fixture(scope="module")
