@@ -72,9 +72,10 @@ def to_batch(images: list[np.ndarray], size: int) -> np.ndarray:
 LUNG_MARGIN = 0.08
 """Margin added on every side of the lungs' bounding box, as a share of its size."""
 
-FOCUS_MODES = ("full", "crop", "attenuate", "crop+attenuate")
+FOCUS_MODES = ("full", "crop", "attenuate", "crop+attenuate", "crop+mask")
 """Lung-focused inputs: the whole film, the lungs' square box, the whole film with
-the outside of the lungs attenuated, or both together."""
+the outside of the lungs attenuated, both together, or the box with the outside
+of the (slightly grown, softened) lungs blacked out."""
 
 OUTSIDE_WEIGHT = 0.3
 """Intensity kept outside the (dilated, softened) lung fields by ``attenuate``."""
@@ -193,8 +194,8 @@ def lung_focus(
     film = crop_to_box(pixels, box).astype(np.float32)
     lungs = crop_to_box(mask.astype(bool), box)
     film = _resize_float(film, size)
-    if mode.endswith("attenuate"):
+    if mode.endswith(("attenuate", "mask")):
         lungs_small = _resize_float(lungs.astype(np.float32), size) > 0.5
-        film = film * _soft_weight(lungs_small, outside)
+        film = film * _soft_weight(lungs_small, 0.0 if mode.endswith("mask") else outside)
     x = np.clip(np.rint(film), 0, 255).astype(np.uint8)
     return x[:, :, np.newaxis], box

@@ -234,7 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", help="auto, float32 or mixed_bfloat16")
     parser.add_argument("--backend", default="auto", help="set by python -m covid.train")
     parser.add_argument("--focus", default="crop+attenuate",
-                        help="input mode: full, crop, attenuate or crop+attenuate")
+                        help="input mode: full, crop, attenuate, crop+attenuate or crop+mask")
     parser.add_argument("--lung-model", type=Path, default=Path("models/lung_unet.keras"))
     parser.add_argument("--init", type=Path, default=None,
                         help="start from this classifier's weights (e.g. the shipped v1)")

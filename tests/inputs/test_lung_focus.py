@@ -57,6 +57,14 @@ def test_attenuation_keeps_the_lungs_and_darkens_far_outside():
     assert corner_ratio == pytest.approx(0.3, abs=0.05)
 
 
+def test_masking_blacks_out_far_outside_and_keeps_the_lungs():
+    film, mask = synthetic_film()
+    plain, _ = lung_focus(film, mask, 128, "crop")
+    masked, _ = lung_focus(film, mask, 128, "crop+mask")
+    assert masked[2, 2, 0] == 0 and plain[2, 2, 0] > 0
+    assert masked[64, 40, 0] == plain[64, 40, 0]  # inside the left lung
+
+
 def test_modes_that_need_lungs_refuse_without_them():
     film, mask = synthetic_film()
     with pytest.raises(ValueError, match="lung mask"):
@@ -71,6 +79,7 @@ GOLDEN_SHA256 = {
     "crop": "d98151345f75177ce4e7c5aaf62a1a6d82b9315f6e7d1e9e9114cc8c3c060feb",
     "attenuate": "974bdfe30cb1183d94aec78b607aa845c96fd571f93d15101206f03aaff43c73",
     "crop+attenuate": "2b1a1dea4b65e7ab94453dbf4103799459ef985db4c59f8f366653bf337d2bbe",
+    "crop+mask": "9eee37e0a3e0fe85e8f304ef3ce67d5ecd7a618daeb048e2d4e6f69f0b3b14c8",
 }
 
 
