@@ -82,13 +82,16 @@ STUDY_SHOWN = """name => {
   return flagged ? "flagged" : false;
 }"""
 
-# True once the triage table shows ``rows`` rows and an alert names the broken file.
+# True once the triage table is drawn for ``rows`` files and an alert names the broken file.
+# (The grid renders only the rows in view, so its caption gives the count.)
 TABLE_SHOWN = """([rows, broken]) => {
-  const cells = document.querySelectorAll(
-    '[data-testid="stDataFrame"] [data-testid^="glide-cell-1-"]');
+  const grid = document.querySelector(
+    '[data-testid="stDataFrame"] [data-testid="glide-cell-1-0"]');
+  const counted = [...document.querySelectorAll('[data-testid="stCaptionContainer"]')]
+    .some(c => c.innerText.startsWith(rows + ' files, most suspicious first'));
   const named = [...document.querySelectorAll('[data-testid="stAlert"]')]
     .some(a => a.innerText.includes(broken));
-  return cells.length >= rows && (broken === '' || named);
+  return grid !== null && counted && (broken === '' || named);
 }"""
 
 

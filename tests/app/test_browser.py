@@ -6,6 +6,8 @@
 * Five real X-rays dropped at once: the triage table (most suspicious first),
   a row clicked opens its study, and the study's PDF report and the table's CSV
   download; then the model page.
+* Four sessions dropping different films at the same time: each sees its own
+  study (or table) and nothing of the others', and no page shows a traceback.
 * With the shipped lung segmenter: a study shows the share of its evidence
   inside the lungs, and the "Lung outline" switch draws the outline (counted as
   cyan pixels in the image the browser shows) and takes it away again.
@@ -337,5 +339,73 @@ def test_a_study_shows_the_lung_share_and_the_outline_switch_works(
                 timeout=RESULT_S * 1000)
             expect(outlined).to_have_count(0)
             assert not page.locator('[data-testid="stException"]').count()
+        finally:
+            browser.close()
+
+
+# "map" once the study's Grad-CAM image (loaded) and its bars are on screen, "flagged"
+# once it shows the not-a-chest-X-ray warning instead (then no map or bars).
+STUDY_SHOWN = """name => {
+  if (![...document.querySelectorAll('h1, h2, h3')].some(h => h.innerText.trim() === name))
+    return false;
+  const map = [...document.querySelectorAll('img')].some(img =>
+    (img.alt || '').startsWith('Grad-CAM') && img.alt.endsWith(' for ' + name)
+    && img.complete && img.naturalWidth > 0);
+  const bars = [...document.querySelectorAll('[data-testid="stProgress"]')]
+    .filter(bar => /\\d+\\.\\d%/.test(bar.innerText)).length;
+  if (map && bars >= 2) return "map";
+  return [...document.querySelectorAll('[data-testid="stAlert"]')]
+    .some(a => a.innerText.includes('does not look like')) ? "flagged" : false;
+}"""
+
+
+def test_concurrent_sessions_see_only_their_own_films(shared_data_dir, server):
+    from playwright.sync_api import expect, sync_playwright
+
+    covid = _real_xrays(shared_data_dir, "COVID", 8)[5:8]
+    normal = _real_xrays(shared_data_dir, "Normal", 5)[2:4]
+    drops = [[covid[0]], [covid[1]], [normal[0]], [covid[2], normal[1]]]  # the last: a batch
+    everyone = {x.name for films in drops for x in films}
+    assert len(everyone) == 5
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        try:
+            pages = []
+            for _ in drops:  # one browser context each: separate Streamlit sessions
+                page = browser.new_context(viewport={"width": 1440, "height": 1600}).new_page()
+                page.goto(server, wait_until="domcontentloaded")
+                expect(page.locator('[data-testid="stFileUploaderDropzone"]')).to_be_visible(
+                    timeout=SERVER_START_S * 1000)
+                pages.append(page)
+            for page, films in zip(pages, drops, strict=True):  # all dropped at once
+                page.locator('[data-testid="stFileUploader"] input[type="file"]').set_input_files(
+                    [{"name": x.name, "mimeType": "image/jpeg", "buffer": x.read_bytes()}
+                     for x in films])
+
+            for i, (page, films) in enumerate(zip(pages, drops, strict=True)):
+                if len(films) == 1:
+                    page.wait_for_function(STUDY_SHOWN, arg=films[0].name,
+                                           timeout=RESULT_S * 1000)
+                    headings = page.locator("h3").all_inner_texts()
+                    assert [h for h in headings if h.endswith(".jpg")] == [films[0].name]
+                else:
+                    expect(_table_cell(page, 1, len(films) - 1)).to_be_attached(
+                        timeout=RESULT_S * 1000)
+                    rows = [_table_cell(page, 1, r).inner_text() for r in range(len(films))]
+                    assert sorted(rows) == sorted(x.name for x in films)
+                    assert not _table_cell(page, 1, len(films)).count()
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(ARTIFACTS / f"browser_session_{i + 1}.png"),
+                                full_page=True)
+                mine = {x.name for x in films}
+                text = page.locator("body").inner_text()
+                leaked = sorted(n for n in everyone - mine if n in text)
+                assert not leaked, f"session {i + 1} shows another session's files {leaked}"
+                alts = page.locator("img").evaluate_all("imgs => imgs.map(i => i.alt || '')")
+                assert not [a for a in alts if any(n in a for n in everyone - mine)]
+                assert not page.locator('[data-testid="stException"]').count()
+                assert "Traceback" not in text
         finally:
             browser.close()
