@@ -17,8 +17,8 @@ from PIL import Image
 
 from benchmarks.common import pick_images
 from covid.inputs.decode import read_image
-from covid.training.data import DEFAULT_DATA_DIR
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH, LungSegmenter
+from covid.training.data import DEFAULT_DATA_DIR
 
 
 def _median_ms(fn, films: list[np.ndarray], repeats: int) -> float:

@@ -34,9 +34,9 @@ import math
 import sys
 import zipfile
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.covariance import LedoitWolf
@@ -300,8 +300,10 @@ NON_CHEST_MODALITIES = {"CT": "CT", "MR": "MR", "US": "ultrasound", "NM": "nucle
                         "PT": "PET"}
 """DICOM Modality values that are never a chest radiograph, with plain names."""
 
-CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "TORAX", "PORT CHEST",
-                              "CHEST PA", "CHEST AP", "PECHO", "THORAX PA"})
+CHEST_BODY_PARTS = frozenset({
+    "CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "TORAX", "PORT CHEST", "CHEST PA",
+    "CHEST AP", "PECHO", "THORAX PA",
+})
 """BodyPartExamined values accepted as a chest (upper-cased)."""
 
 
@@ -533,8 +535,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", type=Path, required=True, help="the .keras model file")
     parser.add_argument("--split", type=Path, default=None,
-                        help="split JSON from covid.training.train (default: NAME.split.json beside "
-                             f"the model, else {_DEFAULT_SPLIT})")
+                        help="split JSON from covid.training.train (default: NAME.split.json "
+                             f"beside the model, else {_DEFAULT_SPLIT})")
     parser.add_argument("--data-root", type=Path, default=None,
                         help="dataset folder (default: the split file's root)")
     parser.add_argument("--components", type=int, default=DEFAULT_COMPONENTS,

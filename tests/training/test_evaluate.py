@@ -68,8 +68,11 @@ def test_evaluate_writes_metadata_and_artefacts(tiny_model_file, tmp_path):
     paths = artefact_paths(model)
     for key in ("split", "scores", "evaluation", "roc_png", "reliability_png"):
         assert paths[key].exists(), key
-    assert paths["scores"].read_text().splitlines()[0] == (
-        "file,label,p_covid,logit_covid,logit_normal")
+    rows = paths["scores"].read_text().splitlines()
+    assert rows[0] == "file,label,p_covid,logit_covid,logit_normal,lung_evidence"
+    assert len(rows) == 13
+    shares = [row.rsplit(",", 1)[1] for row in rows[1:]]
+    assert all(share == "" or 0.0 <= float(share) <= 1.0 for share in shares)
     target = tmp_path / "shipped" / "covid.keras"
     ship(model, target)
     load_model(target)  # the SHA still matches after calibration and copying

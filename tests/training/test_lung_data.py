@@ -23,9 +23,9 @@ def _need_real_data():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["crop+attenuate", "crop", "attenuate"])
+@pytest.mark.parametrize("mode", ["crop+attenuate", "crop", "attenuate", "crop+mask"])
 def test_training_inputs_equal_the_served_inputs(mode, tiny_cnn_factory, tmp_path):
-    """The one preprocessing path: the training loader and the page's pipeline agree byte for byte."""
+    """One preprocessing path: the training loader and the page's pipeline agree byte for byte."""
     _need_real_data()
     from covid.explain.inference import Classifier
     from covid.model.lungs import LungSegmenter
