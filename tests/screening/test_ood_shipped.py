@@ -19,6 +19,7 @@ from pydicom.data import get_testdata_file
 
 from covid.explain.inference import Classifier
 from covid.model.classifier import DEFAULT_MODEL_PATH, read_metadata
+from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH, LungSegmenter
 from covid.screening.ood import load_detector
 from covid.screening.pipeline import analyse
 from covid.training.evaluate import artefact_paths
@@ -96,12 +97,22 @@ def classifier():
 
 
 @pytest.fixture(scope="module")
+def segmenter():
+    """The shipped lung segmenter (a lung-focused classifier cannot score without it)."""
+    if DEFAULT_LUNG_MODEL_PATH.exists():
+        return LungSegmenter.from_file(DEFAULT_LUNG_MODEL_PATH)
+    if read_metadata(DEFAULT_MODEL_PATH).input_mode != "full":
+        pytest.fail(f"the shipped classifier needs {DEFAULT_LUNG_MODEL_PATH}")
+    return None
+
+
+@pytest.fixture(scope="module")
 def detector():
     return load_detector(DEFAULT_MODEL_PATH)
 
 
-def test_non_chest_images_are_flagged_or_refused(classifier, detector):
-    results = analyse(non_chest_corpus(), classifier, ood=detector)
+def test_non_chest_images_are_flagged_or_refused(classifier, detector, segmenter):
+    results = analyse(non_chest_corpus(), classifier, ood=detector, segmenter=segmenter)
     caught = {r.name: bool(r.ood) or r.error is not None for r in results}
     rate = sum(caught.values()) / len(caught)
     print(f"non-chest detection rate: {rate:.2f} ({sum(caught.values())}/{len(caught)}); "
@@ -113,11 +124,11 @@ def test_non_chest_images_are_flagged_or_refused(classifier, detector):
             assert "admit" not in r.triage.lower() and "go home" not in r.triage.lower()
 
 
-def test_false_flag_rate_on_real_xrays(classifier, detector, shared_data_dir):
+def test_false_flag_rate_on_real_xrays(classifier, detector, segmenter, shared_data_dir):
     split = json.loads(artefact_paths(DEFAULT_MODEL_PATH)["split"].read_text())
     names = split["files"]["test"][::6][:300]
     files = [(n, (shared_data_dir / n).read_bytes()) for n in names]
-    results = analyse(files, classifier, ood=detector)
+    results = analyse(files, classifier, ood=detector, segmenter=segmenter)
     assert all(r.error is None for r in results)
     rate = np.mean([bool(r.ood) for r in results])
     print(f"false-flag rate on {len(results)} real test-split X-rays: {rate:.3f}")
