@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 from covid.explain.inference import Classifier
 from covid.inputs.preprocess import FOCUS_MODES
 from covid.model.classifier import DEFAULT_MODEL_PATH, file_sha256, read_metadata
-from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH, LungSegmenter
+from covid.screening.engine import load_models
 from covid.screening.pipeline import analyse
 from covid.training.evaluate import artefact_paths
 
@@ -24,11 +24,8 @@ def classifier():
 
 @pytest.fixture(scope="module")
 def segmenter():
-    if not DEFAULT_LUNG_MODEL_PATH.exists():
-        if read_metadata(DEFAULT_MODEL_PATH).input_mode != "full":
-            pytest.fail(f"the shipped classifier needs {DEFAULT_LUNG_MODEL_PATH}")
-        return None
-    return LungSegmenter.from_file(DEFAULT_LUNG_MODEL_PATH)
+    """The segmenter as the page and CLI load it (required and SHA-checked if lung-focused)."""
+    return load_models(DEFAULT_MODEL_PATH, warm_up=False).segmenter
 
 
 def test_size_sha_and_metadata():

@@ -19,7 +19,7 @@ from pydicom.data import get_testdata_file
 
 from covid.explain.inference import Classifier
 from covid.model.classifier import DEFAULT_MODEL_PATH, read_metadata
-from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH, LungSegmenter
+from covid.screening.engine import load_models
 from covid.screening.ood import load_detector
 from covid.screening.pipeline import analyse
 from covid.training.evaluate import artefact_paths
@@ -98,12 +98,8 @@ def classifier():
 
 @pytest.fixture(scope="module")
 def segmenter():
-    """The shipped lung segmenter (a lung-focused classifier cannot score without it)."""
-    if DEFAULT_LUNG_MODEL_PATH.exists():
-        return LungSegmenter.from_file(DEFAULT_LUNG_MODEL_PATH)
-    if read_metadata(DEFAULT_MODEL_PATH).input_mode != "full":
-        pytest.fail(f"the shipped classifier needs {DEFAULT_LUNG_MODEL_PATH}")
-    return None
+    """The segmenter as the page and CLI load it (required and SHA-checked if lung-focused)."""
+    return load_models(DEFAULT_MODEL_PATH, warm_up=False).segmenter
 
 
 @pytest.fixture(scope="module")
