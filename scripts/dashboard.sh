@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -r requirements.txt
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
+ensure_venv requirements.txt
 exec .venv/bin/streamlit run streamlit_app.py "$@"

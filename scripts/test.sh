@@ -3,9 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -r requirements-dev.txt
+# shellcheck source=scripts/venv.sh
+source scripts/venv.sh
+ensure_venv requirements-dev.txt
 
 if [ ! -x /usr/bin/chromium ]; then
     sudo_cmd=""

@@ -43,9 +43,14 @@ def model_error_ui(err: Exception, path: Path) -> None:
 
 
 def load_or_explain(path: Path) -> tuple[Classifier, Any] | None:
-    """The cached classifier and detector, or None after explaining why not."""
+    """The cached classifier and detector, or None after explaining why not.
+
+    The loaders show no spinner of their own (the server's preload calls them
+    outside any page), so the spinner is shown here while they load.
+    """
     try:
-        return load_model(path)
+        with st.spinner("Loading the model…"):
+            return load_model(path)
     except ModelFileError as err:
         model_error_ui(err, path)
         return None

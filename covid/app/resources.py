@@ -1,23 +1,35 @@
 """The ``st.cache_resource`` loaders: the models and the detector, once per process.
 
-Every session shares what they return. The classifier is warmed up as it loads
-(its graphs traced in a background thread while early films are answered
-eagerly) and the lung segmenter before it is returned, so that no request pays
-for tracing.
+Every session shares what they return. The server starts loading them in a
+thread as it starts (:func:`preload`, from ``streamlit_app``'s lifespan), so that
+the first visitor finds them loaded or loading; a page that asks meanwhile waits
+for that same load. The lung segmenter is traced before it is returned; the
+classifier's graphs are traced in a background thread whenever the network is
+idle, and films arriving before then are answered eagerly
+(:func:`warm_up_when_idle`), so that no request waits for tracing.
 
 Set ``COVID_MODEL_PATH`` to serve another ``.keras`` model than the shipped one,
 and ``COVID_LUNG_MODEL_PATH`` for another lung segmenter. The loaders are keyed
 by the file's path and (size, mtime), so a re-shipped model is reloaded; what
 they return is shared by every session and never mutated.
+
+Streamlit resets Keras after every script run (:func:`keep_keras_between_runs`
+stops that), and the loaded models' objects are frozen out of the garbage
+collector once warm, so that no rerun pays for either.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
+import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import script_runner
 
 from covid.model.classifier import DEFAULT_MODEL_PATH
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
@@ -26,10 +38,50 @@ if TYPE_CHECKING:
     from covid.explain.inference import Classifier
     from covid.model.lungs import LungSegmenter
 
+LOG = logging.getLogger(__name__)
+
+_STREAMLIT_CLEAN_UP = getattr(script_runner, "_clean_problem_modules", None)
+"""Streamlit's own clean-up after a script run (it resets Keras), kept for reference."""
+
 MODEL_ENV = "COVID_MODEL_PATH"
 """Environment variable naming the model to serve."""
 LUNG_MODEL_ENV = "COVID_LUNG_MODEL_PATH"
 """Environment variable naming the lung segmenter to serve."""
+
+
+def _clean_up_after_run() -> None:
+    """Streamlit's clean-up after a script run, less its Keras reset: closes pyplot figures."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None:
+        pyplot.close("all")
+
+
+def keep_keras_between_runs() -> bool:
+    """Stops Streamlit from resetting Keras after every script run.
+
+    Streamlit's script runner calls ``keras.backend.clear_session()`` after each
+    run (``streamlit.runtime.scriptrunner.script_runner._clean_problem_modules``),
+    for scripts that build a model on every run. This page builds none: its models
+    are loaded once per process and shared. The reset clears TensorFlow's kernel
+    cache, so that the next call of every compiled graph is optimised again (about
+    1 s for the classifier's Grad-CAM graph instead of 0.1 s), and runs a full
+    garbage collection. The same clean-up runs without the reset. Idempotent.
+
+    Returns:
+        Whether the hook was found (a Streamlit release without it resets nothing).
+    """
+    if _STREAMLIT_CLEAN_UP is None:
+        LOG.warning("Streamlit has no _clean_problem_modules hook; nothing to replace")
+        return False
+    script_runner._clean_problem_modules = _clean_up_after_run
+    return True
+
+
+def _freeze_garbage() -> None:
+    """Moves every object alive now (the loaded, traced models) out of the collector's scans."""
+    gc.collect()
+    gc.freeze()
+    LOG.info("%d objects frozen out of the garbage collector", gc.get_freeze_count())
 
 
 def model_path() -> Path:
@@ -51,7 +103,7 @@ def file_stamp(path: Path) -> tuple[int, int]:
     return (stat.st_size, stat.st_mtime_ns)
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=2)
+@st.cache_resource(show_spinner=False, max_entries=2)
 def load_classifier(path: str, stamp: tuple[int, int]) -> Classifier:
     """Loads and verifies the classifier once per process (per file version).
 
@@ -68,10 +120,9 @@ def load_classifier(path: str, stamp: tuple[int, int]) -> Classifier:
     del stamp  # part of the cache key only
     from covid.explain.inference import Classifier  # deferred: imports TensorFlow
 
+    start = time.perf_counter()
     classifier = Classifier.from_file(path)
-    # Traced in a thread from now on; a film arriving meanwhile is answered eagerly,
-    # so that neither the first visitor nor the first film waits for the tracing.
-    classifier.warm_up_in_background()
+    LOG.info("classifier %s loaded in %.2f s", path, time.perf_counter() - start)
     return classifier
 
 
@@ -104,7 +155,7 @@ def load_model(path: Path) -> tuple[Classifier, Any | None]:
     return classifier, ood
 
 
-@st.cache_resource(show_spinner="Loading the lung segmenter…", max_entries=2)
+@st.cache_resource(show_spinner=False, max_entries=2)
 def load_lung_segmenter(path: str, stamp: tuple[int, int]) -> LungSegmenter:
     """Loads and verifies the lung segmenter once per process (per file version).
 
@@ -137,3 +188,32 @@ def segmenter_for(classifier: Classifier) -> LungSegmenter | None:
     segmenter = load_lung_segmenter(str(path), file_stamp(path))
     check_segmenter(meta, segmenter, model_path(), path)
     return segmenter
+
+
+def warm_up_when_idle(classifier: Classifier) -> None:
+    """Starts the classifier's background warm-up, once per process, with every model loaded.
+
+    Each graph is traced when no film is being answered (see
+    ``Classifier.warm_up_in_background``); films arriving before are answered
+    eagerly. Afterwards the objects alive are frozen out of the garbage collector.
+    """
+    classifier.warm_up_in_background(then=_freeze_garbage)
+
+
+def preload() -> None:
+    """Loads the screening models in this thread, before anyone visits (server start).
+
+    A model that cannot be loaded is only logged here: the page explains it to
+    whoever visits.
+    """
+    from covid.model.classifier import ModelFileError
+
+    start = time.perf_counter()
+    try:
+        classifier, _ = load_model(model_path())
+        segmenter_for(classifier)
+    except ModelFileError as err:
+        LOG.warning("the models were not preloaded: %s", err)
+        return
+    warm_up_when_idle(classifier)
+    LOG.info("models preloaded in %.2f s", time.perf_counter() - start)

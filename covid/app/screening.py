@@ -25,7 +25,7 @@ from covid.app.common import (
     operating_point_words,
 )
 from covid.app.navigation import MODEL, SCREENING, go_to
-from covid.app.resources import lung_model_path, model_path, segmenter_for
+from covid.app.resources import lung_model_path, model_path, segmenter_for, warm_up_when_idle
 from covid.app.study import safe_detail_ui
 from covid.explain.overlay import colormap_names
 from covid.model.classifier import ModelFileError, ModelMetadata
@@ -386,25 +386,48 @@ def analysis_ui(
         bar.empty()
 
 
-def page() -> None:
-    """The screening page: uploads, the batch table and one study's detail."""
-    header_ui()
-    path = model_path()
-    loaded = load_or_explain(path)
+def load_ui() -> tuple[Classifier, Any | None, LungSegmenter | None] | None:
+    """The screening models, or None after explaining why they cannot be used.
+
+    After a cold start this waits for the load the server began at start.
+    """
+    loaded = load_or_explain(model_path())
     if loaded is None:
-        return
+        return None
     classifier, ood = loaded
     try:
-        segmenter = segmenter_for(classifier)
+        with st.spinner("Loading the lung segmenter…"):
+            segmenter = segmenter_for(classifier)
     except ModelFileError as err:
         model_error_ui(err, lung_model_path())
+        return None
+    warm_up_when_idle(classifier)
+    return classifier, ood, segmenter
+
+
+def page() -> None:
+    """The screening page: uploads, the batch table and one study's detail.
+
+    The uploader is drawn before the models are asked for, so that films can be
+    dropped while the server is still loading them after a cold start (and taken
+    away again if they cannot be loaded).
+    """
+    header_ui()
+    notice, uploader = st.container(), st.empty()
+    with uploader:
+        uploaded = upload_ui()
+    loaded = load_ui()
+    if loaded is None:
+        uploader.empty()  # nothing could score the files
         return
+    classifier, ood, segmenter = loaded
     meta = classifier.metadata
     threshold = state.threshold_in_force(meta)
     controls_ui(meta.class_names, lungs=segmenter is not None)
     model_card_ui(meta, threshold)
-    operating_point_notice_ui(meta, threshold)
-    files = current_batch_ui(upload_ui())
+    with notice:
+        operating_point_notice_ui(meta, threshold)
+    files = current_batch_ui(uploaded)
     state.results_shown(False)
     if not files:
         state.drop_studies()  # removed files take their results and maps with them

@@ -4,7 +4,9 @@ Both maps are computed on the *logits* (pre-softmax scores): the softmax couples
 the classes and saturates, so gradients of probabilities vanish for confident
 predictions (Selvaraju et al., 2017). The helpers here never modify the model
 they explain: :func:`build_gradcam_model` wires a second functional model that
-shares the original's layers and weights.
+shares the original's layers and weights, and :func:`split_at_layer` cuts one into
+a backbone up to the explained layer and a head from it to the logits, so that the
+gradient tape records only the head (the map needs nothing below the layer).
 
 References:
     Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via
@@ -125,6 +127,45 @@ def build_gradcam_model(
     return keras.Model(inputs, [activations, logits, features], name=f"{model.name}_gradcam")
 
 
+def split_at_layer(
+    model: keras.Model, layer_name: str | None = None, logits_layer: str = "logits"
+) -> tuple[keras.Model, keras.Model]:
+    """Cuts a CNN at the explained layer into a backbone and a head, sharing its weights.
+
+    The gradient of a class score with respect to the layer's activations
+    involves only the layers above it, so :func:`gradcam_step` runs the backbone
+    outside the gradient tape and records only the head: the same values as one
+    pass through :func:`build_gradcam_model`'s model, with a backward graph of
+    the head alone (shorter to trace, cheaper to run eagerly).
+
+    Args:
+        model: A Keras functional CNN (left unchanged).
+        layer_name: The convolutional layer to explain; None for the last layer
+            with a 4-D output.
+        logits_layer: Name of the pre-softmax layer (see :func:`build_gradcam_model`).
+
+    Returns:
+        ``(backbone, head)``: the backbone maps the model's inputs to the
+        (B, h, w, K) activations; the head maps those to ``[logits (B, C),
+        features (B, F)]``.
+
+    Raises:
+        ValueError: No such 4-D layer, or the logits depend on more than that
+            layer's activations (a connection bypasses it).
+    """
+    grad_model = build_gradcam_model(model, layer_name, logits_layer)
+    activations, logits, features = grad_model.outputs
+    backbone = keras.Model(grad_model.inputs, activations, name=f"{model.name}_backbone")
+    try:
+        head = keras.Model(activations, [logits, features], name=f"{model.name}_head")
+    except ValueError as err:
+        raise ValueError(
+            f"layer {layer_name!r} does not separate the input of {model.name!r} from its "
+            f"logits: {err}"
+        ) from err
+    return backbone, head
+
+
 def cam_from_gradients(
     activations: Any,
     grads: Any,
@@ -196,14 +237,19 @@ def _normalise(cam: tf.Tensor) -> tf.Tensor:
 
 
 def gradcam_step(
-    grad_model: keras.Model, images: tf.Tensor, targets: tf.Tensor, method: str = "gradcam"
+    backbone: keras.Model,
+    head: keras.Model,
+    images: tf.Tensor,
+    targets: tf.Tensor,
+    method: str = "gradcam",
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
-    """One forward and backward pass: predictions and maps for a batch.
+    """One forward pass and the head's backward pass: predictions and maps for a batch.
 
     Suitable for wrapping in ``tf.function`` (``method`` is a Python constant).
 
     Args:
-        grad_model: A model from :func:`build_gradcam_model`.
+        backbone: The model's part up to the explained layer (:func:`split_at_layer`).
+        head: Its part from that layer to the logits and features.
         images: (N, H, W, ch) float32 model input.
         targets: (N,) int32 class indices; a negative entry means the image's
             predicted class (argmax of its logits, from this same pass).
@@ -214,8 +260,10 @@ def gradcam_step(
         (N, C) logits, (N, F) features and the (N,) int32 classes explained.
     """
     _check_method(method)
+    activations = backbone(images, training=False)
     with tf.GradientTape() as tape:
-        activations, logits, features = grad_model(images, training=False)
+        tape.watch(activations)
+        logits, features = head(activations, training=False)
         logits = tf.cast(logits, tf.float32)
         predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
         targets = tf.where(targets < 0, predicted, tf.cast(targets, tf.int32))
@@ -235,7 +283,7 @@ def compute_cams(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Computes maps for a batch with any Keras CNN, eagerly (a convenience).
 
-    For repeated use, build the gradient model once and wrap
+    For repeated use, split the model once (:func:`split_at_layer`) and wrap
     :func:`gradcam_step` in ``tf.function``, as ``covid.explain.inference.Classifier`` does.
 
     Args:
@@ -257,10 +305,11 @@ def compute_cams(
     images = np.asarray(images, dtype=np.float32)
     if images.ndim != 4:
         raise ValueError(f"expected a (N, H, W, ch) batch, got shape {images.shape}")
-    grad_model = build_gradcam_model(model, layer_name, logits_layer)
-    n_classes = grad_model.outputs[1].shape[-1]
+    backbone, head = split_at_layer(model, layer_name, logits_layer)
+    n_classes = head.outputs[0].shape[-1]
     if target is not None and not 0 <= target < n_classes:
         raise ValueError(f"target must be in [0, {n_classes}), got {target}")
     targets = np.full(len(images), -1 if target is None else int(target), dtype=np.int32)
-    cams, _, _, used = gradcam_step(grad_model, tf.constant(images), tf.constant(targets), method)
+    cams, _, _, used = gradcam_step(backbone, head, tf.constant(images), tf.constant(targets),
+                                    method)
     return cams.numpy(), used.numpy()

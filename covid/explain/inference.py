@@ -3,15 +3,19 @@
 :class:`Classifier` builds its gradient model and its ``tf.function`` graphs once,
 when it is created; every later call reuses them. :meth:`Classifier.warm_up`
 traces the graphs before the first request; :meth:`Classifier.warm_up_in_background`
-does it in a thread while calls run eagerly, so that a server answers at once.
+does it in a thread whenever the network is idle, while calls run eagerly, so that a
+server answers at once.
 Calls from several threads (sessions) are safe: they take turns through the
 network, one batch at a time. The wrapped Keras model is never modified.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +23,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from covid.explain.gradcam import METHODS, build_gradcam_model, find_last_conv_layer, gradcam_step
+from covid.explain.gradcam import METHODS, find_last_conv_layer, gradcam_step, split_at_layer
 from covid.model.calibration import calibrated_probs
 from covid.model.classifier import DEFAULT_MODEL_PATH, LOGITS_LAYER, ModelMetadata, load_model
 
@@ -29,6 +33,11 @@ FORWARD = "forward"
 """The name of the bare forward graph (the explainers are named by their method)."""
 WARM_UP_ORDER = (METHODS[0], FORWARD, *METHODS[1:])
 """The graphs in the order they are traced: what a first film needs comes first."""
+WARM_UP_DELAY_S = 1.0
+"""How long a background warm-up waits before its first graph: the first film, sent right
+after the models load, is answered (eagerly) before tracing competes with it."""
+WARM_UP_IDLE_S = 0.1
+"""How long the network must have been idle before a background warm-up traces a graph."""
 
 
 @dataclass(frozen=True)
@@ -69,20 +78,24 @@ class Classifier:
         self.metadata = metadata
         self.batch_size = batch_size
         self.gradcam_layer = self._resolve_layer(model, metadata.gradcam_layer)
-        self._grad_model = build_gradcam_model(model, self.gradcam_layer, LOGITS_LAYER)
-        self.n_classes = int(self._grad_model.outputs[1].shape[-1])
-        self.n_features = int(self._grad_model.outputs[2].shape[-1])
+        self._backbone, self._head = split_at_layer(model, self.gradcam_layer, LOGITS_LAYER)
+        self.n_classes = int(self._head.outputs[0].shape[-1])
+        self.n_features = int(self._head.outputs[1].shape[-1])
         size = metadata.input_size
         image_spec = tf.TensorSpec((None, size, size, 1), tf.float32)
         target_spec = tf.TensorSpec((None,), tf.int32)
+        # No AutoGraph: the steps have no Python control flow on tensors, and
+        # converting the model's code would make every trace longer.
         self._forward = tf.function(
-            self._forward_impl, input_signature=[image_spec], reduce_retracing=True
+            self._forward_impl, input_signature=[image_spec], reduce_retracing=True,
+            autograph=False,
         )
         self._explainers = {
             method: tf.function(
                 self._explainer_impl(method),
                 input_signature=[image_spec, target_spec],
                 reduce_retracing=True,
+                autograph=False,
             )
             for method in METHODS
         }
@@ -90,6 +103,10 @@ class Classifier:
         self._traced: set[str] = set()  # graphs traced by the warm-up
         self._warming = False  # a background warm-up is running: untraced graphs run eagerly
         self._warmer: threading.Thread | None = None
+        self._idle = threading.Condition()  # guards the three fields below
+        self._calls = 0  # batches running or waiting for the network
+        self._last_call = time.monotonic()  # when the last batch finished
+        self._tracing: str | None = None  # the graph the warm-up is tracing now
 
     @classmethod
     def from_file(cls, path: str | Path = DEFAULT_MODEL_PATH, batch_size: int = 32) -> Classifier:
@@ -117,14 +134,14 @@ class Classifier:
 
     def _forward_impl(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(N, S, S, 1) -> (N, C) logits and (N, F) features, in inference mode."""
-        _, logits, features = self._grad_model(images, training=False)
+        logits, features = self._head(self._backbone(images, training=False), training=False)
         return tf.cast(logits, tf.float32), tf.cast(features, tf.float32)
 
     def _explainer_impl(self, method: str):
         """A graph-compilable one-pass prediction-and-map function for ``method``."""
 
         def explain_step(images: tf.Tensor, targets: tf.Tensor):
-            return gradcam_step(self._grad_model, images, targets, method)
+            return gradcam_step(self._backbone, self._head, images, targets, method)
 
         return explain_step
 
@@ -151,10 +168,9 @@ class Classifier:
         x = self._check_batch(x)
         logits = [np.zeros((0, self.n_classes), np.float32)]
         features = [np.zeros((0, self.n_features), np.float32)]
-        forward = self._runnable(FORWARD)
         for start in range(0, len(x), self.batch_size):
-            with self._lock:  # held for one batch only, so that sessions interleave
-                chunk_logits, chunk_features = forward(
+            with self._call():  # held for one batch only, so that sessions interleave
+                chunk_logits, chunk_features = self._runnable(FORWARD)(
                     tf.constant(x[start : start + self.batch_size])
                 )
                 chunk_logits, chunk_features = chunk_logits.numpy(), chunk_features.numpy()
@@ -228,11 +244,11 @@ class Classifier:
         if wanted.shape != (len(x),) or wanted.max(initial=-1) >= self.n_classes:
             raise ValueError(f"targets must be {len(x)} class indices below {self.n_classes}")
         out: list[Explanation] = []
-        explainer = self._runnable(method)
         for start in range(0, len(x), self.batch_size):
             stop = start + self.batch_size
-            with self._lock:  # held for one batch only, so that sessions interleave
-                outputs = explainer(tf.constant(x[start:stop]), tf.constant(wanted[start:stop]))
+            with self._call():  # held for one batch only, so that sessions interleave
+                outputs = self._runnable(method)(tf.constant(x[start:stop]),
+                                                 tf.constant(wanted[start:stop]))
                 cams, logits, features, used = (t.numpy() for t in outputs)
             probs = calibrated_probs(logits, self.metadata.temperature)
             for i, cam in enumerate(cams):
@@ -266,6 +282,35 @@ class Classifier:
         targets = None if target is None else np.array([target], np.int32)
         return self._explain_chunks(batch, targets, method)[0]
 
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[None]:
+        """Holds the network for one batch, and tells a waiting warm-up when it is idle."""
+        with self._idle:
+            self._calls += 1
+        try:
+            with self._lock:
+                yield
+        finally:
+            with self._idle:
+                self._calls -= 1
+                self._last_call = time.monotonic()
+                self._idle.notify_all()
+
+    def _wait_until_idle(self, idle_s: float) -> None:
+        """Blocks until no batch has run or waited for ``idle_s`` seconds."""
+        with self._idle:
+            while True:
+                quiet = time.monotonic() - self._last_call
+                if self._calls == 0 and quiet >= idle_s:
+                    return
+                self._idle.wait(None if self._calls else idle_s - quiet)
+
+    def _start_tracing(self, name: str | None) -> None:
+        """Records the graph being traced (None: done), waking calls that wait for it."""
+        with self._idle:
+            self._tracing = name
+            self._idle.notify_all()
+
     def _graph(self, name: str):
         """The compiled graph called ``name`` (:data:`FORWARD` or a CAM method)."""
         return self._forward if name == FORWARD else self._explainers[name]
@@ -273,9 +318,15 @@ class Classifier:
     def _runnable(self, name: str):
         """The graph to call, or its eager twin while a background warm-up has not traced it.
 
-        Without a background warm-up, the graph is returned even when untraced
-        (the first call traces it, as ``tf.function`` does).
+        A call that comes while the warm-up is tracing its very graph waits for
+        the graph (soon ready, and then several times faster than running
+        eagerly beside the tracing). Without a background warm-up, the graph is
+        returned even when untraced (the first call traces it, as
+        ``tf.function`` does).
         """
+        with self._idle:
+            while self._tracing == name:
+                self._idle.wait()
         if self._warming and name not in self._traced:
             return self._forward_impl if name == FORWARD else self._explainer_impl(name)
         return self._graph(name)
@@ -300,33 +351,60 @@ class Classifier:
             if name not in self._traced:
                 self._trace(name)
 
-    def warm_up_in_background(self) -> threading.Thread:
+    def warm_up_in_background(
+        self,
+        idle_s: float = WARM_UP_IDLE_S,
+        delay_s: float = WARM_UP_DELAY_S,
+        then: Callable[[], None] | None = None,
+    ) -> threading.Thread:
         """Starts :meth:`warm_up` in a thread and returns at once.
 
         Until a graph is traced, the calls that need it run eagerly (the same
         operations, unfused): a film arriving meanwhile is answered without
-        waiting for the tracing. Starting it again returns the same thread.
+        waiting for the tracing. Each graph is traced only once the network has
+        been idle for ``idle_s`` seconds, and the first not before ``delay_s``
+        seconds from now, so that tracing, which holds the GIL most of the time,
+        does not slow down the films being answered. Starting it again returns
+        the same thread.
+
+        Args:
+            idle_s: Quiet time before each graph is traced.
+            delay_s: Quiet time before the first graph is traced.
+            then: Called in the thread once every graph is traced (e.g. to
+                freeze the garbage collector's view of the loaded model).
 
         Returns:
             The warm-up thread (``join`` it to wait for every graph).
         """
         if self._warmer is None:
             self._warming = True
+            with self._idle:  # the quiet before the first graph counts from now
+                self._last_call = time.monotonic() + max(delay_s - idle_s, 0.0)
             # not a daemon: an interpreter exiting mid-trace would abort in TensorFlow
             self._warmer = threading.Thread(
-                target=self._warm_up_then_compile, name="classifier-warm-up", daemon=False
+                target=self._warm_up_then_compile, args=(idle_s, then),
+                name="classifier-warm-up", daemon=False,
             )
             self._warmer.start()
         return self._warmer
 
-    def _warm_up_then_compile(self) -> None:
+    def _warm_up_then_compile(self, idle_s: float, then: Callable[[], None] | None) -> None:
         """The background warm-up; afterwards every call uses the compiled graphs."""
         try:
-            self.warm_up()
+            for name in WARM_UP_ORDER:
+                if name not in self._traced:
+                    self._wait_until_idle(idle_s)
+                    self._start_tracing(name)
+                    try:
+                        self._trace(name)
+                    finally:
+                        self._start_tracing(None)
         except Exception:  # never fatal: the graphs would then trace on first use
             LOG.exception("warming up the classifier failed")
         finally:
             self._warming = False
+        if then is not None:
+            then()
 
     def tracing_counts(self) -> dict[str, int]:
         """How many times each compiled graph has been traced (for tests and checks)."""

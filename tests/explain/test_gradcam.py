@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from scipy.stats import spearmanr
 
 from covid.explain.gradcam import (
@@ -8,6 +9,8 @@ from covid.explain.gradcam import (
     cam_from_gradients,
     compute_cams,
     find_last_conv_layer,
+    gradcam_step,
+    split_at_layer,
 )
 
 METHODS = ("gradcam", "gradcam++")
@@ -89,6 +92,56 @@ def test_gradcam_model_rejects_unknown_or_flat_layers(tiny_cnn):
         build_gradcam_model(tiny_cnn, "conv5_block3_out")
     with pytest.raises(ValueError, match="4-D"):
         build_gradcam_model(tiny_cnn, "avg_pool")
+
+
+def _whole_tape_step(grad_model, images, targets, method):
+    """Grad-CAM with one tape over the whole model (keras-io's recipe), for reference."""
+    with tf.GradientTape() as tape:
+        acts, logits, _ = grad_model(images, training=False)
+        scores = tf.gather(logits, targets, axis=1, batch_dims=1)
+    return cam_from_gradients(acts, tape.gradient(scores, acts), method, size=images.shape[1:3])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_the_split_model_gives_the_whole_models_logits_features_and_maps(tiny_cnn, method):
+    x, targets = tf.constant(_images(4)), tf.constant([0, 1, 1, 0])
+    backbone, head = split_at_layer(tiny_cnn, "last_conv")
+    assert backbone.get_layer("last_conv") is tiny_cnn.get_layer("last_conv")  # shared weights
+    assert "conv1" not in {layer.name for layer in head.layers}
+    grad_model = build_gradcam_model(tiny_cnn, "last_conv")
+    _, want_logits, want_features = grad_model(x, training=False)
+    cams, logits, features, used = gradcam_step(backbone, head, x, targets, method)
+    np.testing.assert_allclose(logits.numpy(), want_logits.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(features.numpy(), want_features.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(used.numpy(), targets.numpy())
+    want = _whole_tape_step(grad_model, x, targets, method).numpy()
+    np.testing.assert_allclose(cams.numpy(), want, atol=1e-6)
+
+
+def test_the_traced_map_differentiates_only_the_layers_above_the_explained_one(tiny_cnn):
+    backbone, head = split_at_layer(tiny_cnn, "last_conv")
+    spec = (tf.TensorSpec((None, SIZE, SIZE, 1), tf.float32), tf.TensorSpec((None,), tf.int32))
+    graph = tf.function(lambda x, t: gradcam_step(backbone, head, x, t)).get_concrete_function(
+        *spec).graph
+    backward = [op.type for op in graph.get_operations() if op.type.startswith("Conv2DBackprop")]
+    assert backward == []  # last_conv is the top conv: no gradient reaches any conv layer
+    whole = build_gradcam_model(tiny_cnn, "last_conv")
+    step = tf.function(lambda x, t: _whole_tape_step(whole, x, t, "gradcam"))
+    graph = step.get_concrete_function(*spec).graph
+    assert any(op.type.startswith("Conv2DBackprop") for op in graph.get_operations())
+
+
+def test_a_layer_bypassed_by_a_skip_connection_cannot_split_the_model():
+    inputs = keras.Input((SIZE, SIZE, 1))
+    a = keras.layers.Conv2D(4, 3, padding="same", name="a")(inputs)
+    b = keras.layers.Conv2D(4, 3, padding="same", name="b")(a)
+    x = keras.layers.Add(name="skip")([a, b])
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(x))
+    with pytest.raises(ValueError, match="does not separate"):
+        split_at_layer(model, "b")
+    backbone, head = split_at_layer(model, "skip")  # a block's output does
+    assert backbone.output.shape[-1] == 4 and head.outputs[0].shape[-1] == 2
 
 
 # --- the map formulas -------------------------------------------------------------------

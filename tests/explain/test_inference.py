@@ -216,6 +216,72 @@ def test_a_background_warm_up_answers_at_once_and_then_uses_the_graphs(tiny_cnn,
         assert a.target == b.target == c.target
 
 
+def test_the_background_warm_up_traces_only_while_the_network_is_idle(tiny_cnn, tiny_metadata):
+    x = _images(2)
+    clf = Classifier(tiny_cnn, tiny_metadata)
+    running, finish = threading.Event(), threading.Event()
+    eager = clf._explainer_impl
+
+    def slow_eager(method):  # the eager twin of a graph, held until the test lets it finish
+        step = eager(method)
+        return lambda *args: (running.set(), finish.wait(60), step(*args))[-1]
+
+    clf._explainer_impl = slow_eager
+    call = threading.Thread(target=clf.explain_batch, args=(x,))
+    thread = clf.warm_up_in_background(idle_s=0.05, delay_s=0.0)
+    call.start()
+    assert running.wait(60)  # a film is being answered (eagerly: nothing is traced yet)
+    thread.join(timeout=0.5)
+    assert thread.is_alive() and set(clf.tracing_counts().values()) == {0}  # no tracing beside it
+    finish.set()
+    call.join(timeout=60)
+    thread.join(timeout=120)
+    assert clf.tracing_counts() == {"gradcam": 1, "forward": 1, "gradcam++": 1}
+
+
+def test_the_first_graph_waits_for_the_first_film_then_follows_it(tiny_cnn, tiny_metadata):
+    clf = Classifier(tiny_cnn, tiny_metadata)
+    thread = clf.warm_up_in_background(idle_s=0.0, delay_s=60.0)
+    thread.join(timeout=0.5)
+    assert thread.is_alive() and set(clf.tracing_counts().values()) == {0}  # the delay holds
+    clf.explain_batch(_images(1))  # the first film: answered eagerly, and ends the delay
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert clf.tracing_counts() == {"gradcam": 1, "forward": 1, "gradcam++": 1}
+
+
+def test_a_call_while_its_graph_is_traced_waits_for_the_graph(tiny_cnn, tiny_metadata):
+    x = _images(3)
+    expected = Classifier(tiny_cnn, tiny_metadata).explain_batch(x)
+    clf = Classifier(tiny_cnn, tiny_metadata)
+    tracing, release, trace = threading.Event(), threading.Event(), clf._trace
+
+    def slow_trace(name):
+        tracing.set()
+        release.wait(60)
+        trace(name)
+
+    clf._trace = slow_trace
+    eager_calls = []
+    eager = clf._explainer_impl
+    clf._explainer_impl = lambda method: (eager_calls.append(method), eager(method))[-1]
+    thread = clf.warm_up_in_background(idle_s=0.0, delay_s=0.0)
+    assert tracing.wait(60)  # the warm-up is tracing the Grad-CAM graph
+    answers = []
+    call = threading.Thread(target=lambda: answers.extend(clf.explain_batch(x)))
+    call.start()
+    call.join(timeout=0.5)
+    assert call.is_alive()  # waiting for the graph, not running eagerly beside the tracing
+    release.set()
+    call.join(timeout=60)
+    thread.join(timeout=120)
+    assert "gradcam" not in eager_calls
+    assert clf.tracing_counts()["gradcam"] == 1
+    for want, got in zip(expected, answers, strict=True):
+        np.testing.assert_allclose(got.probs, want.probs, atol=1e-6)
+        np.testing.assert_allclose(got.cam, want.cam, atol=1e-6)
+
+
 def test_threads_calling_at_once_each_get_their_own_answers(classifier):
     from concurrent.futures import ThreadPoolExecutor
 

@@ -1,0 +1,157 @@
+"""The process-wide resources: the preload at server start, the warm-up, and no Keras reset.
+
+The tiny test model stands in for the shipped one (``COVID_MODEL_PATH``); it reads
+whole films, so no lung segmenter is needed (``COVID_LUNG_MODEL_PATH`` names an
+absent file).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import matplotlib
+import numpy as np
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.runtime.scriptrunner import script_runner
+from streamlit.testing.v1 import AppTest
+
+from covid.app import resources
+from covid.explain.inference import Classifier
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "streamlit_app.py"
+
+
+@pytest.fixture
+def tiny_served(tiny_model_file, monkeypatch, tmp_path):
+    """Serves the tiny model with no lung segmenter; the caches start and end empty."""
+    monkeypatch.setenv("COVID_MODEL_PATH", str(tiny_model_file))
+    monkeypatch.setenv("COVID_LUNG_MODEL_PATH", str(tmp_path / "no_lung_model.keras"))
+    st.cache_resource.clear()
+    yield tiny_model_file
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Counts the classifier loads from a file."""
+    counted = []
+    from_file = Classifier.from_file.__func__
+
+    def counting(cls, *args, **kwargs):
+        counted.append(args)
+        return from_file(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Classifier, "from_file", classmethod(counting))
+    return counted
+
+
+def _png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (96, 96), dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_the_preload_loads_once_what_the_page_then_finds_and_starts_the_warm_up(
+    tiny_served, loads
+):
+    resources.preload()
+    assert len(loads) == 1
+    classifier, _ = resources.load_model(resources.model_path())  # the page's call
+    assert len(loads) == 1  # found loaded, not loaded again
+    warm_up = classifier.warm_up_in_background()  # the preload's warm-up, started once
+    warm_up.join(timeout=120)
+    assert not warm_up.is_alive()
+    assert classifier.tracing_counts() == {"gradcam": 1, "forward": 1, "gradcam++": 1}
+
+
+def test_a_model_that_cannot_be_loaded_is_only_logged_by_the_preload(
+    monkeypatch, tmp_path, caplog
+):
+    monkeypatch.setenv("COVID_MODEL_PATH", str(tmp_path / "absent.keras"))
+    st.cache_resource.clear()
+    resources.preload()  # no exception: the page explains it to whoever visits
+    assert any("not preloaded" in r.getMessage() and "absent.keras" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_after_the_hook_is_replaced_a_run_no_longer_resets_keras_but_closes_figures(monkeypatch):
+    monkeypatch.setattr(script_runner, "_clean_problem_modules",
+                        script_runner._clean_problem_modules)  # put back after the test
+    resets = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: resets.append(a))
+    assert resources.keep_keras_between_runs()
+    figure = plt.figure()
+    script_runner._clean_problem_modules()  # what Streamlit calls after every script run
+    assert resets == []
+    assert not plt.fignum_exists(figure.number)
+
+
+def test_streamlits_own_clean_up_would_reset_keras(monkeypatch):
+    """The reset that :func:`keep_keras_between_runs` removes (so the test above can fail)."""
+    original = resources._STREAMLIT_CLEAN_UP
+    assert original is not None and original is not resources._clean_up_after_run
+    resets = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: resets.append(a))
+    original()
+    assert len(resets) == 1
+
+
+def test_page_reruns_neither_reset_keras_nor_trace_again(tiny_served, monkeypatch):
+    resets = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: resets.append(a))
+    at = AppTest.from_file(str(APP), default_timeout=120).run()
+    at.file_uploader(key="uploads").set_value([("a.png", _png(1), "image/png")]).run()
+    assert not at.exception
+    classifier, _ = resources.load_model(resources.model_path())
+    classifier.warm_up_in_background().join(timeout=120)
+    counts = classifier.tracing_counts()
+    at.file_uploader(key="uploads").set_value([("b.png", _png(2), "image/png")]).run()
+    at.run()
+    assert not at.exception
+    assert resets == []
+    assert classifier.tracing_counts() == counts == {"gradcam": 1, "forward": 1, "gradcam++": 1}
+
+
+def test_streamlit_run_finds_the_app_and_its_lifespan_preloads_the_models(tiny_model_file,
+                                                                          tmp_path):
+    script = textwrap.dedent("""
+        import asyncio, threading
+        import streamlit as st
+        import streamlit_app
+        from covid.app import resources
+        from covid.explain.inference import Classifier
+
+        assert isinstance(streamlit_app.app, st.App)
+        async def serve():
+            async with streamlit_app.lifespan(streamlit_app.app):
+                pass
+        asyncio.run(serve())
+        for thread in threading.enumerate():
+            if thread.name == "preload-models":
+                thread.join(timeout=120)
+        def refuse(*args, **kwargs):
+            raise AssertionError("loaded again")
+        Classifier.from_file = refuse
+        classifier, _ = resources.load_model(resources.model_path())
+        classifier.warm_up_in_background().join(timeout=120)
+        print(sorted(classifier.tracing_counts().items()))
+    """)
+    env = dict(os.environ, COVID_MODEL_PATH=str(tiny_model_file),
+               COVID_LUNG_MODEL_PATH=str(tmp_path / "no_lung_model.keras"))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[('forward', 1), ('gradcam', 1), ('gradcam++', 1)]" in done.stdout
