@@ -115,6 +115,7 @@ class Run:
     problems: list[str] = field(default_factory=list)
     flagged: list[str] = field(default_factory=list)
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    host_loop_s: float = float("nan")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -141,6 +142,18 @@ def films(data: Path, n: int) -> list[Path]:
     if len(picked) < n:
         raise SystemExit(f"skipped: {n} X-rays needed, {len(picked)} found under {data}")
     return picked
+
+
+def host_loop_seconds(n: int = 10_000_000) -> float:
+    """Seconds one core takes for ``n`` Python additions: how fast this host runs right now.
+
+    Shared virtual machines slow down and speed up with their neighbours; a cold start
+    here took 9.9 s when this loop took 0.75 s and 12-14 s when it took 1.0-1.1 s.
+    """
+    start, total = time.perf_counter(), 0
+    for i in range(n):
+        total += i
+    return time.perf_counter() - start
 
 
 def free_port() -> int:
@@ -265,6 +278,7 @@ async def measure(args: argparse.Namespace) -> Run:
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                                    args=CHROMIUM_ARGS)
+        run.host_loop_s = host_loop_seconds()
         run.load = os.getloadavg()
         start = time.perf_counter()
         proc = start_server(port, log, args.model)
@@ -398,6 +412,8 @@ def report(run: Run) -> str:
         f"CPU: {os.cpu_count()} cores; load average when the server started: "
         + ", ".join(f"{v:.2f}" for v in run.load)
         + (" (other work was running: timings are contended)" if run.load[0] > 0.5 else ""),
+        f"host speed: 10^7 Python additions took {run.host_loop_s:.2f} s on one core "
+        "(the cold-start figure scales with it)",
     ]
     if run.flagged:
         lines.append("flagged as not a chest X-ray (the warning counted as the answer): "
@@ -415,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({
             "steps": [vars(s) for s in run.steps], "rss_mib": run.rss_mib,
             "peak_rss_mib": run.peak_rss_mib, "load_average": run.load,
+            "host_loop_s": run.host_loop_s,
             "flagged": run.flagged, "problems": run.problems,
         }, indent=2))
     else:

@@ -5,7 +5,8 @@
 * :mod:`~covid.app.model_page`: the model card, operating point, charts and CAM check.
 * :mod:`~covid.app.common`: what both pages show (disclaimer, model errors, tables).
 * :mod:`~covid.app.state`: every ``st.session_state`` key and the session's operating point.
-* :mod:`~covid.app.resources`: the ``st.cache_resource`` loaders (model, detector).
+* :mod:`~covid.app.resources`: the ``st.cache_resource`` loaders (classifier, detector,
+  segmenter), the preload at server start, the warm-up and no Keras reset between runs.
 * :mod:`~covid.app.navigation`: the pages' URL paths and switching between them.
 
 This package is the only one that imports Streamlit; the work it shows is done

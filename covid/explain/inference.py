@@ -31,13 +31,17 @@ LOG = logging.getLogger(__name__)
 
 FORWARD = "forward"
 """The name of the bare forward graph (the explainers are named by their method)."""
-WARM_UP_ORDER = (METHODS[0], FORWARD, *METHODS[1:])
-"""The graphs in the order they are traced: what a first film needs comes first."""
+WARM_UP_ORDER = (*METHODS, FORWARD)
+"""The graphs in the order they are traced: what every film needs comes first, then the
+other map method, then the bare forward pass (which only the command line uses)."""
 WARM_UP_DELAY_S = 1.0
 """How long a background warm-up waits before its first graph: the first film, sent right
 after the models load, is answered (eagerly) before tracing competes with it."""
 WARM_UP_IDLE_S = 0.1
-"""How long the network must have been idle before a background warm-up traces a graph."""
+"""How long the network must have been idle before a background warm-up traces its first
+graph (the one every film needs)."""
+WARM_UP_LATER_IDLE_S = 2.0
+"""How long it must have been idle before each later graph, which no film is waiting for."""
 
 
 @dataclass(frozen=True)
@@ -355,21 +359,24 @@ class Classifier:
         self,
         idle_s: float = WARM_UP_IDLE_S,
         delay_s: float = WARM_UP_DELAY_S,
+        later_idle_s: float = WARM_UP_LATER_IDLE_S,
         then: Callable[[], None] | None = None,
     ) -> threading.Thread:
         """Starts :meth:`warm_up` in a thread and returns at once.
 
         Until a graph is traced, the calls that need it run eagerly (the same
         operations, unfused): a film arriving meanwhile is answered without
-        waiting for the tracing. Each graph is traced only once the network has
-        been idle for ``idle_s`` seconds, and the first not before ``delay_s``
-        seconds from now, so that tracing, which holds the GIL most of the time,
-        does not slow down the films being answered. Starting it again returns
-        the same thread.
+        waiting for the tracing. The first graph is traced once the network has
+        been idle for ``idle_s`` seconds, and not before ``delay_s`` seconds from
+        now; each later one after ``later_idle_s`` seconds of quiet, so that
+        tracing, which holds the GIL most of the time, does not slow down the
+        films being answered. Starting it again returns the same thread.
 
         Args:
-            idle_s: Quiet time before each graph is traced.
-            delay_s: Quiet time before the first graph is traced.
+            idle_s: Quiet time before the first graph is traced.
+            delay_s: Time from now before the first graph is traced (a call
+                ending earlier ends it).
+            later_idle_s: Quiet time before each later graph is traced.
             then: Called in the thread once every graph is traced (e.g. to
                 freeze the garbage collector's view of the loaded model).
 
@@ -382,18 +389,25 @@ class Classifier:
                 self._last_call = time.monotonic() + max(delay_s - idle_s, 0.0)
             # not a daemon: an interpreter exiting mid-trace would abort in TensorFlow
             self._warmer = threading.Thread(
-                target=self._warm_up_then_compile, args=(idle_s, then),
+                target=self._warm_up_then_compile, args=((idle_s, later_idle_s), then),
                 name="classifier-warm-up", daemon=False,
             )
             self._warmer.start()
         return self._warmer
 
-    def _warm_up_then_compile(self, idle_s: float, then: Callable[[], None] | None) -> None:
-        """The background warm-up; afterwards every call uses the compiled graphs."""
+    def _warm_up_then_compile(
+        self, idle_s: tuple[float, float], then: Callable[[], None] | None
+    ) -> None:
+        """The background warm-up; afterwards every call uses the compiled graphs.
+
+        Args:
+            idle_s: Quiet time before the first graph and before each later one.
+            then: Called once every graph is traced.
+        """
         try:
-            for name in WARM_UP_ORDER:
+            for i, name in enumerate(WARM_UP_ORDER):
                 if name not in self._traced:
-                    self._wait_until_idle(idle_s)
+                    self._wait_until_idle(idle_s[0] if i == 0 else idle_s[1])
                     self._start_tracing(name)
                     try:
                         self._trace(name)

@@ -228,7 +228,7 @@ def test_the_background_warm_up_traces_only_while_the_network_is_idle(tiny_cnn, 
 
     clf._explainer_impl = slow_eager
     call = threading.Thread(target=clf.explain_batch, args=(x,))
-    thread = clf.warm_up_in_background(idle_s=0.05, delay_s=0.0)
+    thread = clf.warm_up_in_background(idle_s=0.05, delay_s=0.0, later_idle_s=0.05)
     call.start()
     assert running.wait(60)  # a film is being answered (eagerly: nothing is traced yet)
     thread.join(timeout=0.5)
@@ -241,7 +241,7 @@ def test_the_background_warm_up_traces_only_while_the_network_is_idle(tiny_cnn, 
 
 def test_the_first_graph_waits_for_the_first_film_then_follows_it(tiny_cnn, tiny_metadata):
     clf = Classifier(tiny_cnn, tiny_metadata)
-    thread = clf.warm_up_in_background(idle_s=0.0, delay_s=60.0)
+    thread = clf.warm_up_in_background(idle_s=0.0, delay_s=60.0, later_idle_s=0.0)
     thread.join(timeout=0.5)
     assert thread.is_alive() and set(clf.tracing_counts().values()) == {0}  # the delay holds
     clf.explain_batch(_images(1))  # the first film: answered eagerly, and ends the delay
@@ -265,7 +265,7 @@ def test_a_call_while_its_graph_is_traced_waits_for_the_graph(tiny_cnn, tiny_met
     eager_calls = []
     eager = clf._explainer_impl
     clf._explainer_impl = lambda method: (eager_calls.append(method), eager(method))[-1]
-    thread = clf.warm_up_in_background(idle_s=0.0, delay_s=0.0)
+    thread = clf.warm_up_in_background(idle_s=0.0, delay_s=0.0, later_idle_s=0.0)
     assert tracing.wait(60)  # the warm-up is tracing the Grad-CAM graph
     answers = []
     call = threading.Thread(target=lambda: answers.extend(clf.explain_batch(x)))
