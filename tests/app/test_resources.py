@@ -77,6 +77,14 @@ def test_the_preload_loads_once_what_the_page_then_finds_and_starts_the_warm_up(
     assert classifier.tracing_counts() == {"gradcam": 1, "forward": 1, "gradcam++": 1}
 
 
+def test_the_server_traces_its_graphs_without_grappler_rewrites(tiny_served):
+    import tensorflow as tf
+
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
+    resources.load_model(resources.model_path())
+    assert tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer") is True
+
+
 def test_a_model_that_cannot_be_loaded_is_only_logged_by_the_preload(
     monkeypatch, tmp_path, caplog
 ):
