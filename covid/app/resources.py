@@ -86,9 +86,9 @@ def _freeze_garbage() -> None:
 
 SERVING_GRAPH_OPTIONS = {"disable_meta_optimizer": True}
 """TensorFlow's graph options in the server: no Grappler rewrites. Measured on the shipped
-classifier (2 cores): the first call of the Grad-CAM graph 0.9 -> 0.45 s, steady batches
-of 1 and 16 and the segmenter's unchanged (within 5%), so a film that waits for the
-warm-up's graph waits half as long."""
+classifier (2 cores): the first call of the Grad-CAM graph 0.9 -> 0.45 s, while steady
+batches of 1 and 16 films and the segmenter's stay within run-to-run noise (about 7%),
+so a film that waits for the warm-up's graph waits half as long."""
 
 
 def model_path() -> Path:

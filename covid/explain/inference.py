@@ -301,7 +301,7 @@ class Classifier:
                 self._idle.notify_all()
 
     def _wait_until_idle(self, idle_s: float) -> None:
-        """Blocks until no batch has run or waited for ``idle_s`` seconds."""
+        """Blocks until no batch has run or waited (nor a graph been traced) for ``idle_s`` s."""
         with self._idle:
             while True:
                 quiet = time.monotonic() - self._last_call
@@ -310,9 +310,15 @@ class Classifier:
                 self._idle.wait(None if self._calls else idle_s - quiet)
 
     def _start_tracing(self, name: str | None) -> None:
-        """Records the graph being traced (None: done), waking calls that wait for it."""
+        """Records the graph being traced (None: done), waking calls that wait for it.
+
+        A finished trace counts as activity, so that the quiet before the next
+        graph is counted from its end.
+        """
         with self._idle:
             self._tracing = name
+            if name is None:
+                self._last_call = max(self._last_call, time.monotonic())
             self._idle.notify_all()
 
     def _graph(self, name: str):

@@ -28,8 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from fpdf import FPDF
-from fpdf.enums import XPos, YPos
 from PIL import Image
 
 from covid import DISCLAIMER
@@ -91,6 +89,8 @@ class _Doc:
     """An A4 page plus the font in use; text is made printable by :meth:`text`."""
 
     def __init__(self, when: datetime) -> None:
+        from fpdf import FPDF  # deferred: the page imports this module before any report
+
         self.pdf = FPDF(orientation="P", unit="mm", format="A4")
         self.pdf.set_margins(_MARGIN, _MARGIN, _MARGIN)
         self.pdf.set_auto_page_break(True, margin=_MARGIN)
@@ -118,6 +118,8 @@ class _Doc:
 
     def line(self, value: str, size: float = 10, bold: bool = False, height: float = 5.5) -> None:
         """Writes a wrapped paragraph across the content width."""
+        from fpdf.enums import XPos, YPos
+
         self.font(size, bold)
         self.pdf.multi_cell(
             _CONTENT_W, height, self.text(value), align="L",
