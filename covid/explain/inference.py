@@ -352,14 +352,23 @@ class Classifier:
             graph(zeros, tf.constant([-1], tf.int32))
         self._traced.add(name)
 
+    def _trace_once(self, name: str) -> None:
+        """Traces one graph unless it is traced; calls that need it meanwhile wait for it."""
+        if name in self._traced:
+            return
+        self._start_tracing(name)
+        try:
+            self._trace(name)
+        finally:
+            self._start_tracing(None)
+
     def warm_up(self) -> None:
         """Traces every compiled graph once, so that no user request pays for tracing.
 
         The graph a first film needs (prediction with its Grad-CAM) comes first.
         """
         for name in WARM_UP_ORDER:
-            if name not in self._traced:
-                self._trace(name)
+            self._trace_once(name)
 
     def warm_up_in_background(
         self,
@@ -368,7 +377,7 @@ class Classifier:
         later_idle_s: float = WARM_UP_LATER_IDLE_S,
         then: Callable[[], None] | None = None,
     ) -> threading.Thread:
-        """Starts :meth:`warm_up` in a thread and returns at once.
+        """Traces every compiled graph in a thread, when the network is idle; returns at once.
 
         Until a graph is traced, the calls that need it run eagerly (the same
         operations, unfused): a film arriving meanwhile is answered without
@@ -395,30 +404,27 @@ class Classifier:
                 self._last_call = time.monotonic() + max(delay_s - idle_s, 0.0)
             # not a daemon: an interpreter exiting mid-trace would abort in TensorFlow
             self._warmer = threading.Thread(
-                target=self._warm_up_then_compile, args=((idle_s, later_idle_s), then),
+                target=self._warm_up_then_compile, args=(idle_s, later_idle_s, then),
                 name="classifier-warm-up", daemon=False,
             )
             self._warmer.start()
         return self._warmer
 
     def _warm_up_then_compile(
-        self, idle_s: tuple[float, float], then: Callable[[], None] | None
+        self, idle_s: float, later_idle_s: float, then: Callable[[], None] | None
     ) -> None:
         """The background warm-up; afterwards every call uses the compiled graphs.
 
         Args:
-            idle_s: Quiet time before the first graph and before each later one.
+            idle_s: Quiet time before the first graph.
+            later_idle_s: Quiet time before each later one.
             then: Called once every graph is traced.
         """
         try:
             for i, name in enumerate(WARM_UP_ORDER):
                 if name not in self._traced:
-                    self._wait_until_idle(idle_s[0] if i == 0 else idle_s[1])
-                    self._start_tracing(name)
-                    try:
-                        self._trace(name)
-                    finally:
-                        self._start_tracing(None)
+                    self._wait_until_idle(idle_s if i == 0 else later_idle_s)
+                    self._trace_once(name)
         except Exception:  # never fatal: the graphs would then trace on first use
             LOG.exception("warming up the classifier failed")
         finally:

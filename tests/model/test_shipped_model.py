@@ -5,7 +5,6 @@ import json
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from covid.explain.inference import Classifier
 from covid.inputs.preprocess import FOCUS_MODES
 from covid.model.classifier import DEFAULT_MODEL_PATH, file_sha256, read_metadata
 from covid.screening.engine import load_models
@@ -18,14 +17,20 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def classifier():
-    return Classifier.from_file(DEFAULT_MODEL_PATH)
+def models():
+    """The shipped models as the page and CLI load them (segmenter required and SHA-checked
+    if the classifier is lung-focused), loaded once for the module."""
+    return load_models(DEFAULT_MODEL_PATH, warm_up=False)
 
 
 @pytest.fixture(scope="module")
-def segmenter():
-    """The segmenter as the page and CLI load it (required and SHA-checked if lung-focused)."""
-    return load_models(DEFAULT_MODEL_PATH, warm_up=False).segmenter
+def classifier(models):
+    return models.classifier
+
+
+@pytest.fixture(scope="module")
+def segmenter(models):
+    return models.segmenter
 
 
 def test_size_sha_and_metadata():

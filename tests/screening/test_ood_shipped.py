@@ -17,10 +17,8 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from pydicom.data import get_testdata_file
 
-from covid.explain.inference import Classifier
 from covid.model.classifier import DEFAULT_MODEL_PATH, read_metadata
 from covid.screening.engine import load_models
-from covid.screening.ood import load_detector
 from covid.screening.pipeline import analyse
 from covid.training.evaluate import artefact_paths
 
@@ -92,19 +90,25 @@ def non_chest_corpus() -> list[tuple[str, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def classifier():
-    return Classifier.from_file(DEFAULT_MODEL_PATH)
+def models():
+    """The shipped models as the page and CLI load them (segmenter required and SHA-checked
+    if the classifier is lung-focused), loaded once for the module."""
+    return load_models(DEFAULT_MODEL_PATH, warm_up=False)
 
 
 @pytest.fixture(scope="module")
-def segmenter():
-    """The segmenter as the page and CLI load it (required and SHA-checked if lung-focused)."""
-    return load_models(DEFAULT_MODEL_PATH, warm_up=False).segmenter
+def classifier(models):
+    return models.classifier
 
 
 @pytest.fixture(scope="module")
-def detector():
-    return load_detector(DEFAULT_MODEL_PATH)
+def segmenter(models):
+    return models.segmenter
+
+
+@pytest.fixture(scope="module")
+def detector(models):
+    return models.ood
 
 
 def test_non_chest_images_are_flagged_or_refused(classifier, detector, segmenter):
