@@ -70,6 +70,16 @@ def tiny_model_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def shipped_models():
+    """The shipped models as the page and CLI load them (segmenter required and SHA-checked
+    if the classifier is lung-focused), loaded once for the whole run."""
+    from covid.model.classifier import DEFAULT_MODEL_PATH
+    from covid.screening.engine import load_models
+
+    return load_models(DEFAULT_MODEL_PATH, warm_up=False)
+
+
+@pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
     """The COVID-19 Radiography Database beside the repository, or skip."""
     path = Path(__file__).resolve().parents[1].parent / "shared/data/covid19-radiography"

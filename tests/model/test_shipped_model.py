@@ -7,7 +7,6 @@ from sklearn.metrics import roc_auc_score
 
 from covid.inputs.preprocess import FOCUS_MODES
 from covid.model.classifier import DEFAULT_MODEL_PATH, file_sha256, read_metadata
-from covid.screening.engine import load_models
 from covid.screening.pipeline import analyse
 from covid.training.evaluate import artefact_paths
 
@@ -17,20 +16,13 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def models():
-    """The shipped models as the page and CLI load them (segmenter required and SHA-checked
-    if the classifier is lung-focused), loaded once for the module."""
-    return load_models(DEFAULT_MODEL_PATH, warm_up=False)
+def classifier(shipped_models):
+    return shipped_models.classifier
 
 
 @pytest.fixture(scope="module")
-def classifier(models):
-    return models.classifier
-
-
-@pytest.fixture(scope="module")
-def segmenter(models):
-    return models.segmenter
+def segmenter(shipped_models):
+    return shipped_models.segmenter
 
 
 def test_size_sha_and_metadata():

@@ -18,7 +18,6 @@ from PIL import Image, ImageDraw
 from pydicom.data import get_testdata_file
 
 from covid.model.classifier import DEFAULT_MODEL_PATH, read_metadata
-from covid.screening.engine import load_models
 from covid.screening.pipeline import analyse
 from covid.training.evaluate import artefact_paths
 
@@ -90,25 +89,18 @@ def non_chest_corpus() -> list[tuple[str, bytes]]:
 
 
 @pytest.fixture(scope="module")
-def models():
-    """The shipped models as the page and CLI load them (segmenter required and SHA-checked
-    if the classifier is lung-focused), loaded once for the module."""
-    return load_models(DEFAULT_MODEL_PATH, warm_up=False)
+def classifier(shipped_models):
+    return shipped_models.classifier
 
 
 @pytest.fixture(scope="module")
-def classifier(models):
-    return models.classifier
+def segmenter(shipped_models):
+    return shipped_models.segmenter
 
 
 @pytest.fixture(scope="module")
-def segmenter(models):
-    return models.segmenter
-
-
-@pytest.fixture(scope="module")
-def detector(models):
-    return models.ood
+def detector(shipped_models):
+    return shipped_models.ood
 
 
 def test_non_chest_images_are_flagged_or_refused(classifier, detector, segmenter):
