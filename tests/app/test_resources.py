@@ -7,11 +7,13 @@ absent file).
 
 from __future__ import annotations
 
+import gc
 import io
 import os
 import subprocess
 import sys
 import textwrap
+import weakref
 from pathlib import Path
 
 import keras
@@ -75,6 +77,73 @@ def test_the_preload_loads_once_what_the_page_then_finds_and_starts_the_warm_up(
     warm_up.join(timeout=120)
     assert not warm_up.is_alive()
     assert classifier.tracing_counts() == {"gradcam": 1, "forward": 1, "gradcam++": 1}
+
+
+@pytest.fixture
+def collector():
+    """Starts with the collector enabled and nothing frozen; puts both back afterwards."""
+    was_enabled = gc.isenabled()
+    gc.enable()
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+    if not was_enabled:
+        gc.disable()
+
+
+def test_the_preload_pauses_the_collector_while_loading_then_freezes_and_enables_it(
+    tiny_served, collector, monkeypatch
+):
+    enabled_while_loading = []
+    load_model = resources.load_model
+
+    def recording(path):
+        enabled_while_loading.append(gc.isenabled())
+        return load_model(path)
+
+    monkeypatch.setattr(resources, "load_model", recording)
+    resources.preload()
+    assert enabled_while_loading == [False]
+    assert gc.isenabled()
+    assert gc.get_freeze_count() > 0  # the loaded models, out of the collector's scans
+
+
+def test_importing_the_resources_imports_no_keras_so_the_pause_covers_tensorflows_import():
+    code = ("import sys, covid.app.resources; "
+            "print(sorted({'keras', 'tensorflow'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_failed_preload_enables_the_collector_again(monkeypatch, tmp_path, collector):
+    monkeypatch.setenv("COVID_MODEL_PATH", str(tmp_path / "absent.keras"))
+    st.cache_resource.clear()
+    resources.preload()
+    assert gc.isenabled()
+
+
+def test_the_pause_keeps_a_collector_that_was_disabled_disabled(collector):
+    gc.disable()
+    with pytest.raises(RuntimeError), resources._collector_paused():
+        raise RuntimeError("a load that fails")
+    assert not gc.isenabled()
+
+
+class _Node:
+    """An object that can sit in a reference cycle and be watched through a weak reference."""
+
+
+def test_the_warm_ups_freeze_collects_the_garbage_the_preload_froze(collector):
+    with resources._collector_paused():
+        node = _Node()
+        node.itself = node  # a reference cycle: garbage only the collector frees
+        watched = weakref.ref(node)
+        del node
+    gc.collect()
+    assert watched() is not None  # frozen with the models, out of the collector's reach
+    resources._freeze_garbage()
+    assert watched() is None
 
 
 def test_the_server_traces_its_graphs_without_grappler_rewrites(tiny_served):
