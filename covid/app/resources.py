@@ -253,7 +253,7 @@ def preload() -> None:
     whoever visits.
     """
     start = time.perf_counter()
-    with _collector_paused():  # this module imports no Keras: the pause covers its import too
+    with _collector_paused():
         from covid.model.classifier import ModelFileError  # imports Keras and TensorFlow
 
         try:
