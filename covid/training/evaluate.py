@@ -2,14 +2,20 @@
 
 Usage::
 
-    python -m covid.evaluate --model runs/main/model.keras --ship models/covid_resnet50.keras
+    python -m covid.evaluate --model RUN/model.keras --compare models/covid_resnet50.keras
 
-The temperature and the operating threshold are fitted on the validation split,
-never on test. Test metrics (AUC with a bootstrap 95% CI, sensitivity,
-specificity, PPV, NPV, the confusion matrix, ECE before and after temperature
-scaling) are computed with the model in inference mode and written into the
-model's metadata. ROC and reliability plots, the per-image test scores and the
-evaluation data behind the plots are saved next to the model.
+The temperature and the operating point are fitted on the validation split, never
+on test: the temperature by log-loss, the operating point as the highest
+threshold on P(any finding) = 1 - P(Normal) that still admits 98% of the
+validation films with a finding (:mod:`covid.model.decision`). Test figures
+(:func:`covid.training.metrics.screening_figures`: AUCs with bootstrap CIs, the
+3 x 3 confusion matrix, sensitivity, specificity, pneumonias sent home, every
+figure by source and by age group), calibration, the share of each film's map
+inside its segmented lungs, and the localisation of the COVID-19 map against the
+radiologists' masks are written into the model's metadata, with ROC curves,
+plots and per-film scores beside the model. ``--compare`` scores another model
+(the shipped one, with its own temperature and operating point) on the same test
+films, and records its figures beside the new ones.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import csv
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,223 +38,113 @@ from covid.model.calibration import (
     reliability_curve,
 )
 from covid.model.classifier import ModelMetadata, metadata_path, read_metadata, write_metadata
+from covid.model.decision import decide_labels, p_finding
+from covid.training.catalogue import Catalogue, catalogue_side, data_dir
 from covid.training.lung_data import FocusedSet, MaskSet, focused_dataset, match_masks
-from covid.training.metrics import auc_with_ci, operating_point, roc_points
+from covid.training.metrics import roc_points, screening_figures
 
 LOG = logging.getLogger("covid.training.evaluate")
+MIN_SENSITIVITY = 0.98
+"""Share of validation films with a finding that the operating point must admit."""
 
 
 def artefact_paths(model_path: str | Path) -> dict[str, Path]:
     """Where the evaluation artefacts of a model live, beside its file.
 
-    Args:
-        model_path: The ``.keras`` file.
-
     Returns:
         Paths keyed ``split``, ``scores``, ``evaluation``, ``roc_png``, ``reliability_png``.
     """
-    model_path = Path(model_path)
-    stem = model_path.with_suffix("")
+    stem = Path(model_path).with_suffix("")
     return {
-        "split": Path(f"{stem}.split.json"),
-        "scores": Path(f"{stem}.test_scores.csv"),
-        "evaluation": Path(f"{stem}.evaluation.json"),
-        "roc_png": Path(f"{stem}.roc.png"),
+        "split": Path(f"{stem}.split.json"), "scores": Path(f"{stem}.test_scores.csv"),
+        "evaluation": Path(f"{stem}.evaluation.json"), "roc_png": Path(f"{stem}.roc.png"),
         "reliability_png": Path(f"{stem}.reliability.png"),
     }
 
 
-def load_split_side(split: dict, side: str, class_names: list[str], data_root: Path | None):
-    """Paths and labels of one side of a stored split.
+def split_side(record: dict, side: str, root: Path | None = None) -> Catalogue:
+    """One side of a split record; a two-class record's class is each file's first folder."""
+    if root is None and not Path(record["root"]).is_dir():
+        recorded = Path(record["root"])
+        root = data_dir() / recorded.name if "labels" not in record else data_dir()
+    if "labels" in record:
+        return catalogue_side(record, side, root)
+    names = record["files"][side]
+    lookup = {"covid": 0, "normal": 2}
+    labels = np.asarray([lookup[Path(n).parts[0].lower()] for n in names], np.int64)
+    return Catalogue(Path(root or record["root"]), tuple(names), labels,
+                     tuple(Path(n).parts[0] for n in names), tuple("unknown" for _ in names))
 
-    Args:
-        split: The split record written by training.
-        side: ``"train"``, ``"val"`` or ``"test"``.
-        class_names: Class names; a file's class is its first folder.
-        data_root: Dataset folder (None: the one recorded in the split).
+
+@dataclass(frozen=True)
+class Scored:
+    """A model's raw outputs on a set of films.
+
+    Attributes:
+        films: The films.
+        logits: (N, C) logits over the model's classes.
+        focused: The films' model inputs and lungs.
+    """
+
+    films: Catalogue
+    logits: np.ndarray
+    focused: FocusedSet
+
+
+def score(classifier, segmenter, films: Catalogue, cache_dir: Path | None) -> Scored:
+    """Runs the serving path (focus, then the network) over films."""
+    meta = classifier.metadata
+    focused = focused_dataset(films.paths, meta.input_size, meta.input_mode, segmenter,
+                              cache_dir=cache_dir)
+    return Scored(films, classifier.logits_batch(focused.x.astype(np.float32)), focused)
+
+
+def true_names(films: Catalogue) -> np.ndarray:
+    """(N,) true class names of catalogue films."""
+    from covid.training.catalogue import CLASS_NAMES
+
+    return np.asarray(CLASS_NAMES)[films.labels]
+
+
+def calibrate(val: Scored, class_names: list[str]) -> tuple[float, float]:
+    """Temperature and operating point, both from the validation split.
+
+    Films of a class the model does not have (other pneumonias for a two-class
+    model) take no part in the temperature, but count as findings.
 
     Returns:
-        (relative names, absolute paths, (N,) labels).
+        ``(temperature, threshold)``.
     """
-    root = Path(data_root or split["root"])
-    names = split["files"][side]
-    lowered = [c.lower() for c in class_names]
-    labels = np.asarray([lowered.index(Path(n).parts[0].lower()) for n in names])
-    return names, tuple(root / n for n in names), labels
+    names = true_names(val.films)
+    known = np.isin(names, class_names)
+    index = np.asarray([class_names.index(n) if n in class_names else -1 for n in names])
+    temperature = fit_temperature(val.logits[known], index[known])
+    probs = calibrated_probs(val.logits, temperature)
+    threshold = choose_threshold(p_finding(probs, class_names), names != "Normal",
+                                 MIN_SENSITIVITY)
+    return temperature, threshold
 
 
-def summarise(
-    val_logits: np.ndarray,
-    val_labels: np.ndarray,
-    test_logits: np.ndarray,
-    test_labels: np.ndarray,
-    positive_index: int = 0,
-    min_sensitivity: float = 0.98,
-) -> dict:
-    """Calibrates on validation and measures on test.
-
-    Args:
-        val_logits: (Nv, C) validation logits.
-        val_labels: (Nv,) validation class indices.
-        test_logits: (Nt, C) test logits.
-        test_labels: (Nt,) test class indices.
-        positive_index: Index of the positive class.
-        min_sensitivity: Validation sensitivity the threshold must keep.
-
-    Returns:
-        ``temperature``, ``threshold``, ``metrics`` (for the metadata) and
-        ``curves`` (ROC and reliability data for plots and the model page).
-    """
-    temperature = fit_temperature(val_logits, val_labels)
-    val_p = calibrated_probs(val_logits, temperature)[:, positive_index]
-    threshold = choose_threshold(val_p, val_labels == positive_index, min_sensitivity)
-    raw = calibrated_probs(test_logits, 1.0)
-    cal = calibrated_probs(test_logits, temperature)
-    is_pos = test_labels == positive_index
-    auc, low, high = auc_with_ci(cal[:, positive_index], is_pos)
-    point = operating_point(cal[:, positive_index], is_pos, threshold)
-    metrics = {
-        "split": "test",
-        "mode": "inference (BatchNorm moving statistics)",
-        "n": len(test_labels),
-        "auc": auc,
-        "auc_ci95": [low, high],
-        **{k: point[k] for k in ("sensitivity", "specificity", "ppv", "npv")},
-        "confusion": {"tp": point["tp"], "fn": point["fn"], "fp": point["fp"], "tn": point["tn"]},
-        "ece_before_scaling": expected_calibration_error(raw, test_labels),
-        "ece_after_scaling": expected_calibration_error(cal, test_labels),
-        "val_ece_before_scaling": expected_calibration_error(
-            calibrated_probs(val_logits, 1.0), val_labels
-        ),
-        "val_ece_after_scaling": expected_calibration_error(
-            calibrated_probs(val_logits, temperature), val_labels
-        ),
-        "val_sensitivity_target": min_sensitivity,
+def calibration_figures(test: Scored, class_names: list[str], temperature: float) -> dict:
+    """Top-label ECE before and after scaling, and reliability curves of P(any finding)."""
+    names = true_names(test.films)
+    known = np.isin(names, class_names)
+    index = np.asarray([class_names.index(n) for n in names[known]])
+    raw, cal = (calibrated_probs(test.logits, t) for t in (1.0, temperature))
+    finding = names != "Normal"
+    return {
+        "ece_before_scaling": expected_calibration_error(raw[known], index),
+        "ece_after_scaling": expected_calibration_error(cal[known], index),
+        "reliability_before": reliability_curve(p_finding(raw, class_names), finding),
+        "reliability_after": reliability_curve(p_finding(cal, class_names), finding),
     }
-    curves = {
-        "roc": roc_points(cal[:, positive_index], is_pos),
-        "reliability_before": reliability_curve(raw[:, positive_index], is_pos),
-        "reliability_after": reliability_curve(cal[:, positive_index], is_pos),
-    }
-    return {"temperature": temperature, "threshold": threshold, "metrics": metrics,
-            "curves": curves}
-
-
-def _save_plots(summary: dict, meta: ModelMetadata, paths: dict[str, Path]) -> None:
-    from covid.training.plots import reliability_figure, roc_figure
-
-    m = summary["metrics"]
-    fig = roc_figure(summary["curves"]["roc"], m["auc"], tuple(m["auc_ci95"]),
-                     (1 - m["specificity"], m["sensitivity"]))
-    fig.savefig(paths["roc_png"], dpi=110)
-    fig = reliability_figure({
-        "before scaling": summary["curves"]["reliability_before"],
-        f"after scaling (T = {summary['temperature']:.2f})": summary["curves"]["reliability_after"],
-    })
-    fig.savefig(paths["reliability_png"], dpi=110)
-
-
-def _write_scores(path: Path, names: list[str], labels: np.ndarray, logits: np.ndarray,
-                  temperature: float, meta: ModelMetadata,
-                  lung_evidence: list[float | None]) -> None:
-    probs = calibrated_probs(logits, temperature)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "label", "p_covid", "logit_covid", "logit_normal",
-                         "lung_evidence"])
-        for name, label, p, z, share in zip(names, labels, probs, logits, lung_evidence,
-                                            strict=True):
-            writer.writerow([name, meta.class_names[label], f"{p[meta.positive_index]:.6f}",
-                             f"{z[0]:.5f}", f"{z[1]:.5f}",
-                             "" if share is None else f"{share:.4f}"])
-
-
-def cam_energy(classifier, focused: FocusedSet, labels: np.ndarray, targets: np.ndarray) -> dict:
-    """Where the labelled class's Grad-CAM puts its energy on the test split.
-
-    In the model's input: chest centre, border and corners. On the film: the
-    share inside the segmented lungs, as the page shows it.
-
-    Args:
-        classifier: The loaded :class:`covid.explain.inference.Classifier`.
-        focused: The test films' inputs, boxes and lung masks.
-        labels: (N,) true class indices.
-        targets: (N,) class indices explained (the labels at the operating point).
-
-    Returns:
-        Mean energy shares ``overall``, ``per_class`` (true class) and
-        ``by_predicted``, each region's share of the image ``area``, and
-        ``lung_evidence``: the per-film share inside the lungs (None without lungs).
-    """
-    from covid.explain.cam_stats import area_shares, energy_shares, summarise_shares
-    from covid.explain.localisation import cam_to_film, energy_inside
-
-    shares, lung_evidence = [], []
-    for i, image in enumerate(focused.x.astype(np.float32)):
-        explanation = classifier.explain(image, target=int(targets[i]))
-        shares.append(energy_shares(explanation.cam))
-        if focused.lungs is None:
-            lung_evidence.append(None)
-            continue
-        film = cam_to_film(explanation.cam, focused.box(i), focused.lungs[i].shape)
-        lung_evidence.append(energy_inside(film, focused.lungs[i]))
-    names = classifier.metadata.class_names
-    summary = summarise_shares(shares, labels.tolist(), names, targets.tolist())
-    return {"overall": summary["overall"], "per_class": summary["by_class"],
-            "by_predicted": summary["by_predicted"], "area": area_shares(*focused.x.shape[1:3]),
-            "method": "Grad-CAM of the class labelled at the operating point",
-            "layer": classifier.gradcam_layer, "lung_evidence": lung_evidence}
-
-
-PAEDIATRIC_MAX_NUMBER = 1341
-"""Normal films numbered up to this are the paediatric (Kermany) part of the database."""
-
-
-def is_paediatric(name: str) -> bool:
-    """Whether a Normal film's name (``Normal/Normal-123.jpg``) marks it as paediatric."""
-    stem = Path(name).stem
-    number = stem.rsplit("-", 1)[-1]
-    return stem.lower().startswith("normal") and number.isdigit() and (
-        int(number) <= PAEDIATRIC_MAX_NUMBER
-    )
-
-
-def specificity_by_source(names: list[str], labels: np.ndarray, p_positive: np.ndarray,
-                          threshold: float, positive_index: int) -> dict:
-    """Specificity at the operating point, for paediatric and adult normal films apart.
-
-    Args:
-        names: N file names relative to the dataset.
-        labels: (N,) class indices.
-        p_positive: (N,) calibrated positive-class probabilities.
-        threshold: The operating point.
-        positive_index: The positive class's index.
-
-    Returns:
-        ``{"paediatric": {...}, "adult": {...}}`` with ``n``, ``false_alarms`` and
-        ``specificity`` (None for a group without films).
-    """
-    normal = labels != positive_index
-    child = np.array([is_paediatric(n) for n in names], bool)
-    out = {}
-    for group, chosen in (("paediatric", normal & child), ("adult", normal & ~child)):
-        n = int(chosen.sum())
-        flagged = int((p_positive[chosen] >= threshold).sum())
-        out[group] = {"n": n, "false_alarms": flagged,
-                      "specificity": None if n == 0 else 1.0 - flagged / n}
-    return out
 
 
 def localisation(classifier, focused: FocusedSet, masks: MaskSet) -> dict:
-    """How the positive class's maps sit against radiologists' lung and infection masks.
+    """How the COVID-19 maps sit against radiologists' lung and infection masks.
 
     Each map is computed on the unaltered model input, placed back on the film
     (:func:`covid.explain.localisation.cam_to_film`) and compared with the masks.
-
-    Args:
-        classifier: The loaded :class:`covid.explain.inference.Classifier`.
-        focused: The inputs of the films the masks index into.
-        masks: The matched masks (all positive-class films).
 
     Returns:
         Means of the energy share inside the lungs, of the peak inside the lungs
@@ -256,10 +153,10 @@ def localisation(classifier, focused: FocusedSet, masks: MaskSet) -> dict:
     """
     from covid.explain.localisation import cam_to_film, energy_inside, peak_inside
 
-    target = classifier.metadata.positive_index
+    target = classifier.metadata.class_names.index("COVID")
     share, peak_lungs, peak_infection, lung_area, infection_area = [], [], [], [], []
     for j, i in enumerate(masks.index):
-        cam = classifier.explain(focused.x[i], target=target).cam
+        cam = classifier.explain(focused.x[i].astype(np.float32), target=target).cam
         film_cam = cam_to_film(cam, focused.box(i), tuple(int(v) for v in focused.shapes[i]))
         share.append(energy_inside(film_cam, masks.lungs[j]))
         peak_lungs.append(peak_inside(film_cam, masks.lungs[j]))
@@ -277,107 +174,159 @@ def localisation(classifier, focused: FocusedSet, masks: MaskSet) -> dict:
         "peak_in_lungs": _mean(peak_lungs), "peak_in_lungs_uniform": _mean(lung_area),
         "peak_in_infection": _mean(peak_infection),
         "peak_in_infection_uniform": _mean(infection_area),
-        "share_per_film": [round(v, 4) for v in share],
-        "map": f"Grad-CAM of {classifier.metadata.positive_class} at {classifier.gradcam_layer}",
+        "map": f"Grad-CAM of COVID at {classifier.gradcam_layer}",
     }
 
 
-def _segmenter_for(meta: ModelMetadata, lung_model: Path):
-    """The lung segmenter a classifier needs (None for whole-film input)."""
-    if meta.input_mode == "full" and not lung_model.exists():
-        return None
-    from covid.model.lungs import LungSegmenter
+def covid_masks(test: Scored, mask_root: Path, cache_dir: Path | None) -> MaskSet:
+    """Radiologists' masks for the test split's COVID films (matched by perceptual hash)."""
+    positive = np.flatnonzero(test.films.labels == 0)
+    found = match_masks(tuple(test.films.paths[i] for i in positive), mask_root,
+                        cache_dir=cache_dir)
+    return MaskSet(positive[found.index], found.lungs, found.infection, found.distance)
 
-    return LungSegmenter.from_file(lung_model)
+
+def lung_evidence(classifier, test: Scored, targets: np.ndarray) -> np.ndarray:
+    """(N,) share of each film's labelled-class Grad-CAM inside its segmented lungs (NaN: none)."""
+    from covid.explain.localisation import cam_to_film, energy_inside
+
+    shares = np.full(len(targets), np.nan)
+    if test.focused.lungs is None:
+        return shares
+    for i, image in enumerate(test.focused.x.astype(np.float32)):
+        cam = classifier.explain(image, target=int(targets[i])).cam
+        film = cam_to_film(cam, test.focused.box(i), test.focused.lungs[i].shape)
+        shares[i] = energy_inside(film, test.focused.lungs[i])
+    return shares
 
 
-def evaluate(model_path: Path, split_path: Path, data_root: Path | None = None,
-             mask_root: Path | None = None, lung_model: Path = Path("models/lung_unet.keras"),
-             sides: tuple[str, ...] = ("val", "test"), gradcam_layer: str | None = None) -> dict:
-    """Runs the evaluation and writes the metadata and artefacts beside the model.
-
-    Args:
-        model_path: The ``.keras`` model (its metadata JSON beside it).
-        split_path: The split record from training.
-        data_root: Dataset folder override.
-        mask_root: COVID-QU-Ex folder for the localisation figures (None: skipped).
-        lung_model: The lung segmenter (needed by lung-focused classifiers).
-        sides: ``("val", "test")`` for the full evaluation; ``("val",)`` to compare
-            candidates on validation alone (nothing is written then).
-        gradcam_layer: Explain this layer instead of the metadata's (to compare
-            layers on validation; the metadata records the chosen one).
+def test_figures(classifier, test: Scored, temperature: float, threshold: float,
+                 mask_root: Path | None, cache_dir: Path | None) -> tuple[dict, dict, np.ndarray]:
+    """Every test figure of one model at its temperature and operating point.
 
     Returns:
-        The summary from :func:`summarise` (test) or the validation figures.
+        ``(metrics, curves, lung_shares)``.
     """
+    names = classifier.metadata.class_names
+    probs = calibrated_probs(test.logits, temperature)
+    truth = true_names(test.films)
+    groups = {"by_source": np.asarray(test.films.sources), "by_age": np.asarray(test.films.ages)}
+    metrics = screening_figures(probs, truth, names, threshold, groups)
+    calibration = calibration_figures(test, names, temperature)
+    metrics.update({k: calibration.pop(k) for k in ("ece_before_scaling", "ece_after_scaling")})
+    metrics["temperature"] = temperature
+    targets = decide_labels(probs, names, threshold)
+    shares = lung_evidence(classifier, test, targets)
+    metrics["lung_evidence_mean"] = {
+        n: float(np.nanmean(shares[truth == n])) for n in np.unique(truth)
+        if np.isfinite(shares[truth == n]).any()}
+    if mask_root is not None:
+        metrics["localisation"] = localisation(classifier, test.focused,
+                                               covid_masks(test, mask_root, cache_dir))
+    curves = {"roc_per_class": {n: roc_points(probs[:, c], truth == n)
+                                for c, n in enumerate(names)},
+              "roc_finding": roc_points(p_finding(probs, names), truth != "Normal"),
+              **calibration}
+    return metrics, curves, shares
+
+
+def _write_scores(path: Path, test: Scored, meta: ModelMetadata, shares: np.ndarray) -> None:
+    probs = calibrated_probs(test.logits, meta.temperature)
+    labels = np.asarray(meta.class_names)[decide_labels(probs, meta.class_names, meta.threshold)]
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "true", "source", "age", "label",
+                         *(f"p_{n.lower().replace(' ', '_')}" for n in meta.class_names),
+                         "lung_evidence"])
+        for i, name in enumerate(test.films.names):
+            share = "" if np.isnan(shares[i]) else f"{shares[i]:.4f}"
+            writer.writerow([name, true_names(test.films)[i], test.films.sources[i],
+                             test.films.ages[i], labels[i], *(f"{p:.6f}" for p in probs[i]),
+                             share])
+
+
+def _save_plots(metrics: dict, curves: dict, paths: dict[str, Path]) -> None:
+    from covid.training.plots import reliability_figure, roc_figure
+
+    finding = metrics["auc_finding"]
+    fig = roc_figure(curves["roc_finding"], finding["auc"], tuple(finding["ci95"]),
+                     (1 - metrics["specificity"], metrics["admitted_findings"]))
+    fig.savefig(paths["roc_png"], dpi=110)
+    fig = reliability_figure({
+        "before scaling": curves["reliability_before"],
+        f"after scaling (T = {metrics['temperature']:.2f})": curves["reliability_after"]})
+    fig.savefig(paths["reliability_png"], dpi=110)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to evaluate against.
+
+    Attributes:
+        split: The split record (JSON) from training.
+        data_root: Data folder override (None: the record's root).
+        mask_root: COVID-QU-Ex folder for the localisation figures (None: skipped).
+        lung_model: The lung segmenter.
+        compare: Another model to score on the same test films (None: none).
+        cache_dir: Cache of segmentations and hashes.
+    """
+
+    split: Path
+    data_root: Path | None = None
+    mask_root: Path | None = None
+    lung_model: Path = Path("models/lung_unet.keras")
+    compare: Path | None = None
+    cache_dir: Path | None = None
+
+
+def _loaded(model_path: Path, lung_model: Path):
     from covid.explain.inference import Classifier
+    from covid.model.lungs import LungSegmenter
 
     classifier = Classifier.from_file(model_path)
-    meta = read_metadata(model_path)
-    if gradcam_layer:
-        meta.gradcam_layer = gradcam_layer
-        classifier = Classifier(classifier.model, meta)
-    segmenter = _segmenter_for(meta, lung_model)
-    split = json.loads(split_path.read_text())
-    size = meta.input_size
-    logits, labels, names, local = {}, {}, {}, {}
-    for side in sides:
-        names[side], files, labels[side] = load_split_side(split, side, meta.class_names,
-                                                          data_root)
-        focused = focused_dataset(files, size, meta.input_mode, segmenter)
-        logits[side] = classifier.logits_batch(focused.x.astype(np.float32))
-        if mask_root is not None:
-            positive = np.flatnonzero(labels[side] == meta.positive_index)
-            found = match_masks(tuple(files[i] for i in positive), mask_root)
-            found = MaskSet(positive[found.index], found.lungs, found.infection, found.distance)
-            local[side] = localisation(classifier, focused, found)
-            LOG.info("%s localisation: %s", side,
-                     {k: v for k, v in local[side].items() if k != "share_per_film"})
-        if side == "test":
-            test_focused = focused
-        LOG.info("%s: %d images scored", side, len(files))
-    if "test" not in sides:
-        from sklearn.metrics import roc_auc_score
+    return classifier, LungSegmenter.from_file(lung_model)
 
-        return {"val_auc": float(roc_auc_score(labels["val"] == meta.positive_index,
-                                               logits["val"][:, meta.positive_index]
-                                               - logits["val"][:, 1 - meta.positive_index])),
-                "val_localisation": local.get("val")}
-    summary = summarise(logits["val"], labels["val"], logits["test"], labels["test"],
-                        meta.positive_index)
-    meta.temperature, meta.threshold = summary["temperature"], summary["threshold"]
-    p_test = calibrated_probs(logits["test"], meta.temperature)[:, meta.positive_index]
-    other = 1 - meta.positive_index
-    targets = np.where(p_test >= meta.threshold, meta.positive_index, other)
-    energy = cam_energy(classifier, test_focused, labels["test"], targets)
-    evidence = np.array([np.nan if v is None else v for v in energy["lung_evidence"]])
-    if np.isfinite(evidence).any():
-        summary["metrics"]["lung_evidence_mean"] = {
-            "all": float(np.nanmean(evidence)),
-            **{name: float(np.nanmean(evidence[labels["test"] == c]))
-               for c, name in enumerate(meta.class_names)},
-            "below_half": float(np.nanmean(evidence < 0.5)),
-            "what": "share of the labelled class's Grad-CAM energy inside the segmented lungs",
-        }
-    summary["metrics"]["specificity_by_source"] = specificity_by_source(
-        names["test"], labels["test"], p_test, meta.threshold, meta.positive_index)
-    if "test" in local:
-        summary["metrics"]["localisation"] = {
-            k: v for k, v in local["test"].items() if k != "share_per_film"}
-        summary["metrics"]["localisation"]["split"] = "test (COVID films with COVID-QU-Ex masks)"
-    meta.metrics = {**summary["metrics"], "cam_energy_central": energy["overall"]["central"]}
+
+def compare_with(model_path: Path, test_films: Catalogue, opts: Options) -> dict:
+    """Another model's test figures at its own shipped temperature and operating point."""
+    classifier, segmenter = _loaded(model_path, opts.lung_model)
+    meta = classifier.metadata
+    test = score(classifier, segmenter, test_films, opts.cache_dir)
+    metrics, _, _ = test_figures(classifier, test, meta.temperature, meta.threshold,
+                                 opts.mask_root, opts.cache_dir)
+    return {"model": f"{meta.name} v{meta.version}", "sha256": meta.sha256, **metrics}
+
+
+def evaluate(model_path: Path, opts: Options) -> dict:
+    """Calibrates on validation, measures on test, and writes metadata and artefacts.
+
+    Returns:
+        The test metrics written into the metadata.
+    """
+    classifier, segmenter = _loaded(model_path, opts.lung_model)
+    meta = read_metadata(model_path)
+    record = json.loads(opts.split.read_text())
+    val, test = (score(classifier, segmenter, split_side(record, side, opts.data_root),
+                       opts.cache_dir) for side in ("val", "test"))
+    meta.temperature, meta.threshold = calibrate(val, meta.class_names)
+    LOG.info("temperature %.3f, threshold %.4f on P(any finding)", meta.temperature,
+             meta.threshold)
+    metrics, curves, shares = test_figures(classifier, test, meta.temperature, meta.threshold,
+                                           opts.mask_root, opts.cache_dir)
+    metrics["split"] = "test"
+    if opts.compare is not None:
+        metrics["comparison"] = {"previous": compare_with(opts.compare, test.films, opts)}
+    meta.metrics = metrics
     write_metadata(meta, model_path)
     paths = artefact_paths(model_path)
-    if split_path.resolve() != paths["split"].resolve():
-        shutil.copyfile(split_path, paths["split"])
-    _write_scores(paths["scores"], names["test"], labels["test"], logits["test"],
-                  meta.temperature, meta, energy.pop("lung_evidence"))
+    if opts.split.resolve() != paths["split"].resolve():
+        shutil.copyfile(opts.split, paths["split"])
+    _write_scores(paths["scores"], test, meta, shares)
     paths["evaluation"].write_text(json.dumps(
-        {"metrics": summary["metrics"], "temperature": meta.temperature,
-         "threshold": meta.threshold, "curves": summary["curves"], "cam_energy": energy,
-         "localisation": local}) + "\n")
-    _save_plots(summary, meta, paths)
-    return summary
+        {"metrics": metrics, "temperature": meta.temperature, "threshold": meta.threshold,
+         "curves": curves}) + "\n")
+    _save_plots(metrics, curves, paths)
+    return metrics
 
 
 def ship(model_path: Path, target: Path) -> None:
@@ -394,40 +343,27 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m covid.evaluate",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=Path("runs/main/model.keras"))
+    parser.add_argument("--model", type=Path, required=True, help="the trained model.keras")
     parser.add_argument("--split", type=Path, default=None,
-                        help="split record (default: split.json in the model's run folder, "
-                        "else <model>.split.json)")
-    parser.add_argument("--data", type=Path, default=None, help="dataset folder override")
-    parser.add_argument("--masks", type=Path, default=Path("../shared/data/covid-qu-ex-masks"),
-                        help="COVID-QU-Ex folder for the localisation figures")
+                        help="split record (default: split.json beside the model)")
+    parser.add_argument("--data", type=Path, default=None, help="data folder override")
+    parser.add_argument("--masks", type=Path, default=None,
+                        help="COVID-QU-Ex folder (default: in the data folder)")
     parser.add_argument("--lung-model", type=Path, default=Path("models/lung_unet.keras"))
-    parser.add_argument("--layer", default=None, help="Grad-CAM layer override (with --val-only "
-                        "to compare; without, it is recorded in the metadata)")
-    parser.add_argument("--val-only", action="store_true",
-                        help="compare candidates on validation; writes nothing")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="score this model too, on the same test films (e.g. the shipped)")
+    parser.add_argument("--cache-dir", type=Path,
+                        default=Path.home() / ".cache" / "covid-runs" / "cache")
     parser.add_argument("--ship", type=Path, default=None,
                         help="also copy the evaluated model and its artefacts here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    split = args.split
-    if split is None:
-        beside = args.model.parent / "split.json"
-        split = beside if beside.exists() else artefact_paths(args.model)["split"]
-    masks = args.masks if args.masks.is_dir() else None
-    if args.val_only:
-        found = evaluate(args.model, split, args.data, masks, args.lung_model, ("val",),
-                         args.layer)
-        found["val_localisation"].pop("share_per_film", None)
-        print(json.dumps(found, indent=1, default=str))
-        return
-    summary = evaluate(args.model, split, args.data, masks, args.lung_model,
-                       gradcam_layer=args.layer)
-    print(json.dumps({k: summary[k] for k in ("temperature", "threshold", "metrics")}, indent=2))
+    split = args.split or args.model.parent / "split.json"
+    masks = args.masks or (args.data or data_dir()) / "covid-qu-ex-masks"
+    opts = Options(split, args.data, masks if masks.is_dir() else None, args.lung_model,
+                   args.compare, args.cache_dir)
+    metrics = evaluate(args.model, opts)
+    print(json.dumps(metrics, indent=1, default=str))
     if args.ship:
         ship(args.model, args.ship)
         LOG.info("shipped to %s", args.ship)
-
-
-if __name__ == "__main__":
-    main()

@@ -94,3 +94,123 @@ def _ratio(num: float, den: float) -> float | None:
 
 def _f(value: float | None) -> float | None:
     return None if value is None else float(value)
+
+
+def validation_record(probs: np.ndarray, cams: np.ndarray, shares: np.ndarray,
+                      films) -> dict[str, float]:
+    """One epoch's validation figures for a three-class model (COVID, Other pneumonia, Normal).
+
+    Args:
+        probs: (N, 3) probabilities.
+        cams: (N, h, w, 3) class activation maps.
+        shares: (N, h, w, 2) lung and infection share of each map cell.
+        films: The validation films (``labels`` (N,) class indices).
+
+    Returns:
+        AUC of COVID against the rest and of any finding against normal, the share
+        of other pneumonias and of COVID films whose likeliest class is Normal
+        ("sent home"), the share of normal films whose likeliest class is Normal,
+        and the mean share of the likeliest class's map inside the lungs.
+    """
+    from covid.training.guided import share_inside
+
+    labels = np.asarray(films.labels)
+    predicted = probs.argmax(axis=1)
+    normal = labels == 2
+
+    def _home(label: int) -> float:
+        chosen = labels == label
+        return float((predicted[chosen] == 2).mean()) if chosen.any() else float("nan")
+
+    return {
+        "val_auc_covid": float(roc_auc_score(labels == 0, probs[:, 0])),
+        "val_auc_finding": float(roc_auc_score(~normal, 1.0 - probs[:, 2])),
+        "val_pneumonia_home": _home(1),
+        "val_covid_home": _home(0),
+        "val_normal_home": float((predicted[normal] == 2).mean()) if normal.any() else float("nan"),
+        "val_lung_share": float(share_inside(cams, shares, predicted).mean()),
+    }
+
+
+def _share(mask: np.ndarray) -> float | None:
+    return float(mask.mean()) if len(mask) else None
+
+
+def group_figures(true_names: np.ndarray, decided: np.ndarray, flagged: np.ndarray | None = None
+                  ) -> dict:
+    """Label shares of one group of films: what the decision rule told them.
+
+    Args:
+        true_names: (N,) true class names.
+        decided: (N,) decided label names at the operating point.
+        flagged: (N,) bool out-of-distribution flags, or None.
+
+    Returns:
+        ``n``, ``label_shares`` (label -> share), ``sent_home`` (share labelled
+        Normal) and, with flags, ``ood_flagged``.
+    """
+    labels, counts = np.unique(decided, return_counts=True)
+    out = {"n": len(decided),
+           "label_shares": {str(k): float(c / len(decided)) for k, c in zip(labels, counts,
+                                                                          strict=True)},
+           "sent_home": _share(decided == "Normal")}
+    if flagged is not None:
+        out["ood_flagged"] = _share(np.asarray(flagged, bool))
+    return out
+
+
+def screening_figures(probs: np.ndarray, true_names: np.ndarray, class_names: list[str],
+                      threshold: float, groups: dict[str, np.ndarray] | None = None) -> dict:
+    """Every test figure of a model at its operating point, for 2- or 3-class models.
+
+    Args:
+        probs: (N, C) calibrated probabilities over ``class_names``.
+        true_names: (N,) true class names (COVID, Other pneumonia, Normal).
+        class_names: The model's classes.
+        threshold: Operating point on P(any finding).
+        groups: Named (N,) string arrays (e.g. ``by_source``, ``by_age``) to break
+            the label shares down by.
+
+    Returns:
+        AUC of P(COVID) on COVID and Normal films, AUC of P(any finding), per-class
+        one-vs-rest AUCs (classes the model has), sensitivity (COVID films labelled
+        COVID), admitted share of all findings, specificity (Normal films labelled
+        Normal), the share of each true class sent home and labelled COVID, the
+        3 x 3 confusion matrix and the group breakdowns.
+    """
+    from covid.model.decision import decide_labels, p_finding
+
+    true_names = np.asarray(true_names)
+    decided = np.asarray(class_names)[decide_labels(probs, class_names, threshold)]
+    covid = probs[:, class_names.index("COVID")]
+    pair = np.isin(true_names, ["COVID", "Normal"])
+    finding = true_names != "Normal"
+    out: dict = {"n": len(true_names), "threshold": float(threshold)}
+    out["auc_covid_vs_normal"] = _auc_dict(covid[pair], true_names[pair] == "COVID")
+    out["auc_finding"] = _auc_dict(p_finding(probs, class_names), finding)
+    out["auc_per_class"] = {name: _auc_dict(probs[:, c], true_names == name)
+                            for c, name in enumerate(class_names) if (true_names == name).any()}
+    out["sensitivity"] = _share(decided[true_names == "COVID"] == "COVID")
+    out["admitted_findings"] = _share(decided[finding] != "Normal")
+    out["specificity"] = _share(decided[~finding] == "Normal")
+    out["sent_home"] = {n: _share(decided[true_names == n] == "Normal")
+                        for n in ("COVID", "Other pneumonia")}
+    out["labelled_covid"] = {n: _share(decided[true_names == n] == "COVID")
+                             for n in ("Other pneumonia", "Normal")}
+    order = ["COVID", "Other pneumonia", "Normal"]
+    out["confusion3"] = {"labels": order, "matrix": [
+        [int(((true_names == t) & (decided == d)).sum()) for d in order] for t in order]}
+    for key, values in (groups or {}).items():
+        values = np.asarray(values)
+        out[key] = {f"{g} / {t}": group_figures(true_names[m], decided[m])
+                    for g in np.unique(values) for t in order
+                    if (m := (values == g) & (true_names == t)).any()}
+    return out
+
+
+def _auc_dict(scores: np.ndarray, is_positive: np.ndarray) -> dict | None:
+    is_positive = np.asarray(is_positive, bool)
+    if is_positive.all() or not is_positive.any():
+        return None
+    auc, low, high = auc_with_ci(scores, is_positive, n_boot=1000)
+    return {"auc": auc, "ci95": [low, high]}

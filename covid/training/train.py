@@ -1,15 +1,18 @@
-"""Trains the ResNet-50 from scratch on the chest X-ray database.
+"""Trains the three-class ResNet-50 (COVID-19, other pneumonia, normal), lung-guided.
 
 Usage::
 
-    python -m covid.train --data ../shared/data/covid19-radiography --run runs/main
+    python -m covid.train --run ~/.cache/covid-runs/v3 --init models/covid_resnet50.keras
 
-A CPU-feasible schedule: ``mixed_bfloat16`` on CPU (``mixed_float16`` on GPU),
-progressive resizing ending at 224 px, class-balanced sampling, warm-up then
-cosine learning-rate decay, validation AUC in inference mode after every epoch,
-early stopping in the final stage, a checkpoint every epoch and ``--resume``.
-Model building runs inside a ``tf.distribute`` strategy: MirroredStrategy on
-several GPUs, MultiWorkerMirroredStrategy when ``TF_CONFIG`` is set.
+One learning-rate schedule (linear warm-up, cosine decay) spans every stage of
+progressive resizing; AdamW keeps an exponential moving average of the weights,
+and the average is what is validated and exported. Batches are class-balanced.
+With ``--cam-weight`` above zero the loss adds the share of each class's map
+outside the lungs (:mod:`covid.training.guided`). A checkpoint (weights,
+optimizer state with the average, and the run's state) is written after every
+epoch, atomically, so that ``--resume`` continues a run that a session's end
+killed. Model building runs inside a ``tf.distribute`` strategy: MirroredStrategy
+on several GPUs, MultiWorkerMirroredStrategy when ``TF_CONFIG`` is set.
 """
 
 from __future__ import annotations
@@ -25,21 +28,21 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.metrics import roc_auc_score
 
 from covid.model.classifier import ModelMetadata, build_model, save_model
 from covid.training.backend import probe_record
-from covid.training.data import (
-    CLASS_NAMES,
-    DEFAULT_DATA_DIR,
-    Dataset,
-    find_dataset,
-    make_split,
-    make_tf_dataset,
-)
-from covid.training.lung_data import focused_dataset
+from covid.training.catalogue import CLASS_NAMES, data_dir
+from covid.training.guided import OutsideLungsLoss, cell_shares, guided_model
+from covid.training.inputs import TrainingData, balanced_batches, prepare_data
+from covid.training.metrics import validation_record
 
 LOG = logging.getLogger("covid.training.train")
+CAM_LAYER = "conv5_block3_out"
+"""The last convolutional block: its Grad-CAM is the class activation map the loss shapes."""
+RUNS_DIR = Path.home() / ".cache" / "covid-runs"
+"""Run folders live outside the work tree, so that they survive into the next session."""
+DEFAULT_RUN = RUNS_DIR / "v3"
+CACHE_DIR = RUNS_DIR / "cache"
 
 
 @dataclass
@@ -52,22 +55,16 @@ class Stage:
 
 @dataclass
 class TrainState:
-    """What a resumed run needs besides the checkpointed model."""
+    """What a resumed run needs besides the checkpointed weights and optimizer."""
 
     epoch: int = 0
-    best_auc: float = -1.0
-    best_epoch: int = -1
+    images_seen: int = 0
+    train_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
 
 
 def parse_stages(text: str) -> list[Stage]:
-    """Parses ``"112:18,160:4,224:3"`` into stages.
-
-    Args:
-        text: Comma-separated ``size:epochs`` pairs.
-
-    Returns:
-        The stages, in order.
+    """Parses ``"128:60,160:20,224:14"`` into stages.
 
     Raises:
         ValueError: The text is malformed.
@@ -110,49 +107,43 @@ def _precision_policy(name: str) -> str:
     return "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
 
 
-def _lr_schedule(peak: float, total_steps: int, warmup: int):
+def lr_schedule(peak: float, total_steps: int, warmup: int):
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to 1% of it."""
     return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=peak / 100,
-        decay_steps=max(total_steps - warmup, 1),
-        alpha=0.01,
-        warmup_target=peak,
-        warmup_steps=warmup,
+        initial_learning_rate=peak / 100, decay_steps=max(total_steps - warmup, 1),
+        alpha=0.01, warmup_target=peak, warmup_steps=warmup,
     )
 
 
-def inference_auc(model: keras.Model, images: np.ndarray, labels: np.ndarray, size: int) -> float:
-    """Validation AUC of the positive class with the model in inference mode.
-
-    Args:
-        model: The classifier (BatchNorm uses its moving statistics).
-        images: (N, S, S, 1) uint8 images.
-        labels: (N,) class indices; class 0 is the positive (COVID) class.
-        size: Side to resize to.
-
-    Returns:
-        The ROC AUC of ``p(class 0)`` for ``label == 0``.
-    """
-    ds = make_tf_dataset(images, labels, 64, size, training=False)
-    probs = model.predict(ds, verbose=0)
-    return float(roc_auc_score(labels == 0, probs[:, 0]))
+_FORWARDS: dict[int, object] = {}
 
 
-def reestimate_batchnorm(
-    model: keras.Model, images: np.ndarray, size: int, batches: int = 40, batch_size: int = 32
-) -> None:
+def _training_forward(model: keras.Model):
+    """One compiled training-mode forward pass per model (retraced only for a new size)."""
+    if id(model) not in _FORWARDS:
+        _FORWARDS[id(model)] = tf.function(lambda x: model(x, training=True))
+    return _FORWARDS[id(model)]
+
+
+def reestimate_batchnorm(model: keras.Model, images: np.ndarray, size: int, batches: int = 40,
+                         batch_size: int = 32, seed: int = 0) -> None:
     """Re-estimates BatchNorm moving statistics with forward passes in training mode.
 
-    No weight is updated; only the moving means and variances follow the
-    current weights on unaugmented training images.
+    No weight is updated; only the moving means and variances follow the current
+    weights on unaugmented training images.
+
+    Args:
+        model: The classifier.
+        images: (N, S, S, 1) uint8 (or float) training inputs.
+        size: The side to run at.
+        batches: Forward passes.
+        batch_size: Images per pass.
+        seed: Seed of the image choice.
     """
-    rng = np.random.default_rng(0)
-
-    @tf.function
-    def _forward(x):
-        model(x, training=True)
-
+    rng = np.random.default_rng(seed)
+    _forward = _training_forward(model)
     for _ in range(batches):
-        idx = rng.choice(len(images), size=min(batch_size, len(images)), replace=False)
+        idx = np.sort(rng.choice(len(images), size=min(batch_size, len(images)), replace=False))
         x = tf.image.resize(tf.cast(images[idx], tf.float32), (size, size), antialias=True)
         _forward(x)
 
@@ -169,229 +160,302 @@ def _to_float32(model: keras.Model, n_classes: int) -> keras.Model:
     return clean
 
 
-def plot_history(history: list[dict], stages: list[Stage], path: Path) -> None:
-    """Saves training loss and validation AUC per epoch as a PNG."""
+def copy_matching_weights(source: keras.Model, target: keras.Model) -> list[str]:
+    """Copies weights layer by layer where names and shapes agree (e.g. a 2-class backbone).
+
+    Returns:
+        The names of the target's layers with weights that were not copied.
+    """
+    skipped = []
+    for layer in target.layers:
+        if not layer.weights:
+            continue
+        try:
+            theirs = source.get_layer(layer.name).get_weights()
+        except ValueError:
+            skipped.append(layer.name)
+            continue
+        if [w.shape for w in theirs] != [tuple(w.shape) for w in layer.weights]:
+            skipped.append(layer.name)
+            continue
+        layer.set_weights(theirs)
+    return skipped
+
+
+def build_training(args: argparse.Namespace, total_steps: int):
+    """The classifier, its guided training model and the compiled optimizer.
+
+    Returns:
+        ``(model, trainer)``: the serving classifier and the two-output model
+        sharing its weights, compiled with the classification and map losses.
+    """
+    model = build_model(len(CLASS_NAMES), bn_momentum=args.bn_momentum)
+    if args.init:
+        from covid.model.classifier import load_model
+
+        skipped = copy_matching_weights(load_model(args.init)[0], model)
+        LOG.info("initialised from %s (not copied: %s)", args.init, skipped)
+    trainer = guided_model(model, CAM_LAYER)
+    optimizer = keras.optimizers.AdamW(
+        lr_schedule(args.lr, total_steps, args.warmup_steps), weight_decay=args.weight_decay,
+        use_ema=args.ema > 0, ema_momentum=args.ema or 0.99,
+    )
+    trainer.compile(
+        optimizer=optimizer,
+        loss={"probs": keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+              "cams": OutsideLungsLoss(args.infection_weight)},
+        loss_weights={"probs": 1.0, "cams": args.cam_weight},
+    )
+    optimizer.build(trainer.trainable_variables)
+    return model, trainer
+
+
+def save_checkpoint(run: Path, trainer: keras.Model, state: TrainState) -> None:
+    """Writes weights, optimizer state and run state, each replaced atomically."""
+    tmp = run / "tmp.weights.h5"
+    trainer.save_weights(tmp)
+    os.replace(tmp, run / "checkpoint.weights.h5")
+    values = {f"v{i}": np.asarray(v) for i, v in enumerate(trainer.optimizer.variables)}
+    np.savez(run / "optimizer.tmp.npz", **values)
+    os.replace(run / "optimizer.tmp.npz", run / "optimizer.npz")
+    (run / "state.tmp.json").write_text(json.dumps(state.__dict__, indent=1))
+    os.replace(run / "state.tmp.json", run / "state.json")
+
+
+def load_checkpoint(run: Path, trainer: keras.Model) -> TrainState:
+    """Restores what :func:`save_checkpoint` wrote into a freshly built trainer."""
+    trainer.load_weights(run / "checkpoint.weights.h5")
+    with np.load(run / "optimizer.npz") as stored:
+        variables = trainer.optimizer.variables
+        if len(stored.files) != len(variables):
+            raise ValueError(f"checkpoint has {len(stored.files)} optimizer variables, "
+                             f"the optimizer {len(variables)}: not the same configuration")
+        for i, var in enumerate(variables):
+            var.assign(stored[f"v{i}"])
+    return TrainState(**json.loads((run / "state.json").read_text()))
+
+
+class averaged_weights:  # noqa: N801 (a context manager read as a phrase)
+    """Within the block the model holds its EMA weights with matching BatchNorm statistics."""
+
+    def __init__(self, model, trainer, images: np.ndarray, size: int, batches: int) -> None:
+        self.model, self.trainer, self.images = model, trainer, images
+        self.size, self.batches = size, batches
+
+    def __enter__(self):
+        self.backup = [np.asarray(v) for v in self.trainer.weights]
+        if self.trainer.optimizer.use_ema:
+            self.trainer.optimizer.finalize_variable_values(self.trainer.trainable_variables)
+            # The moving statistics followed the raw weights; the average needs its own.
+            reestimate_batchnorm(self.model, self.images, self.size, self.batches)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for var, value in zip(self.trainer.weights, self.backup, strict=True):
+            var.assign(value)
+
+
+def _training_dataset(data: TrainingData, args, size: int, epoch: int):
+    """One epoch's augmented, class-balanced batches with their map targets."""
+    from covid.training.augment import augment_stack
+
+    cells, side = size // 32, data.train_stack.shape[1]
+
+    def _prepare(stack, labels):
+        x = tf.cast(stack, tf.float32)
+        if side != size:
+            x = tf.image.resize(x, (size, size), antialias=True)
+        films, masks = augment_stack(x, args.seed + epoch)
+        shares = tf.image.resize(tf.clip_by_value(masks / 255.0, 0.0, 1.0), (cells, cells),
+                                 method="area")
+        return films, {"probs": tf.one_hot(labels, len(CLASS_NAMES)), "cams": shares}
+
+    spec = (tf.TensorSpec((args.batch_size, side, side, 3), tf.uint8),
+            tf.TensorSpec((args.batch_size,), tf.int64))
+    ds = tf.data.Dataset.from_generator(
+        lambda: balanced_batches(data.train_stack, data.train.labels, args.batch_size,
+                                 args.steps_per_epoch, args.seed * 1000 + epoch),
+        output_signature=spec)
+    return ds.map(_prepare, num_parallel_calls=2).prefetch(2)
+
+
+def validate(model, trainer, data: TrainingData, size: int, bn_batches: int) -> dict:
+    """Validation figures with the averaged weights, at ``size``."""
+    stack = data.val_stack
+    x = tf.image.resize(tf.cast(stack[..., :1], tf.float32), (size, size), antialias=True)
+    with averaged_weights(model, trainer, data.train_stack[..., :1], size, bn_batches):
+        out = trainer.predict(x.numpy(), batch_size=32, verbose=0)
+    masks = tf.image.resize(tf.cast(stack[..., 1:], tf.float32), (size, size), antialias=True)
+    shares = cell_shares(np.clip(masks.numpy(), 0, 255).astype(np.uint8), size // 32)
+    return validation_record(out["probs"], out["cams"], shares, data.val)
+
+
+def run_epoch(model, trainer, data: TrainingData, args, stages, state: TrainState) -> dict:
+    """Trains one epoch, validates it and returns its history record."""
+    size = stage_of_epoch(stages, state.epoch).size
+    tick = time.time()
+    fit = trainer.fit(_training_dataset(data, args, size, state.epoch),
+                      steps_per_epoch=args.steps_per_epoch, epochs=1, verbose=0)
+    seconds = time.time() - tick
+    images = args.steps_per_epoch * args.batch_size
+    record = {"epoch": state.epoch, "size": size, "seconds": round(seconds, 1),
+              "img_per_s": round(images / seconds, 2),
+              "images_seen": state.images_seen + images,
+              "lr": float(keras.ops.convert_to_numpy(
+                  trainer.optimizer.learning_rate)),
+              **{k: float(v[-1]) for k, v in fit.history.items()}}
+    last = state.epoch + 1 == sum(s.epochs for s in stages)
+    if (state.epoch + 1) % args.val_every == 0 or last:
+        record.update(validate(model, trainer, data, size, args.bn_batches))
+    return record
+
+
+def _curve(history: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(thousands of images seen, value) at the epochs that measured ``key``."""
+    kept = [h for h in history if key in h]
+    return [h["images_seen"] / 1000 for h in kept], [h[key] for h in kept]
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Saves the loss terms and validation figures against images seen, as a PNG."""
     from matplotlib.figure import Figure
 
-    epochs = [h["epoch"] + 1 for h in history]
-    fig = Figure(figsize=(10, 4))
-    ax_loss, ax_auc = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [h["loss"] for h in history], marker="o")
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="Training loss")
-    ax_auc.plot(epochs, [h["val_auc"] for h in history], marker="o", color="tab:green")
-    ax_auc.set(xlabel="epoch", ylabel="AUC", title="Validation AUC (inference mode)")
-    boundary = 0
-    for stage in stages[:-1]:
-        boundary += stage.epochs
-        for ax in (ax_loss, ax_auc):
-            ax.axvline(boundary + 0.5, color="grey", linestyle=":")
+    seen = [h["images_seen"] / 1000 for h in history]
+    fig = Figure(figsize=(13, 4))
+    ax_loss, ax_auc, ax_lung = fig.subplots(1, 3)
+    for key, label in (("probs_loss", "cross-entropy"), ("cams_loss", "map outside lungs")):
+        ax_loss.plot(seen, [h.get(key, np.nan) for h in history], label=label)
+    ax_loss.set(xlabel="training images seen (thousands)", title="Training loss")
+    ax_loss.legend()
+    for key, label in (("val_auc_covid", "COVID-19 vs rest"), ("val_auc_finding", "any finding")):
+        ax_auc.plot(*_curve(history, key), marker=".", label=label)
+    ax_auc.set(xlabel="training images seen (thousands)", title="Validation AUC (EMA weights)")
+    ax_auc.legend()
+    for key, label in (("val_lung_share", "map energy inside lungs"),
+                       ("val_pneumonia_home", "pneumonias sent home")):
+        ax_lung.plot(*_curve(history, key), marker=".", label=label)
+    ax_lung.set(xlabel="training images seen (thousands)", title="Validation (share)")
+    ax_lung.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
 
-def _split_record(dataset: Dataset, split: dict[str, np.ndarray], root: Path) -> dict:
-    """The split as relative file names per side, with per-class counts."""
-    record: dict = {"root": str(root), "files": {}, "counts": {}}
-    for side, index in split.items():
-        sub = dataset.subset(index)
-        record["files"][side] = [str(p.relative_to(root)) for p in sub.paths]
-        record["counts"][side] = {
-            name: int((sub.labels == c).sum()) for c, name in enumerate(CLASS_NAMES)
-        }
-    return record
-
-
-def _validation_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    """A stratified random subset of at most ``limit`` validation images."""
-    if len(labels) <= limit:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)
-        keep.append(rng.choice(idx, size=round(limit * len(idx) / len(labels)), replace=False))
-    return np.sort(np.concatenate(keep))
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parses the command line."""
-    parser = argparse.ArgumentParser(
-        prog="python -m covid.train", description=__doc__.split("\n")[0]
+def export(model, trainer, data: TrainingData, args, state: TrainState, final_size: int) -> Path:
+    """Exports the averaged weights, BatchNorm re-estimated, as float32 with metadata."""
+    if trainer.optimizer.use_ema:
+        trainer.optimizer.finalize_variable_values(trainer.trainable_variables)
+    reestimate_batchnorm(model, data.train_stack[..., :1], final_size, batches=100)
+    metadata = ModelMetadata(
+        name="Chest X-ray ResNet-50: COVID-19, other pneumonia, normal (lung-guided)",
+        version="3", class_names=list(CLASS_NAMES), positive_class="COVID",
+        input_size=final_size, input_mode=args.focus, gradcam_layer=CAM_LAYER,
+        lung_model_sha256=data.lung_model_sha256, trained_on=data.description,
+        splits=data.split_record["counts"], recipe=recipe(args, state, data),
     )
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA_DIR, help="dataset folder")
-    parser.add_argument("--run", type=Path, default=Path("runs/main"), help="run folder")
-    parser.add_argument("--stages", default="112:18,160:4,224:3", help="SIZE:EPOCHS,...")
-    parser.add_argument("--steps-per-epoch", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    parser.add_argument("--weight-decay", type=float, default=1e-2)
-    parser.add_argument("--warmup-steps", type=int, default=300)
-    parser.add_argument("--bn-momentum", type=float, default=0.9)
-    parser.add_argument("--patience", type=int, default=3, help="final-stage early stopping")
-    parser.add_argument("--val-limit", type=int, default=800, help="val images scored per epoch")
-    parser.add_argument("--max-images", type=int, default=0, help="tiny-subset runs (per class)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--precision", default="auto", help="auto, float32 or mixed_bfloat16")
-    parser.add_argument("--backend", default="auto", help="set by python -m covid.train")
-    parser.add_argument("--focus", default="crop+attenuate",
-                        help="input mode: full, crop, attenuate, crop+attenuate or crop+mask")
-    parser.add_argument("--lung-model", type=Path, default=Path("models/lung_unet.keras"))
-    parser.add_argument("--init", type=Path, default=None,
-                        help="start from this classifier's weights (e.g. the shipped v1)")
-    parser.add_argument("--label-smoothing", type=float, default=0.0)
-    parser.add_argument("--weights", default=None, help="None, 'imagenet' or a local .h5 file")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    parser.add_argument("--cache-dir", type=Path, default=Path(".cache"), help="hash cache")
-    return parser.parse_args(argv)
+    exported = args.run / "model.keras"
+    save_model(_to_float32(model, len(CLASS_NAMES)), metadata, exported)
+    (args.run / "split.json").write_text(json.dumps(data.split_record))
+    return exported
 
 
-def _subsample(dataset: Dataset, per_class: int, seed: int) -> Dataset:
-    rng = np.random.default_rng(seed)
-    keep = [
-        rng.choice(np.flatnonzero(dataset.labels == c), size=per_class, replace=False)
-        for c in range(len(CLASS_NAMES))
-    ]
-    return dataset.subset(np.sort(np.concatenate(keep)))
+def recipe(args, state: TrainState, data: TrainingData) -> dict:
+    """The training recipe as recorded in the model's metadata."""
+    from covid.training.augment import describe
+
+    return {
+        "architecture": "keras.applications.ResNet50 + global average pooling + dense",
+        "initialised_from": str(args.init) if args.init else "random",
+        "stages": args.stages, "steps_per_epoch": args.steps_per_epoch,
+        "batch_size": args.batch_size, "images_seen": state.images_seen,
+        "optimizer": "AdamW", "peak_lr": args.lr, "weight_decay": args.weight_decay,
+        "lr_schedule": "linear warm-up + one cosine decay over the whole budget",
+        "warmup_steps": args.warmup_steps, "ema_momentum": args.ema,
+        "bn_momentum": args.bn_momentum, "sampling": "class-balanced",
+        "precision": keras.mixed_precision.global_policy().name,
+        "augmentation": describe(), "input_mode": args.focus,
+        "label_smoothing": args.label_smoothing,
+        "lung_guidance": {
+            "cam_weight": args.cam_weight, "infection_weight": args.infection_weight,
+            "layer": CAM_LAYER, "masks": data.mask_counts,
+            "how": "training loss only: share of each class's class-activation map outside "
+                   "the lungs, and of the COVID-19 map outside the radiologists' infection "
+                   "mask; the maps shown are never masked",
+        },
+        "duplicate_grouping": "256-bit pHash, Hamming <= 40, groups kept within one split",
+        "split_seed": args.seed, "train_seconds": round(state.train_seconds),
+        "backend": keras.backend.backend(), "backend_probe": probe_record(),
+        "history": state.history,
+    }
 
 
 def train(args: argparse.Namespace) -> Path:
     """Runs (or resumes) training and exports the float32 model with metadata.
 
-    Args:
-        args: Parsed command-line arguments (see :func:`parse_args`).
-
     Returns:
         The exported ``model.keras`` path inside the run folder.
     """
-    started = time.time()
-    run = args.run
-    run.mkdir(parents=True, exist_ok=True)
+    args.run.mkdir(parents=True, exist_ok=True)
     stages = parse_stages(args.stages)
-    final_size = stages[-1].size
+    total_epochs = sum(s.epochs for s in stages)
     keras.utils.set_random_seed(args.seed)
     keras.mixed_precision.set_global_policy(_precision_policy(args.precision))
-
-    dataset = find_dataset(args.data)
-    if args.max_images:
-        dataset = _subsample(dataset, args.max_images, args.seed)
-    split = make_split(dataset, seed=args.seed, cache_dir=args.cache_dir)
-    (run / "split.json").write_text(json.dumps(_split_record(dataset, split, args.data)))
-    train_set, val_set = dataset.subset(split["train"]), dataset.subset(split["val"])
-    LOG.info("train %s, val %s", np.bincount(train_set.labels), np.bincount(val_set.labels))
-    segmenter = None
-    if args.focus != "full":
-        from covid.model.lungs import LungSegmenter
-
-        segmenter = LungSegmenter.from_file(args.lung_model)
-    x_train = focused_dataset(train_set.paths, final_size, args.focus, segmenter).x
-    val_keep = _validation_subset(val_set.labels, args.val_limit, args.seed)
-    x_val = focused_dataset(val_set.subset(val_keep).paths, final_size, args.focus, segmenter).x
-    y_val = val_set.labels[val_keep]
-
-    total_epochs = sum(s.epochs for s in stages)
-    checkpoint, state_file = run / "checkpoint.keras", run / "state.json"
-    strategy = choose_strategy()
-    with strategy.scope():
-        if args.resume and checkpoint.exists():
-            model = keras.saving.load_model(checkpoint)
-            state = TrainState(**json.loads(state_file.read_text()))
-            # The schedule follows this invocation's stages, so a resumed run may
-            # be shortened or extended and still anneal to the end.
-            model.optimizer.learning_rate = _lr_schedule(
-                args.lr, total_epochs * args.steps_per_epoch, args.warmup_steps
-            )
-            LOG.info("resumed after epoch %d", state.epoch)
-        else:
-            model = build_model(
-                len(CLASS_NAMES), weights=args.weights, bn_momentum=args.bn_momentum
-            )
-            if args.init:
-                from covid.model.classifier import load_model
-
-                model.set_weights(load_model(args.init)[0].get_weights())
-                LOG.info("initialised from %s", args.init)
-            schedule = _lr_schedule(
-                args.lr, total_epochs * args.steps_per_epoch, args.warmup_steps
-            )
-            model.compile(
-                optimizer=keras.optimizers.AdamW(schedule, weight_decay=args.weight_decay),
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
-                metrics=["accuracy"],
-            )
-            state = TrainState()
-
-    final_start = total_epochs - stages[-1].epochs
-    for epoch in range(state.epoch, total_epochs):
-        size = stage_of_epoch(stages, epoch).size
-        tick = time.time()
-        ds = make_tf_dataset(
-            x_train, train_set.labels, args.batch_size, size, training=True, seed=args.seed + epoch
-        )
-        fit = model.fit(ds, steps_per_epoch=args.steps_per_epoch, epochs=1, verbose=0)
-        auc = inference_auc(model, x_val, y_val, final_size)
-        record = {
-            "epoch": epoch, "size": size, "loss": float(fit.history["loss"][-1]),
-            "accuracy": float(fit.history["accuracy"][-1]), "val_auc": auc,
-            "seconds": round(time.time() - tick, 1),
-        }
+    data = prepare_data(args, stages[-1].size)
+    with choose_strategy().scope():
+        model, trainer = build_training(args, total_epochs * args.steps_per_epoch)
+    state = TrainState()
+    if args.resume and (args.run / "state.json").exists():
+        state = load_checkpoint(args.run, trainer)
+        LOG.info("resumed after epoch %d (%d images seen)", state.epoch, state.images_seen)
+    while state.epoch < total_epochs:
+        record = run_epoch(model, trainer, data, args, stages, state)
         state.history.append(record)
-        state.epoch = epoch + 1
-        LOG.info("epoch %d/%d %s", epoch + 1, total_epochs, json.dumps(record))
-        if auc > state.best_auc:
-            state.best_auc, state.best_epoch = auc, epoch
-            model.save_weights(run / "best.weights.h5")
-        model.save(checkpoint)
-        state_file.write_text(json.dumps(state.__dict__, indent=1))
-        plot_history(state.history, stages, run / "history.png")
-        if epoch >= final_start and epoch - state.best_epoch >= args.patience:
-            LOG.info("early stop: no AUC gain for %d epochs", args.patience)
-            break
-
-    if (run / "best.weights.h5").exists():
-        model.load_weights(run / "best.weights.h5")
-    auc_before = inference_auc(model, x_val, y_val, final_size)
-    backup = [w.numpy().copy() for w in model.weights]
-    reestimate_batchnorm(model, x_train, final_size)
-    auc_after = inference_auc(model, x_val, y_val, final_size)
-    if auc_after < auc_before:
-        for var, value in zip(model.weights, backup, strict=True):
-            var.assign(value)
-    LOG.info("BN re-estimation: val AUC %.4f -> %.4f", auc_before, auc_after)
-
-    metadata = ModelMetadata(
-        input_size=final_size,
-        input_mode=args.focus,
-        lung_model_sha256=segmenter.metadata.sha256 if segmenter is not None else "",
-        trained_on=f"{args.data.name}: {len(dataset.paths)} images "
-        f"({', '.join(f'{(dataset.labels == c).sum()} {n}' for c, n in enumerate(CLASS_NAMES))})",
-        splits=_split_record(dataset, split, args.data)["counts"],
-        recipe={
-            "architecture": "keras.applications.ResNet50, random init"
-            if args.weights is None else f"keras.applications.ResNet50, weights={args.weights}",
-            "stages": args.stages, "steps_per_epoch": args.steps_per_epoch,
-            "batch_size": args.batch_size, "optimizer": "AdamW", "peak_lr": args.lr,
-            "weight_decay": args.weight_decay, "lr_schedule": "linear warm-up + cosine decay",
-            "warmup_steps": args.warmup_steps, "bn_momentum": args.bn_momentum,
-            "sampling": "class-balanced", "precision": keras.mixed_precision.global_policy().name,
-            "augmentation": "rotation +-11 deg, shift 6%, zoom 12%, brightness 15%, "
-            "contrast 25%, JPEG quality 40-95; no flips",
-            "epochs_run": state.epoch, "best_epoch": state.best_epoch + 1,
-            "val_auc_best_epoch": state.best_auc,
-            "bn_reestimation": {"val_auc_before": auc_before, "val_auc_after": auc_after,
-                                "kept": auc_after >= auc_before},
-            "duplicate_grouping": "256-bit pHash, Hamming <= 40, groups kept within one split",
-            "split_seed": args.seed, "train_seconds": round(time.time() - started),
-            "input_mode": args.focus, "label_smoothing": args.label_smoothing,
-            "initialised_from": str(args.init) if args.init else "random",
-            "best_checkpoint": "best validation AUC (inference mode, final size) over all epochs",
-            "backend": keras.backend.backend(), "backend_probe": probe_record(),
-            "history": state.history,
-        },
-    )
-    exported = run / "model.keras"
-    save_model(_to_float32(model, len(CLASS_NAMES)), metadata, exported)
-    LOG.info("exported %s in %.0f s", exported, time.time() - started)
+        state.epoch += 1
+        state.images_seen = record["images_seen"]
+        state.train_seconds += record["seconds"]
+        LOG.info("epoch %d/%d %s", state.epoch, total_epochs, json.dumps(record))
+        save_checkpoint(args.run, trainer, state)
+        plot_history(state.history, args.run / "history.png")
+    exported = export(model, trainer, data, args, state, stages[-1].size)
+    LOG.info("exported %s", exported)
     return exported
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parses the command line."""
+    p = argparse.ArgumentParser(prog="python -m covid.train", description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=None, help="shared data folder (COVID_DATA_DIR)")
+    p.add_argument("--base-split", type=Path, default=Path("models/covid_resnet50.split.json"),
+                   help="earlier split whose films keep their sides")
+    p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder (checkpoints)")
+    p.add_argument("--stages", default="128:64,160:22,224:8", help="SIZE:EPOCHS,...")
+    p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=1e-2)
+    p.add_argument("--warmup-steps", type=int, default=300)
+    p.add_argument("--ema", type=float, default=0.998, help="EMA momentum of the weights (0: off)")
+    p.add_argument("--bn-momentum", type=float, default=0.9)
+    p.add_argument("--bn-batches", type=int, default=20,
+                   help="batches re-estimating BatchNorm for the averaged weights at validation")
+    p.add_argument("--cam-weight", type=float, default=1.0, help="weight of the lung-map loss")
+    p.add_argument("--infection-weight", type=float, default=0.5)
+    p.add_argument("--val-limit", type=int, default=600, help="val films scored per epoch")
+    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and last)")
+    p.add_argument("--max-images", type=int, default=0, help="tiny runs: films per class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", help="auto, float32 or mixed_bfloat16")
+    p.add_argument("--backend", default="auto", help="set by python -m covid.train")
+    p.add_argument("--focus", default="crop",
+                   help="input mode: full, crop, attenuate, crop+attenuate or crop+mask")
+    p.add_argument("--lung-model", type=Path, default=Path("models/lung_unet.keras"))
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from this classifier's weights where layers match")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="hashes, segmentations")
+    args = p.parse_args(argv)
+    args.data = args.data or data_dir()
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -400,5 +464,3 @@ def main(argv: list[str] | None = None) -> None:
     train(parse_args(argv))
 
 
-if __name__ == "__main__":
-    main()

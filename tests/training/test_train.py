@@ -6,17 +6,26 @@ from PIL import Image
 
 from covid.model.classifier import load_model
 from covid.training import train
+from covid.training.catalogue import CLASS_NAMES, SOURCES
 
 
-def _dataset(root, per_class=24):
+def _data(root, per_source=8):
     rng = np.random.default_rng(0)
-    for c, name in enumerate(("COVID", "Normal")):
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
+    for source in SOURCES:
+        folder = root / source.folder
+        folder.mkdir(parents=True)
+        for i in range(per_source):
             pixels = rng.uniform(0, 120, (80, 80)).astype(np.uint8)
-            if c == 0:
-                pixels[20:40, 20:40] = 230
-            Image.fromarray(pixels).save(root / name / f"{name}-{i}.png")
+            pixels[20:60, 12:34] = pixels[20:60, 46:68] = 30  # dark lung-like fields
+            if source.label == 0:
+                pixels[30:40, 20:30] = 230
+            Image.fromarray(pixels).save(folder / f"Normal-{i + 2000}.png")
+            if folder.name == "images":  # COVID-QU-Ex: radiologists' masks beside the films
+                lungs = np.zeros((80, 80), np.uint8)
+                lungs[20:60, 12:34] = lungs[20:60, 46:68] = 255
+                for kind, mask in (("lungs", lungs), ("infection", np.zeros_like(lungs))):
+                    (folder.parent / kind).mkdir(exist_ok=True)
+                    Image.fromarray(mask).save(folder.parent / kind / f"Normal-{i + 2000}.png")
 
 
 def test_parse_stages():
@@ -28,25 +37,37 @@ def test_parse_stages():
         train.parse_stages("224")
 
 
+def _args(tmp_path, stages, *extra):
+    return train.parse_args([
+        "--data", str(tmp_path / "data"), "--run", str(tmp_path / "run"), "--stages", stages,
+        "--steps-per-epoch", "2", "--batch-size", "4", "--val-limit", "9", "--warmup-steps", "1",
+        "--precision", "float32", "--cache-dir", str(tmp_path / "cache"), "--bn-batches", "1",
+        "--base-split", str(tmp_path / "none.json"), *extra,
+    ])
+
+
 @pytest.mark.slow
-def test_training_end_to_end_on_a_tiny_subset(tmp_path):
-    _dataset(tmp_path / "data")
-    run = tmp_path / "run"
-    exported = train.train(train.parse_args([
-        "--data", str(tmp_path / "data"), "--run", str(run), "--stages", "64:1",
-        "--steps-per-epoch", "2", "--batch-size", "4", "--val-limit", "16",
-        "--warmup-steps", "1", "--precision", "float32", "--cache-dir", str(tmp_path / "cache"),
-    ]))
+def test_training_end_to_end_and_resume(tmp_path):
+    _data(tmp_path / "data")
+    exported = train.train(_args(tmp_path, "64:1"))
     model, meta = load_model(exported)
-    assert meta.input_size == 64
-    assert meta.recipe["epochs_run"] == 1
-    assert sum(meta.splits["train"].values()) > 0
+    assert meta.class_names == list(CLASS_NAMES)
+    assert meta.input_size == 64 and meta.gradcam_layer == train.CAM_LAYER
+    assert meta.recipe["images_seen"] == 8
+    assert meta.recipe["lung_guidance"]["cam_weight"] == 1.0
     probs = model.predict(np.zeros((1, 64, 64, 1), "float32"), verbose=0)
     np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-5)
     assert all(w.dtype == "float32" for w in model.weights)
-    state = json.loads((run / "state.json").read_text())
-    assert state["epoch"] == 1 and len(state["history"]) == 1
-    assert (run / "history.png").stat().st_size > 1000
-    assert (run / "checkpoint.keras").exists()
-    split = json.loads((run / "split.json").read_text())
-    assert set(split["files"]) == {"train", "val", "test"}
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["history"][0]["images_seen"] == 8
+    assert {"val_auc_covid", "val_lung_share", "img_per_s"} <= set(state["history"][0])
+    assert (tmp_path / "run" / "history.png").stat().st_size > 1000
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert set(split["files"]) >= {"train", "val", "test"}
+
+    # a resumed run continues from the checkpoint, with its optimizer step count
+    exported = train.train(_args(tmp_path, "64:1,64:1", "--resume"))
+    _, meta = load_model(exported)
+    history = meta.recipe["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+    assert meta.recipe["images_seen"] == 16
