@@ -46,10 +46,8 @@ def pages() -> dict[str, st.Page]:
 def main() -> None:
     """Builds the dashboard: the navigation and the current page."""
     from covid.app import navigation
-    from covid.app.resources import keep_keras_between_runs
 
     st.set_page_config(page_title="Chest X-ray screening", page_icon="🩻", layout="wide")
-    keep_keras_between_runs()  # the shared models stay warm between reruns
     st.navigation(navigation.register(pages()), position="top").run()
 
 
@@ -65,8 +63,13 @@ async def lifespan(_app: st.App) -> AsyncIterator[None]:
     """Server start: the models start loading in a thread; the server does not wait.
 
     A visitor who comes before they are loaded sees the uploader at once, and
-    the results as soon as the models are there.
+    the results as soon as the models are there. Streamlit's Keras reset after
+    every run is switched off first, once (a Streamlit without that hook stops
+    the server here, saying so).
     """
+    from covid.app.resources import keep_keras_between_runs
+
+    keep_keras_between_runs()  # the shared models stay warm between reruns
     # not a daemon: an interpreter exiting mid-load would abort inside TensorFlow
     threading.Thread(target=_preload, name="preload-models", daemon=False).start()
     yield

@@ -24,9 +24,11 @@ per second, to the triage table). Every step uses films not seen before, so
 nothing is answered from a cache. Every page is checked for a traceback and for
 another session's file names.
 
-Real X-rays come from ``../shared/data/covid19-radiography`` (the script stops
-with a message when they are absent). It prints numbers; it is not a test, and
-timings taken while another job loads the CPU are not the dashboard's own.
+Real X-rays come from the data folder's ``covid19-radiography/``
+(``covid.training.catalogue.data_dir()``: ``$COVID_DATA_DIR``, else
+``../shared/data``; the script stops with a message when they are absent). It
+prints numbers; it is not a test, and timings taken while another job loads the
+CPU are not the dashboard's own.
 """
 
 from __future__ import annotations
@@ -36,51 +38,33 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid19-radiography"
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
+from benchmarks.server import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    STUDY_SHOWN,
+    free_port,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
+from covid.training.catalogue import data_dir
+
+DEFAULT_DATA = data_dir() / "covid19-radiography"
 TIMEOUT_S = float(os.environ.get("BENCH_TIMEOUT_S", "300"))
 ROW_PX = 35
 """Height of a header or body row of ``st.dataframe`` (Streamlit's default)."""
 
 UPLOADER = '[data-testid="stFileUploader"] input[type="file"]'
 DROPZONE = '[data-testid="stFileUploaderDropzone"]'
-
-# "map" once the named study shows its Grad-CAM image (loaded) and its probability bars;
-# "flagged" once it shows the out-of-distribution warning instead (no map or bars then).
-STUDY_SHOWN = """name => {
-  const heading = [...document.querySelectorAll('h1, h2, h3')]
-    .some(h => h.innerText.trim() === name);
-  if (!heading) return false;
-  const map = [...document.querySelectorAll('img')].some(img =>
-    (img.alt || '').startsWith('Grad-CAM') && img.alt.endsWith(' for ' + name)
-    && img.complete && img.naturalWidth > 0);
-  const bars = [...document.querySelectorAll('[data-testid="stProgress"]')]
-    .filter(bar => /\\d+\\.\\d%/.test(bar.innerText)).length;
-  if (map && bars >= 2) return "map";
-  const flagged = [...document.querySelectorAll('[data-testid="stAlert"]')]
-    .some(a => a.innerText.includes('does not look like'));
-  return flagged ? "flagged" : false;
-}"""
 
 # True once the triage table is drawn for ``rows`` files and an alert names the broken file.
 # (The grid renders only the rows in view, so its caption gives the count.)
@@ -157,42 +141,6 @@ def tensorflow_import_seconds() -> float:
     return time.perf_counter() - start
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(port: int, log: Path, model: Path | None) -> subprocess.Popen:
-    """``streamlit run streamlit_app.py`` on ``port``, as the README's command starts it."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    if model is not None:
-        env["COVID_MODEL_PATH"] = str(model)
-    cmd = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py",
-           "--server.port", str(port), "--server.address", "127.0.0.1",
-           "--server.headless", "true"]
-    with open(log, "wb") as out:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
-    """Polls Streamlit's health endpoint until it answers."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise SystemExit(f"streamlit not healthy after {TIMEOUT_S:.0f} s:\n{log.read_text()[-3000:]}")
-
-
 def memory_mib(pid: int) -> tuple[float, float]:
     """A process's resident and peak resident memory, in MiB (Linux ``/proc``)."""
     fields = {}
@@ -267,6 +215,114 @@ class Session:
             await self.context.close()
 
 
+@dataclass
+class Demo:
+    """What every step shares: the browser, the server's address, the unseen films, the record."""
+
+    browser: Any
+    url: str
+    pool: Iterator[Path]
+    run: Run
+    sessions: list[Session] = field(default_factory=list)
+
+    async def session(self) -> Session:
+        """A new session, opened (its page loaded) and kept for the final checks."""
+        session = await Session(self.browser, self.url).open()
+        self.sessions.append(session)
+        return session
+
+    def step(self, name: str, seconds: float, goal: str = "", note: str = "") -> None:
+        """Records one measured step."""
+        self.run.steps.append(Step(name, seconds, goal, note))
+
+
+async def cold_start_steps(demo: Demo, start: float) -> None:
+    """Steps 1-3: the uploader and the first map after a cold start, then a warm session."""
+    first = await demo.session()
+    demo.step("server start -> uploader on screen", time.perf_counter() - start)
+    film = next(demo.pool)  # dropped as soon as the uploader shows
+    await first.drop([file_payload(film)])
+    done = await first.study_shown(film.name)
+    demo.step("server start -> first X-ray's map and bars", done - start, "<= 10 s")
+
+    second = await demo.session()
+    film = next(demo.pool)
+    t0 = time.perf_counter()
+    await second.drop([file_payload(film)])
+    done = await second.study_shown(film.name)
+    demo.step("warm new session: one film -> map and bars", done - t0, "<= 1.0 s")
+
+
+async def table_steps(demo: Demo) -> None:
+    """Steps 4-5: two films and a truncated one give a table; a click on a row opens it."""
+    batch = await demo.session()
+    two, cut = [next(demo.pool), next(demo.pool)], next(demo.pool)
+    broken = f"truncated-{cut.name}"
+    t0 = time.perf_counter()
+    await batch.drop([file_payload(p) for p in two] + [file_payload(cut, broken, 0.5)])
+    done = await batch.table_shown(3, broken)
+    demo.step("two films + a truncated file -> table, broken file named", done - t0, "<= 3 s")
+    table = batch.page.locator('[data-testid="stDataFrame"]')
+    chosen = await table.locator('[data-testid="glide-cell-1-0"]').inner_text()
+    box = await table.locator("canvas").first.bounding_box()
+    t0 = time.perf_counter()
+    await batch.page.mouse.click(box["x"] + 16, box["y"] + ROW_PX * 1.5)
+    done = await batch.study_shown(chosen.strip())
+    demo.step("click a table row -> its X-ray, map and bars", done - t0, "<= 1.0 s")
+
+
+async def throughput_steps(demo: Demo, n_sessions: int, n_batch: int) -> None:
+    """Many sessions dropping one film each at once, then one session dropping a batch."""
+    if n_sessions > 0:
+        seconds = await at_once(demo.browser, demo.url,
+                                [next(demo.pool) for _ in range(n_sessions)], demo.sessions)
+        demo.step(f"{n_sessions} sessions drop one film each at once -> all answered",
+                  max(seconds), "", f"{n_sessions / max(seconds):.1f} sessions/s, median "
+                  f"{sorted(seconds)[len(seconds) // 2]:.2f} s")
+    if n_batch > 0:
+        big = await demo.session()
+        payloads = [file_payload(next(demo.pool)) for _ in range(n_batch)]
+        t0 = time.perf_counter()
+        await big.drop(payloads)
+        done = await big.table_shown(n_batch)
+        demo.step(f"one session drops {n_batch} films -> table", done - t0, "",
+                  f"{n_batch / (done - t0):.1f} films/s")
+
+
+async def all_steps(demo: Demo, args: argparse.Namespace, start: float, proc) -> None:
+    """Every step in order, with the server's memory after the four-session step."""
+    await cold_start_steps(demo, start)
+    await table_steps(demo)
+    seconds = await at_once(demo.browser, demo.url, [next(demo.pool) for _ in range(4)],
+                            demo.sessions)
+    demo.step("four sessions drop four films at once -> all answered", max(seconds), "<= 4 s",
+              "each " + " / ".join(f"{s:.2f}" for s in sorted(seconds)))
+    demo.run.rss_mib, demo.run.peak_rss_mib = memory_mib(proc.pid)
+    await throughput_steps(demo, args.sessions, args.batch)
+
+
+async def record_failure(demo: Demo, err: Exception, log: Path) -> None:
+    """Notes where the demo stopped, with a screenshot of every session."""
+    demo.run.problems.append(f"stopped after {len(demo.run.steps)} steps: "
+                             f"{type(err).__name__}: {str(err).splitlines()[0]}")
+    for i, session in enumerate(demo.sessions):
+        if session.page is not None:
+            shot = log.with_name(f"session-{i + 1}.png")
+            with contextlib.suppress(Exception):
+                await session.page.screenshot(path=str(shot), full_page=True)
+    demo.run.problems.append(f"screenshots and the server log are in {log.parent}")
+
+
+async def check_pages(demo: Demo, log: Path) -> None:
+    """Every page: no traceback, no other session's file; the server logged no traceback."""
+    demo.run.flagged = sorted(set().union(*(s.flagged for s in demo.sessions)))
+    everyone = set().union(*(s.mine for s in demo.sessions))
+    for i, session in enumerate(demo.sessions):
+        await session.check(everyone, demo.run, f"session {i + 1}")
+    if "Traceback" in log.read_text(errors="replace"):
+        demo.run.problems.append(f"the server logged a traceback (see {log})")
+
+
 async def measure(args: argparse.Namespace) -> Run:
     """Starts the server from cold and drives Chromium through every step."""
     from playwright.async_api import async_playwright
@@ -281,104 +337,22 @@ async def measure(args: argparse.Namespace) -> Run:
                                                    args=CHROMIUM_ARGS)
         run.tf_import_s = tensorflow_import_seconds()
         run.load = os.getloadavg()
+        demo = Demo(browser, url, pool, run)
         start = time.perf_counter()
-        proc = start_server(port, log, args.model)
-        sessions: list[Session] = []
+        proc = start_server(port, log, {"COVID_MODEL_PATH": str(args.model)} if args.model
+                            else None)
         try:
-            wait_healthy(url, proc, log)
-            # 1-2: cold start, the film dropped as soon as the uploader shows
-            first = await Session(browser, url).open()
-            sessions.append(first)
-            run.steps.append(Step("server start -> uploader on screen",
-                                  time.perf_counter() - start))
-            film = next(pool)
-            await first.drop([file_payload(film)])
-            done = await first.study_shown(film.name)
-            run.steps.append(Step("server start -> first X-ray's map and bars",
-                                  done - start, "<= 10 s"))
-
-            # 3: a warm new session, one film
-            second = await Session(browser, url).open()
-            sessions.append(second)
-            film = next(pool)
-            t0 = time.perf_counter()
-            await second.drop([file_payload(film)])
-            done = await second.study_shown(film.name)
-            run.steps.append(Step("warm new session: one film -> map and bars",
-                                  done - t0, "<= 1.0 s"))
-
-            # 4-5: two films and a truncated one, then a click on a row
-            batch = await Session(browser, url).open()
-            sessions.append(batch)
-            two, cut = [next(pool), next(pool)], next(pool)
-            broken = f"truncated-{cut.name}"
-            t0 = time.perf_counter()
-            await batch.drop([file_payload(p) for p in two] + [file_payload(cut, broken, 0.5)])
-            done = await batch.table_shown(3, broken)
-            run.steps.append(Step("two films + a truncated file -> table, broken file named",
-                                  done - t0, "<= 3 s"))
-            table = batch.page.locator('[data-testid="stDataFrame"]')
-            chosen = await table.locator('[data-testid="glide-cell-1-0"]').inner_text()
-            box = await table.locator("canvas").first.bounding_box()
-            t0 = time.perf_counter()
-            await batch.page.mouse.click(box["x"] + 16, box["y"] + ROW_PX * 1.5)
-            done = await batch.study_shown(chosen.strip())
-            run.steps.append(Step("click a table row -> its X-ray, map and bars",
-                                  done - t0, "<= 1.0 s"))
-
-            # 6: four sessions at once
-            seconds = await at_once(browser, url, [next(pool) for _ in range(4)], sessions)
-            run.steps.append(Step("four sessions drop four films at once -> all answered",
-                                  max(seconds), "<= 4 s",
-                                  "each " + " / ".join(f"{s:.2f}" for s in sorted(seconds))))
-            run.rss_mib, run.peak_rss_mib = memory_mib(proc.pid)
-
-            # throughput: many sessions at once, and one big batch
-            if args.sessions > 0:
-                seconds = await at_once(browser, url, [next(pool) for _ in range(args.sessions)],
-                                        sessions)
-                run.steps.append(Step(
-                    f"{args.sessions} sessions drop one film each at once -> all answered",
-                    max(seconds), "",
-                    f"{args.sessions / max(seconds):.1f} sessions/s, median "
-                    f"{sorted(seconds)[len(seconds) // 2]:.2f} s"))
-            if args.batch > 0:
-                big = await Session(browser, url).open()
-                sessions.append(big)
-                payloads = [file_payload(next(pool)) for _ in range(args.batch)]
-                t0 = time.perf_counter()
-                await big.drop(payloads)
-                done = await big.table_shown(args.batch)
-                run.steps.append(Step(f"one session drops {args.batch} films -> table",
-                                      done - t0, "",
-                                      f"{args.batch / (done - t0):.1f} films/s"))
-
+            wait_healthy(url, proc, log, TIMEOUT_S)
+            await all_steps(demo, args, start, proc)
         except Exception as err:  # report what was measured, and where it stopped
-            run.problems.append(f"stopped after {len(run.steps)} steps: "
-                                f"{type(err).__name__}: {str(err).splitlines()[0]}")
-            for i, session in enumerate(sessions):
-                if session.page is not None:
-                    shot = log.with_name(f"session-{i + 1}.png")
-                    with contextlib.suppress(Exception):
-                        await session.page.screenshot(path=str(shot), full_page=True)
-            run.problems.append(f"screenshots and the server log are in {log.parent}")
+            await record_failure(demo, err, log)
         try:
-            run.flagged = sorted(set().union(*(s.flagged for s in sessions)))
-            everyone = set().union(*(s.mine for s in sessions))
-            for i, session in enumerate(sessions):
-                await session.check(everyone, run, f"session {i + 1}")
-            if "Traceback" in log.read_text(errors="replace"):
-                run.problems.append(f"the server logged a traceback (see {log})")
+            await check_pages(demo, log)
         finally:
-            for session in sessions:
+            for session in demo.sessions:
                 await session.close()
             await browser.close()
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+            stop_server(proc)
     return run
 
 
@@ -427,7 +401,7 @@ def report(run: Run) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; non-zero when a page showed a problem."""
     args = parse_args(argv)
-    run = asyncio.run(measure(args))
+    run = asyncio.run(measure(args))  # a server that fails to start is one of run.problems
     if args.json:
         print(json.dumps({
             "steps": [vars(s) for s in run.steps], "rss_mib": run.rss_mib,

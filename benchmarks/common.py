@@ -1,14 +1,60 @@
-"""Helpers shared by the benchmark scripts: picking real X-rays and timing."""
+"""Helpers shared by the benchmark scripts: real X-rays, the model, timing and printing."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from covid.training.catalogue import data_dir
 from covid.training.data import find_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULT_DATA = data_dir() / "covid19-radiography"
+"""The COVID-19 Radiography Database in the data folder (``$COVID_DATA_DIR``)."""
+
+
+def model_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the options of every model benchmark: ``--model``, ``--data``, ``--json``."""
+    from covid.model.network import DEFAULT_MODEL_PATH
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", type=Path, default=ROOT / DEFAULT_MODEL_PATH)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
+    return parser
+
+
+def run_and_print(
+    argv: list[str] | None,
+    parse_args: Callable[[list[str] | None], argparse.Namespace],
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    report: Callable[[dict[str, Any]], str],
+) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Parses the command line, checks ``args.model`` is there, measures, then prints.
+
+    Prints one JSON object with ``--json``, else ``report``'s text.
+
+    Raises:
+        SystemExit: The model file is missing (saying how to make it).
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+    args = parse_args(argv)
+    if not args.model.is_file():
+        raise SystemExit(
+            f"model not found: {args.model} (make it: python -m covid.train, then "
+            "python -m covid.evaluate --ship models/covid_resnet50.keras, then "
+            "python -m covid.fit_ood --model models/covid_resnet50.keras)"
+        )
+    results = run(args)
+    print(json.dumps(results, indent=2) if args.json else report(results))
+    return args, results
 
 
 def pick_images(data: Path, n: int) -> list[Path]:

@@ -18,7 +18,7 @@ one warm-up) of:
   verifying the model, and the first (tracing) prediction and Grad-CAM calls;
 * this process's peak resident memory (``resource.getrusage``).
 
-Images are read from ``../shared/data/covid19-radiography`` (both classes, in a
+Images are read from the data folder's ``covid19-radiography/`` (both classes, in a
 fixed order); nothing is written anywhere.
 """
 
@@ -35,11 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import median_seconds, pick_images
-
-ROOT = Path(__file__).resolve().parents[1]
-
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid19-radiography"
+from benchmarks.common import ROOT, median_seconds, model_parser, pick_images, run_and_print
 
 _COLD_LOAD = """
 import json, sys, time
@@ -62,15 +58,10 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_predict_s": t3 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line."""
-    from covid.model.classifier import DEFAULT_MODEL_PATH
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=ROOT / DEFAULT_MODEL_PATH)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder")
+    parser = model_parser(__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20, help="images (half per class)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per image")
     parser.add_argument("--batch", type=int, default=16, help="batch size for throughput")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     return parser.parse_args(argv)
 
 
@@ -101,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from covid.explain.inference import Classifier
     from covid.inputs.decode import decode_image
     from covid.inputs.preprocess import to_model_input
-    from covid.model.classifier import load_model
+    from covid.model.network import load_model
 
     cold = cold_start(args.model)
 
@@ -193,15 +184,7 @@ def report(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = parse_args(argv)
-    if not args.model.is_file():
-        raise SystemExit(
-            f"model not found: {args.model} (train it: python -m covid.training.train, "
-            "then python -m covid.training.evaluate --ship models/covid_resnet50.keras)"
-        )
-    results = run(args)
-    print(json.dumps(results, indent=2) if args.json else report(results))
+    run_and_print(argv, parse_args, run, report)
 
 
 if __name__ == "__main__":

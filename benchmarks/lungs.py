@@ -15,10 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import pick_images
+from benchmarks.common import DEFAULT_DATA, pick_images
 from covid.inputs.decode import read_image
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH, LungSegmenter
-from covid.training.data import DEFAULT_DATA_DIR
 
 
 def _median_ms(fn, films: list[np.ndarray], repeats: int) -> float:
@@ -35,7 +34,7 @@ def main() -> None:
     """Prints the segmenter's median latency per film."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=str(DEFAULT_LUNG_MODEL_PATH))
-    parser.add_argument("--data", default=str(DEFAULT_DATA_DIR))
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()

@@ -4,7 +4,7 @@ Usage::
 
     python -m benchmarks.throughput --model models/covid_resnet50.keras --n 64 --batch 16
 
-Scores ``--n`` real X-rays from ``../shared/data/covid19-radiography`` (both
+Scores ``--n`` real X-rays from the data folder's ``covid19-radiography/`` (both
 classes, alternating, in a fixed order) and prints the throughput, in images per
 second (the median of ``--repeats`` timed runs, after a warm-up that traces the
 graphs), of:
@@ -27,34 +27,24 @@ written anywhere.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from benchmarks.common import median_seconds, pick_images
+from benchmarks.common import median_seconds, model_parser, pick_images, run_and_print
 
-ROOT = Path(__file__).resolve().parents[1]
-
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "covid19-radiography"
 GOAL = 0.9
 """Heatmaps-off throughput the pipeline should keep, as a fraction of ``model.predict``'s."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line."""
-    from covid.model.classifier import DEFAULT_MODEL_PATH
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, default=ROOT / DEFAULT_MODEL_PATH)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder")
+    parser = model_parser(__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=64, help="images (alternating classes)")
     parser.add_argument("--batch", type=int, default=16, help="images per forward pass")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each measure")
     parser.add_argument("--ood", action="store_true",
                         help="include the model's out-of-distribution check in analyse")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.add_argument("--check", action="store_true",
                         help=f"exit with status 1 when heatmaps off is below {GOAL}x predict")
     args = parser.parse_args(argv)
@@ -151,15 +141,7 @@ def report(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = parse_args(argv)
-    if not args.model.is_file():
-        raise SystemExit(
-            f"model not found: {args.model} (train it: python -m covid.training.train, "
-            "then python -m covid.training.evaluate --ship models/covid_resnet50.keras)"
-        )
-    results = run(args)
-    print(json.dumps(results, indent=2) if args.json else report(results))
+    args, results = run_and_print(argv, parse_args, run, report)
     return 1 if args.check and not results["goal_met"] else 0
 
 

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from covid.model.classifier import LOGITS_LAYER, ModelMetadata, save_model
+from covid.model.network import LOGITS_LAYER, ModelMetadata, save_model
 
 TINY_SIZE = 32
 TINY_LAYER = "last_conv"
@@ -73,7 +73,7 @@ def tiny_model_file(tmp_path_factory) -> Path:
 def shipped_models():
     """The shipped models as the page and CLI load them (segmenter required and SHA-checked
     if the classifier is lung-focused), loaded once for the whole run."""
-    from covid.model.classifier import DEFAULT_MODEL_PATH
+    from covid.model.network import DEFAULT_MODEL_PATH
     from covid.screening.engine import load_models
 
     return load_models(DEFAULT_MODEL_PATH, warm_up=False)
@@ -81,8 +81,10 @@ def shipped_models():
 
 @pytest.fixture(scope="session")
 def shared_data_dir() -> Path:
-    """The COVID-19 Radiography Database beside the repository, or skip."""
-    path = Path(__file__).resolve().parents[1].parent / "shared/data/covid19-radiography"
+    """The COVID-19 Radiography Database in the data folder (``COVID_DATA_DIR``), or skip."""
+    from covid.training.catalogue import data_dir
+
+    path = data_dir() / "covid19-radiography"
     if not path.is_dir():
         pytest.skip(f"dataset not found at {path}")
     return path

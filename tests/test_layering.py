@@ -3,7 +3,8 @@
 Data flows inputs -> model -> explain -> training -> screening -> app, and a module
 may import only from its own stage or a lower one. Every import counts, including
 the ones deferred inside functions and under ``TYPE_CHECKING``. The top-level
-entry modules may import any stage but the app; nothing imports them. There is no
+entry modules may import any stage but the app; nothing imports them, and they
+are the only modules run as ``python -m`` (one entry point per tool). There is no
 import circle between modules, and only ``covid/app/`` imports Streamlit.
 
 The rules are plain functions, checked first on synthetic imports that break
@@ -26,8 +27,13 @@ STAGES = ("inputs", "model", "explain", "training", "screening", "app")
 ROOT = "covid"
 """The package itself (``covid/__init__.py``): below every stage, importable by all."""
 
-ENTRY_MODULES = frozenset({"covid.__main__", "covid.train", "covid.evaluate", "covid.train_lungs"})
+ENTRY_MODULES = frozenset({"covid.__main__", "covid.train", "covid.evaluate", "covid.train_lungs",
+                           "covid.fit_ood"})
 """Command-line entry points at the package's top: above every stage but the app."""
+
+CHILD_PROCESSES = frozenset({"covid.training.backend"})
+"""Modules below the top that run as ``python -m``: the backend probe, which the trainers
+start as a child process to time a backend before Keras is imported."""
 
 UI_LIBRARIES = ("streamlit",)
 
@@ -179,6 +185,24 @@ def ui_importers(imports: Mapping[str, Iterable[str]]) -> list[str]:
     )
 
 
+def runnable_modules(sources: Mapping[str, str]) -> list[str]:
+    """Modules with an ``if __name__ == "__main__":`` block, from module name -> source."""
+    found = []
+    for module, source in sources.items():
+        for node in ast.walk(ast.parse(source)):
+            if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+                    and isinstance(node.test.left, ast.Name) and node.test.left.id == "__name__"):
+                found.append(module)
+                break
+    return sorted(found)
+
+
+def second_entry_points(sources: Mapping[str, str]) -> list[str]:
+    """Runnable modules that are neither a top-level entry point nor a child process."""
+    return [m for m in runnable_modules(sources)
+            if stage_of(m) not in ("entry", ROOT) and m not in CHILD_PROCESSES]
+
+
 # ----------------------------------------------------------- the rules can fail
 
 
@@ -193,11 +217,11 @@ if TYPE_CHECKING:
 def later():
     import streamlit as st
     from . import table
-    from ..model.classifier import load_model
+    from ..model.network import load_model
 '''
     names = imported_names(source, "covid.screening.report")
     for name in ("numpy", "covid.inputs.decode", "covid.app.state", "streamlit",
-                 "covid.screening.table", "covid.model.classifier"):
+                 "covid.screening.table", "covid.model.network"):
         assert name in names
     modules = ["covid", "covid.inputs", "covid.inputs.decode", "covid.app", "covid.app.state"]
     assert resolve("covid.inputs.decode", modules) == "covid.inputs.decode"
@@ -212,7 +236,7 @@ def test_an_import_from_a_higher_stage_is_caught():
         "covid.explain.overlay": {"covid.screening.table"},  # explain reaching up
         "covid.screening.table": {"covid.explain.overlay", "covid.training.metrics"},
         "covid.training.metrics": set(),
-        "covid.model.classifier": {"covid.app.state"},  # anything reaching the app
+        "covid.model.network": {"covid.app.state"},  # anything reaching the app
         "covid.__main__": {"covid.screening.predict", "covid.app.screening"},  # entry -> app
         "covid.screening.predict": {"covid.train"},  # a stage importing an entry point
         "covid.helpers": set(),  # outside the layout
@@ -222,7 +246,7 @@ def test_an_import_from_a_higher_stage_is_caught():
         "covid.explain.overlay (explain) imports covid.screening.table (screening)",
         "covid.helpers is in no stage (put it under one of inputs, model, explain, training, "
         "screening, app)",
-        "covid.model.classifier (model) imports covid.app.state (app)",
+        "covid.model.network (model) imports covid.app.state (app)",
         "covid.screening.predict (screening) imports covid.train (entry)",
     ]
 
@@ -265,6 +289,19 @@ def test_streamlit_outside_the_app_is_caught():
     assert ui_importers(imports) == ["covid.screening.table"]
 
 
+def test_a_second_entry_point_below_the_top_is_caught():
+    main_block = 'import sys\ndef main(): ...\nif __name__ == "__main__":\n    main()\n'
+    sources = {
+        "covid.train": main_block,
+        "covid.training.train": main_block,  # the same tool run a second way
+        "covid.training.backend": main_block,
+        "covid.training.data": "def main(): ...\n",
+    }
+    assert runnable_modules(sources) == ["covid.train", "covid.training.backend",
+                                         "covid.training.train"]
+    assert second_entry_points(sources) == ["covid.training.train"]
+
+
 # ----------------------------------------------------------------- the real tree
 
 
@@ -295,3 +332,9 @@ def test_the_decoders_share_errors_below_both(imports):
     assert "covid.inputs.errors" in graph["covid.inputs.dicom"]
     assert "covid.inputs.decode" not in graph["covid.inputs.dicom"]
     assert graph["covid.inputs.errors"] <= {ROOT}
+
+
+def test_each_tool_runs_one_way_only_from_the_top():
+    sources = {module_name(p): p.read_text(encoding="utf-8") for p in PACKAGE.rglob("*.py")}
+    assert second_entry_points(sources) == []
+    assert set(runnable_modules(sources)) == ENTRY_MODULES | CHILD_PROCESSES

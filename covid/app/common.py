@@ -11,7 +11,8 @@ import streamlit as st
 from covid import DISCLAIMER
 from covid.app import state
 from covid.app.resources import load_model
-from covid.model.classifier import ModelFileError, ModelMetadata
+from covid.model.decision import finding_name
+from covid.model.network import ModelFileError, ModelMetadata
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
@@ -20,8 +21,8 @@ TRAIN_HOWTO = """\
 Train a model, then evaluate and ship it, from the project's root:
 
 ```bash
-python -m covid.training.train --run runs/main
-python -m covid.training.evaluate --model runs/main/model.keras --ship models/covid_resnet50.keras
+python -m covid.train --run runs/main
+python -m covid.evaluate --model runs/main/model.keras --ship models/covid_resnet50.keras
 ```
 
 Or point the page at another model: `COVID_MODEL_PATH=path/to/model.keras streamlit run \
@@ -57,8 +58,8 @@ def load_or_explain(path: Path) -> tuple[Classifier, Any] | None:
 
 
 def operating_point_words(meta: ModelMetadata, threshold: float) -> str:
-    """E.g. "P(COVID) ≥ 0.312, the shipped operating point"."""
-    rule = f"P({meta.positive_class}) ≥ {threshold:.3f}"
+    """E.g. "P(any finding) ≥ 0.312, the shipped operating point"."""
+    rule = f"{finding_name(meta.class_names)} ≥ {threshold:.3f}"
     if state.is_shipped(meta, threshold):
         return f"{rule}, the shipped operating point"
     return f"{rule}, chosen for this session (shipped {meta.threshold:.3f})"

@@ -23,21 +23,28 @@ from covid.app.common import (
 from covid.app.navigation import MODEL, SCREENING, go_to
 from covid.app.resources import model_path
 from covid.explain.localisation import CAUTION_SHARE
-from covid.model.classifier import ModelMetadata
+from covid.model.decision import finding_name
+from covid.model.network import ModelMetadata
 from covid.screening.table import by_column
 from covid.training.metrics import operating_point
 from covid.training.plots import (
+    class_roc_figure,
     confusion_figure,
     lung_share_figure,
     reliability_figure,
     roc_figure,
 )
 from covid.training.results import (
+    ClassScores,
     Evaluation,
     cam_energy_rows,
     cam_energy_verdict,
     change_from,
     confusion_at,
+    confusion_matrix_at,
+    finding_rates,
+    finding_roc,
+    group_rows,
     localisation_rows,
     localisation_verdict,
     lung_evidence_rows,
@@ -52,7 +59,7 @@ EVALUATE_HOWTO = """\
 Evaluate the model to make them (from the project's root):
 
 ```bash
-python -m covid.training.evaluate --model {model}
+python -m covid.evaluate --model {model}
 ```
 """
 
@@ -63,18 +70,32 @@ tool could sort chest X-rays and show why it scored them as it did.
 clinically, and must not be used to diagnose, treat or triage patients.
 
 **Limits.**
-- Two classes only: every film is forced into COVID-19 or Normal. Other diseases
-  (bacterial or viral pneumonia, lung opacities, tuberculosis...) were not in the
-  training data, and the model cannot say "something else".
-- One public database, images downsampled to 224 x 224 pixels. The test split
+- {classes}
+- One public database, images downsampled to {size} x {size} pixels. The test split
   comes from the same archives as the training data, so its metrics are optimistic
   for any other hospital, scanner or population.
 - Calibration (temperature) and the operating threshold were fitted on the
   validation split of the same database; PPV and NPV depend on the prevalence
   where it is used.
-- Grad-CAM maps are coarse (7 x 7 cells at 224 px) and show where the evidence
-  lies, not what it is.
+- Grad-CAM maps are coarse ({cells} x {cells} cells at {size} px, from `{layer}`) and
+  show where the evidence lies, not what it is.
 """
+
+TWO_CLASSES = """Two classes only: every film is forced into {names}. Other diseases
+  (bacterial or viral pneumonia, lung opacities, tuberculosis...) were not in the
+  training data, and the model cannot say "something else"."""
+MORE_CLASSES = """Classes {names} only. Diseases outside them (tuberculosis, tumours,
+  effusions...) were not in the training data; the model forces them into one of its
+  classes."""
+
+
+def intended_use(meta: ModelMetadata, cells: int) -> str:
+    """The intended use and limits, with the model's own classes, size and map grid."""
+    names = " or ".join(meta.class_names)
+    classes = (TWO_CLASSES if len(meta.class_names) == 2 else MORE_CLASSES).format(names=names)
+    return INTENDED_USE.format(classes=classes, size=meta.input_size, cells=cells,
+                               layer=meta.gradcam_layer)
+
 
 SHORTCUT_WARNING = """\
 **Beware of source shortcuts.** In this database the COVID-19 and Normal X-rays
@@ -120,45 +141,61 @@ def data_card_ui(meta: ModelMetadata) -> None:
             st.caption("The training recipe is not recorded in the metadata.")
 
 
-def model_card_section_ui(meta: ModelMetadata) -> None:
+def model_card_section_ui(meta: ModelMetadata, cells: int) -> None:
     """The model card: identity, data, intended use, limits and the shortcut warning."""
     st.header("Model card", anchor=False)
     st.markdown(
         f"**{meta.name}**, version `{meta.version}`, SHA-256 `{meta.sha256[:12]}` · "
         f"input {meta.input_size} x {meta.input_size} grayscale · classes "
         f"{', '.join(meta.class_names)} · temperature {meta.temperature:.3f} · shipped "
-        f"threshold P({meta.positive_class}) ≥ {meta.threshold:.3f}"
+        f"threshold {finding_name(meta.class_names)} ≥ {meta.threshold:.3f}"
     )
     st.warning(SHORTCUT_WARNING, icon=":material/report:")
     data_col, use_col = st.columns(2, gap="large")
     with data_col:
         data_card_ui(meta)
     with use_col:
-        st.markdown(INTENDED_USE)
+        st.markdown(intended_use(meta, cells))
 
 
 def threshold_ui(meta: ModelMetadata) -> float:
     """The live operating-point slider; the value becomes this session's choice."""
     state.start_threshold_widget(meta)
     threshold = st.slider(
-        f"Threshold on calibrated P({meta.positive_class})", min_value=0.0, max_value=1.0,
-        step=0.001, format="%.3f", key=state.THRESHOLD_WIDGET,
-        help=f"A study is labelled {meta.positive_class} when its calibrated probability is at "
-        "least the threshold. Applies to the screening page, for this browser session only.",
+        f"Threshold on calibrated {finding_name(meta.class_names)}", min_value=0.0,
+        max_value=1.0, step=0.001, format="%.3f", key=state.THRESHOLD_WIDGET,
+        help="A study is admitted, labelled with its likelier finding, when its calibrated "
+        "probability of any finding is at least the threshold. Applies to the screening "
+        "page, for this browser session only.",
     )
     return state.follow_threshold_widget(meta, threshold)
 
 
-def metrics_ui(point: dict[str, Any], shipped: dict[str, Any] | None) -> None:
+def _metric_ui(column, title: str, value: float | None, reference: float | None,
+               lower_is_better: bool = False) -> None:
+    """One rate, with its change from the shipped point (none shown when it rounds to none)."""
+    delta, same = change_from(value, reference)
+    column.metric(title, fmt(value, "{:.1%}"), delta=delta, border=True,
+                  delta_color="off" if same else "inverse" if lower_is_better else "normal",
+                  delta_arrow="off" if same else "auto")
+
+
+def metrics_ui(point: dict[str, Any], shipped: dict[str, Any] | None, of: str = "") -> None:
     """Sensitivity, specificity, PPV and NPV, with the change from the shipped point."""
-    names = (("Sensitivity", "sensitivity"), ("Specificity", "specificity"), ("PPV", "ppv"),
-             ("NPV", "npv"))
+    names = ((f"Sensitivity{of}", "sensitivity"), ("Specificity", "specificity"),
+             ("PPV", "ppv"), ("NPV", "npv"))
     for column, (title, key) in zip(st.columns(4), names, strict=True):
-        value = point.get(key)
-        delta, same = change_from(value, None if shipped is None else shipped.get(key))
-        column.metric(title, fmt(value, "{:.1%}"), delta=delta, border=True,
-                      delta_color="off" if same else "normal",
-                      delta_arrow="off" if same else "auto")
+        _metric_ui(column, title, point.get(key), None if shipped is None else shipped.get(key))
+
+
+def sent_home_ui(scores: ClassScores, threshold: float, shipped: float | None) -> None:
+    """Each finding's share of films sent home at the point, beside the shipped point's."""
+    rates = finding_rates(confusion_matrix_at(scores, threshold)).sent_home
+    before = None if shipped is None else finding_rates(
+        confusion_matrix_at(scores, shipped)).sent_home
+    for column, (name, value) in zip(st.columns(4), rates.items(), strict=False):
+        _metric_ui(column, f"{name} sent home", value,
+                   None if before is None else before.get(name), lower_is_better=True)
 
 
 def operating_point_ui(meta: ModelMetadata, evaluation: Evaluation) -> dict[str, Any] | None:
@@ -194,13 +231,34 @@ def operating_point_ui(meta: ModelMetadata, evaluation: Evaluation) -> dict[str,
         shipped = operating_point(scores, truth, meta.threshold, prevalence=prevalence / 100.0)
     st.markdown(f"**In force on the screening page (this session):** "
                 f"{operating_point_words(meta, threshold)}.")
-    metrics_ui(point, shipped)
+    classes = evaluation.classes
+    metrics_ui(point, shipped, "" if classes is None else " (any finding)")
+    if classes is not None:
+        sent_home_ui(classes, threshold, None if shipped is None else meta.threshold)
+    positive = ("" if classes is None else
+                " (positive: any finding, that is admitted; negative: Normal, sent home)")
     st.caption(
-        f"On the held-out test split ({len(scores)} images): TP {point['tp']} · FN "
-        f"{point['fn']} · FP {point['fp']} · TN {point['tn']}. PPV and NPV at a prevalence "
-        f"of {prevalence:.1f}%."
+        f"On the held-out test split ({len(scores)} images){positive}: TP {point['tp']} · "
+        f"FN {point['fn']} · FP {point['fp']} · TN {point['tn']}. PPV and NPV at a "
+        f"prevalence of {prevalence:.1f}%."
     )
     return point
+
+
+def _reliability(meta: ModelMetadata, summary: dict[str, Any], event: str):
+    """The reliability diagram before and after temperature scaling."""
+    curves = summary["curves"]
+    temperature = float(summary.get("temperature", meta.temperature))
+    return reliability_figure({
+        "before scaling": curves["reliability_before"],
+        f"after scaling (T = {temperature:.2f})": curves["reliability_after"],
+    }, event)
+
+
+def _json_error_ui(err: Exception) -> None:
+    LOG.warning("evaluation JSON not as expected: %r", err)
+    st.error(f"The evaluation JSON is not as expected ({err!r}); re-run the evaluation.",
+             icon=":material/error:")
 
 
 def charts_ui(meta: ModelMetadata, evaluation: Evaluation, point: dict[str, Any] | None) -> None:
@@ -211,25 +269,21 @@ def charts_ui(meta: ModelMetadata, evaluation: Evaluation, point: dict[str, Any]
         st.info("The ROC and reliability charts need the evaluation JSON.",
                 icon=":material/info:")
         return
+    if evaluation.classes is not None:
+        class_charts_ui(meta, evaluation, point)
+        return
     try:
-        metrics, curves = summary["metrics"], summary["curves"]
-        roc = roc_figure(curves["roc"], float(metrics["auc"]), tuple(metrics["auc_ci95"]),
-                         roc_marker(point))
-        temperature = float(summary.get("temperature", meta.temperature))
-        reliability = reliability_figure({
-            "before scaling": curves["reliability_before"],
-            f"after scaling (T = {temperature:.2f})": curves["reliability_after"],
-        })
+        curve, auc, ci = finding_roc(summary)
+        roc = roc_figure(curve, auc, ci, roc_marker(point))
+        reliability = _reliability(meta, summary, meta.positive_class)
     except (KeyError, TypeError, ValueError) as err:
-        LOG.warning("evaluation JSON not as expected: %r", err)
-        st.error(f"The evaluation JSON is not as expected ({err!r}); re-run the evaluation.",
-                 icon=":material/error:")
+        _json_error_ui(err)
         return
     roc_col, confusion_col, reliability_col = st.columns(3, gap="medium")
     with roc_col:
         st.pyplot(roc, alt="ROC curve of the test split with the operating point")
-        st.caption(f"AUC {float(metrics['auc']):.3f} (95% CI {metrics['auc_ci95'][0]:.3f}-"
-                   f"{metrics['auc_ci95'][1]:.3f}); red dot: the operating point in force.")
+        st.caption(f"AUC {auc:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}); red dot: the operating "
+                   "point in force.")
     with confusion_col:
         if point is not None:
             matrix = confusion_at(point, meta.class_names, meta.positive_class)
@@ -241,8 +295,74 @@ def charts_ui(meta: ModelMetadata, evaluation: Evaluation, point: dict[str, Any]
             st.caption("The confusion matrix needs the per-image test scores.")
     with reliability_col:
         st.pyplot(reliability, alt="Reliability diagram before and after temperature scaling")
-        st.caption("Observed COVID rate against predicted probability, before and after "
-                   "temperature scaling (fitted on the validation split).")
+        st.caption(f"Observed {meta.positive_class} rate against predicted probability, before "
+                   "and after temperature scaling (fitted on the validation split).")
+
+
+def _auc_words(name: str, auc: dict[str, Any] | None) -> str:
+    """E.g. "COVID 0.981 (95% CI 0.970-0.990)", or "COVID n/a"."""
+    if not auc:
+        return f"{name} n/a"
+    return f"{name} {auc['auc']:.3f} (95% CI {auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f})"
+
+
+def class_charts_ui(meta: ModelMetadata, evaluation: Evaluation, point: dict[str, Any]) -> None:
+    """Per-class ROC, the class-by-class confusion matrix at the point, and reliability."""
+    summary, scores = evaluation.summary or {}, evaluation.classes
+    try:
+        aucs = summary["metrics"].get("auc_per_class") or {}
+        finding, _, _ = finding_roc(summary)
+        roc = class_roc_figure(summary["curves"]["roc_per_class"], aucs, finding,
+                               roc_marker(point))
+        reliability = _reliability(meta, summary, "any finding")
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        _json_error_ui(err)
+        return
+    confusion = confusion_matrix_at(scores, point["threshold"])
+    roc_col, confusion_col, reliability_col = st.columns(3, gap="medium")
+    with roc_col:
+        st.pyplot(roc, alt="One-vs-rest ROC curve of each class on the test split")
+        st.caption("One-vs-rest AUC: " + "; ".join(_auc_words(n, aucs.get(n))
+                                                    for n in meta.class_names)
+                   + ". Dashed: any finding against Normal; red dot: the operating point in "
+                   "force.")
+    with confusion_col:
+        st.pyplot(confusion_figure(confusion.matrix, confusion.labels, confusion.true_names),
+                  alt="Confusion matrix of every class at the operating point")
+        st.dataframe(confusion.columns(), hide_index=True, width="content")
+        st.caption(f"At {finding_name(meta.class_names)} ≥ {point['threshold']:.3f}, the "
+                   "likelier finding as the label; rows: truth, columns: label.")
+    with reliability_col:
+        st.pyplot(reliability, alt="Reliability diagram before and after temperature scaling")
+        st.caption("Observed rate of any finding against predicted P(any finding), before and "
+                   "after temperature scaling (fitted on the validation split).")
+
+
+GROUPS = (("by_source", "By source"), ("by_age", "By age group"))
+"""The evaluation's group breakdowns (keys of its metrics) and their titles."""
+
+
+def groups_ui(meta: ModelMetadata, evaluation: Evaluation) -> None:
+    """The evaluation's figures per source and per age group, at the shipped point."""
+    st.header("By source and age", anchor=False)
+    metrics = (evaluation.summary or {}).get("metrics") or {}
+    percent = st.column_config.NumberColumn(format="%.0f%%")
+    for column, (key, title) in zip(st.columns(2, gap="large"), GROUPS, strict=True):
+        with column:
+            st.subheader(title, anchor=False)
+            groups = metrics.get(key)
+            if not isinstance(groups, dict) or not groups:
+                st.info(f"The evaluation JSON holds no figures {title.lower()}.",
+                        icon=":material/info:")
+                continue
+            rows = group_rows(groups, meta.class_names)
+            rates = [k for k in rows[0] if k == "sent home" or k.startswith("labelled ")]
+            st.dataframe(by_column(rows, list(rows[0])), hide_index=True, width="content",
+                         placeholder="", column_config=dict.fromkeys(rates, percent))
+    threshold = (evaluation.summary or {}).get("threshold", meta.threshold)
+    st.caption(f"Test split, at the evaluation's operating point ({finding_name(meta.class_names)}"
+               f" ≥ {float(threshold):.3f}): the share of each group's films sent home, and "
+               "labelled with each finding.")
 
 
 def cam_energy_ui(evaluation: Evaluation) -> None:
@@ -252,7 +372,7 @@ def cam_energy_ui(evaluation: Evaluation) -> None:
     if not isinstance(energy, dict):
         st.info("Not measured yet: where the Grad-CAM maps put their energy (chest centre, "
                 "border, corners) has not been measured for this model. Re-run "
-                "`python -m covid.training.evaluate` to measure it.", icon=":material/info:")
+                "`python -m covid.evaluate` to measure it.", icon=":material/info:")
         return
     st.markdown(f"**{cam_energy_verdict(energy)}**")
     percent = st.column_config.NumberColumn(format="%.0f%%")
@@ -289,7 +409,7 @@ def lung_localisation_ui(meta: ModelMetadata, evaluation: Evaluation) -> None:
         if not rows:
             st.info("Not measured yet for this model: how its Grad-CAM maps sit against "
                     "radiologists' lung and infection masks. Re-run "
-                    "`python -m covid.training.evaluate` with the COVID-QU-Ex masks to "
+                    "`python -m covid.evaluate` with the COVID-QU-Ex masks to "
                     "measure it.", icon=":material/info:")
         else:
             st.markdown(f"**{localisation_verdict(loc)}**")
@@ -311,7 +431,7 @@ def lung_localisation_ui(meta: ModelMetadata, evaluation: Evaluation) -> None:
         if not groups:
             st.info("Not measured yet for this model: the per-image test scores hold no "
                     "`lung_evidence` column (the share of each film's evidence inside the "
-                    "segmented lungs). Re-run `python -m covid.training.evaluate` with the "
+                    "segmented lungs). Re-run `python -m covid.evaluate` with the "
                     "lung segmenter to measure it.", icon=":material/info:")
             return
         st.pyplot(lung_share_figure(groups, CAUTION_SHARE),
@@ -341,8 +461,8 @@ def page() -> None:
     if loaded is None:
         return
     meta = loaded[0].metadata
-    model_card_section_ui(meta)
-    evaluation = read_evaluation(path, meta.positive_class)
+    model_card_section_ui(meta, loaded[0].map_cells)
+    evaluation = read_evaluation(path, meta.positive_class, meta.class_names)
     if evaluation.problems:
         st.warning(
             "**Evaluation artefacts missing.** Beside the model "
@@ -352,5 +472,7 @@ def page() -> None:
         )
     point = operating_point_ui(meta, evaluation)
     charts_ui(meta, evaluation, point)
+    if evaluation.classes is not None:
+        groups_ui(meta, evaluation)
     cam_energy_ui(evaluation)
     lung_localisation_ui(meta, evaluation)

@@ -13,25 +13,30 @@ and ``COVID_LUNG_MODEL_PATH`` for another lung segmenter. The loaders are keyed
 by the file's path and (size, mtime), so a re-shipped model is reloaded; what
 they return is shared by every session and never mutated.
 
-Streamlit resets Keras after every script run (:func:`keep_keras_between_runs`
-stops that), and the loaded models' objects are frozen out of the garbage
-collector once warm, so that no rerun pays for either. While the preload imports
-TensorFlow and builds the models, the cyclic collector is paused
-(:func:`_collector_paused`): it would otherwise scan the hundreds of thousands of
-objects being created several times over, on the way to the first film.
+Streamlit resets Keras after every script run; the server stops that once, as
+it starts (:func:`keep_keras_between_runs`). The loaded models' objects are
+frozen out of the garbage collector once warm, and the cyclic collector is
+paused while the preload imports TensorFlow and builds the models
+(:func:`_collector_paused`), so that neither a rerun nor the first film pays
+for scanning them. Keras is imported without the scikit-learn and pyplot it
+would load only because they are installed (:func:`import_keras_without_extras`).
+What each of these saves is measured by ``python -m benchmarks.browser`` and
+recorded in ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import importlib.abc
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import script_runner
@@ -39,6 +44,7 @@ from streamlit.runtime.scriptrunner import script_runner
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
     from covid.model.lungs import LungSegmenter
+    from covid.screening.ood import OODDetector
 
 LOG = logging.getLogger(__name__)
 
@@ -51,6 +57,10 @@ LUNG_MODEL_ENV = "COVID_LUNG_MODEL_PATH"
 """Environment variable naming the lung segmenter to serve."""
 
 
+class StreamlitHookError(RuntimeError):
+    """This Streamlit release has no ``script_runner._clean_problem_modules`` to replace."""
+
+
 def _clean_up_after_run() -> None:
     """Streamlit's clean-up after a script run, less its Keras reset: closes pyplot figures."""
     pyplot = sys.modules.get("matplotlib.pyplot")
@@ -58,25 +68,28 @@ def _clean_up_after_run() -> None:
         pyplot.close("all")
 
 
-def keep_keras_between_runs() -> bool:
-    """Stops Streamlit from resetting Keras after every script run.
+def keep_keras_between_runs() -> None:
+    """Stops Streamlit from resetting Keras after every script run; call once, at server start.
 
     Streamlit's script runner calls ``keras.backend.clear_session()`` after each
     run (``streamlit.runtime.scriptrunner.script_runner._clean_problem_modules``),
     for scripts that build a model on every run. This page builds none: its models
     are loaded once per process and shared. The reset clears TensorFlow's kernel
-    cache, so that the next call of every compiled graph is optimised again (about
-    1 s for the classifier's Grad-CAM graph instead of 0.1 s), and runs a full
-    garbage collection. The same clean-up runs without the reset. Idempotent.
+    cache, so that the next call of every compiled graph is optimised again, and
+    runs a full garbage collection. The same clean-up runs without the reset.
+    The function is private to Streamlit, so it is replaced once, here, and its
+    absence stops the server rather than slowing every run unnoticed. Idempotent.
 
-    Returns:
-        Whether the hook was found (a Streamlit release without it resets nothing).
+    Raises:
+        StreamlitHookError: This Streamlit release has no such function (pin
+            the one in requirements.txt, or find its new clean-up hook).
     """
     if _STREAMLIT_CLEAN_UP is None:
-        LOG.warning("Streamlit has no _clean_problem_modules hook; nothing to replace")
-        return False
+        raise StreamlitHookError(
+            "streamlit.runtime.scriptrunner.script_runner._clean_problem_modules is gone: "
+            "this Streamlit release would reset Keras after every run (see "
+            "covid.app.resources.keep_keras_between_runs)")
     script_runner._clean_problem_modules = _clean_up_after_run
-    return True
 
 
 def _freeze_garbage() -> None:
@@ -94,14 +107,12 @@ def _freeze_garbage() -> None:
 def _collector_paused() -> Iterator[None]:
     """Pauses the cyclic garbage collector (process-wide) while the models load.
 
-    Importing TensorFlow and Keras and building the models create about 750,000
-    tracked objects; the collector scans them all at every full collection it
-    triggers meanwhile. Measured on 2 cores, in the server with Chromium loading the
-    page: 6 full collections taking 1.10-1.14 s, none paused; TensorFlow is in
-    1.1-1.7 s sooner and the first film's map 0.4-2.0 s sooner (three alternating
-    pairs). This module imports no Keras itself, so that the pause covers
-    TensorFlow's import too (:func:`preload` imports it). On the way out
-    everything alive is frozen (no collection: that would take 0.3 s), so that the
+    Importing TensorFlow and Keras and building the models create hundreds of
+    thousands of tracked objects; the collector would scan them all at every full
+    collection it triggers meanwhile, on the way to the first film. This module
+    imports no Keras itself, so that the pause covers TensorFlow's import too
+    (:func:`preload` imports it). On the way out everything alive is frozen
+    rather than collected (a collection of it all is itself slow), so that the
     collector, enabled again, does not scan the models at the first film's
     allocations either; :func:`_freeze_garbage` collects what was left once the
     warm-up is done. The collector's earlier state is restored.
@@ -116,16 +127,71 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+KERAS_EXTRAS = ("sklearn", "matplotlib.pyplot")
+"""Optional libraries Keras imports at its own import only because they are installed (for
+its scikit-learn wrappers, ``keras.wrappers``, and its image-gallery plots,
+``keras.visualization``), neither of which the server uses."""
+
+
+class _RefusedInThisThread(importlib.abc.MetaPathFinder):
+    """An import finder that refuses some top-level imports, in one thread only.
+
+    Keras imports each of :data:`KERAS_EXTRAS` inside ``try: ... except
+    ImportError``, so a refused one is simply left out of Keras. Other threads
+    (a page script importing scikit-learn for the model page meanwhile) are not
+    affected, and the finder is removed once Keras is in.
+    """
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = frozenset(names)
+        self.thread = threading.get_ident()
+
+    def find_spec(self, fullname: str, path: object, target: object = None) -> None:
+        """Refuses a listed module in the owning thread; leaves every other import alone.
+
+        Raises:
+            ModuleNotFoundError: ``fullname`` is listed and this is the owning thread.
+        """
+        del path, target
+        if fullname in self.names and threading.get_ident() == self.thread:
+            raise ModuleNotFoundError(f"{fullname} is kept out of Keras's import", name=fullname)
+        return None
+
+
+def import_keras_without_extras() -> bool:
+    """Imports Keras (and TensorFlow) without :data:`KERAS_EXTRAS`; once, at server start.
+
+    The first film needs neither library, and importing them is a large share of
+    Keras's import. An extra that is already imported (or that another thread
+    imports meanwhile) is simply shared. Keras's scikit-learn wrappers and
+    gallery plots are then unavailable in this process; the server uses neither.
+
+    Returns:
+        Whether this call imported Keras (False: something imported it before, so
+        the extras came with it; a warning says so).
+    """
+    if "keras" in sys.modules:
+        LOG.warning("Keras was imported before the preload: %s came with it",
+                    ", ".join(KERAS_EXTRAS))
+        return False
+    finder = _RefusedInThisThread(KERAS_EXTRAS)
+    sys.meta_path.insert(0, finder)
+    try:
+        import keras  # noqa: F401
+    finally:
+        sys.meta_path.remove(finder)
+    return True
+
+
 SERVING_GRAPH_OPTIONS = {"disable_meta_optimizer": True}
-"""TensorFlow's graph options in the server: no Grappler rewrites. Measured on the shipped
-classifier (2 cores): the first call of the Grad-CAM graph 0.9 -> 0.45 s, while steady
-batches of 1 and 16 films and the segmenter's stay within run-to-run noise (about 7%),
-so a film that waits for the warm-up's graph waits half as long."""
+"""TensorFlow's graph options in the server: no Grappler rewrites. They halve the first call
+of the Grad-CAM graph while steady batches run as fast (``python -m benchmarks.latency``), so
+a film that waits for the warm-up's graph waits half as long."""
 
 
 def model_path() -> Path:
     """The model to serve: ``$COVID_MODEL_PATH``, else the shipped model."""
-    from covid.model.classifier import DEFAULT_MODEL_PATH  # deferred: imports Keras
+    from covid.model.network import DEFAULT_MODEL_PATH  # deferred: imports Keras
 
     return Path(os.environ.get(MODEL_ENV) or DEFAULT_MODEL_PATH)
 
@@ -173,7 +239,7 @@ def load_classifier(path: str, stamp: tuple[int, int]) -> Classifier:
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def load_ood_detector(path: str, stamp: tuple[int, int]) -> Any | None:
+def load_ood_detector(path: str, stamp: tuple[int, int]) -> OODDetector:
     """Loads the out-of-distribution detector shipped with the model, if any.
 
     Args:
@@ -181,16 +247,16 @@ def load_ood_detector(path: str, stamp: tuple[int, int]) -> Any | None:
         stamp: The file's (size, mtime_ns).
 
     Returns:
-        The detector from :func:`covid.screening.ood.load_detector` (cheap checks only
-        when the model ships no out-of-distribution statistics).
+        The detector from :func:`covid.screening.ood.load_detector` (the tag, pixel
+        and lung gates only when the model ships no out-of-distribution statistics).
     """
     del stamp
-    from covid.screening.ood import load_detector  # deferred: imports scikit-learn
+    from covid.screening.ood import load_detector  # deferred: imports Keras
 
     return load_detector(path)
 
 
-def load_model(path: Path) -> tuple[Classifier, Any | None]:
+def load_model(path: Path) -> tuple[Classifier, OODDetector]:
     """The cached classifier and detector for a model file.
 
     Raises:
@@ -254,7 +320,8 @@ def preload() -> None:
     """
     start = time.perf_counter()
     with _collector_paused():
-        from covid.model.classifier import ModelFileError  # imports Keras and TensorFlow
+        import_keras_without_extras()
+        from covid.model.network import ModelFileError
 
         try:
             classifier, _ = load_model(model_path())

@@ -25,10 +25,12 @@ from covid.app.common import (
     operating_point_words,
 )
 from covid.app.navigation import MODEL, SCREENING, go_to
+from covid.app.pacs_ui import pacs_source_ui
 from covid.app.resources import lung_model_path, model_path, segmenter_for, warm_up_when_idle
 from covid.app.study import safe_detail_ui
 from covid.explain.overlay import colormap_names
-from covid.model.classifier import ModelFileError, ModelMetadata
+from covid.model.decision import finding_name
+from covid.model.network import ModelFileError, ModelMetadata
 from covid.screening.studies import (
     DEFAULT_COLORMAP,
     DEFAULT_OPACITY,
@@ -38,6 +40,7 @@ from covid.screening.studies import (
     DisplaySettings,
     Study,
     at_threshold,
+    measure_relabelled,
     prune_maps,
     score_files,
 )
@@ -50,7 +53,7 @@ from covid.screening.table import (
     TRIAGE,
     by_column,
     csv_bytes,
-    probability_column,
+    finding_columns,
     suspicion_order,
     table_columns,
     table_key,
@@ -66,16 +69,22 @@ LOG = logging.getLogger(__name__)
 UPLOAD_TYPES = ["png", "jpg", "jpeg", "dcm", "dicom"]
 
 
-def header_ui() -> None:
-    """Title, introduction and the disclaimer."""
+def header_ui() -> Any:
+    """Title and disclaimer; returns the slot the introduction fills once the model loads."""
     st.title("Chest X-ray screening")
-    st.markdown(
-        "Upload posterior-anterior chest X-rays to see the model's **COVID-19 / Normal** "
+    intro = st.empty()
+    disclaimer_ui()
+    return intro
+
+
+def intro_ui(slot: Any, class_names: Sequence[str]) -> None:
+    """What the page does, naming the model's classes (from its metadata)."""
+    slot.markdown(
+        f"Upload posterior-anterior chest X-rays to see the model's **{' / '.join(class_names)}** "
         "probabilities, a Grad-CAM map of the regions that drove the prediction, and the "
         "triage advice at the operating point in force. Several X-rays at once give a "
         "triage table, most suspicious first."
     )
-    disclaimer_ui()
 
 
 RESULTS = "results"
@@ -200,8 +209,8 @@ def model_card_ui(meta: ModelMetadata, threshold: float) -> None:
             ], head=("Metric", "Value")))
             st.caption("At the shipped operating point.")
         else:
-            st.caption("No test metrics yet: run `python -m covid.training.evaluate`.")
-        rows = [(f"Shipped threshold on P({meta.positive_class})", f"{meta.threshold:.3f}")]
+            st.caption("No test metrics yet: run `python -m covid.evaluate`.")
+        rows = [(f"Shipped threshold on {finding_name(meta.class_names)}", f"{meta.threshold:.3f}")]
         if not state.is_shipped(meta, threshold):
             rows.append(("This session's threshold", f"{threshold:.3f}"))
         rows.append(("Temperature", f"{meta.temperature:.3f}"))
@@ -262,16 +271,14 @@ def batch_table_ui(studies: Sequence[Study], meta: ModelMetadata) -> Study | Non
         The study whose row is selected, or None.
     """
     ranked = [studies[i] for i in suspicion_order([s.result for s in studies])]
-    columns = table_columns(meta.positive_class)
+    columns = table_columns(meta.class_names)
     results = [s.result for s in ranked]
-    shown = table_rows(results, meta.class_names, meta.positive_class, disclaimer=False)
-    exported = table_rows(results, meta.class_names, meta.positive_class)
-    probability = probability_column(meta.positive_class)
+    shown = table_rows(results, meta.class_names, disclaimer=False)
     st.subheader("Batch triage", anchor=False)
     st.caption(
-        f"{len(studies)} files, most suspicious first (highest {probability}; files that "
-        "could not be read last). Click a column header to sort by it; tick a row to open "
-        f"its study. All triage advice: {DISCLAIMER}"
+        f"{len(studies)} files, most suspicious first (highest probability of any finding; "
+        "files that could not be read last). Click a column header to sort by it; tick a row "
+        f"to open its study. All triage advice: {DISCLAIMER}"
     )
     keys = [s.key for s in ranked]
     kept = state.chosen_study()
@@ -286,10 +293,10 @@ def batch_table_ui(studies: Sequence[Study], meta: ModelMetadata) -> Study | Non
         placeholder="",
         column_config={
             FILE: st.column_config.TextColumn(FILE, width=170),
-            probability: st.column_config.ProgressColumn(
-                probability, format="%.1f%%", min_value=0.0, max_value=100.0, width=120,
-                help=f"Calibrated probability of {meta.positive_class}.",
-            ),
+            **{column: st.column_config.ProgressColumn(
+                column, format="%.1f%%", min_value=0.0, max_value=100.0, width=120,
+                help=f"Calibrated probability of {column.removesuffix(' %')}.",
+            ) for column in finding_columns(meta.class_names)},
             LABEL: st.column_config.TextColumn(LABEL, width=70),
             OOD: st.column_config.TextColumn(
                 OOD, width=125,
@@ -306,7 +313,8 @@ def batch_table_ui(studies: Sequence[Study], meta: ModelMetadata) -> Study | Non
         },
     )
     st.download_button(
-        "Download the table (CSV)", data=csv_bytes(exported, columns),
+        "Download the table (CSV)",
+        data=lambda: csv_bytes(table_rows(results, meta.class_names), columns),
         file_name="xray-triage.csv",
         mime="text/csv", key="batch_csv", on_click="ignore", icon=":material/download:",
     )
@@ -412,16 +420,18 @@ def page() -> None:
     dropped while the server is still loading them after a cold start (and taken
     away again if they cannot be loaded).
     """
-    header_ui()
+    intro = header_ui()
     notice, uploader = st.container(), st.empty()
     with uploader:
         uploaded = upload_ui()
+    uploaded += pacs_source_ui()  # studies retrieved from the PACS join the uploads
     loaded = load_ui()
     if loaded is None:
         uploader.empty()  # nothing could score the files
         return
     classifier, ood, segmenter = loaded
     meta = classifier.metadata
+    intro_ui(intro, meta.class_names)
     threshold = state.threshold_in_force(meta)
     controls_ui(meta.class_names, lungs=segmenter is not None)
     model_card_ui(meta, threshold)
@@ -434,8 +444,8 @@ def page() -> None:
         st.info("Upload one or more chest X-rays to begin.", icon=":material/upload_file:")
         return
     try:
-        studies = at_threshold(analysis_ui(files, classifier, ood, segmenter), classifier,
-                               threshold, state.maps_store())
+        decided = at_threshold(analysis_ui(files, classifier, ood, segmenter), threshold)
+        studies = measure_relabelled(decided, classifier, state.maps_store())
         results_fragment(studies, classifier, threshold, segmenter is not None)
         state.results_shown(True)
     except Exception:  # a bug must not leave a traceback on a clinician's screen

@@ -15,7 +15,7 @@ from typing import Any
 
 import streamlit as st
 
-from covid.model.classifier import ModelMetadata
+from covid.model.network import ModelMetadata
 
 _STUDIES_KEY = "_covid_studies"
 """Scored results, keyed by model, content and file name."""

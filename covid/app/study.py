@@ -17,7 +17,8 @@ import streamlit as st
 
 from covid.app import state
 from covid.explain.localisation import evidence_caution, evidence_sentence
-from covid.model.classifier import ModelMetadata
+from covid.model.decision import finding_name
+from covid.model.network import ModelMetadata
 from covid.screening.pipeline import StudyResult, percentages
 from covid.screening.studies import (
     CONTOUR_LEVELS,
@@ -65,17 +66,15 @@ def probability_bars_ui(
     return shown
 
 
-def triage_ui(
-    result: StudyResult, meta: ModelMetadata, shown: Sequence[float], threshold: float
-) -> None:
-    """The prediction and its triage advice: red for the pathological class, else green."""
+def triage_ui(result: StudyResult, meta: ModelMetadata, threshold: float) -> None:
+    """The prediction and its triage advice: red to admit, else green."""
     st.markdown(f"**Prediction: {result.label}**")
     which = "shipped" if state.is_shipped(meta, threshold) else "this session's choice"
     st.caption(
-        f"{meta.positive_class} probability {shown[meta.positive_index]:.1f}% against the "
+        f"{finding_name(meta.class_names)} {result.p_finding:.1%} against the "
         f"operating threshold of {threshold:.1%} ({which})."
     )
-    if result.label == meta.positive_class:
+    if result.decision.admit:
         st.error(result.triage, icon=":material/flag:")
     else:
         st.success(result.triage, icon=":material/check_circle:")
@@ -205,9 +204,9 @@ def study_detail_ui(
         with map_col:
             map_ui(study, cam, settings, explained)
         with score_col:
-            shown = probability_bars_ui(result, meta.class_names)
+            probability_bars_ui(result, meta.class_names)
             lung_evidence_ui(result, cam, settings, explained)
-            triage_ui(result, meta, shown, threshold)
+            triage_ui(result, meta, threshold)
             info_ui(result.info)
             report_ui(study, classifier, settings, maps, threshold)
 

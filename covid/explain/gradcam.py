@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 METHODS = ("gradcam", "gradcam++")
@@ -271,45 +270,3 @@ def gradcam_step(
     grads = tape.gradient(scores, activations)
     cams = cam_from_gradients(activations, grads, method, size=tf.shape(images)[1:3])
     return cams, logits, features, targets
-
-
-def compute_cams(
-    model: keras.Model,
-    images: np.ndarray,
-    target: int | None = None,
-    method: str = "gradcam",
-    layer_name: str | None = None,
-    logits_layer: str = "logits",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Computes maps for a batch with any Keras CNN, eagerly (a convenience).
-
-    For repeated use, split the model once (:func:`split_at_layer`) and wrap
-    :func:`gradcam_step` in ``tf.function``, as ``covid.explain.inference.Classifier`` does.
-
-    Args:
-        model: A Keras functional CNN (left unchanged).
-        images: (N, H, W, ch) model input.
-        target: The class to explain for every image; None for each image's
-            predicted class.
-        method: ``"gradcam"`` or ``"gradcam++"``.
-        layer_name: The layer to explain; None for the last 4-D layer.
-        logits_layer: Name of the pre-softmax layer.
-
-    Returns:
-        ``(cams, targets)``: (N, H, W) float32 maps in [0, 1] and the (N,) int
-        classes explained.
-
-    Raises:
-        ValueError: ``images`` is not 4-D; unknown ``method``, layer or target.
-    """
-    images = np.asarray(images, dtype=np.float32)
-    if images.ndim != 4:
-        raise ValueError(f"expected a (N, H, W, ch) batch, got shape {images.shape}")
-    backbone, head = split_at_layer(model, layer_name, logits_layer)
-    n_classes = head.outputs[0].shape[-1]
-    if target is not None and not 0 <= target < n_classes:
-        raise ValueError(f"target must be in [0, {n_classes}), got {target}")
-    targets = np.full(len(images), -1 if target is None else int(target), dtype=np.int32)
-    cams, _, _, used = gradcam_step(backbone, head, tf.constant(images), tf.constant(targets),
-                                    method)
-    return cams.numpy(), used.numpy()

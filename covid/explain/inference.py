@@ -25,7 +25,7 @@ import tensorflow as tf
 
 from covid.explain.gradcam import METHODS, find_last_conv_layer, gradcam_step, split_at_layer
 from covid.model.calibration import calibrated_probs
-from covid.model.classifier import DEFAULT_MODEL_PATH, LOGITS_LAYER, ModelMetadata, load_model
+from covid.model.network import DEFAULT_MODEL_PATH, LOGITS_LAYER, ModelMetadata, load_model
 
 LOG = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class Classifier:
         metadata: Its metadata (class names, input size, temperature, threshold).
         batch_size: Images per forward pass in the ``*_batch`` methods.
         gradcam_layer: The layer the maps explain.
+        map_cells: The maps' resolution before upsampling: cells a side at the input size.
     """
 
     def __init__(self, model: keras.Model, metadata: ModelMetadata, batch_size: int = 32):
@@ -86,6 +87,7 @@ class Classifier:
         self.n_classes = int(self._head.outputs[0].shape[-1])
         self.n_features = int(self._head.outputs[1].shape[-1])
         size = metadata.input_size
+        self.map_cells = int(self._backbone.compute_output_shape((1, size, size, 1))[1])
         image_spec = tf.TensorSpec((None, size, size, 1), tf.float32)
         target_spec = tf.TensorSpec((None,), tf.int32)
         # No AutoGraph: the steps have no Python control flow on tensors, and
@@ -114,7 +116,7 @@ class Classifier:
 
     @classmethod
     def from_file(cls, path: str | Path = DEFAULT_MODEL_PATH, batch_size: int = 32) -> Classifier:
-        """Loads a verified model file (see ``covid.model.classifier.load_model``).
+        """Loads a verified model file (see ``covid.model.network.load_model``).
 
         Args:
             path: The ``.keras`` file, with its metadata JSON beside it.
@@ -124,7 +126,7 @@ class Classifier:
             The classifier.
 
         Raises:
-            covid.model.classifier.ModelFileError: Missing, altered or unreadable files.
+            covid.model.network.ModelFileError: Missing, altered or unreadable files.
         """
         model, metadata = load_model(path)
         return cls(model, metadata, batch_size=batch_size)
@@ -436,20 +438,3 @@ class Classifier:
         """How many times each compiled graph has been traced (for tests and checks)."""
         return {name: self._graph(name).experimental_get_tracing_count()
                 for name in WARM_UP_ORDER}
-
-    def label_for(self, p_positive: float, threshold: float | None = None) -> str:
-        """The class name at an operating point on the positive-class probability.
-
-        Args:
-            p_positive: Calibrated probability of the positive class.
-            threshold: Operating point; None for the model's shipped threshold.
-
-        Returns:
-            The positive class when ``p_positive >= threshold``, else the other
-            (first non-positive) class.
-        """
-        threshold = self.metadata.threshold if threshold is None else threshold
-        positive = self.metadata.positive_class
-        if p_positive >= threshold:
-            return positive
-        return next(name for name in self.metadata.class_names if name != positive)

@@ -54,21 +54,6 @@ def fit_within(pixels: np.ndarray, max_side: int = 1024) -> np.ndarray:
     return np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
 
 
-def to_batch(images: list[np.ndarray], size: int) -> np.ndarray:
-    """Stacks grayscale images into one float32 model batch.
-
-    Args:
-        images: (H, W) uint8 grayscale images, any sizes.
-        size: The model's input side, in pixels.
-
-    Returns:
-        (N, size, size, 1) float32 array of raw intensities in [0, 255].
-    """
-    if not images:
-        return np.zeros((0, size, size, 1), dtype=np.float32)
-    return np.stack([to_model_input(img, size) for img in images]).astype(np.float32)
-
-
 LUNG_MARGIN = 0.08
 """Margin added on every side of the lungs' bounding box, as a share of its size."""
 

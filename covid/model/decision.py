@@ -65,6 +65,16 @@ def p_finding(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     return 1.0 - np.asarray(probs)[..., list(class_names).index(NORMAL)]
 
 
+def finding_name(class_names: Sequence[str]) -> str:
+    """What the operating point thresholds, in words: ``P(COVID)`` or ``P(any finding)``.
+
+    With one finding (a COVID/Normal model) the probability of any finding is
+    that finding's probability, and is named after it.
+    """
+    findings = [name for name in class_names if name != NORMAL]
+    return f"P({findings[0]})" if len(findings) == 1 else "P(any finding)"
+
+
 def decide_labels(probs: np.ndarray, class_names: Sequence[str], threshold: float) -> np.ndarray:
     """The label index of every film at an operating point.
 

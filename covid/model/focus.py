@@ -18,18 +18,6 @@ from covid.inputs.preprocess import LungBox, lung_focus
 from covid.model.lungs import LungSegmentation, LungSegmenter
 
 
-class NoLungsError(ValueError):
-    """A film in which the segmenter found no lungs, so no lung-focused input exists.
-
-    Attributes:
-        lungs: The (empty) segmentation, for the out-of-distribution gate.
-    """
-
-    def __init__(self, message: str, lungs: LungSegmentation | None = None) -> None:
-        super().__init__(message)
-        self.lungs = lungs
-
-
 @dataclass(frozen=True)
 class FocusedFilm:
     """One film made ready for the classifier.
@@ -39,11 +27,15 @@ class FocusedFilm:
         box: The film region the input shows (the whole film for ``full``).
         lungs: The lung segmentation at the film's resolution, or None when no
             segmenter ran.
+        fallback: True where the input mode needs lungs and the segmenter found
+            none: ``x`` is then the whole film (as ``full`` makes it), and
+            ``lungs`` says why for the out-of-distribution gate.
     """
 
     x: np.ndarray
     box: LungBox
     lungs: LungSegmentation | None
+    fallback: bool = False
 
 
 def focus_films(
@@ -51,7 +43,7 @@ def focus_films(
     size: int,
     mode: str,
     segmenter: LungSegmenter | None,
-) -> list[FocusedFilm | NoLungsError]:
+) -> list[FocusedFilm]:
     """Segments and focuses a batch of films.
 
     Args:
@@ -61,8 +53,8 @@ def focus_films(
         segmenter: The lung segmenter; required unless ``mode == "full"``.
 
     Returns:
-        One :class:`FocusedFilm` per film, or a :class:`NoLungsError` in its
-        place where the mode needs lungs and none were found.
+        One :class:`FocusedFilm` per film (a whole-film ``fallback`` where the
+        mode needs lungs and none were found).
 
     Raises:
         ValueError: A lung-focused mode without a segmenter.
@@ -75,7 +67,7 @@ def focus_films(
 
 def focus_film(
     film: np.ndarray, lungs: LungSegmentation | None, size: int, mode: str
-) -> FocusedFilm | NoLungsError:
+) -> FocusedFilm:
     """Focuses one film given its lung segmentation (see :func:`focus_films`).
 
     Args:
@@ -85,10 +77,11 @@ def focus_film(
         mode: The classifier's input mode.
 
     Returns:
-        The focused film, or a :class:`NoLungsError` where the mode needs lungs
-        and none were found.
+        The focused film; the whole film, marked ``fallback``, where the mode
+        needs lungs and none were found.
     """
     if mode != "full" and (lungs is None or lungs.box is None):
-        return NoLungsError("no lung fields found, so the film cannot be focused", lungs)
+        x, box = lung_focus(film, None, size, "full")
+        return FocusedFilm(x, box, lungs, fallback=True)
     x, box = lung_focus(film, None if lungs is None else lungs.mask, size, mode)
     return FocusedFilm(x, box, lungs)

@@ -10,8 +10,6 @@ bounding box. Whether that mask looks like a pair of lungs at all is judged by
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,13 +21,22 @@ from PIL import Image
 from scipy import ndimage
 
 from covid.inputs.preprocess import LungBox, lung_box, to_model_input
-from covid.model.classifier import ModelFileError, file_sha256
+from covid.model.network import (
+    JsonMetadata,
+    ModelFileError,
+    check_sha256,
+    read_metadata_as,
+    save_with_metadata,
+)
 
 DEFAULT_LUNG_MODEL_PATH = Path("models/lung_unet.keras")
 """The shipped segmenter, relative to the project's root."""
 
 MASK_THRESHOLD = 0.5
 """Probability above which a pixel counts as lung."""
+
+UNET_FILTERS = (16, 32, 64, 128, 192)
+"""The shipped U-Net's channels per level, from the finest to the bottleneck."""
 
 
 @keras.saving.register_keras_serializable(package="covid")
@@ -58,7 +65,7 @@ def _conv_block(x, filters: int, name: str):
 
 
 def build_unet(
-    input_size: int | None = None, filters: tuple[int, ...] = (16, 32, 64, 128, 192)
+    input_size: int | None = None, filters: tuple[int, ...] = UNET_FILTERS
 ) -> keras.Model:
     """Builds the lung U-Net (Ronneberger et al., MICCAI 2015), small enough for a CPU.
 
@@ -88,7 +95,7 @@ def build_unet(
 
 
 @dataclass
-class LungModelMetadata:
+class LungModelMetadata(JsonMetadata):
     """What a consumer of the segmenter needs besides its weights.
 
     Attributes:
@@ -113,28 +120,12 @@ class LungModelMetadata:
     metrics: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> str:
-        """Serialises the metadata as indented JSON."""
-        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> LungModelMetadata:
-        """Parses metadata JSON, ignoring unknown keys."""
-        raw = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
-
 
 def save_lung_model(
     model: keras.Model, metadata: LungModelMetadata, path: str | Path
 ) -> LungModelMetadata:
     """Saves the segmenter without optimizer state, and its metadata with the SHA-256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    model.save(path, include_optimizer=False)
-    metadata.sha256 = file_sha256(path)
-    path.with_suffix(".json").write_text(metadata.to_json())
-    return metadata
+    return save_with_metadata(model, metadata, path)
 
 
 def load_lung_model(
@@ -146,15 +137,10 @@ def load_lung_model(
         ModelFileError: A file is missing or malformed, or the SHA-256 differs.
     """
     path = Path(path)
-    meta_file = path.with_suffix(".json")
-    if not path.is_file() or not meta_file.is_file():
-        raise ModelFileError(f"lung model or its metadata not found: {path}")
-    try:
-        metadata = LungModelMetadata.from_json(meta_file.read_text())
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ModelFileError(f"lung model metadata is malformed: {meta_file} ({err})") from err
-    if file_sha256(path) != metadata.sha256:
-        raise ModelFileError(f"lung model {path} does not match the SHA-256 in its metadata")
+    if not path.is_file():
+        raise ModelFileError(f"lung model not found: {path}")
+    metadata = read_metadata_as(LungModelMetadata, path)
+    check_sha256(path, metadata.sha256)
     return keras.saving.load_model(path, compile=False), metadata
 
 

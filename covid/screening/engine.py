@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
+from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
     from covid.model.lungs import LungSegmenter
-    from covid.screening.ood import OODDetector
+    from covid.screening.ood import OODGate
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,13 @@ class ScreeningModels:
         classifier: The COVID/Normal classifier.
         segmenter: The lung segmenter (None only when a whole-film classifier
             runs without one).
-        ood: The out-of-distribution detector.
+        ood: The out-of-distribution gate (:func:`covid.screening.ood.load_detector`
+            builds the one a model ships with).
     """
 
     classifier: Classifier
     segmenter: LungSegmenter | None
-    ood: OODDetector
+    ood: OODGate
 
 
 def wants_segmenter(meta: ModelMetadata, lung_path: str | Path) -> bool:

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from covid.explain.gradcam import METHODS
-from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
+from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError
 from covid.screening.pipeline import StudyResult, analyse, film_map
 from covid.screening.predict import iter_files, read_file
 

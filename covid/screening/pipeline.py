@@ -7,38 +7,45 @@ batches. Nothing is written to disk.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from covid.explain.localisation import cam_to_film, energy_inside
 from covid.inputs.decode import DecodedImage, ImageDecodeError, decode_image
-from covid.inputs.preprocess import LungBox, fit_within, lung_focus
+from covid.inputs.preprocess import LungBox, fit_within
+from covid.model.decision import Decision, decide, decide_labels
 from covid.model.focus import focus_films
-from covid.screening.triage import triage_message
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier, Explanation
     from covid.model.lungs import LungSegmenter
+    from covid.model.network import ModelMetadata
+    from covid.screening.ood import OODGate
 
 
 DISPLAY_MAX_SIDE = 1024
 """Longest side of the X-ray kept for display and reports."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudyResult:
-    """The outcome for one file.
+    """The outcome for one file, an immutable value.
+
+    A new operating point gives a new value (:func:`relabel`); nothing changes a
+    result in place.
 
     Attributes:
         name: The file name.
         error: A clear message naming the file and the reason, or None.
         probs: (C,) calibrated class probabilities summing to 1, or None.
+        class_names: The C classes ``probs`` refers to, in output order.
         p_positive: Calibrated probability of the positive (COVID) class.
-        label: Class name at the operating point.
-        ood: Whether the image was flagged as not a chest X-ray.
+        decision: Label and triage at the operating point
+            (:func:`covid.model.decision.decide`), or None for a failed file.
+        ood: Whether the image was flagged as not a chest X-ray (None: no detector ran).
         ood_reason: Why it was flagged.
         pixels: (H, W) uint8 upright X-ray for display (at most 1024 px a side on
             the page; the film's own resolution for the command line).
@@ -46,17 +53,18 @@ class StudyResult:
         box: The region of ``pixels`` that ``model_input`` shows.
         lungs: (H, W) bool lung mask over ``pixels``, or None without a segmenter.
         cam: (H, W) float32 Grad-CAM over ``pixels`` for the explained class, in [0, 1].
-        cam_target: The class index ``cam`` explains (the predicted class).
-        lung_evidence: Share of ``cam``'s energy inside ``lungs``, in [0, 1], or None.
+        cam_target: The class index ``cam`` explains (the label's class).
+        lung_evidence: Share of ``cam``'s energy inside ``lungs``, in [0, 1], or
+            None (no lungs, or the label changed and its map was not measured).
         info: Safe, non-identifying DICOM fields.
-        triage: The triage message (with the disclaimer), or None.
     """
 
     name: str
     error: str | None = None
     probs: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
     p_positive: float | None = None
-    label: str | None = None
+    decision: Decision | None = None
     ood: bool | None = None
     ood_reason: str | None = None
     pixels: np.ndarray | None = None
@@ -66,8 +74,53 @@ class StudyResult:
     cam: np.ndarray | None = None
     cam_target: int | None = None
     lung_evidence: float | None = None
-    info: dict[str, str] = field(default_factory=dict)
-    triage: str | None = None
+    info: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str | None:
+        """The class name at the operating point (None for a failed file)."""
+        return None if self.decision is None else self.decision.label
+
+    @property
+    def triage(self) -> str | None:
+        """The triage advice with the disclaimer (None for a failed file)."""
+        return None if self.decision is None else self.decision.triage
+
+    @property
+    def p_finding(self) -> float | None:
+        """Calibrated probability of any finding, ``1 - P(Normal)``."""
+        return None if self.decision is None else self.decision.p_finding
+
+    def probability(self, class_name: str) -> float | None:
+        """The calibrated probability of one class (None if failed or not a class)."""
+        if self.probs is None or class_name not in self.class_names:
+            return None
+        return float(self.probs[self.class_names.index(class_name)])
+
+
+def relabel(result: StudyResult, threshold: float) -> StudyResult:
+    """The result decided at another operating point (the decision rule, nothing else).
+
+    When the label changes, the film map (which explains the old label) no longer
+    describes it, so its share inside the lungs is cleared; the caller may
+    measure the new label's map (:func:`covid.screening.studies.measure_relabelled`).
+
+    Args:
+        result: A scored result (a failed one is returned as it is).
+        threshold: Operating point on P(any finding).
+
+    Returns:
+        A new result; the input is untouched.
+    """
+    if result.error is not None or result.probs is None:
+        return result
+    decision = decide(result.probs, result.class_names, threshold, bool(result.ood))
+    if decision == result.decision:
+        return result
+    evidence = result.lung_evidence
+    if result.class_names.index(decision.label) != result.cam_target:
+        evidence = None
+    return replace(result, decision=decision, lung_evidence=evidence)
 
 
 def percentages(probs: np.ndarray, decimals: int = 1) -> list[float]:
@@ -110,22 +163,20 @@ def _decode_all(
 
 
 def _focus(chunk: list[StudyResult], classifier: Classifier,
-           segmenter: LungSegmenter | None) -> list[Any]:
-    """Segments and focuses a chunk; a film without lungs falls back to the whole film."""
+           segmenter: LungSegmenter | None) -> tuple[list[StudyResult], list[Any]]:
+    """Segments and focuses a chunk; a film without lungs falls back to the whole film.
+
+    Returns:
+        The chunk's results with their model inputs, boxes and lung masks, and the
+        segmentations (None where there is none) for the OOD gate.
+    """
     meta = classifier.metadata
-    films = [r.pixels for r in chunk]
-    focused = focus_films(films, meta.input_size, meta.input_mode, segmenter)
-    lungs = []
-    for result, done, film in zip(chunk, focused, films, strict=True):
-        if isinstance(done, Exception):
-            result.model_input, result.box = lung_focus(film, None, meta.input_size, "full")
-            result.lungs = np.zeros(film.shape, bool)
-            lungs.append(done.lungs)
-            continue
-        result.model_input, result.box = done.x, done.box
-        result.lungs = None if done.lungs is None else done.lungs.mask
-        lungs.append(done.lungs)
-    return lungs
+    focused = focus_films([r.pixels for r in chunk], meta.input_size, meta.input_mode,
+                          segmenter)
+    results = [replace(result, model_input=done.x, box=done.box,  # whole film where fallback
+                       lungs=None if done.lungs is None else done.lungs.mask)
+               for result, done in zip(chunk, focused, strict=True)]
+    return results, [done.lungs for done in focused]
 
 
 def film_map(result: StudyResult, explanation: Explanation) -> np.ndarray:
@@ -146,11 +197,26 @@ def lung_share(result: StudyResult, cam: np.ndarray) -> float | None:
     return None if result.lungs is None else energy_inside(cam, result.lungs)
 
 
+def _scored(result: StudyResult, explained: Explanation, meta: ModelMetadata,
+            threshold: float, verdict: Any | None) -> StudyResult:
+    """A focused result completed with its probabilities, decision and map."""
+    ood = None if verdict is None else bool(verdict.flagged)
+    names = tuple(meta.class_names)
+    cam = film_map(result, explained)
+    return replace(
+        result, probs=explained.probs, class_names=names,
+        p_positive=float(explained.probs[meta.positive_index]),
+        decision=decide(explained.probs, names, threshold, bool(ood)),
+        ood=ood, ood_reason=None if verdict is None else verdict.reason,
+        cam=cam, cam_target=explained.target, lung_evidence=lung_share(result, cam),
+    )
+
+
 def analyse(
     files: Sequence[tuple[str, bytes]],
     classifier: Classifier,
     threshold: float | None = None,
-    ood: Any | None = None,
+    ood: OODGate | None = None,
     progress: Callable[[float], None] | None = None,
     batch_size: int = 16,
     segmenter: LungSegmenter | None = None,
@@ -159,17 +225,15 @@ def analyse(
     """Decodes, segments, scores, explains and triages a set of files in batches.
 
     Each batch takes one pass of the segmenter and one compiled pass of the
-    classifier, which gives the probabilities and the predicted class's
-    Grad-CAM together. The map is placed back on the film and its share inside
-    the lungs is measured on the unaltered map.
+    classifier, which gives the probabilities and the Grad-CAM of each film's
+    label together. The map is placed back on the film and its share inside the
+    lungs is measured on the unaltered map.
 
     Args:
         files: (name, content) pairs, in upload order.
         classifier: The loaded classifier.
-        threshold: Operating point on the positive-class probability
-            (None: the model's shipped operating point).
-        ood: An out-of-distribution detector with
-            ``assess(decoded, features, lungs) -> result(flagged, score, reason)``, or None.
+        threshold: Operating point on P(any finding) (None: the model's shipped one).
+        ood: The out-of-distribution gate, or None.
         progress: Called with the fraction done, from 0 to 1.
         batch_size: Images per forward pass.
         segmenter: The lung segmenter (required by lung-focused classifiers).
@@ -179,22 +243,19 @@ def analyse(
         One result per file, in the same order.
     """
     meta = classifier.metadata
+    threshold = meta.threshold if threshold is None else threshold
     results, decoded = _decode_all(files, max_side)
     ready = [i for i, r in enumerate(results) if r.error is None]
     for start in range(0, len(ready), batch_size):
         chunk = ready[start : start + batch_size]
-        lungs = _focus([results[i] for i in chunk], classifier, segmenter)
-        x = np.stack([results[i].model_input for i in chunk]).astype(np.float32)
+        focused, lungs = _focus([results[i] for i in chunk], classifier, segmenter)
+        x = np.stack([r.model_input for r in focused]).astype(np.float32)
         explanations = _explain_labels(classifier, x, threshold)
         for row, i in enumerate(chunk):
-            result, explained = results[i], explanations[row]
-            _fill(result, explained.probs, classifier, threshold)
-            result.cam, result.cam_target = film_map(result, explained), explained.target
-            result.lung_evidence = lung_share(result, result.cam)
-            if ood is not None:
-                verdict = ood.assess(decoded[i], explained.features, lungs[row])
-                result.ood, result.ood_reason = bool(verdict.flagged), verdict.reason
-                result.triage = triage_message(result.label, meta.positive_class, ood=result.ood)
+            explained = explanations[row]
+            verdict = None if ood is None else ood.assess(decoded[i], explained.features,
+                                                          lungs[row])
+            results[i] = _scored(focused[row], explained, meta, threshold, verdict)
         if progress is not None:
             progress(min(1.0, (start + len(chunk)) / max(len(ready), 1)))
     if progress is not None:
@@ -202,35 +263,27 @@ def analyse(
     return results
 
 
-def _explain_labels(classifier: Classifier, x: np.ndarray, threshold: float | None) -> list:
+def _explain_labels(classifier: Classifier, x: np.ndarray, threshold: float) -> list:
     """Explanations of each image's label at the operating point, in one pass where possible.
 
     The first pass explains the most probable class; the few images whose label
-    at the operating point differs (a low threshold labels some COVID below 50%)
-    are explained again for their label.
+    at the operating point differs (a low threshold labels some findings below
+    50%) are explained again for their label.
     """
-    meta = classifier.metadata
+    names = classifier.metadata.class_names
     explanations = classifier.explain_batch(x)
-    labels = [meta.class_names.index(classifier.label_for(float(e.probs[meta.positive_index]),
-                                                          threshold)) for e in explanations]
-    redo = [i for i, (e, label) in enumerate(zip(explanations, labels, strict=True))
-            if e.target != label]
+    labels = decide_labels(np.stack([e.probs for e in explanations]), names, threshold)
+    redo = [i for i, e in enumerate(explanations) if e.target != labels[i]]
     if redo:
-        again = classifier.explain_batch(x[redo], np.asarray([labels[i] for i in redo]))
+        again = classifier.explain_batch(x[redo], labels[redo])
         for i, explained in zip(redo, again, strict=True):
             explanations[i] = explained
     return explanations
 
 
-def _fill(
-    result: StudyResult, probs: np.ndarray, classifier: Classifier, threshold: float | None
-) -> None:
-    """Writes probabilities, label and triage into a result."""
-    meta = classifier.metadata
-    result.probs = probs
-    result.p_positive = float(probs[meta.positive_index])
-    result.label = classifier.label_for(result.p_positive, threshold)
-    result.triage = triage_message(result.label, meta.positive_class)
+def suspicion(result: StudyResult) -> float:
+    """How suspicious a scored film is: P(any finding), then P(COVID) to break ties."""
+    return (result.p_finding or 0.0) + 1e-9 * (result.p_positive or 0.0)
 
 
 def rank_by_suspicion(results: Sequence[StudyResult]) -> list[StudyResult]:
@@ -240,8 +293,8 @@ def rank_by_suspicion(results: Sequence[StudyResult]) -> list[StudyResult]:
         results: Results from :func:`analyse`.
 
     Returns:
-        The same results, sorted by descending positive-class probability.
+        The same results, sorted by descending probability of any finding.
     """
-    scored = [r for r in results if r.p_positive is not None]
-    failed = [r for r in results if r.p_positive is None]
-    return sorted(scored, key=lambda r: -r.p_positive) + failed
+    scored = [r for r in results if r.decision is not None]
+    failed = [r for r in results if r.decision is None]
+    return sorted(scored, key=lambda r: -suspicion(r)) + failed

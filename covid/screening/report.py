@@ -38,10 +38,10 @@ from covid.explain.localisation import (
     evidence_sentence,
 )
 from covid.inputs.decode import MAX_FILE_BYTES, ImageDecodeError
-from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
+from covid.model.decision import NORMAL, NOT_A_CHEST_XRAY, decide, finding_name
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
+from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
 from covid.screening.pipeline import StudyResult, analyse, film_map, lung_share, percentages
-from covid.screening.triage import NOT_A_CHEST_XRAY, triage_message
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
@@ -58,7 +58,7 @@ _PAGE_W, _MARGIN = 210.0, 15.0
 _CONTENT_W = _PAGE_W - 2 * _MARGIN
 _IMAGE_GAP, _IMAGE_H = 6.0, 95.0
 _BAR_LABEL_W, _BAR_W, _BAR_H = 32.0, 110.0, 6.0
-_POSITIVE_RGB, _OTHER_RGB = (200, 40, 40), (40, 100, 190)
+_FINDING_RGB, _NORMAL_RGB = (200, 40, 40), (40, 100, 190)
 _PHI_KEY = re.compile(
     r"patient|name|birth|accession|institution|physician|operator|address|referring|uid|"
     r"(^|[^a-z])id($|[^a-z])|date|time",
@@ -139,7 +139,7 @@ def _check_inputs(result: StudyResult, overlay: np.ndarray, threshold: float) ->
     """Refuses failed studies, malformed overlays and bad thresholds."""
     if result.error is not None:
         raise ReportError(f"cannot report on a study that failed: {result.error}")
-    if result.probs is None or result.pixels is None or result.p_positive is None:
+    if result.probs is None or result.pixels is None or result.decision is None:
         raise ReportError(f"{result.name}: the study has not been scored.")
     overlay = np.asarray(overlay)
     if overlay.ndim != 3 or overlay.shape[2] != 3 or overlay.dtype != np.uint8:
@@ -150,13 +150,13 @@ def _check_inputs(result: StudyResult, overlay: np.ndarray, threshold: float) ->
         raise ReportError(f"the threshold must be in [0, 1], got {threshold}")
 
 
-def _check_label(result: StudyResult, metadata: ModelMetadata, threshold: float) -> None:
+def _check_label(result: StudyResult, threshold: float) -> None:
     """Refuses a threshold that would not have produced the result's label."""
-    positive = result.p_positive >= threshold
-    if result.label is not None and positive != (result.label == metadata.positive_class):
+    decided = decide(result.probs, result.class_names, threshold, bool(result.ood))
+    if decided.label != result.label:
         raise ReportError(
             f"{result.name}: the label {result.label!r} was not produced at the threshold "
-            f"{threshold:.3f} (P({metadata.positive_class}) = {result.p_positive:.3f})."
+            f"{threshold:.3f} ({finding_name(result.class_names)} = {result.p_finding:.3f})."
         )
 
 
@@ -214,7 +214,7 @@ def _bars(doc: _Doc, result: StudyResult, metadata: ModelMetadata) -> None:
         pdf.set_draw_color(120, 120, 120)
         pdf.set_fill_color(235, 235, 235)
         pdf.rect(left, y, _BAR_W, _BAR_H, style="DF")
-        pdf.set_fill_color(*(_POSITIVE_RGB if name == metadata.positive_class else _OTHER_RGB))
+        pdf.set_fill_color(*(_NORMAL_RGB if name == NORMAL else _FINDING_RGB))
         if pct > 0:
             pdf.rect(left, y, _BAR_W * pct / 100.0, _BAR_H, style="F")
         doc.font(10)
@@ -232,7 +232,7 @@ def _verdict(doc: _Doc, result: StudyResult, metadata: ModelMetadata) -> None:
         doc.line("The scores above are not meaningful for this image.")
         return
     doc.line(f"Result at the operating point: {result.label}", size=11, bold=True)
-    doc.line(result.triage or triage_message(result.label, metadata.positive_class))
+    doc.line(result.triage)
 
 
 def _lung_evidence(doc: _Doc, share: float | None) -> None:
@@ -252,13 +252,12 @@ def operating_point_text(metadata: ModelMetadata, threshold: float) -> str:
 
     Args:
         metadata: The model's metadata (its ``threshold`` is the shipped one).
-        threshold: The threshold used on the positive-class probability.
+        threshold: The threshold used on the probability of any finding.
 
     Returns:
-        A sentence such as "P(COVID) ≥ 0.500 gives COVID (the shipped operating point)."
+        A sentence such as "P(any finding) ≥ 0.500 admits (the shipped operating point)."
     """
-    positive = metadata.positive_class
-    rule = f"P({positive}) ≥ {threshold:.3f} gives {positive}"
+    rule = f"{finding_name(metadata.class_names)} ≥ {threshold:.3f} admits"
     if math.isclose(threshold, metadata.threshold, rel_tol=0.0, abs_tol=1e-9):
         return f"{rule} (the shipped operating point)."
     return f"{rule} (a session choice; the shipped operating point is {metadata.threshold:.3f})."
@@ -286,7 +285,7 @@ def build_report(
         overlay: (h, w, 3) uint8 Grad-CAM overlay of the same film, with the lung
             outline drawn when ``result.lungs`` is known.
         metadata: The model's metadata.
-        threshold: The operating point on P(positive class) that produced
+        threshold: The operating point on P(any finding) that produced
             ``result.label``; compared with ``metadata.threshold`` to say whether
             it is the shipped one or a session choice.
         when: The report's date and time (None: now, local time zone).
@@ -302,7 +301,7 @@ def build_report(
             with the result's label.
     """
     _check_inputs(result, overlay, threshold)
-    _check_label(result, metadata, threshold)
+    _check_label(result, threshold)
     when = (when or datetime.now()).astimezone()
     doc = _Doc(when)
     doc.line(TITLE, size=18, bold=True, height=9)

@@ -3,7 +3,7 @@
 The page keeps two per-session stores (plain dicts it owns): results keyed by
 model, content and file name (:func:`score_files`), and class-activation maps
 keyed by study, class and method (:func:`class_map`). Results are scored at the
-shipped threshold and re-labelled at the threshold in force (:func:`at_threshold`)
+shipped threshold and decided again at the threshold in force (:func:`at_threshold`)
 without touching the stores, so moving the operating point, the opacity slider or
 the colour map never runs the network again. Every map is placed on the displayed
 film (:func:`covid.screening.pipeline.film_map`), whatever region the classifier
@@ -17,7 +17,6 @@ No Streamlit: everything takes and returns plain values.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, replace
@@ -31,7 +30,6 @@ from covid.explain.overlay import contour_overlay, heatmap_only, overlay_heatmap
 from covid.screening import pipeline
 from covid.screening.pipeline import StudyResult
 from covid.screening.report import build_report
-from covid.screening.table import relabel
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier, Explanation
@@ -77,7 +75,7 @@ class DisplaySettings:
     outline: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class Study:
     """One uploaded file with its result and the key its cached work lives under.
 
@@ -105,6 +103,7 @@ def score_files(
     progress: Callable[[float], None] | None = None,
     segmenter: LungSegmenter | None = None,
     limit: int = MAX_STUDIES,
+    analyse: Callable[..., list[StudyResult]] = pipeline.analyse,
 ) -> list[Study]:
     """Scores uploads, running the network only for files not scored before.
 
@@ -119,6 +118,7 @@ def score_files(
         segmenter: The lung segmenter, or None (then no lungs, outline or share).
         limit: The most files scored; later ones get an error naming them and
             the limit (nothing of theirs is kept).
+        analyse: What scores the new files (:func:`covid.screening.pipeline.analyse`).
 
     Returns:
         One :class:`Study` per file, in upload order.
@@ -133,8 +133,7 @@ def score_files(
         del store[stale]
     missing = [i for i, key in enumerate(keys[:limit]) if key not in store]
     if missing:
-        # looked up on the module at call time, so that a substituted pipeline is used
-        fresh = pipeline.analyse([files[i] for i in missing], classifier, ood=ood,
+        fresh = analyse([files[i] for i in missing], classifier, ood=ood,
                                  progress=progress, segmenter=segmenter)
         for i, result in zip(missing, fresh, strict=True):
             store[keys[i]] = result
@@ -145,39 +144,49 @@ def score_files(
     return [Study(k, d, r) for k, d, r in zip(keys, digests, results, strict=True)]
 
 
-def at_threshold(
-    studies: Sequence[Study],
-    classifier: Classifier,
-    threshold: float,
-    maps: MutableMapping[tuple[str, int, str], Explanation] | None = None,
-) -> list[Study]:
-    """The studies with labels and triage re-derived at an operating point.
+def at_threshold(studies: Sequence[Study], threshold: float) -> list[Study]:
+    """The studies decided at an operating point (the decision rule only; no network).
 
     Args:
         studies: Scored studies (their results were made at the shipped threshold).
-        classifier: The loaded classifier (its ``label_for`` applies the threshold).
-        threshold: The operating point in force on P(positive class).
-        maps: Per-session explanations (see :func:`class_map`). When given, a
-            study whose label flips gets the share of evidence inside the lungs
-            of its new label's Grad-CAM (explained once); without it, a flipped
-            study's share is left empty rather than describing the old label.
+        threshold: The operating point in force on P(any finding).
 
     Returns:
-        New studies (same keys) whose results carry the label and triage advice
-        at ``threshold``; the cached results are not modified.
+        New studies (same keys); a study whose label changed has no lung share
+        until :func:`measure_relabelled` measures its new label's map. The cached
+        results are not modified.
     """
-    label_for = functools.partial(classifier.label_for, threshold=threshold)
-    meta = classifier.metadata
+    return [replace(s, result=pipeline.relabel(s.result, threshold)) for s in studies]
+
+
+def measure_relabelled(
+    studies: Sequence[Study],
+    classifier: Classifier,
+    maps: MutableMapping[tuple[str, int, str], Explanation],
+) -> list[Study]:
+    """Measures the lung share of each changed label's own Grad-CAM (runs the network).
+
+    A study whose label changed with the operating point must never show the
+    share of the old label's map; this explains the new label once (kept in
+    ``maps``) and measures its map.
+
+    Args:
+        studies: Studies from :func:`at_threshold`.
+        classifier: The loaded classifier.
+        maps: Per-session explanations (see :func:`class_map`).
+
+    Returns:
+        The studies, those with a changed label carrying their own share.
+    """
     out = []
     for study in studies:
-        result = relabel(study.result, label_for, meta.positive_class)
-        fresh = Study(study.key, study.digest, result)
-        if result is not study.result and result.lung_evidence is not None:
-            target = meta.class_names.index(result.label)
-            if target != result.cam_target:
-                result.lung_evidence = None if maps is None else evidence_in_lungs(
-                    result, class_map(fresh, classifier, target, "gradcam", maps))
-        out.append(fresh)
+        result = study.result
+        if result.lungs is not None and result.lung_evidence is None and result.label:
+            target = result.class_names.index(result.label)
+            cam = class_map(study, classifier, target, "gradcam", maps)
+            study = replace(study, result=replace(result, lung_evidence=evidence_in_lungs(
+                result, cam)))
+        out.append(study)
     return out
 
 

@@ -1,7 +1,6 @@
 """The batch triage table: pure helpers behind the screening page's table and its CSV.
 
-Results re-labelled at a session's operating point (:func:`relabel`), the
-suspicion order (:func:`suspicion_order`), one table row per study
+The suspicion order (:func:`suspicion_order`), one table row per study
 (:func:`table_rows`) and the same rows as CSV (:func:`csv_bytes`).
 
 No Streamlit, no TensorFlow, no file access: everything takes and returns plain
@@ -11,20 +10,19 @@ values, so the page stays layout only.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from covid import DISCLAIMER
+from covid.model.decision import NORMAL
 from covid.screening.pipeline import StudyResult, percentages, rank_by_suspicion
-from covid.screening.triage import triage_message
 
 FILE, LABEL, OOD, TRIAGE, ERROR = "file", "label", "out-of-distribution", "triage", "error"
-"""Table column names (the probability column is named after the positive class)."""
+"""Table column names (the probability columns are named after the findings)."""
 LUNGS = "evidence in lungs %"
 """The share of the predicted class's Grad-CAM energy inside the lung fields, in percent."""
 
@@ -35,54 +33,33 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 """Cell prefixes a spreadsheet would run as a formula (CSV injection)."""
 
 
-def probability_column(positive_class: str) -> str:
-    """The name of the positive-class probability column, e.g. ``"COVID %"``."""
-    return f"{positive_class} %"
+def probability_column(class_name: str) -> str:
+    """The name of a class's probability column, e.g. ``"COVID %"``."""
+    return f"{class_name} %"
 
 
-def table_columns(positive_class: str) -> list[str]:
+def finding_columns(class_names: Sequence[str]) -> list[str]:
+    """One probability column per finding (every class but Normal), in output order."""
+    return [probability_column(name) for name in class_names if name != NORMAL]
+
+
+def table_columns(class_names: Sequence[str]) -> list[str]:
     """The batch table's columns, in order (the CSV has the same ones).
 
     Args:
-        positive_class: The pathological class (``"COVID"``).
+        class_names: The model's classes, in output order.
 
     Returns:
-        ``file``, ``<positive> %``, ``label``, ``out-of-distribution``,
-        ``evidence in lungs %``, ``triage``, ``error``.
+        ``file``, one ``<finding> %`` per finding (``COVID %``...), ``label``,
+        ``out-of-distribution``, ``evidence in lungs %``, ``triage``, ``error``.
     """
-    return [FILE, probability_column(positive_class), LABEL, OOD, LUNGS, TRIAGE, ERROR]
-
-
-def relabel(
-    result: StudyResult, label_for: Callable[[float], str], positive_class: str
-) -> StudyResult:
-    """The result with its label and triage re-derived at another operating point.
-
-    Results are scored once, at the shipped threshold; a session may choose
-    another threshold, so the label and the triage advice shown are always
-    re-derived from ``p_positive``. The input is left untouched.
-
-    Args:
-        result: A result from :func:`covid.screening.pipeline.analyse`.
-        label_for: Maps P(positive) to a class name at the chosen operating
-            point, e.g. ``lambda p: classifier.label_for(p, threshold)``.
-        positive_class: The pathological class.
-
-    Returns:
-        A shallow copy with ``label`` and ``triage`` replaced, or the result
-        itself when it was not scored (a file that failed).
-    """
-    if result.error is not None or result.p_positive is None:
-        return result
-    label = label_for(result.p_positive)
-    triage = triage_message(label, positive_class, ood=bool(result.ood))
-    return dataclasses.replace(result, label=label, triage=triage)
+    return [FILE, *finding_columns(class_names), LABEL, OOD, LUNGS, TRIAGE, ERROR]
 
 
 def suspicion_order(results: Sequence[StudyResult]) -> list[int]:
     """Indices of the results, most suspicious first, failed files last.
 
-    Follows :func:`covid.screening.pipeline.rank_by_suspicion`: descending P(positive);
+    Follows :func:`covid.screening.pipeline.rank_by_suspicion`: descending P(any finding);
     ties and failed files keep their upload order.
 
     Args:
@@ -117,39 +94,36 @@ def _advice(triage: str | None, disclaimer: bool) -> str:
 
 
 def table_rows(
-    results: Sequence[StudyResult],
-    class_names: Sequence[str],
-    positive_class: str,
-    disclaimer: bool = True,
+    results: Sequence[StudyResult], class_names: Sequence[str], disclaimer: bool = True,
 ) -> list[dict[str, Any]]:
     """One table row per study, in the given order.
 
     Args:
-        results: Results (already re-labelled at the operating point in force).
+        results: Results (already decided at the operating point in force).
         class_names: The model's classes, in output order.
-        positive_class: The pathological class.
         disclaimer: Whether the triage text keeps its trailing "Research tool,
             not a medical device." (keep it in exported files; a page that shows
             the disclaimer once may drop it from every row).
 
     Returns:
-        Dicts keyed by :func:`table_columns`: the file name, the positive-class
+        Dicts keyed by :func:`table_columns`: the file name, each finding's
         percentage as shown on the bars (one decimal, None for a failed file),
         the label (empty for an image flagged as not a chest X-ray, whose raw
         scores are not meaningful), the out-of-distribution flag, the share of
-        the predicted class's Grad-CAM energy inside the lungs in percent (None
-        for a failed file or without a lung segmenter), the triage message (the
-        not-a-chest-X-ray warning for a flagged image) and the error (empty
-        strings where not applicable).
+        the label's Grad-CAM energy inside the lungs in percent (None for a
+        failed file, without a lung segmenter, or while a changed label's map
+        is not measured), the triage message (the not-a-chest-X-ray warning for
+        a flagged image) and the error (empty strings where not applicable).
     """
-    index = list(class_names).index(positive_class)
-    column = probability_column(positive_class)
+    findings = [(i, probability_column(name)) for i, name in enumerate(class_names)
+                if name != NORMAL]
     rows = []
     for result in results:
         failed = result.error is not None or result.probs is None
+        shown = None if failed else percentages(result.probs, decimals=1)
         rows.append({
             FILE: result.name,
-            column: None if failed else percentages(result.probs, decimals=1)[index],
+            **{column: None if failed else shown[i] for i, column in findings},
             LABEL: "" if failed or result.ood else (result.label or ""),
             OOD: _ood_flag(result),
             LUNGS: _lung_percent(result),

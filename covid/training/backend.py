@@ -15,6 +15,7 @@ optimizer state and served on TensorFlow.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -147,6 +148,21 @@ def select_backend(argv: Sequence[str], module: str, model: str, size: int) -> N
     os.execve(sys.executable, cmd, _child_env(backend))
 
 
+def run_trainer(module: str, trainer: str, model: str, size: int) -> None:
+    """A training tool's entry point: chooses the backend (re-executing), then trains.
+
+    Args:
+        module: The entry module that runs this (``"covid.train"``), re-executed
+            under the chosen backend.
+        trainer: The module whose ``main()`` trains (imported only once the
+            backend is fixed, since importing Keras fixes it).
+        model: The probe's model (``"resnet50"`` or ``"unet"``).
+        size: The probe's image side.
+    """
+    select_backend(sys.argv[1:], module, model, size)
+    importlib.import_module(trainer).main()
+
+
 def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
     """Drops ``--name value`` and ``--name=value`` pairs from an argument list."""
     out, skip = [], False
@@ -179,7 +195,7 @@ def _time_training(model_name: str, precision: str, size: int, batch: int, steps
         model, y_shape = build_unet(size), (batch, size, size, 1)
         loss = "binary_crossentropy"
     else:
-        from covid.model.classifier import build_model
+        from covid.model.network import build_model
 
         model, y_shape = build_model(2, input_size=size), (batch, 2)
         loss = "categorical_crossentropy"

@@ -17,7 +17,6 @@ import numpy as np
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
-from sklearn.model_selection import StratifiedGroupKFold
 
 from covid.inputs.decode import read_image
 from covid.inputs.preprocess import to_model_input
@@ -26,7 +25,6 @@ CLASS_NAMES: tuple[str, ...] = ("COVID", "Normal")
 """Class order of the model's outputs."""
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
-DEFAULT_DATA_DIR = Path("../shared/data/covid19-radiography")
 HASH_SIZE = 16
 """pHash side: a 16 x 16 DCT gives 256-bit hashes (64 bits chain unrelated films)."""
 NEAR_DUPLICATE_BITS = 40
@@ -158,6 +156,9 @@ def split_indices(
     """
     n_folds = 20
     folds = np.empty(len(labels), dtype=np.int64)
+    # deferred: the page imports this module (through the catalogue) but never splits
+    from sklearn.model_selection import StratifiedGroupKFold
+
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     for fold, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
         folds[held] = fold

@@ -37,8 +37,8 @@ from covid.model.calibration import (
     fit_temperature,
     reliability_curve,
 )
-from covid.model.classifier import ModelMetadata, metadata_path, read_metadata, write_metadata
 from covid.model.decision import decide_labels, p_finding
+from covid.model.network import ModelMetadata, metadata_path, read_metadata, write_metadata
 from covid.training.catalogue import Catalogue, catalogue_side, data_dir
 from covid.training.lung_data import FocusedSet, MaskSet, focused_dataset, match_masks
 from covid.training.metrics import roc_points, screening_figures
@@ -329,6 +329,30 @@ def evaluate(model_path: Path, opts: Options) -> dict:
     return metrics
 
 
+def validation_figures(model_path: Path, opts: Options, limit: int = 0) -> dict:
+    """Validation figures alone, to compare candidates; nothing is written.
+
+    The temperature and operating point are fitted on the same validation films,
+    so the figures flatter every candidate alike.
+
+    Args:
+        model_path: The candidate.
+        opts: What to evaluate against.
+        limit: Score at most this many validation films per class (0: all).
+    """
+    from covid.training.inputs import stratified_subset
+
+    classifier, segmenter = _loaded(model_path, opts.lung_model)
+    films = split_side(json.loads(opts.split.read_text()), "val", opts.data_root)
+    if limit:
+        films = films.subset(stratified_subset(films.labels, 3 * limit, 0))
+    val = score(classifier, segmenter, films, opts.cache_dir)
+    temperature, threshold = calibrate(val, classifier.metadata.class_names)
+    metrics, _, _ = test_figures(classifier, val, temperature, threshold, opts.mask_root,
+                                 opts.cache_dir)
+    return metrics
+
+
 def ship(model_path: Path, target: Path) -> None:
     """Copies a model with its metadata and artefacts to the shipped location."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -356,12 +380,18 @@ def main(argv: list[str] | None = None) -> None:
                         default=Path.home() / ".cache" / "covid-runs" / "cache")
     parser.add_argument("--ship", type=Path, default=None,
                         help="also copy the evaluated model and its artefacts here")
+    parser.add_argument("--val-only", action="store_true",
+                        help="print validation figures to compare candidates; write nothing")
+    parser.add_argument("--val-limit", type=int, default=0, help="with --val-only: films/class")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     split = args.split or args.model.parent / "split.json"
     masks = args.masks or (args.data or data_dir()) / "covid-qu-ex-masks"
     opts = Options(split, args.data, masks if masks.is_dir() else None, args.lung_model,
                    args.compare, args.cache_dir)
+    if args.val_only:
+        print(json.dumps(validation_figures(args.model, opts, args.val_limit), indent=1))
+        return
     metrics = evaluate(args.model, opts)
     print(json.dumps(metrics, indent=1, default=str))
     if args.ship:

@@ -147,7 +147,7 @@ def guided_model(model: keras.Model, layer: str = "conv5_block3_out") -> keras.M
     """The training model: ``{"probs": (B, C), "cams": (B, h, w, C)}`` from one pass.
 
     Args:
-        model: The classifier (:func:`covid.model.classifier.build_model`); its
+        model: The classifier (:func:`covid.model.network.build_model`); its
             weights are shared, so training this trains it.
         layer: The last convolutional block, just before global average pooling.
 

@@ -115,7 +115,6 @@ def focused_dataset(
     Returns:
         The inputs; a film without lungs falls back to the whole film (``ok`` False).
     """
-    from covid.inputs.preprocess import lung_focus
     from covid.model.focus import focus_film
 
     if segmenter is None:
@@ -127,12 +126,10 @@ def focused_dataset(
     xs, boxes, areas, oks = [], [], [], []
     for film, seg in zip(films, segs, strict=True):
         done = focus_film(film, seg, size, mode)
-        ok = not isinstance(done, Exception)
-        x, box = (done.x, done.box) if ok else lung_focus(film, None, size, "full")
-        xs.append(x)
-        boxes.append((box.top, box.left, box.side))
+        xs.append(done.x)
+        boxes.append((done.box.top, done.box.left, done.box.side))
         areas.append(float(seg.mask.mean()) if seg is not None else 0.0)
-        oks.append(ok)
+        oks.append(not done.fallback)
     return FocusedSet(np.stack(xs), np.asarray(boxes), np.asarray([f.shape for f in films]),
                       np.asarray(areas), np.asarray(oks),
                       None if segmenter is None else [seg.mask for seg in segs])

@@ -1,9 +1,12 @@
-"""Screening metrics: ROC AUC with a bootstrap CI, and operating-point statistics."""
+"""Screening metrics: ROC AUC with a bootstrap CI, and operating-point statistics.
+
+scikit-learn is imported inside the functions: the model page imports this module, and
+the server should not pay for scikit-learn before the first film.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
 
 def auc_with_ci(
@@ -25,6 +28,8 @@ def auc_with_ci(
     Returns:
         (AUC, lower bound, upper bound).
     """
+    from sklearn.metrics import roc_auc_score
+
     is_positive = np.asarray(is_positive, bool)
     auc = float(roc_auc_score(is_positive, scores))
     rng = np.random.default_rng(seed)
@@ -57,6 +62,8 @@ def operating_point(
         ``tp, fp, tn, fn, sensitivity, specificity, ppv, npv, prevalence,
         threshold`` (a rate is None where its denominator is zero).
     """
+    from sklearn.metrics import confusion_matrix
+
     is_positive = np.asarray(is_positive, bool)
     predicted = np.asarray(scores) >= threshold
     tn, fp, fn, tp = confusion_matrix(is_positive, predicted, labels=[False, True]).ravel()
@@ -80,6 +87,8 @@ def roc_points(scores: np.ndarray, is_positive: np.ndarray) -> dict[str, list[fl
     Returns:
         ``{"fpr", "tpr", "thresholds"}`` lists (thresholds capped at 1).
     """
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, thresholds = roc_curve(np.asarray(is_positive, bool), scores)
     return {
         "fpr": fpr.tolist(),
@@ -112,6 +121,8 @@ def validation_record(probs: np.ndarray, cams: np.ndarray, shares: np.ndarray,
         ("sent home"), the share of normal films whose likeliest class is Normal,
         and the mean share of the likeliest class's map inside the lungs.
     """
+    from sklearn.metrics import roc_auc_score
+
     from covid.training.guided import share_inside
 
     labels = np.asarray(films.labels)

@@ -29,7 +29,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from covid.model.classifier import ModelMetadata, build_model, save_model
+from covid.model.network import ModelMetadata, build_model, save_model
 from covid.training.backend import probe_record
 from covid.training.catalogue import CLASS_NAMES, data_dir
 from covid.training.guided import OutsideLungsLoss, cell_shares, guided_model
@@ -191,7 +191,7 @@ def build_training(args: argparse.Namespace, total_steps: int):
     """
     model = build_model(len(CLASS_NAMES), bn_momentum=args.bn_momentum)
     if args.init:
-        from covid.model.classifier import load_model
+        from covid.model.network import load_model
 
         skipped = copy_matching_weights(load_model(args.init)[0], model)
         LOG.info("initialised from %s (not copied: %s)", args.init, skipped)

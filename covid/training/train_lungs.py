@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m covid.train_lungs --data ../shared/data/covid-qu-ex-masks --run runs/lungs
+    python -m covid.train_lungs --run runs/lungs   # --data: DATA/covid-qu-ex-masks
 
 Near-duplicate films are grouped by perceptual hash and kept within one side of
 an 80/10/10 split stratified by folder (COVID-19, Non-COVID, Normal). Training
@@ -20,15 +20,35 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from covid.training.backend import probe_record
+from covid.training.catalogue import data_dir
 
 LOG = logging.getLogger("covid.train_lungs")
-DEFAULT_MASK_DIR = Path("../shared/data/covid-qu-ex-masks")
+MASK_FOLDER = "covid-qu-ex-masks"
+"""The COVID-QU-Ex lung masks' folder in the data folder (:func:`data_dir`)."""
 FOLDERS = ("COVID-19", "Non-COVID", "Normal")
+
+ROTATION_DEG = 12.0
+"""Largest rotation of a training pair, either way."""
+SCALE = (0.85, 1.15)
+"""Range of the pair's zoom."""
+SHIFT = 0.08
+"""Largest shift of the pair, as a share of the side, on each axis."""
+LOG_GAMMA = 0.4
+"""Range of the film's log-gamma, either way."""
+CONTRAST = (0.75, 1.25)
+"""Range of the film's contrast factor."""
+BRIGHTNESS = 25.0
+"""Largest brightness offset of the film (0-255), either way."""
+AUGMENTATION = (f"rotation +-{ROTATION_DEG:g} deg, scale {SCALE[0]:g}-{SCALE[1]:g}, shift "
+                f"{SHIFT:.0%}, gamma exp(+-{LOG_GAMMA:g}), contrast {CONTRAST[0]:g}-"
+                f"{CONTRAST[1]:g}, brightness +-{BRIGHTNESS:g}")
+"""The augmentation, in the recipe's words (from the numbers :func:`augment_pairs` uses)."""
 
 
 def find_mask_dataset(root: str | Path) -> tuple[list[Path], list[Path], np.ndarray]:
@@ -106,16 +126,16 @@ def augment_pairs(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tup
     out_y = np.empty(y.shape, np.float32)
     centre = np.array([size / 2, size / 2])
     for i in range(len(x)):
-        angle = np.deg2rad(rng.uniform(-12, 12))
-        scale = rng.uniform(0.85, 1.15)
+        angle = np.deg2rad(rng.uniform(-ROTATION_DEG, ROTATION_DEG))
+        scale = rng.uniform(*SCALE)
         rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) / scale
-        shift = rng.uniform(-0.08, 0.08, 2) * size
+        shift = rng.uniform(-SHIFT, SHIFT, 2) * size
         offset = centre - rot @ (centre + shift)
         film = ndimage.affine_transform(x[i, ..., 0].astype(np.float32), rot, offset, order=1)
         mask = ndimage.affine_transform(y[i, ..., 0].astype(np.float32), rot, offset, order=0)
-        gamma = np.exp(rng.uniform(-0.4, 0.4))
+        gamma = np.exp(rng.uniform(-LOG_GAMMA, LOG_GAMMA))
         film = 255.0 * (film / 255.0) ** gamma
-        film = film * rng.uniform(0.75, 1.25) + rng.uniform(-25, 25)
+        film = film * rng.uniform(*CONTRAST) + rng.uniform(-BRIGHTNESS, BRIGHTNESS)
         out_x[i, ..., 0] = np.clip(film, 0, 255)
         out_y[i, ..., 0] = mask
     return out_x, out_y
@@ -156,7 +176,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line."""
     parser = argparse.ArgumentParser(prog="python -m covid.train_lungs",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_MASK_DIR)
+    parser.add_argument("--data", type=Path, default=None,
+                        help=f"the COVID-QU-Ex folder (default: DATA/{MASK_FOLDER}, DATA being "
+                             "$COVID_DATA_DIR or ../shared/data)")
     parser.add_argument("--run", type=Path, default=Path("runs/lungs"))
     parser.add_argument("--size", type=int, default=128, help="network input side")
     parser.add_argument("--epochs", type=int, default=8)
@@ -169,7 +191,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--cache-dir", type=Path, default=Path(".cache"))
     parser.add_argument("--ship", type=Path, default=None, help="copy the result here")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.data = args.data or data_dir() / MASK_FOLDER
+    return args
 
 
 def _split(images: list[Path], folders: np.ndarray, seed: int, cache_dir: Path) -> dict:
@@ -206,49 +230,68 @@ def _to_float32(model):
     return clean
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Trains (or resumes), evaluates on the held-out split and saves the segmenter.
+@dataclass(frozen=True)
+class LungData:
+    """The mask dataset, its split and the films and masks at the network's size.
 
-    Returns:
-        The saved ``.keras`` path inside the run folder.
+    Attributes:
+        images: N film paths.
+        masks: N mask paths.
+        split: ``train``, ``val`` and ``test`` index arrays.
+        x: (N, S, S, 1) uint8 films.
+        y: (N, S, S, 1) uint8 0/1 masks.
     """
-    import keras
 
-    from covid.model.lungs import LungModelMetadata, build_unet, save_lung_model
+    images: list[Path]
+    masks: list[Path]
+    split: dict[str, np.ndarray]
+    x: np.ndarray
+    y: np.ndarray
 
-    started = time.time()
-    keras.utils.set_random_seed(args.seed)
-    keras.mixed_precision.set_global_policy(args.precision)
-    run = args.run
-    run.mkdir(parents=True, exist_ok=True)
+    def masks_of(self, side: str) -> list[np.ndarray]:
+        """The masks of one side at their own resolution."""
+        return read_masks([self.masks[i] for i in self.split[side]])
+
+
+def load_lung_data(args: argparse.Namespace) -> LungData:
+    """Finds, subsamples (``--max-images``), splits and loads the mask dataset."""
     images, masks, folders = find_mask_dataset(args.data)
     if args.max_images:
-        keep = np.random.default_rng(args.seed).permutation(len(images))[: args.max_images]
-        keep.sort()
-        images, masks, folders = ([images[i] for i in keep], [masks[i] for i in keep],
-                                  folders[keep])
+        keep = np.sort(np.random.default_rng(args.seed).permutation(len(images))[: args.max_images])
+        images, masks, folders = [images[i] for i in keep], [masks[i] for i in keep], folders[keep]
     split = _split(images, folders, args.seed, args.cache_dir)
-    x, y = load_pairs(images, masks, args.size)
-    val_masks = read_masks([masks[i] for i in split["val"]])
     LOG.info("split %s", {k: len(v) for k, v in split.items()})
-    steps = max(1, len(split["train"]) // args.batch_size)
-    checkpoint, state_file = run / "checkpoint.keras", run / "state.json"
+    return LungData(images, masks, split, *load_pairs(images, masks, args.size))
+
+
+def _model_and_state(args: argparse.Namespace, steps: int):
+    """The checkpoint and its training state with ``--resume``, else a new compiled U-Net."""
+    import keras
+
+    from covid.model.lungs import build_unet
+
+    checkpoint, state_file = args.run / "checkpoint.keras", args.run / "state.json"
     if args.resume and checkpoint.exists():
         model = keras.saving.load_model(checkpoint, custom_objects={"dice_bce_loss": dice_bce_loss})
-        state = json.loads(state_file.read_text())
-    else:
-        model = build_unet(None)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            args.lr / 10, decay_steps=args.epochs * steps, alpha=0.01,
-            warmup_target=args.lr, warmup_steps=min(100, steps),
-        )
-        model.compile(optimizer=keras.optimizers.Adam(schedule), loss=dice_bce_loss)
-        state = {"epoch": 0, "history": [], "best_dice": -1.0}
-    batches = _batches(x[split["train"]], y[split["train"]], args.batch_size, args.seed)
+        return model, json.loads(state_file.read_text())
+    model = build_unet(None)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        args.lr / 10, decay_steps=args.epochs * steps, alpha=0.01,
+        warmup_target=args.lr, warmup_steps=min(100, steps),
+    )
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss=dice_bce_loss)
+    return model, {"epoch": 0, "history": [], "best_dice": -1.0}
+
+
+def _fit(model, state: dict, data: LungData, args: argparse.Namespace, steps: int) -> None:
+    """Trains epoch by epoch, checkpointing each and keeping the best validation Dice's weights."""
+    run, train, val = args.run, data.split["train"], data.split["val"]
+    val_masks = data.masks_of("val")
+    batches = _batches(data.x[train], data.y[train], args.batch_size, args.seed)
     for epoch in range(state["epoch"], args.epochs):
         tick = time.time()
         fit = model.fit(batches, steps_per_epoch=steps, epochs=1, verbose=0)
-        val_dice = mean_dice(model, x[split["val"]], val_masks)
+        val_dice = mean_dice(model, data.x[val], val_masks)
         record = {"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]),
                   "val_dice": val_dice, "seconds": round(time.time() - tick, 1)}
         state["history"].append(record)
@@ -257,33 +300,65 @@ def train(args: argparse.Namespace) -> Path:
         if val_dice > state["best_dice"]:
             state["best_dice"] = val_dice
             model.save_weights(run / "best.weights.h5")
-        model.save(checkpoint)
-        state_file.write_text(json.dumps(state, indent=1))
-    model.load_weights(run / "best.weights.h5")
-    model = _to_float32(model)
-    test_masks = read_masks([masks[i] for i in split["test"]])
-    test_dice = mean_dice(model, x[split["test"]], test_masks)
-    LOG.info("held-out test Dice %.4f", test_dice)
-    metadata = LungModelMetadata(
+        model.save(run / "checkpoint.keras")
+        (run / "state.json").write_text(json.dumps(state, indent=1))
+
+
+def _metadata(args: argparse.Namespace, data: LungData, state: dict, test_dice: float,
+              seconds: float):
+    """The segmenter's metadata: data, split sizes, Dice and the recipe."""
+    import keras
+
+    from covid.model.lungs import UNET_FILTERS, LungModelMetadata
+    from covid.training.data import HASH_SIZE, NEAR_DUPLICATE_BITS
+
+    return LungModelMetadata(
         input_size=args.size,
-        trained_on=f"{args.data.name}: {len(images)} films with radiologist-checked lung masks",
-        splits={k: len(v) for k, v in split.items()},
+        trained_on=(f"{args.data.name}: {len(data.images)} films with radiologist-checked "
+                    "lung masks"),
+        splits={k: len(v) for k, v in data.split.items()},
         metrics={"test_dice": round(test_dice, 4), "val_dice_best": round(state["best_dice"], 4),
                  "dice_measured_at": "each mask's own resolution (256 px), after post-processing"},
         recipe={
-            "architecture": "U-Net, filters 16-32-64-128-192, BatchNorm, bilinear upsampling",
+            "architecture": (f"U-Net, filters {'-'.join(map(str, UNET_FILTERS))}, BatchNorm, "
+                             "bilinear upsampling"),
             "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": "Adam",
             "peak_lr": args.lr, "lr_schedule": "warm-up + cosine decay",
             "loss": "binary cross-entropy + soft Dice",
-            "augmentation": "rotation +-12 deg, scale 0.85-1.15, shift 8%, gamma, "
-                            "brightness, contrast",
-            "duplicate_grouping": "256-bit pHash, Hamming <= 40, groups kept within one split",
+            "augmentation": AUGMENTATION,
+            "duplicate_grouping": (f"{HASH_SIZE**2}-bit pHash, Hamming <= {NEAR_DUPLICATE_BITS}, "
+                                   "groups kept within one split"),
             "backend": keras.backend.backend(), "precision": args.precision,
             "backend_probe": probe_record(), "history": state["history"],
-            "train_seconds": round(time.time() - started), "split_seed": args.seed,
+            "train_seconds": round(seconds), "split_seed": args.seed,
         },
     )
-    exported = run / "lung_unet.keras"
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Trains (or resumes), evaluates on the held-out split and saves the segmenter.
+
+    Returns:
+        The saved ``.keras`` path inside the run folder.
+    """
+    import keras
+
+    from covid.model.lungs import save_lung_model
+
+    started = time.time()
+    keras.utils.set_random_seed(args.seed)
+    keras.mixed_precision.set_global_policy(args.precision)
+    args.run.mkdir(parents=True, exist_ok=True)
+    data = load_lung_data(args)
+    steps = max(1, len(data.split["train"]) // args.batch_size)
+    model, state = _model_and_state(args, steps)
+    _fit(model, state, data, args, steps)
+    model.load_weights(args.run / "best.weights.h5")
+    model = _to_float32(model)
+    test_dice = mean_dice(model, data.x[data.split["test"]], data.masks_of("test"))
+    LOG.info("held-out test Dice %.4f", test_dice)
+    metadata = _metadata(args, data, state, test_dice, time.time() - started)
+    exported = args.run / "lung_unet.keras"
     save_lung_model(model, metadata, exported)
     if args.ship:
         save_lung_model(model, metadata, args.ship)
@@ -292,10 +367,6 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Command-line entry point: chooses the backend, then trains."""
+    """Trains the segmenter (run by ``python -m covid.train_lungs``, which picks the backend)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     train(parse_args(argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -2,19 +2,18 @@
 
 The pages serve the tiny test model (``COVID_MODEL_PATH``), or a copy of it with
 evaluation artefacts made on tiny random data for the model page; uploads are
-synthetic PNGs held in memory. The out-of-distribution detector is replaced by a
-fake so that the tests control whether an image is flagged. A row of the batch
+synthetic PNGs held in memory. The out-of-distribution detector is the one the
+served model ships with: none but the tag, pixel and lung gates (which the
+synthetic films pass), or, to flag every film, statistics recorded in a copy of
+the model's metadata with a threshold below any distance. A row of the batch
 table is chosen by writing its selection state, as a click would.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
 import io
 import json
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from covid import DISCLAIMER
 from covid.explain.inference import Classifier
 from covid.inputs.decode import decode_image
 from covid.inputs.preprocess import to_model_input
-from covid.model.classifier import read_metadata
+from covid.model.network import read_metadata
 
 APP = Path(__file__).resolve().parents[2] / "streamlit_app.py"
 TIMEOUT = 120
@@ -43,36 +42,30 @@ def _png(seed: int = 0, size: int = 128) -> bytes:
     return buffer.getvalue()
 
 
-class _FakeDetector:
-    def __init__(self, flagged: bool) -> None:
-        self.flagged = flagged
+def _flagging_copy(model: Path, directory: Path) -> Path:
+    """A copy of a model shipped with statistics that flag every film by its features."""
+    from covid.model.ood_stats import OODStats, write_model_stats
 
-    def assess(self, decoded, features, lungs=None):
-        return types.SimpleNamespace(
-            flagged=self.flagged, score=9.0 if self.flagged else 0.1,
-            reason="its intensity histogram is unlike the training X-rays." if self.flagged
-            else None,
-        )
-
-
-def _fake_ood_module(flagged: bool) -> types.ModuleType:
-    module = types.ModuleType("covid.screening.ood")
-    module.__spec__ = importlib.machinery.ModuleSpec("covid.screening.ood", None)
-    module.load_detector = lambda path: _FakeDetector(flagged)
-    return module
+    copy = directory / "flagging.keras"
+    shutil.copyfile(model, copy)
+    shutil.copyfile(model.with_suffix(".json"), copy.with_suffix(".json"))
+    n = Classifier.from_file(model).n_features
+    stats = OODStats(np.zeros((1, n), np.float32), np.eye(n, dtype=np.float32), threshold=-1.0)
+    write_model_stats(stats, copy, {"method": "test: any distance is above the limit"})
+    return copy
 
 
 @pytest.fixture
 def make_app(tiny_model_file, monkeypatch, tmp_path):
-    """Returns a factory of AppTests serving the tiny model (fake OOD detector).
+    """Returns a factory of AppTests serving the tiny model (flagging every film, or none).
 
     No lung segmenter is served unless a test sets ``COVID_LUNG_MODEL_PATH``.
     """
-    monkeypatch.setenv("COVID_MODEL_PATH", str(tiny_model_file))
     monkeypatch.setenv("COVID_LUNG_MODEL_PATH", str(tmp_path / "no_lung_model.keras"))
 
     def make(flagged: bool = False) -> AppTest:
-        monkeypatch.setitem(sys.modules, "covid.screening.ood", _fake_ood_module(flagged))
+        model = _flagging_copy(tiny_model_file, tmp_path) if flagged else tiny_model_file
+        monkeypatch.setenv("COVID_MODEL_PATH", str(model))
         st.cache_resource.clear()
         st.cache_data.clear()
         return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
@@ -121,7 +114,7 @@ def runs(monkeypatch):
 
     def counting_header():
         counts["page"] += 1
-        header()
+        return header()
 
     def counting_results(*args, **kwargs):
         counts["results"] += 1
@@ -193,8 +186,8 @@ def test_missing_model_explains_how_to_train(monkeypatch, tmp_path):
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert "absent.keras" in at.error[0].value
-    assert "python -m covid.training.train" in at.info[0].value
-    assert "python -m covid.training.evaluate" in at.info[0].value
+    assert "python -m covid.train" in at.info[0].value
+    assert "python -m covid.evaluate" in at.info[0].value
     assert not at.slider and not at.file_uploader
     assert any(DISCLAIMER in w.value for w in at.warning)
 
@@ -210,7 +203,7 @@ def test_altered_model_file_is_refused(monkeypatch, tmp_path, tiny_model_file):
     at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
     assert not at.exception
     assert "does not match" in at.error[0].value
-    assert "python -m covid.training.train" in at.info[0].value
+    assert "python -m covid.train" in at.info[0].value
 
 
 def _select_row(at: AppTest, row: int | None) -> AppTest:
@@ -384,7 +377,7 @@ def test_a_failing_map_only_hides_its_own_panel(make_app, meta, monkeypatch):
 @pytest.fixture(scope="module")
 def evaluated_model(tiny_model_file, tmp_path_factory) -> Path:
     """A copy of the tiny model with evaluation artefacts made on tiny random data."""
-    from covid.training.evaluate import evaluate
+    from covid.training.evaluate import Options, evaluate
 
     root = tmp_path_factory.mktemp("evaluated")
     rng = np.random.default_rng(0)
@@ -403,17 +396,16 @@ def evaluated_model(tiny_model_file, tmp_path_factory) -> Path:
     shutil.copyfile(Path(tiny_model_file).with_suffix(".json"), model.with_suffix(".json"))
     split = root / "m" / "split.json"
     split.write_text(json.dumps({"root": str(root / "data"), "files": files}))
-    evaluate(model, split)
+    evaluate(model, Options(split, cache_dir=root / "cache"))
     return model
 
 
 @pytest.fixture
 def serve(monkeypatch):
-    """Serves a given model file in fresh AppTests (no out-of-distribution detector)."""
+    """Serves a given model file in fresh AppTests (with the gates it ships with)."""
 
     def make(model: Path) -> AppTest:
         monkeypatch.setenv("COVID_MODEL_PATH", str(model))
-        monkeypatch.setitem(sys.modules, "covid.screening.ood", _fake_ood_module(False))
         return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
 
     st.cache_resource.clear()
@@ -475,7 +467,7 @@ def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, eval
 def test_model_page_without_artefacts_says_so(serve, tiny_model_file):
     at = _open_model_page(serve(tiny_model_file).run())
     text = _texts(at)
-    assert "Evaluation artefacts missing" in text and "python -m covid.training.evaluate" in text
+    assert "Evaluation artefacts missing" in text and "python -m covid.evaluate" in text
     assert "tiny.evaluation.json" in text and "tiny.test_scores.csv" in text
     assert "Not measured yet" in text
     assert "DeGrave" in text  # the model card needs only the metadata
@@ -584,7 +576,9 @@ def _label_and_triage(at: AppTest) -> tuple[str, str]:
 def test_operating_point_is_per_session_and_relabels_cached_results(
     serve, evaluated_model, calls
 ):
-    from covid.screening.triage import ADMIT, GO_HOME
+    from covid.model.decision import ADVICE
+
+    admit, go_home = ADVICE["COVID"], ADVICE["Normal"]
 
     meta = read_metadata(evaluated_model)
     upload = ("chest.png", _png(1), "image/png")
@@ -605,7 +599,7 @@ def test_operating_point_is_per_session_and_relabels_cached_results(
     assert any("uploaded before you opened the model page" in i.value for i in first.info)
     label, triage = _label_and_triage(first)
     assert label == flipped
-    assert triage.startswith(ADMIT if flipped == "COVID" else GO_HOME)
+    assert triage.startswith(admit if flipped == "COVID" else go_home)
     assert "chosen for this session" in _texts(first)
     assert f"{threshold:.3f}" in "\n".join(m.value for m in first.sidebar.markdown)
     assert calls["forward"] == 1  # re-labelled, not re-scored
@@ -638,7 +632,7 @@ def test_pdf_report_follows_the_session_operating_point(tiny_model_file):
     cached = analyse([("chest.png", _png(1))], classifier)[0]  # at the shipped threshold
     assert cached.p_positive < 1.0
     threshold = 1.0 if cached.label == "COVID" else 0.0
-    study = app.at_threshold([app.Study("key", "digest", cached)], classifier, threshold)[0]
+    study = app.at_threshold([app.Study("key", "digest", cached)], threshold)[0]
     assert study.result.label != cached.label
     settings = app.DisplaySettings(view="Contour lines", method="gradcam++")
     pdf = app.report_pdf(study, classifier, settings, threshold)
@@ -667,21 +661,23 @@ def test_batch_and_opened_study_survive_a_visit_to_the_model_page(serve, evaluat
 
 
 def test_a_batch_is_scored_behind_a_progress_bar(make_app, monkeypatch):
-    import covid.screening.pipeline
+    from covid.app import screening
+    from covid.screening.pipeline import analyse
 
     seen = []
-    analyse = covid.screening.pipeline.analyse
+    score_files = screening.score_files
 
-    def recording(files, classifier, **kwargs):
-        progress = kwargs["progress"]
+    def recording(files, classifier, *args, **kwargs):
+        def analyse_in_pairs(*args, progress, **options):
+            def report(fraction):
+                seen.append(fraction)
+                progress(fraction)
 
-        def report(fraction):
-            seen.append(fraction)
-            progress(fraction)
+            return analyse(*args, **dict(options, progress=report, batch_size=2))
 
-        return analyse(files, classifier, **dict(kwargs, progress=report, batch_size=2))
+        return score_files(files, classifier, *args, **kwargs, analyse=analyse_in_pairs)
 
-    monkeypatch.setattr(covid.screening.pipeline, "analyse", recording)
+    monkeypatch.setattr(screening, "score_files", recording)
     at = make_app().run()
     at.file_uploader(key="uploads").set_value(
         [(f"{i}.png", _png(i), "image/png") for i in range(5)]).run()

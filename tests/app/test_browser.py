@@ -21,57 +21,30 @@ Run with ``pytest -m browser``.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from covid.model.classifier import DEFAULT_MODEL_PATH, read_metadata
+from benchmarks.server import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    STUDY_SHOWN,
+    ServerError,
+    free_port,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
+from covid.model.network import DEFAULT_MODEL_PATH, read_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 SERVER_START_S = 180
 RESULT_S = 300
 
 pytestmark = pytest.mark.browser
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"streamlit not healthy after {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -93,29 +66,21 @@ def served_lungs(tmp_path_factory) -> Path | None:
 @pytest.fixture(scope="module")
 def server(served_model, served_lungs, tmp_path_factory):
     """A ``streamlit run`` subprocess on a free port; always killed afterwards."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
     lungs = served_lungs or tmp_path_factory.mktemp("nolungs") / "absent.keras"
-    env = dict(os.environ, COVID_MODEL_PATH=str(served_model), TF_CPP_MIN_LOG_LEVEL="2",
-               COVID_LUNG_MODEL_PATH=str(lungs),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"),
-           "--server.port", str(port), "--server.address", "127.0.0.1",
-           "--server.headless", "true", "--browser.gatherUsageStats", "false",
-           "--server.fileWatcherType", "none"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    env = {"COVID_MODEL_PATH": str(served_model), "COVID_LUNG_MODEL_PATH": str(lungs)}
+    proc = start_server(port, log, env, ("--browser.gatherUsageStats", "false",
+                                         "--server.fileWatcherType", "none"))
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, proc, log)
+        try:
+            wait_healthy(url, proc, log, SERVER_START_S, poll_s=0.5)
+        except ServerError as err:
+            pytest.fail(str(err))
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
+        stop_server(proc)
 
 
 def _launch(playwright):
@@ -341,22 +306,6 @@ def test_a_study_shows_the_lung_share_and_the_outline_switch_works(
             assert not page.locator('[data-testid="stException"]').count()
         finally:
             browser.close()
-
-
-# "map" once the study's Grad-CAM image (loaded) and its bars are on screen, "flagged"
-# once it shows the not-a-chest-X-ray warning instead (then no map or bars).
-STUDY_SHOWN = """name => {
-  if (![...document.querySelectorAll('h1, h2, h3')].some(h => h.innerText.trim() === name))
-    return false;
-  const map = [...document.querySelectorAll('img')].some(img =>
-    (img.alt || '').startsWith('Grad-CAM') && img.alt.endsWith(' for ' + name)
-    && img.complete && img.naturalWidth > 0);
-  const bars = [...document.querySelectorAll('[data-testid="stProgress"]')]
-    .filter(bar => /\\d+\\.\\d%/.test(bar.innerText)).length;
-  if (map && bars >= 2) return "map";
-  return [...document.querySelectorAll('[data-testid="stAlert"]')]
-    .some(a => a.innerText.includes('does not look like')) ? "flagged" : false;
-}"""
 
 
 def test_concurrent_sessions_see_only_their_own_films(shared_data_dir, server):

@@ -169,11 +169,18 @@ def test_after_the_hook_is_replaced_a_run_no_longer_resets_keras_but_closes_figu
                         script_runner._clean_problem_modules)  # put back after the test
     resets = []
     monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: resets.append(a))
-    assert resources.keep_keras_between_runs()
+    resources.keep_keras_between_runs()
+    resources.keep_keras_between_runs()  # idempotent
     figure = plt.figure()
     script_runner._clean_problem_modules()  # what Streamlit calls after every script run
     assert resets == []
     assert not plt.fignum_exists(figure.number)
+
+
+def test_a_streamlit_without_the_hook_stops_the_server_saying_why(monkeypatch):
+    monkeypatch.setattr(resources, "_STREAMLIT_CLEAN_UP", None)
+    with pytest.raises(resources.StreamlitHookError, match="_clean_problem_modules is gone"):
+        resources.keep_keras_between_runs()
 
 
 def test_streamlits_own_clean_up_would_reset_keras(monkeypatch):
@@ -187,6 +194,9 @@ def test_streamlits_own_clean_up_would_reset_keras(monkeypatch):
 
 
 def test_page_reruns_neither_reset_keras_nor_trace_again(tiny_served, monkeypatch):
+    monkeypatch.setattr(script_runner, "_clean_problem_modules",
+                        script_runner._clean_problem_modules)  # put back after the test
+    resources.keep_keras_between_runs()  # as the server's start does (AppTest has none)
     resets = []
     monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: resets.append(a))
     at = AppTest.from_file(str(APP), default_timeout=120).run()
@@ -200,6 +210,40 @@ def test_page_reruns_neither_reset_keras_nor_trace_again(tiny_served, monkeypatc
     assert not at.exception
     assert resets == []
     assert classifier.tracing_counts() == counts == {"gradcam": 1, "forward": 1, "gradcam++": 1}
+
+
+def test_keras_is_imported_without_scikit_learn_and_pyplot_which_stay_importable():
+    script = textwrap.dedent("""
+        import sys, threading
+        from covid.app import resources
+        refuse = resources._RefusedInThisThread(("wave",))  # a module nothing here imports
+        sys.meta_path.insert(0, refuse)
+        try:
+            import wave
+        except ModuleNotFoundError:
+            pass
+        else:
+            raise AssertionError("not refused in the owning thread")
+        other = threading.Thread(target=lambda: __import__("wave"))  # another thread: imported
+        other.start(); other.join()
+        assert "wave" in sys.modules
+        sys.meta_path.remove(refuse)
+        imported = []
+        thread = threading.Thread(
+            target=lambda: imported.append(resources.import_keras_without_extras()))
+        thread.start()
+        thread.join()
+        assert imported == [True] and "keras" in sys.modules and "tensorflow" in sys.modules
+        left_out = [m for m in resources.KERAS_EXTRAS if m in sys.modules]
+        import sklearn.metrics, matplotlib.pyplot  # the model page's, later: still there
+        assert not [f for f in sys.meta_path if isinstance(f, resources._RefusedInThisThread)]
+        assert resources.import_keras_without_extras() is False  # already in: nothing to do
+        print("left out:", left_out == [])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "left out: True" in done.stdout
 
 
 def test_streamlit_run_finds_the_app_and_its_lifespan_preloads_the_models(tiny_model_file,
@@ -216,6 +260,8 @@ def test_streamlit_run_finds_the_app_and_its_lifespan_preloads_the_models(tiny_m
             async with streamlit_app.lifespan(streamlit_app.app):
                 pass
         asyncio.run(serve())
+        from streamlit.runtime.scriptrunner import script_runner
+        assert script_runner._clean_problem_modules is resources._clean_up_after_run
         for thread in threading.enumerate():
             if thread.name == "preload-models":
                 thread.join(timeout=120)

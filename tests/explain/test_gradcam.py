@@ -7,15 +7,28 @@ from scipy.stats import spearmanr
 from covid.explain.gradcam import (
     build_gradcam_model,
     cam_from_gradients,
-    compute_cams,
     find_last_conv_layer,
     gradcam_step,
     split_at_layer,
 )
+from covid.explain.inference import Classifier
+from covid.model.network import ModelMetadata
 
 METHODS = ("gradcam", "gradcam++")
 SIZE, PATCH = 32, 6
 CELL = 2  # one cell of the 16 x 16 ``last_conv`` map covers 2 x 2 input pixels
+
+
+def compute_cams(model, images, target=None, method="gradcam", layer_name="last_conv"):
+    """Maps through the serving path: a :class:`Classifier` over ``model`` (temperature 1).
+
+    Returns:
+        (N, H, W) maps and the (N,) classes explained.
+    """
+    meta = ModelMetadata(input_size=images.shape[1], gradcam_layer=layer_name)
+    targets = None if target is None else np.full(len(images), target)
+    done = Classifier(model, meta).explain_batch(images, targets, method)
+    return np.stack([e.cam for e in done]), np.array([e.target for e in done])
 
 
 def _images(n, seed=0):

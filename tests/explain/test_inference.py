@@ -149,14 +149,6 @@ def test_batch_methods_reject_wrong_shapes(classifier):
         classifier.forward_batch(np.zeros((SIZE, SIZE, 1), np.float32))
 
 
-def test_label_for_uses_the_operating_point(classifier):
-    assert classifier.metadata.threshold == 0.5
-    assert classifier.label_for(0.5) == "COVID"
-    assert classifier.label_for(0.49) == "Normal"
-    assert classifier.label_for(0.7, threshold=0.8) == "Normal"
-    assert classifier.label_for(0.2, threshold=0.1) == "COVID"
-
-
 def test_missing_gradcam_layer_falls_back_to_the_last_conv(tiny_cnn, tiny_metadata):
     meta = dataclasses.replace(tiny_metadata, gradcam_layer="conv5_block3_out")
     assert Classifier(tiny_cnn, meta).gradcam_layer == "last_conv"

@@ -13,17 +13,13 @@ from PIL import Image, ImageFile
 import covid.inputs.decode as cio
 import covid.inputs.errors
 from covid.inputs.decode import ImageDecodeError, decode_image, read_image, sniff_format
+from tests.films import pattern
 
 H, W = 96, 128
 
 
 def _pattern(h: int = H, w: int = W) -> np.ndarray:
-    """An asymmetric (H, W) uint8 test film spanning 0..255: a gradient and a corner block."""
-    x = np.linspace(0, 255, w)[None, :] * 0.6 + np.linspace(0, 255, h)[:, None] * 0.4
-    image = np.rint(x).astype(np.uint8)
-    image[: h // 4, : w // 5] = 255
-    image[-2:, -2:] = 0
-    return image
+    return pattern(h, w)
 
 
 def _encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:

@@ -11,21 +11,21 @@ import pytest
 pydicom = pytest.importorskip("pydicom")
 
 from PIL import Image  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.uid import (  # noqa: E402
     MPEG2MPML,
     DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
     RLELossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
 import covid.inputs.dicom as cdicom  # noqa: E402
 from covid.inputs.decode import ImageDecodeError, decode_image  # noqa: E402
+from tests.films import dicom_bytes as _bytes  # noqa: E402
+from tests.films import dicom_dataset, pattern  # noqa: E402
+from tests.films import png as _png  # noqa: E402
 
 H, W = 80, 96
 PHI = {"PatientName": "DOE^JANE", "PatientID": "PID-778899",
@@ -36,55 +36,12 @@ SAFE_KEYS = {"Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpr
 
 
 def _pattern(h: int = H, w: int = W) -> np.ndarray:
-    """An asymmetric (H, W) uint8 film spanning 0..255."""
-    x = np.linspace(0, 255, w)[None, :] * 0.6 + np.linspace(0, 255, h)[:, None] * 0.4
-    image = np.rint(x).astype(np.uint8)
-    image[: h // 4, : w // 5] = 255
-    image[-2:, -2:] = 0
-    return image
+    return pattern(h, w)
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _dataset(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits: int | None = None,
-             syntax=ExplicitVRLittleEndian, **fields) -> Dataset:
-    """A chest CR data set holding ``pixels`` ((H, W), (F, H, W) or (H, W, 3)), with PHI."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    for key, value in PHI.items():
-        setattr(ds, key, value)
-    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "CR", "CHEST", "PA"
-    color = pixels.ndim == 3 and pixels.shape[-1] == 3
-    frames = pixels.shape[0] if pixels.ndim == 3 and not color else 1
-    ds.Rows, ds.Columns = pixels.shape[-3:-1] if color else pixels.shape[-2:]
-    ds.SamplesPerPixel = 3 if color else 1
-    if color:
-        ds.PlanarConfiguration = 0
-    ds.PhotometricInterpretation = photometric
-    bits = bits or pixels.dtype.itemsize * 8
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = pixels.dtype.itemsize * 8, bits, bits - 1
-    ds.PixelRepresentation = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.PixelData = pixels.tobytes()
-    for key, value in fields.items():
-        setattr(ds, key, value)
-    return ds
-
-
-def _bytes(ds: Dataset, **kwargs) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=kwargs.pop("enforce", True), **kwargs)
-    return buffer.getvalue()
+def _dataset(pixels: np.ndarray, **kwargs) -> Dataset:
+    """A chest CR data set holding ``pixels``, with the patient data in :data:`PHI`."""
+    return dicom_dataset(pixels, **PHI, **kwargs)
 
 
 def _dicom(pixels: np.ndarray, **kwargs) -> bytes:

@@ -6,19 +6,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid.model.classifier import ModelFileError
 from covid.model.lungs import (
-    LungModelMetadata,
     LungSegmenter,
     build_unet,
     dice,
     load_lung_model,
     lung_field_problem,
     mask_from_probs,
-    save_lung_model,
 )
+from covid.model.network import ModelFileError
+from covid.training.catalogue import data_dir
 
-MASK_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/covid-qu-ex-masks"
+MASK_DIR = data_dir() / "covid-qu-ex-masks"
 SHIPPED = Path(__file__).resolve().parents[2] / "models/lung_unet.keras"
 
 
@@ -90,16 +89,6 @@ def test_plausible_lungs_pass_and_implausible_masks_say_why():
     one_touching = two_lungs()
     one_touching[60:140, :30] = True  # a real left lung may touch the border
     assert lung_field_problem(one_touching) is None
-
-
-@pytest.fixture(scope="module")
-def tiny_lung_file(tmp_path_factory) -> Path:
-    import keras
-
-    keras.utils.set_random_seed(0)
-    path = tmp_path_factory.mktemp("lungs") / "tiny_unet.keras"
-    save_lung_model(build_unet(None, filters=(4, 8)), LungModelMetadata(input_size=32), path)
-    return path
 
 
 def test_unet_maps_a_film_to_a_probability_map_of_its_size():

@@ -6,23 +6,13 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from covid.inputs.preprocess import FOCUS_MODES
-from covid.model.classifier import DEFAULT_MODEL_PATH, file_sha256, read_metadata
+from covid.model.network import DEFAULT_MODEL_PATH, file_sha256, read_metadata
 from covid.screening.pipeline import analyse
 from covid.training.evaluate import artefact_paths
 
 pytestmark = pytest.mark.skipif(
     not DEFAULT_MODEL_PATH.exists(), reason=f"no shipped model at {DEFAULT_MODEL_PATH}"
 )
-
-
-@pytest.fixture(scope="module")
-def classifier(shipped_models):
-    return shipped_models.classifier
-
-
-@pytest.fixture(scope="module")
-def segmenter(shipped_models):
-    return shipped_models.segmenter
 
 
 def test_size_sha_and_metadata():
@@ -37,7 +27,7 @@ def test_size_sha_and_metadata():
         assert key in meta.metrics
 
 
-def test_classifies_real_xrays_from_its_test_split(classifier, segmenter, shared_data_dir):
+def test_classifies_real_xrays_from_its_test_split(shipped_models, shared_data_dir):
     """Bytes through the serving pipeline (segment, focus, score) on 20 + 20 held-out films.
 
     The operating point favours sensitivity (>= 0.98 on validation), so COVID films
@@ -48,8 +38,8 @@ def test_classifies_real_xrays_from_its_test_split(classifier, segmenter, shared
               for name in ("COVID", "Normal")}
     scores = {}
     for name, files in chosen.items():
-        results = analyse([(f, (shared_data_dir / f).read_bytes()) for f in files], classifier,
-                          segmenter=segmenter)
+        results = analyse([(f, (shared_data_dir / f).read_bytes()) for f in files],
+                          shipped_models.classifier, segmenter=shipped_models.segmenter)
         assert all(r.error is None for r in results)
         scores[name] = [r.p_positive for r in results]
         correct = sum(r.label == name for r in results)

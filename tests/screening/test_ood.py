@@ -1,151 +1,29 @@
-"""Out-of-distribution gate: Mahalanobis statistics, cheap checks, detector and CLI."""
+"""The out-of-distribution gate's pixel checks, and the detector that combines the gates."""
 
-import io
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from covid.inputs.decode import DecodedImage, decode_image, read_image
-from covid.screening.ood import (
-    MIN_STD,
-    OODDetector,
-    OODFileError,
-    OODStats,
-    calibrate_threshold,
-    cheap_checks,
-    fit_ood,
-    load_ood,
-    mahalanobis_score,
-    ood_path,
-    save_ood,
-)
+from covid.model.ood_stats import mahalanobis_score
+from covid.screening.ood import MIN_STD, OODDetector, cheap_checks
+from covid.training.catalogue import data_dir
+from covid.training.ood_fit import fit_ood, quantile_threshold
 
-DATA_DIR = Path(__file__).resolve().parents[2].parent / "shared/data/covid19-radiography"
+DATA_DIR = data_dir() / "covid19-radiography"
 D = 64
-
-
-def _features(rng, n, shift=0.0, d=D):
-    """Two Gaussian classes with a shared anisotropic covariance: (N, d) float32 and labels."""
-    scales = np.linspace(3.0, 0.3, d)
-    labels = rng.integers(0, 2, n)
-    x = rng.normal(size=(n, d)) * scales + labels[:, None] * 2.0 + shift
-    return x.astype(np.float32), labels
 
 
 @pytest.fixture(scope="module")
 def fitted():
+    """Statistics of two Gaussian classes, their threshold and in-distribution features."""
     rng = np.random.default_rng(0)
-    train, labels = _features(rng, 4000)
+    labels = rng.integers(0, 2, 4000)
+    train = rng.normal(size=(4000, D)) + labels[:, None] * 2.0
     stats = fit_ood(train, labels, n_components=16)
-    val, _ = _features(rng, 4000)
-    return stats, calibrate_threshold(stats, val), val, rng
-
-
-def test_in_distribution_scores_low_and_shifted_cluster_flagged(fitted):
-    stats, threshold, val, rng = fitted
-    held_out, _ = _features(rng, 4000)
-    shifted, _ = _features(rng, 500, shift=4.0)
-    assert np.mean(mahalanobis_score(stats, val) > threshold) <= 0.02  # exact on calibration
-    # held-out: 2% up to the binomial noise of 4000 + 4000 samples (2 sigma = 0.6 points)
-    assert np.mean(mahalanobis_score(stats, held_out) > threshold) <= 0.026
-    assert np.mean(mahalanobis_score(stats, shifted) > threshold) >= 0.99
-    # normalised: the mean in-distribution score is the dimension (a chi-square's mean)
-    assert abs(np.mean(mahalanobis_score(stats, held_out)) / D - 1) < 0.1
-
-
-def test_shift_in_discarded_pca_directions_is_still_flagged(fitted):
-    stats, threshold, _, rng = fitted
-    x, _ = _features(rng, 500)
-    basis = stats.pca_components.astype(np.float64)
-    direction = rng.normal(size=D)
-    direction -= basis.T @ (basis @ direction)  # orthogonal to the 16 kept components
-    shifted = x + 12.0 * direction / np.linalg.norm(direction)
-    np.testing.assert_allclose(stats.project(shifted), stats.project(x), atol=1e-3)
-    assert np.mean(mahalanobis_score(stats, x) > threshold) <= 0.05
-    assert np.mean(mahalanobis_score(stats, shifted) > threshold) >= 0.95
-
-
-def test_fit_shapes_and_dtypes(fitted):
-    stats = fitted[0]
-    assert stats.class_means.shape == (2, 16) and stats.class_means.dtype == np.float32
-    assert stats.precision.shape == (16, 16) and stats.precision.dtype == np.float32
-    assert stats.pca_components.shape == (16, D) and stats.pca_mean.shape == (D,)
-    assert stats.feature_dim == D and list(stats.classes) == [0, 1]
-    assert math.isfinite(stats.residual_var) and math.isnan(stats.threshold)
-    np.testing.assert_allclose(stats.precision, stats.precision.T, rtol=1e-5, atol=1e-6)
-
-
-def test_without_pca_it_is_the_plain_tied_mahalanobis():
-    rng = np.random.default_rng(1)
-    x, y = _features(rng, 3000, d=8)
-    stats = fit_ood(x, y, n_components=None)
-    assert stats.pca_components is None and math.isnan(stats.residual_var)
-    centred = x - stats.class_means[y]
-    cov = np.cov(centred.T)
-    probe = x[:5].astype(np.float64)
-    expected = np.min([np.einsum("nd,de,ne->n", probe - m, np.linalg.inv(cov), probe - m)
-                       for m in stats.class_means.astype(np.float64)], axis=0)
-    np.testing.assert_allclose(mahalanobis_score(stats, probe), expected, rtol=0.05)
-
-
-def test_fit_validates_its_input():
-    with pytest.raises(ValueError, match="expected"):
-        fit_ood(np.zeros((5, 3)), np.zeros(4))
-    with pytest.raises(ValueError, match="NaN"):
-        fit_ood(np.full((5, 3), np.nan), np.zeros(5))
-    stats = fit_ood(np.random.default_rng(0).normal(size=(20, 3)), np.zeros(20))
-    with pytest.raises(ValueError, match=r"\(N, 3\)"):
-        mahalanobis_score(stats, np.zeros((2, 4)))
-    with pytest.raises(ValueError, match="max_flag_rate"):
-        calibrate_threshold(stats, np.zeros((2, 3)), max_flag_rate=1.5)
-
-
-def test_save_load_round_trip(fitted, tmp_path):
-    stats, threshold, val, _ = fitted
-    calibrated = OODStats(stats.class_means, stats.precision, stats.pca_mean,
-                          stats.pca_components, stats.classes, threshold, stats.residual_var)
-    path = save_ood(calibrated, tmp_path / "m.ood.npz")
-    loaded = load_ood(path)
-    assert loaded.threshold == threshold and loaded.residual_var == stats.residual_var
-    for name in ("class_means", "precision", "pca_mean", "pca_components", "classes"):
-        np.testing.assert_array_equal(getattr(loaded, name), getattr(stats, name))
-    np.testing.assert_array_equal(mahalanobis_score(loaded, val), mahalanobis_score(stats, val))
-
-
-def test_real_sized_statistics_stay_small(tmp_path):
-    rng = np.random.default_rng(2)
-    x = rng.normal(size=(400, 2048)).astype(np.float32)
-    stats = fit_ood(x, rng.integers(0, 2, 400), n_components=128)
-    path = save_ood(stats, tmp_path / "big.ood.npz")
-    assert path.stat().st_size < 2 * 2**20
-
-
-@pytest.mark.parametrize(("content", "message"), [
-    (None, "not found"), (b"not a zip", "unreadable")])
-def test_bad_statistics_files(tmp_path, content, message):
-    path = tmp_path / "x.ood.npz"
-    if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(OODFileError, match=message):
-        load_ood(path)
-
-
-def test_other_version_is_refused(fitted, tmp_path):
-    path = save_ood(fitted[0], tmp_path / "x.ood.npz")
-    with np.load(path) as npz:
-        arrays = dict(npz)
-    arrays["version"] = np.int64(99)
-    np.savez(path, **arrays)
-    with pytest.raises(OODFileError, match="another version"):
-        load_ood(path)
-
-
-def test_ood_path():
-    assert ood_path("models/covid_resnet50.keras") == Path("models/covid_resnet50.ood.npz")
+    val = rng.normal(size=(1000, D)) + rng.integers(0, 2, 1000)[:, None] * 2.0
+    return stats, quantile_threshold(mahalanobis_score(stats, val), 0.02), val
 
 
 # ------------------------------------------------------------------ cheap checks
@@ -192,7 +70,7 @@ def test_cheap_checks_pass_real_x_rays():
 
 
 def test_detector_combines_cheap_checks_and_score(fitted):
-    stats, threshold, val, _ = fitted
+    stats, threshold, val = fitted
     detector = OODDetector(stats, threshold)
     ok = detector.assess(_film(), val[0])
     assert not ok.flagged and ok.reason is None and 0 <= ok.score <= threshold
@@ -210,77 +88,3 @@ def test_detector_without_statistics_uses_cheap_checks_only():
     assert not verdict.flagged and math.isnan(verdict.score)
     blank = DecodedImage(np.zeros((128, 128), np.uint8), "b.png", "PNG")
     assert detector.assess(blank, None).flagged
-
-
-# ------------------------------------------------------------------ CLI on a tiny model
-
-
-def _tiny_model_file(directory: Path) -> Path:
-    import keras
-
-    from covid.model.classifier import LOGITS_LAYER, ModelMetadata, save_model
-
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 1), name="xray")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="last_conv")(x)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    logits = keras.layers.Dense(2, name=LOGITS_LAYER)(x)
-    model = keras.Model(inputs, keras.layers.Activation("softmax", name="probs")(logits))
-    metadata = ModelMetadata(name="tiny", version="test", input_size=32,
-                             gradcam_layer="last_conv")
-    path = directory / "tiny.keras"
-    save_model(model, metadata, path)
-    return path
-
-
-def _tiny_dataset(root: Path) -> dict:
-    rng = np.random.default_rng(0)
-    files = {"train": [], "val": [], "test": []}
-    for c, name in enumerate(("COVID", "Normal")):
-        (root / name).mkdir(parents=True)
-        for i in range(14):
-            film = np.linspace(20, 200, 64)[None, :] + rng.normal(0, 15 + 10 * c, (64, 64))
-            buffer = io.BytesIO()
-            Image.fromarray(np.clip(film, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
-            relative = f"{name}/{name}-{i}.png"
-            (root / relative).write_bytes(buffer.getvalue())
-            files["train" if i < 10 else "val"].append(relative)
-    return {"root": str(root), "files": files}
-
-
-def test_cli_fits_on_a_tiny_model(tmp_path, capsys):
-    pytest.importorskip("tensorflow")
-    from covid.model.classifier import load_model, read_metadata
-    from covid.screening.ood import load_detector, main
-
-    model_path = _tiny_model_file(tmp_path)
-    assert load_detector(model_path).stats is None  # no statistics yet: cheap checks only
-    record = _tiny_dataset(tmp_path / "data")
-    model_path.with_suffix(".split.json").write_text(json.dumps(record))  # found by default
-
-    assert main(["--model", str(model_path), "--components", "4", "--max-flag-rate", "0.1"]) == 0
-    entry = read_metadata(model_path).extra["ood"]
-    assert entry["file"] == "tiny.ood.npz" and (tmp_path / "tiny.ood.npz").is_file()
-    assert (entry["n_train"], entry["n_val"], entry["feature_dim"], entry["components"]) == (
-        20, 8, 8, 4)
-    assert entry["val_flag_rate"] <= 0.1 and "wrote tiny.ood.npz" in capsys.readouterr().err
-    load_model(model_path)  # the .keras file is untouched: its SHA-256 still matches
-
-    detector = load_detector(model_path)
-    assert detector.threshold == entry["threshold"] and detector.stats.feature_dim == 8
-
-    (tmp_path / "tiny.ood.npz").write_bytes(b"altered")
-    from covid.model.classifier import ModelFileError
-
-    with pytest.raises(ModelFileError, match="do not match"):
-        load_detector(model_path)
-
-
-def test_cli_reports_a_missing_split(tmp_path, capsys):
-    pytest.importorskip("tensorflow")
-    from covid.screening.ood import main
-
-    model_path = _tiny_model_file(tmp_path)
-    status = main(["--model", str(model_path), "--split", str(tmp_path / "none.json")])
-    assert status == 1 and capsys.readouterr().err.startswith("error: ")

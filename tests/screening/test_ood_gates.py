@@ -24,10 +24,11 @@ from pydicom.data import get_testdata_file
 
 from covid.explain.inference import Classifier
 from covid.inputs.decode import decode_image
+from covid.model.decision import NOT_A_CHEST_XRAY
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH, LungSegmenter
 from covid.screening.ood import OODDetector, dicom_tag_problem, lung_problem
 from covid.screening.pipeline import analyse
-from covid.screening.triage import NOT_A_CHEST_XRAY
+from tests.films import dicom_bytes, dicom_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_LUNGS = ROOT / DEFAULT_LUNG_MODEL_PATH
@@ -64,25 +65,8 @@ def _blank() -> bytes:
 
 
 def _chest_dicom(body_part: str, modality: str = "CR") -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
-    ds.Modality, ds.BodyPartExamined = modality, body_part
-    ds.Rows = ds.Columns = 128
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit, ds.PixelRepresentation = 7, 0
-    ds.PixelData = np.random.default_rng(0).integers(0, 255, (128, 128), np.uint8).tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    pixels = np.random.default_rng(0).integers(0, 255, (128, 128), np.uint8)
+    return dicom_bytes(dicom_dataset(pixels, Modality=modality, BodyPartExamined=body_part))
 
 
 def _real_films(shared_data_dir: Path, n: int = N_REAL) -> list[tuple[str, bytes]]:

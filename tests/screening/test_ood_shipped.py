@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from pydicom.data import get_testdata_file
 
-from covid.model.classifier import DEFAULT_MODEL_PATH, read_metadata
+from covid.model.network import DEFAULT_MODEL_PATH, read_metadata
 from covid.screening.pipeline import analyse
 from covid.training.evaluate import artefact_paths
 
@@ -88,23 +88,13 @@ def non_chest_corpus() -> list[tuple[str, bytes]]:
     return files
 
 
-@pytest.fixture(scope="module")
-def classifier(shipped_models):
-    return shipped_models.classifier
+def _screen(models, files):
+    """The files through the serving pipeline with the shipped classifier, segmenter and gate."""
+    return analyse(files, models.classifier, ood=models.ood, segmenter=models.segmenter)
 
 
-@pytest.fixture(scope="module")
-def segmenter(shipped_models):
-    return shipped_models.segmenter
-
-
-@pytest.fixture(scope="module")
-def detector(shipped_models):
-    return shipped_models.ood
-
-
-def test_non_chest_images_are_flagged_or_refused(classifier, detector, segmenter):
-    results = analyse(non_chest_corpus(), classifier, ood=detector, segmenter=segmenter)
+def test_non_chest_images_are_flagged_or_refused(shipped_models):
+    results = _screen(shipped_models, non_chest_corpus())
     caught = {r.name: bool(r.ood) or r.error is not None for r in results}
     rate = sum(caught.values()) / len(caught)
     print(f"non-chest detection rate: {rate:.2f} ({sum(caught.values())}/{len(caught)}); "
@@ -116,11 +106,11 @@ def test_non_chest_images_are_flagged_or_refused(classifier, detector, segmenter
             assert "admit" not in r.triage.lower() and "go home" not in r.triage.lower()
 
 
-def test_false_flag_rate_on_real_xrays(classifier, detector, segmenter, shared_data_dir):
+def test_false_flag_rate_on_real_xrays(shipped_models, shared_data_dir):
     split = json.loads(artefact_paths(DEFAULT_MODEL_PATH)["split"].read_text())
     names = split["files"]["test"][::6][:300]
     files = [(n, (shared_data_dir / n).read_bytes()) for n in names]
-    results = analyse(files, classifier, ood=detector, segmenter=segmenter)
+    results = _screen(shipped_models, files)
     assert all(r.error is None for r in results)
     rate = np.mean([bool(r.ood) for r in results])
     print(f"false-flag rate on {len(results)} real test-split X-rays: {rate:.3f}")

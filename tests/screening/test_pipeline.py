@@ -5,8 +5,10 @@ import pytest
 from PIL import Image
 
 from covid.explain.inference import Classifier
+from covid.model.decision import ADVICE
 from covid.screening.pipeline import analyse, percentages, rank_by_suspicion
-from covid.screening.triage import ADMIT, GO_HOME
+
+ADMIT, GO_HOME = ADVICE["COVID"], ADVICE["Normal"]
 
 
 def _png(seed: int, size: int = 72) -> bytes:

@@ -15,15 +15,18 @@ from covid import DISCLAIMER
 from covid.__main__ import main
 from covid.explain.localisation import EVIDENCE_MEANING, energy_inside, lung_outline
 from covid.inputs.decode import ImageDecodeError
-from covid.model.classifier import ModelMetadata
+from covid.model.decision import ADVICE
+from covid.model.network import ModelMetadata
 from covid.screening.pipeline import StudyResult, percentages
 from covid.screening.report import ReportError, build_report, report_for_file
-from covid.screening.triage import ADMIT, GO_HOME, triage_message
+from tests.results import THREE_CLASSES, scored
 
 SHA = "0123456789abcdef" * 4
 WHEN = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
 PATIENT = "DOE^JANE"
 PATIENT_ID = "PID-12345"
+
+ADMIT, GO_HOME = ADVICE["COVID"], ADVICE["Normal"]
 
 
 def _text(pdf: bytes) -> str:
@@ -56,17 +59,14 @@ def metadata():
     return ModelMetadata(name="tiny test CNN", version="test-7", sha256=SHA, threshold=0.5)
 
 
-def _result(p_covid=0.8766, ood=False, info=None):
+def _result(p_covid=0.8766, ood=False, info=None, threshold=0.5, **fields):
     rng = np.random.default_rng(1)
-    label = "COVID" if p_covid >= 0.5 else "Normal"
-    return StudyResult(
-        name="study_01.png", probs=np.array([p_covid, 1 - p_covid], np.float32),
-        p_positive=p_covid, label=label, ood=ood,
+    return scored(
+        "study_01.png", p_covid, threshold=threshold, ood=ood,
         ood_reason="the intensities are unlike a chest film" if ood else None,
         pixels=rng.integers(0, 255, (90, 70), dtype=np.uint8),
         model_input=np.zeros((32, 32, 1), np.uint8), info=info or {"Modality": "CR"},
-        triage=triage_message(label, ood=ood),
-    )
+        **fields)
 
 
 def _overlay(shape=(90, 70)):
@@ -90,10 +90,24 @@ def test_report_holds_everything_required(metadata):
 
 
 def test_session_threshold_is_named_as_such(metadata):
-    result = _result(p_covid=0.4)
-    result.label, result.triage = "COVID", triage_message("COVID")
+    result = _result(p_covid=0.4, threshold=0.3)
+    assert result.label == "COVID"
     text = _text(build_report(result, _overlay(), metadata, 0.3, when=WHEN))
     assert "0.300" in text and "session choice" in text and "0.500" in text
+
+
+def test_a_three_class_report_has_three_bars_and_the_finding_advice():
+    metadata = ModelMetadata(name="three", version="3", sha256=SHA, threshold=0.4,
+                             class_names=list(THREE_CLASSES))
+    result = scored("p.png", [0.15, 0.5, 0.35], THREE_CLASSES, threshold=0.4,
+                    pixels=np.zeros((90, 70), np.uint8))
+    text = _text(build_report(result, _overlay(), metadata, 0.4, when=WHEN))
+    for expected in ("COVID 15.0 %", "Other pneumonia 50.0 %", "Normal 35.0 %",
+                     "Result at the operating point: Other pneumonia",
+                     ADVICE["Other pneumonia"], "P(any finding) ≥ 0.400 admits"):
+        assert expected in _flat(text), expected
+    with pytest.raises(ReportError, match="threshold"):
+        build_report(result, _overlay(), metadata, 0.7)  # 0.65 < 0.7 would be Normal
 
 
 def test_ood_study_gets_no_triage_advice(metadata):
@@ -123,8 +137,7 @@ def _flat(text: str) -> str:
 
 @pytest.mark.parametrize("ood", [False, True])
 def test_the_share_of_evidence_in_the_lungs_and_its_meaning_are_reported(metadata, ood):
-    result = _result(ood=ood)
-    result.lungs = np.zeros(result.pixels.shape, bool)
+    result = _result(ood=ood, lungs=np.zeros((90, 70), bool))
     low = build_report(result, _overlay(), metadata, 0.5, when=WHEN, lung_evidence=0.3)
     text = _flat(_text(low))
     assert "30% of the evidence lies inside the lung fields" in text

@@ -6,10 +6,10 @@ import types
 import numpy as np
 import pytest
 
-import covid.screening.pipeline
 from covid import DISCLAIMER
 from covid.explain.localisation import energy_inside, lung_outline
 from covid.inputs.preprocess import LungBox
+from covid.model.decision import ADVICE
 from covid.screening.pipeline import StudyResult
 from covid.screening.studies import (
     MAP_OUTLINE,
@@ -22,6 +22,7 @@ from covid.screening.studies import (
     content_digest,
     evidence_in_lungs,
     known_map,
+    measure_relabelled,
     prune_maps,
     render_map,
     report_name,
@@ -29,7 +30,9 @@ from covid.screening.studies import (
     target_index,
     xray_image,
 )
-from covid.screening.triage import ADMIT, GO_HOME, triage_message
+from tests.results import scored
+
+ADMIT, GO_HOME = ADVICE["COVID"], ADVICE["Normal"]
 
 CLASSES = ["COVID", "Normal"]
 
@@ -41,10 +44,6 @@ class _FakeClassifier:
         self.metadata = types.SimpleNamespace(sha256=sha, positive_class="COVID",
                                               class_names=CLASSES, threshold=0.5)
         self.explained = []
-
-    def label_for(self, p_positive, threshold=None):
-        threshold = self.metadata.threshold if threshold is None else threshold
-        return "COVID" if p_positive >= threshold else "Normal"
 
     def explain(self, x, target=None, method="gradcam"):
         self.explained.append((target, method))
@@ -60,65 +59,58 @@ def _lungs(shape=(64, 64)) -> np.ndarray:
 
 
 def _result(name: str, p: float = 0.4, box: LungBox | None = None,
-            lungs: np.ndarray | None = None) -> StudyResult:
-    label = "COVID" if p >= 0.5 else "Normal"
-    return StudyResult(name=name, probs=np.array([p, 1 - p]), p_positive=p, label=label,
-                       triage=triage_message(label, "COVID"),
-                       pixels=np.zeros((64, 64), np.uint8),
-                       model_input=np.zeros((32, 32, 1), np.uint8),
-                       box=box or LungBox(0, 0, 64), lungs=lungs)
+            lungs: np.ndarray | None = None, **fields) -> StudyResult:
+    return scored(name, p, pixels=np.zeros((64, 64), np.uint8),
+                  model_input=np.zeros((32, 32, 1), np.uint8),
+                  box=box or LungBox(0, 0, 64), lungs=lungs, **fields)
 
 
 class _FakeSegmenter:
     metadata = types.SimpleNamespace(sha256="c" * 64)
 
 
-@pytest.fixture
-def analysed(monkeypatch):
-    """Replaces the pipeline's ``analyse`` with a recorder of the files it scores."""
-    seen = []
+class _Recorder(list):
+    """Stands in for the pipeline's ``analyse``, recording the files it is asked to score."""
 
-    def analyse(files, classifier, ood=None, progress=None, segmenter=None):
-        seen.append([name for name, _ in files])
+    def __call__(self, files, classifier, ood=None, progress=None, segmenter=None):
+        self.append([name for name, _ in files])
+        self.segmenters = [*getattr(self, "segmenters", []), segmenter]
         if progress is not None:
             progress(1.0)
         return [_result(name) for name, _ in files]
 
-    monkeypatch.setattr(covid.screening.pipeline, "analyse", analyse)
-    return seen
+
+@pytest.fixture
+def analysed() -> _Recorder:
+    """A recorder to pass as ``score_files(..., analyse=analysed)``."""
+    return _Recorder()
 
 
 def test_each_upload_is_scored_once_and_the_store_follows_the_uploads(analysed):
     classifier, store = _FakeClassifier(), {}
-    first = score_files([("a.png", b"1"), ("b.png", b"2")], classifier, store)
+    first = score_files([("a.png", b"1"), ("b.png", b"2")], classifier, store,
+                        analyse=analysed)
     assert [s.result.name for s in first] == ["a.png", "b.png"] and analysed == [["a.png", "b.png"]]
     assert first[0].digest == content_digest(b"1")
     assert first[0].key == f"{'a' * 16}:{content_digest(b'1')}:a.png"
 
     fractions = []
     second = score_files([("b.png", b"2"), ("c.png", b"3")], classifier, store,
-                         progress=fractions.append)
+                         progress=fractions.append, analyse=analysed)
     assert analysed[-1] == ["c.png"] and fractions == [1.0]
     assert second[0].result is first[1].result  # cached, not re-scored
     assert sorted(store) == sorted(s.key for s in second)  # a.png pruned
 
-    score_files([("b.png", b"2")], _FakeClassifier(sha="b" * 64), store)
+    score_files([("b.png", b"2")], _FakeClassifier(sha="b" * 64), store, analyse=analysed)
     assert analysed[-1] == ["b.png"]  # another model scores again
 
 
-def test_a_segmenter_is_passed_on_and_keys_its_own_results(analysed, monkeypatch):
-    passed = []
-    analyse = covid.screening.pipeline.analyse
-
-    def recording(files, classifier, **kwargs):
-        passed.append(kwargs.get("segmenter"))
-        return analyse(files, classifier, **kwargs)
-
-    monkeypatch.setattr(covid.screening.pipeline, "analyse", recording)
+def test_a_segmenter_is_passed_on_and_keys_its_own_results(analysed):
     classifier, store, segmenter = _FakeClassifier(), {}, _FakeSegmenter()
-    without = score_files([("a.png", b"1")], classifier, store)
-    with_lungs = score_files([("a.png", b"1")], classifier, store, segmenter=segmenter)
-    assert passed == [None, segmenter]  # a segmenter shipped meanwhile scores again
+    without = score_files([("a.png", b"1")], classifier, store, analyse=analysed)
+    with_lungs = score_files([("a.png", b"1")], classifier, store, segmenter=segmenter,
+                             analyse=analysed)
+    assert analysed.segmenters == [None, segmenter]  # a segmenter shipped meanwhile scores again
     assert with_lungs[0].key == f"{'a' * 16}+{'c' * 8}:{content_digest(b'1')}:a.png"
     assert without[0].key != with_lungs[0].key and list(store) == [with_lungs[0].key]
 
@@ -126,7 +118,7 @@ def test_a_segmenter_is_passed_on_and_keys_its_own_results(analysed, monkeypatch
 def test_a_session_keeps_at_most_limit_results_and_drops_removed_files(analysed):
     classifier, store = _FakeClassifier(), {}
     files = [(f"{i}.png", bytes([i])) for i in range(5)]
-    studies = score_files(files, classifier, store, limit=3)
+    studies = score_files(files, classifier, store, limit=3, analyse=analysed)
     assert analysed == [["0.png", "1.png", "2.png"]] and len(store) == 3
     assert [s.result.name for s in studies] == [name for name, _ in files]
     for study in studies[3:]:  # over the limit: named, with the reason, nothing kept
@@ -135,23 +127,24 @@ def test_a_session_keeps_at_most_limit_results_and_drops_removed_files(analysed)
         assert study.key not in store
 
     # removing files frees room: the next ones are scored, the removed ones forgotten
-    studies = score_files(files[2:], classifier, store, limit=3)
+    studies = score_files(files[2:], classifier, store, limit=3, analyse=analysed)
     assert analysed[-1] == ["3.png", "4.png"]
     assert sorted(store) == sorted(s.key for s in studies) and len(store) == 3
     assert all(s.result.error is None for s in studies)
-    score_files([], classifier, store, limit=3)
+    score_files([], classifier, store, limit=3, analyse=analysed)
     assert store == {}
 
 
 def test_same_content_under_another_name_is_its_own_study(analysed):
-    studies = score_files([("a.png", b"1"), ("copy.png", b"1")], _FakeClassifier(), {})
+    studies = score_files([("a.png", b"1"), ("copy.png", b"1")], _FakeClassifier(), {},
+                          analyse=analysed)
     assert studies[0].digest == studies[1].digest and studies[0].key != studies[1].key
 
 
 def test_at_threshold_relabels_without_touching_the_cache():
     cached = _result("a.png", p=0.4)
     study = Study("k", "d", cached)
-    low = at_threshold([study], _FakeClassifier(), 0.3)[0]
+    low = at_threshold([study], 0.3)[0]
     assert (low.key, low.digest) == ("k", "d")
     assert low.result.label == "COVID" and low.result.triage == f"{ADMIT} {DISCLAIMER}"
     assert cached.label == "Normal" and cached.triage.startswith(GO_HOME)
@@ -182,8 +175,7 @@ def test_maps_are_computed_once_per_class_and_method_and_pruned():
 
 def test_the_pipelines_own_map_is_reused_not_explained_again():
     classifier, store = _FakeClassifier(), {}
-    result = _result("a.png", p=0.9)
-    result.cam, result.cam_target = np.full((64, 64), 0.25, np.float32), 0
+    result = _result("a.png", p=0.9, cam=np.full((64, 64), 0.25, np.float32), cam_target=0)
     study = Study("k", "d", result)
     assert class_map(study, classifier, 0, "gradcam", store) is result.cam
     assert known_map(study, 0, "gradcam", store) is result.cam
@@ -260,19 +252,22 @@ def test_report_name():
 
 def test_a_label_flipped_by_the_threshold_gets_the_share_of_its_own_map():
     lungs = _lungs()
-    cached = _result("a.png", p=0.4, lungs=lungs)  # Normal at the shipped 0.5
-    cached.cam, cached.cam_target, cached.lung_evidence = np.ones((64, 64), np.float32), 1, 0.9
+    cached = _result("a.png", p=0.4, lungs=lungs, cam=np.ones((64, 64), np.float32),
+                     cam_target=1, lung_evidence=0.9)  # Normal at the shipped 0.5
     study = Study("k", "d", cached)
     classifier, maps = _FakeClassifier(), {}
 
-    same = at_threshold([study], classifier, 0.45, maps)[0]
+    same = measure_relabelled(at_threshold([study], 0.45), classifier, maps)[0]
     assert same.result.lung_evidence == 0.9 and not classifier.explained
 
-    flipped = at_threshold([study], classifier, 0.3, maps)[0]  # now COVID
-    assert flipped.result.label == "COVID" and classifier.explained == [(0, "gradcam")]
+    relabelled = at_threshold([study], 0.3)  # now COVID: no network, no share yet
+    assert relabelled[0].result.label == "COVID" and relabelled[0].result.lung_evidence is None
+    assert not classifier.explained
+    flipped = measure_relabelled(relabelled, classifier, maps)[0]
+    assert classifier.explained == [(0, "gradcam")]
     cam = class_map(flipped, classifier, 0, "gradcam", maps)
     assert flipped.result.lung_evidence == pytest.approx(energy_inside(cam, lungs))
-    at_threshold([study], classifier, 0.3, maps)
+    measure_relabelled(at_threshold([study], 0.3), classifier, maps)
     assert len(classifier.explained) == 1  # explained once per session
-    assert at_threshold([study], classifier, 0.3)[0].result.lung_evidence is None
     assert cached.lung_evidence == 0.9 and cached.label == "Normal"  # the cache is untouched
+

@@ -3,55 +3,52 @@
 import csv
 import io
 
-import numpy as np
-
 from covid import DISCLAIMER
-from covid.screening.pipeline import StudyResult
+from covid.model.decision import ADVICE, NOT_A_CHEST_XRAY
+from covid.screening.pipeline import StudyResult, relabel
 from covid.screening.table import (
     by_column,
     csv_bytes,
-    relabel,
     suspicion_order,
     table_columns,
     table_key,
     table_rows,
 )
-from covid.screening.triage import ADMIT, GO_HOME, NOT_A_CHEST_XRAY, triage_message
+from tests.results import THREE_CLASSES, scored
+from tests.results import failed as _failed
 
 CLASSES = ["COVID", "Normal"]
 HEADER = ["file", "COVID %", "label", "out-of-distribution", "evidence in lungs %", "triage",
           "error"]
-
-
-def _label_at(threshold):
-    return lambda p: "COVID" if p >= threshold else "Normal"
+ADMIT, GO_HOME = ADVICE["COVID"], ADVICE["Normal"]
 
 
 def _scored(name: str, p: float, ood: bool | None = None, threshold: float = 0.5,
             lungs: float | None = None) -> StudyResult:
-    label = _label_at(threshold)(p)
-    return StudyResult(
-        name=name, probs=np.array([p, 1 - p], np.float32), p_positive=p, label=label,
-        ood=ood, triage=triage_message(label, "COVID", ood=bool(ood)), lung_evidence=lungs,
-    )
-
-
-def _failed(name: str) -> StudyResult:
-    return StudyResult(name=name, error=f"{name}: this is not a PNG, JPEG or DICOM image.")
+    return scored(name, p, threshold=threshold, ood=ood, lung_evidence=lungs)
 
 
 def test_table_columns_are_fixed_and_ordered():
-    assert table_columns("COVID") == HEADER
+    assert table_columns(CLASSES) == HEADER
+    assert table_columns(THREE_CLASSES)[1:3] == ["COVID %", "Other pneumonia %"]
+
+
+def test_a_three_class_row_has_a_column_per_finding_and_the_finding_advice():
+    rows = table_rows([scored("p.png", [0.2, 0.5, 0.3], THREE_CLASSES)], THREE_CLASSES)
+    assert rows[0]["COVID %"] == 20.0 and rows[0]["Other pneumonia %"] == 50.0
+    assert rows[0]["label"] == "Other pneumonia"
+    assert rows[0]["triage"] == f"{ADVICE['Other pneumonia']} {DISCLAIMER}"
+    assert list(rows[0]) == table_columns(THREE_CLASSES)
 
 
 def test_csv_has_the_table_columns_in_order_and_the_rows_in_order():
     results = [_scored("b.png", 0.2), _failed("broken.png"),
                _scored("a.png", 0.9, ood=False, lungs=0.73456)]
     ranked = [results[i] for i in suspicion_order(results)]
-    rows = table_rows(ranked, CLASSES, "COVID")
+    rows = table_rows(ranked, CLASSES)
     assert [list(row) for row in rows] == [HEADER] * 3
 
-    text = csv_bytes(rows, table_columns("COVID")).decode("utf-8")
+    text = csv_bytes(rows, table_columns(CLASSES)).decode("utf-8")
     parsed = list(csv.reader(io.StringIO(text)))
     assert parsed[0] == HEADER
     assert [r[0] for r in parsed[1:]] == ["a.png", "b.png", "broken.png"]
@@ -65,11 +62,11 @@ def test_csv_has_the_table_columns_in_order_and_the_rows_in_order():
 
 
 def test_flagged_image_gets_no_label_and_no_triage_advice():
-    row = table_rows([_scored("cat.png", 0.99, ood=True, lungs=0.1)], CLASSES, "COVID")[0]
+    row = table_rows([_scored("cat.png", 0.99, ood=True, lungs=0.1)], CLASSES)[0]
     assert row["label"] == "" and row["out-of-distribution"] == "yes"
     assert row["triage"].startswith(NOT_A_CHEST_XRAY) and row["COVID %"] == 99.0
     assert row["evidence in lungs %"] == 10.0  # shown, like the raw score
-    text = csv_bytes([row], table_columns("COVID")).decode("utf-8")
+    text = csv_bytes([row], table_columns(CLASSES)).decode("utf-8")
     assert "admit" not in text.lower() and "go home" not in text.lower()
     assert NOT_A_CHEST_XRAY in text
 
@@ -77,25 +74,24 @@ def test_flagged_image_gets_no_label_and_no_triage_advice():
 def test_evidence_in_lungs_is_a_number_that_sorts_numerically():
     results = [_scored(f"{i}.png", 0.5, lungs=share) for i, share in
                enumerate([0.9, 0.05, 0.456, None, 1.0])]
-    column = by_column(table_rows(results, CLASSES, "COVID"), ["evidence in lungs %"])
+    column = by_column(table_rows(results, CLASSES), ["evidence in lungs %"])
     values = column["evidence in lungs %"]
     assert values == [90.0, 5.0, 45.6, None, 100.0]
     assert sorted(v for v in values if v is not None) == [5.0, 45.6, 90.0, 100.0]
 
 
 def test_table_rows_can_drop_the_repeated_disclaimer():
-    rows = table_rows([_scored("a.png", 0.9)], CLASSES, "COVID", disclaimer=False)
+    rows = table_rows([_scored("a.png", 0.9)], CLASSES, disclaimer=False)
     assert rows[0]["triage"] == ADMIT
 
 
 def test_percentage_matches_the_bars_when_covid_is_the_second_class():
-    result = StudyResult(name="x.png", probs=np.array([0.3334, 0.6666]), p_positive=0.6666,
-                         label="COVID", triage="t")
-    assert table_rows([result], ["Normal", "COVID"], "COVID")[0]["COVID %"] == 66.7
+    result = scored("x.png", [0.3334, 0.6666], ["Normal", "COVID"])
+    assert table_rows([result], ["Normal", "COVID"])[0]["COVID %"] == 66.7
 
 
 def test_csv_neutralises_spreadsheet_formulas():
-    rows = table_rows([_failed("=HYPERLINK(\"http://x\").png")], CLASSES, "COVID")
+    rows = table_rows([_failed("=HYPERLINK(\"http://x\").png")], CLASSES)
     parsed = list(csv.reader(io.StringIO(csv_bytes(rows, HEADER).decode())))
     assert parsed[1][0].startswith("'=") and parsed[1][-1].startswith("'=")
 
@@ -110,23 +106,23 @@ def test_suspicion_order_is_descending_with_errors_last_and_stable_ties():
 def test_relabel_follows_the_threshold_and_leaves_the_cached_result_alone():
     cached = _scored("a.png", 0.4)
     assert cached.label == "Normal"
-    lower = relabel(cached, _label_at(0.3), "COVID")
+    lower = relabel(cached, 0.3)
     assert lower.label == "COVID" and lower.triage == f"{ADMIT} {DISCLAIMER}"
     assert cached.label == "Normal" and cached.triage.startswith(GO_HOME)
     assert lower.probs is cached.probs and lower.p_positive == cached.p_positive
-    higher = relabel(lower, _label_at(0.5), "COVID")
+    higher = relabel(lower, 0.5)
     assert higher.label == "Normal" and higher.triage.startswith(GO_HOME)
 
 
 def test_relabel_keeps_out_of_distribution_and_failed_results_safe():
-    flagged = relabel(_scored("cat.png", 0.9, ood=True), _label_at(0.1), "COVID")
+    flagged = relabel(_scored("cat.png", 0.9, ood=True), 0.1)
     assert flagged.triage.startswith(NOT_A_CHEST_XRAY)
     failed = _failed("bad.png")
-    assert relabel(failed, _label_at(0.1), "COVID") is failed
+    assert relabel(failed, 0.1) is failed
 
 
 def test_by_column_turns_rows_into_columns_in_order():
-    rows = table_rows([_scored("b.png", 0.2), _failed("bad.png")], CLASSES, "COVID")
+    rows = table_rows([_scored("b.png", 0.2), _failed("bad.png")], CLASSES)
     columns = by_column(rows, ["error", "file"])
     assert list(columns) == ["error", "file"]
     assert columns["file"] == ["b.png", "bad.png"] and columns["error"][0] == ""
@@ -136,3 +132,11 @@ def test_table_key_changes_with_the_uploads_only():
     key = table_key(["a", "b"])
     assert key == table_key(["a", "b"]) and key.startswith("batch_table_") and len(key) == 28
     assert key != table_key(["b", "a"]) and key != table_key(["a"])
+
+
+def test_relabel_clears_the_lung_share_of_a_label_whose_map_was_not_made():
+    cached = scored("a.png", 0.4, cam_target=1, lung_evidence=0.8)  # Normal, its own map
+    assert relabel(cached, 0.5) is cached  # same decision: the very same value
+    flipped = relabel(cached, 0.3)
+    assert flipped.label == "COVID" and flipped.lung_evidence is None
+    assert relabel(cached, 0.45).lung_evidence == 0.8

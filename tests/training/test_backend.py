@@ -31,6 +31,16 @@ def test_reexecution_drops_the_choice_it_replaces():
     assert _without_options(argv, ("--backend", "--precision")) == ["--run", "runs/x", "--resume"]
 
 
+@pytest.mark.parametrize(("tool", "usage"), [("covid.train", "python -m covid.train"),
+                                             ("covid.train_lungs", "usage:")])
+def test_each_trainer_runs_from_its_one_entry_module(tool, usage):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-m", tool, "--backend", "tensorflow", "--help"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert usage in done.stdout and "--resume" in done.stdout
+
+
 def test_a_failing_candidate_is_reported_not_raised():
     result = probe_one("no_such_backend", "float32", "unet", 32, 2, 1)
     assert result["img_per_s"] == 0.0
@@ -47,7 +57,7 @@ def test_probe_times_a_real_backend():
 _SAVE_ON_TORCH = """
 import sys
 import keras, numpy as np
-from covid.model.classifier import ModelMetadata, build_model, save_model
+from covid.model.network import ModelMetadata, build_model, save_model
 assert keras.backend.backend() == "torch"
 keras.utils.set_random_seed(1)
 model = build_model(2, input_size=32)
@@ -63,7 +73,7 @@ np.save(sys.argv[3], x)
 @pytest.mark.slow
 def test_a_model_trained_on_torch_gives_the_same_outputs_on_tensorflow(tmp_path):
     pytest.importorskip("torch", reason="PyTorch is not installed (requirements-dev.txt has it)")
-    from covid.model.classifier import load_model
+    from covid.model.network import load_model
 
     model_file, out_file, x_file = tmp_path / "m.keras", tmp_path / "out.npy", tmp_path / "x.npy"
     env = {**os.environ, "KERAS_BACKEND": "torch", "PYTHONPATH": str(ROOT)}

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from covid.inputs.decode import decode_image
-from covid.inputs.preprocess import to_batch
+from covid.model.focus import focus_film
 from covid.training.augment import augment_batch
 from covid.training.data import (
     CLASS_NAMES,
@@ -112,7 +112,8 @@ def test_golden_image_gives_identical_input_in_training_and_serving(tmp_path):
         train_images = load_images((path,), 224)
         ds = make_tf_dataset(train_images, np.array([0]), 1, 224, training=False)
         train_x = next(iter(ds))[0].numpy()
-        serve_x = to_batch([decode_image(path.read_bytes(), "golden.png").pixels], 224)
+        served = focus_film(decode_image(path.read_bytes(), "golden.png").pixels, None, 224, "full")
+        serve_x = served.x[None].astype(np.float32)  # as the pipeline hands it to the network
         assert train_x.shape == serve_x.shape == (1, 224, 224, 1)
         assert train_x.dtype == serve_x.dtype
         np.testing.assert_array_equal(train_x, serve_x)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid.model.classifier import load_model, read_metadata, save_model
+from covid.model.network import load_model, read_metadata, save_model
 from covid.training.catalogue import CLASS_NAMES, SOURCES
 from covid.training.evaluate import Options, artefact_paths, evaluate, ship, split_side
 

@@ -5,13 +5,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covid.model.classifier import ModelMetadata
+from covid.model.network import ModelMetadata
+from covid.training.catalogue import data_dir
 from covid.training.data import find_dataset
 from covid.training.lung_data import focused_dataset, match_masks
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT.parent / "shared/data/covid19-radiography"
-MASKS = ROOT.parent / "shared/data/covid-qu-ex-masks"
+DATA = data_dir() / "covid19-radiography"
+MASKS = data_dir() / "covid-qu-ex-masks"
 LUNGS = ROOT / "models/lung_unet.keras"
 
 

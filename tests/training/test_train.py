@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid.model.classifier import load_model
+from covid.model.network import load_model
 from covid.training import train
 from covid.training.catalogue import CLASS_NAMES, SOURCES
 

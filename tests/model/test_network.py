@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from covid.model.classifier import (
+from covid.model.network import (
     GRADCAM_LAYER,
     ModelFileError,
     ModelMetadata,

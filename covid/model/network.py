@@ -1,4 +1,9 @@
-"""The Keras ResNet-50 classifier, its metadata, and verified saving and loading.
+"""The classifier's network: building the Keras ResNet-50, model metadata, verified files.
+
+The :class:`covid.explain.inference.Classifier` that serves it lives in the explain
+stage; this module builds the network (:func:`build_model`), holds the metadata
+types (:class:`ModelMetadata`, and the :class:`JsonMetadata` every model's metadata
+shares) and saves and loads model files checked against their SHA-256.
 
 The saved model takes raw grayscale intensities in [0, 255] and does its own
 normalisation (:class:`ResNetGrayPreprocess`), so training and serving share one
@@ -14,7 +19,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import keras
 
@@ -22,7 +27,8 @@ DEFAULT_MODEL_PATH = Path("models/covid_resnet50.keras")
 """The shipped model, relative to the project's root."""
 
 GRADCAM_LAYER = "conv5_block3_out"
-"""ResNet-50's last convolutional block output (7 x 7 at 224 px)."""
+"""The default Grad-CAM layer, ResNet-50's last block (stride 32); a model's metadata
+names the layer it explains."""
 
 LOGITS_LAYER = "logits"
 
@@ -32,6 +38,24 @@ _IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
 
 class ModelFileError(ValueError):
     """A model or metadata file that is missing, altered or unreadable."""
+
+
+class JsonMetadata:
+    """A metadata dataclass as JSON text, both ways (mixed into each model's metadata)."""
+
+    def to_json(self) -> str:
+        """Serialises the metadata as indented JSON, in field order."""
+        return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls: type[_Meta], text: str) -> _Meta:
+        """Parses metadata JSON, ignoring unknown keys from newer versions."""
+        raw = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+_Meta = TypeVar("_Meta", bound=JsonMetadata)
 
 
 @keras.saving.register_keras_serializable(package="covid")
@@ -55,7 +79,7 @@ class ResNetGrayPreprocess(keras.layers.Layer):
 
 
 @dataclass
-class ModelMetadata:
+class ModelMetadata(JsonMetadata):
     """Everything a consumer of the model needs besides its weights.
 
     Attributes:
@@ -101,17 +125,6 @@ class ModelMetadata:
     def positive_index(self) -> int:
         """Index of the positive class in the model's outputs."""
         return self.class_names.index(self.positive_class)
-
-    def to_json(self) -> str:
-        """Serialises the metadata as indented JSON."""
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=False) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelMetadata:
-        """Parses metadata JSON, ignoring unknown keys from newer versions."""
-        raw = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
 
 
 def build_model(
@@ -176,6 +189,15 @@ def save_model(model: keras.Model, metadata: ModelMetadata, path: str | Path) ->
     Returns:
         The metadata as written.
     """
+    return save_with_metadata(model, metadata, path)
+
+
+def save_with_metadata(model: keras.Model, metadata: _Meta, path: str | Path) -> _Meta:
+    """Saves any of the project's models without optimizer state, then its metadata beside it.
+
+    Returns:
+        The metadata as written, with the ``.keras`` file's SHA-256.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path, include_optimizer=False)
@@ -184,13 +206,22 @@ def save_model(model: keras.Model, metadata: ModelMetadata, path: str | Path) ->
     return metadata
 
 
-def write_metadata(metadata: ModelMetadata, model_path: str | Path) -> None:
+def write_metadata(metadata: JsonMetadata, model_path: str | Path) -> None:
     """Writes the metadata JSON beside a model file."""
     metadata_path(model_path).write_text(metadata.to_json())
 
 
 def read_metadata(model_path: str | Path) -> ModelMetadata:
-    """Reads the metadata JSON beside a model file.
+    """Reads the classifier's metadata JSON beside a model file.
+
+    Raises:
+        ModelFileError: The JSON is missing or malformed.
+    """
+    return read_metadata_as(ModelMetadata, model_path)
+
+
+def read_metadata_as(kind: type[_Meta], model_path: str | Path) -> _Meta:
+    """Reads the metadata JSON beside a model file as the given metadata class.
 
     Raises:
         ModelFileError: The JSON is missing or malformed.
@@ -199,9 +230,26 @@ def read_metadata(model_path: str | Path) -> ModelMetadata:
     if not meta_file.is_file():
         raise ModelFileError(f"model metadata not found: {meta_file}")
     try:
-        return ModelMetadata.from_json(meta_file.read_text())
+        return kind.from_json(meta_file.read_text())
     except (json.JSONDecodeError, TypeError) as err:
         raise ModelFileError(f"model metadata is malformed: {meta_file} ({err})") from err
+
+
+def check_sha256(path: str | Path, expected: str) -> None:
+    """Refuses a model file whose SHA-256 is not the one its metadata records.
+
+    Raises:
+        ModelFileError: The file is missing, or its SHA-256 differs.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ModelFileError(
+            f"model file {path} does not match its metadata: SHA-256 is {actual[:12]}…, "
+            f"expected {expected[:12] or '(none)'}…"
+        )
 
 
 def load_model(path: str | Path = DEFAULT_MODEL_PATH) -> tuple[keras.Model, ModelMetadata]:
@@ -221,11 +269,6 @@ def load_model(path: str | Path = DEFAULT_MODEL_PATH) -> tuple[keras.Model, Mode
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     metadata = read_metadata(path)
-    actual = file_sha256(path)
-    if actual != metadata.sha256:
-        raise ModelFileError(
-            f"model file {path} does not match its metadata: SHA-256 is {actual[:12]}…, "
-            f"expected {metadata.sha256[:12] or '(none)'}…"
-        )
+    check_sha256(path, metadata.sha256)
     model = keras.saving.load_model(path, compile=False)
     return model, metadata

@@ -1,0 +1,56 @@
+"""The one decision rule: any finding admits, only a normal film goes home."""
+
+import numpy as np
+import pytest
+
+from covid import DISCLAIMER
+from covid.model.decision import (
+    ADVICE,
+    NOT_A_CHEST_XRAY,
+    decide,
+    decide_labels,
+    finding_name,
+    p_finding,
+)
+
+THREE = ("COVID", "Other pneumonia", "Normal")
+TWO = ("COVID", "Normal")
+
+
+def test_the_operating_point_is_on_the_probability_of_any_finding():
+    probs = np.array([[0.3, 0.3, 0.4], [0.05, 0.1, 0.85], [0.6, 0.1, 0.3]])
+    np.testing.assert_allclose(p_finding(probs, THREE), [0.6, 0.15, 0.7])
+    # 0.6 of findings admits even though Normal is the likeliest single class
+    assert decide_labels(probs, THREE, 0.5).tolist() == [0, 2, 0]
+    assert decide_labels(probs, THREE, 0.1).tolist() == [0, 1, 0]  # the likelier finding
+    assert decide_labels(probs, THREE, 0.65).tolist() == [2, 2, 0]
+
+
+@pytest.mark.parametrize(("probs", "label"), [
+    ([0.7, 0.2, 0.1], "COVID"), ([0.2, 0.7, 0.1], "Other pneumonia"), ([0.1, 0.1, 0.8], "Normal")])
+def test_each_label_gets_the_prototypes_advice_with_the_disclaimer(probs, label):
+    decision = decide(np.array(probs), THREE, 0.5)
+    assert decision.label == label
+    assert decision.triage == f"{ADVICE[label]} {DISCLAIMER}"
+    assert decision.admit == (label != "Normal")
+    assert ("admit" in decision.triage) == decision.admit
+    assert ("go home" in decision.triage) == (label == "Normal")
+
+
+def test_a_film_that_is_not_a_chest_xray_keeps_its_label_but_gets_no_advice():
+    decision = decide(np.array([0.9, 0.05, 0.05]), THREE, 0.5, ood=True)
+    assert decision.label == "COVID" and decision.ood and not decision.admit
+    assert decision.triage == f"{NOT_A_CHEST_XRAY} {DISCLAIMER}"
+
+
+def test_a_two_class_model_thresholds_p_covid():
+    assert decide(np.array([0.31, 0.69]), TWO, 0.3).label == "COVID"
+    assert decide(np.array([0.29, 0.71]), TWO, 0.3).label == "Normal"
+    assert decide(np.array([0.5, 0.5]), TWO, 0.5).label == "COVID"  # at the point: admit
+    assert finding_name(TWO) == "P(COVID)" and finding_name(THREE) == "P(any finding)"
+
+
+def test_the_decision_is_an_immutable_value():
+    decision = decide(np.array([0.2, 0.8]), TWO, 0.5)
+    with pytest.raises(AttributeError):
+        decision.label = "COVID"
