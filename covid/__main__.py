@@ -4,6 +4,7 @@ Sub-commands:
     predict  score image files and folders (CSV or JSON on stdout).
     report   write a one-study PDF report (X-ray, Grad-CAM, probabilities, triage).
     explain  write each film's Grad-CAM, lung mask and overlay as PNG files.
+    pacs     score the chest radiographs a PACS holds (DICOMweb); optionally send results back.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 import sys
 
 from covid import DISCLAIMER
-from covid.screening import explain_files, predict, report
+from covid.screening import explain_files, pacs_cli, predict, report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,8 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     explain_files.add_arguments(
         commands.add_parser("explain", help="write each film's map, lung mask and overlay")
     )
+    pacs_cli.add_arguments(commands.add_parser("pacs", help="score the films a PACS holds"))
     args = parser.parse_args(argv)
-    runners = {"predict": predict.run, "report": report.run, "explain": explain_files.run}
+    runners = {"predict": predict.run, "report": report.run, "explain": explain_files.run,
+               "pacs": pacs_cli.run}
     return runners[args.command](args)
 
 

@@ -1,0 +1,192 @@
+"""``python -m covid pacs``: score every chest radiograph a PACS holds, and send the results back.
+
+One row per CR or DX instance that the search finds, as CSV or an aligned table
+on stdout: the ``predict`` columns with ``study_uid`` and ``sop_instance_uid`` in
+place of ``path``, plus ``sent`` (``yes``: stored now; ``already``: the study held
+them; ``no``: not asked, or nothing to send; ``failed``: see stderr). Films are
+retrieved in memory and go through the same pipeline as an uploaded ``.dcm`` file,
+so ``p_covid`` is what ``predict`` gives for the same pixels.
+
+The address comes from ``--url`` or ``COVID_PACS_URL``; the user name and the
+password only from ``COVID_PACS_USER`` and ``COVID_PACS_PASSWORD``. A failure to
+search (wrong password, server down or slow) exits with status 1 and a message on
+stderr; a film that cannot be retrieved or decoded gets its row with the reason,
+and the others are still scored. Status 1 too when a result could not be sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from covid.inputs.pacs import (
+    InstanceRecord,
+    Listing,
+    PacsClient,
+    PacsConfig,
+    PacsError,
+    StudyQuery,
+    parse_date,
+)
+from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
+from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError
+from covid.screening import predict
+from covid.screening.pipeline import StudyResult, analyse
+
+if TYPE_CHECKING:
+    from covid.screening.engine import ScreeningModels
+
+COLUMNS = ("study_uid", "sop_instance_uid",
+           *(c for c in predict.COLUMNS if c != "path"), "sent")
+"""The ``predict`` columns, with the instance's UIDs in place of ``path``, plus ``sent``."""
+
+CHUNK = 16
+"""Instances held in memory at a time."""
+
+
+def pacs_row(record: InstanceRecord, result: StudyResult, class_names: list[str],
+             sent: str) -> dict[str, Any]:
+    """One output row: ``predict``'s row for the result, keyed by the instance."""
+    row = predict.row(Path(record.sop_instance_uid), result, class_names)
+    del row["path"]
+    return {"study_uid": record.study_uid, "sop_instance_uid": record.sop_instance_uid,
+            **row, "sent": sent}
+
+
+def _retrieve(client: PacsClient, records: Sequence[InstanceRecord]) -> list[bytes | str]:
+    """Each instance's bytes, or the message saying why it could not be retrieved."""
+    found: list[bytes | str] = []
+    for record in records:
+        try:
+            found.append(client.retrieve(record))
+        except PacsError as err:
+            found.append(f"{record.sop_instance_uid}: {err}")
+    return found
+
+
+def _send(client: PacsClient, data: bytes, result: StudyResult,
+          models: ScreeningModels) -> str:
+    """Sends one film's results; the ``sent`` value (a failure is reported on stderr)."""
+    from covid.screening.pacs_results import (
+        ResultsError,
+        build_results,
+        send_results,
+        source_header,
+    )
+
+    if result.error is not None:
+        return "no"
+    meta = models.classifier.metadata
+    try:
+        objects = build_results(source_header(data), result, meta, meta.threshold)
+        return "yes" if send_results(client, objects) else "already"
+    except (PacsError, ResultsError) as err:
+        print(f"error: sending the results of {result.name}: {err}", file=sys.stderr)
+        return "failed"
+
+
+def score_listing(client: PacsClient, listing: Listing, models: ScreeningModels,
+                  send: bool) -> Iterator[dict[str, Any]]:
+    """Retrieves, scores (and sends) every listed instance, a chunk at a time.
+
+    Yields:
+        One row per instance (see :func:`pacs_row`), in listing order.
+    """
+    classifier = models.classifier
+    names = classifier.metadata.class_names
+    records = listing.instances
+    for start in range(0, len(records), CHUNK):
+        chunk = records[start : start + CHUNK]
+        contents = _retrieve(client, chunk)
+        readable = [(r.sop_instance_uid, c) for r, c in zip(chunk, contents, strict=True)
+                    if isinstance(c, bytes)]
+        # The very call predict makes: the same decoding, focusing, scoring and map.
+        scored = iter(analyse(readable, classifier, ood=models.ood, segmenter=models.segmenter))
+        for record, content in zip(chunk, contents, strict=True):
+            if not isinstance(content, bytes):
+                yield pacs_row(record, StudyResult(name=record.sop_instance_uid, error=content),
+                               names, "no")
+                continue
+            result = next(scored)
+            sent = _send(client, content, result, models) if send else "no"
+            yield pacs_row(record, result, names, sent)
+
+
+def write_table(rows: Sequence[dict[str, Any]], out: Any = None) -> None:
+    """Writes rows as an aligned plain-text table."""
+    out = out or sys.stdout
+    cells = [[str(r[c]) for c in COLUMNS] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(COLUMNS)]
+    for line in [list(COLUMNS), *cells]:
+        out.write("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+        out.write("\n")
+
+
+def _date(text: str) -> str:
+    """The ``--since`` and ``--until`` type: a ``YYYYMMDD`` date."""
+    if parse_date(text) is None:
+        raise argparse.ArgumentTypeError(f"not a date as YYYYMMDD: {text!r}")
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``pacs`` sub-command's arguments."""
+    parser.add_argument("--url", default=None,
+                        help="the DICOMweb root (default: COVID_PACS_URL); the user name and "
+                             "password come from COVID_PACS_USER and COVID_PACS_PASSWORD")
+    parser.add_argument("--since", type=_date, default=None, metavar="YYYYMMDD",
+                        help="first study date")
+    parser.add_argument("--until", type=_date, default=None, metavar="YYYYMMDD",
+                        help="last study date")
+    parser.add_argument("--send", action="store_true",
+                        help="store each film's results (SR and map) back in its study")
+    parser.add_argument("--format", choices=("csv", "table"), default="csv")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
+    parser.add_argument("--lung-model", type=Path, default=DEFAULT_LUNG_MODEL_PATH)
+
+
+def _emit(rows: Iterator[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
+    """Prints the rows (CSV as they come, the table once all are in); returns them."""
+    done = []
+    writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
+    if fmt == "csv":
+        writer.writeheader()
+    for row in rows:
+        done.append(row)
+        if fmt == "csv":
+            writer.writerow(row)
+            sys.stdout.flush()
+    if fmt == "table":
+        write_table(done)
+    return done
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs ``pacs``; returns the exit status."""
+    from covid.screening.engine import load_models
+
+    try:
+        config = PacsConfig.from_settings(os.environ, url=args.url)
+        if config is None:
+            print("error: no PACS is configured: give --url or set COVID_PACS_URL "
+                  "(and COVID_PACS_USER, COVID_PACS_PASSWORD).", file=sys.stderr)
+            return 1
+        client = PacsClient(config)
+        listing = client.find_instances(StudyQuery(since=args.since, until=args.until))
+        for note in listing.notes:
+            print(f"note: {note}", file=sys.stderr)
+        models = load_models(args.model, args.lung_model, warm_up=False)
+        rows = _emit(score_listing(client, listing, models, args.send), args.format)
+    except PacsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except ModelFileError as err:
+        print(f"error: {err}. Train and evaluate a model first "
+              "(python -m covid.train, then python -m covid.evaluate).", file=sys.stderr)
+        return 1
+    return 1 if any(r["sent"] == "failed" for r in rows) else 0

@@ -1,0 +1,330 @@
+"""The results sent back into a PACS study: a Structured Report and a Secondary Capture.
+
+For every scored film the tool stores, in the film's own study:
+
+- a Comprehensive SR holding a TID 1500 Measurement Report: the finding at the
+  operating point, the calibrated probability of every class, the operating
+  point, the share of the map's evidence inside the lungs, whether the film was
+  flagged as not a chest X-ray, the model's name, version and SHA-256
+  (TID 4019 Algorithm Identification) and "research use only, not for
+  diagnosis" (a comment, the series description and Content Qualification
+  RESEARCH). Machine-readable results are what the AI Results profile asks for.
+- a Secondary Capture of the map over the film, drawn by the same code as the
+  page and the PDF report, with "RESEARCH USE ONLY" burnt into the pixels, so
+  that every viewer shows it.
+
+An SR and an image cannot share a series (Modality is a series attribute), so
+each gets a series of its own. Every UID is derived from the source instance, the
+model's SHA-256, the explained class and the method: sending again builds the
+same UIDs, and :func:`send_results` stores nothing that is already there. The
+series descriptions begin with :data:`covid.inputs.pacs.RESULT_SERIES_PREFIX`,
+so the search never offers these objects as films.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from covid.inputs.pacs import RESULT_SERIES_PREFIX, PacsClient, PacsError
+from covid.screening.studies import DisplaySettings, render_map
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from covid.model.network import ModelMetadata
+    from covid.screening.pipeline import StudyResult
+
+MANUFACTURER = "covid-xray-dashboard"
+RESEARCH_ONLY = "Research use only, not for diagnosis."
+BURNT_IN = "RESEARCH USE ONLY - not for diagnosis"
+SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
+"""High series numbers, after the study's own."""
+
+_SCHEME = "99COVIDXR"
+"""A private coding scheme (99 prefix) for the concepts no standard one names."""
+_FINDINGS = {
+    "COVID": ("840539006", "SCT",
+              "Disease caused by severe acute respiratory syndrome coronavirus 2"),
+    "Normal": ("17621005", "SCT", "Normal"),
+}
+_PLAIN_CHEST_XRAY = ("399208008", "SCT", "Plain chest X-ray")
+_NO_UNITS = ("1", "UCUM", "no units")
+
+
+class ResultsError(ValueError):
+    """A study that cannot be turned into results (it failed or was not scored)."""
+
+
+@dataclass(frozen=True)
+class ResultUids:
+    """The derived UIDs of one film's results.
+
+    Attributes:
+        sr_series: The SR's Series Instance UID.
+        sc_series: The Secondary Capture's Series Instance UID.
+        sr: The SR's SOP Instance UID.
+        sc: The Secondary Capture's SOP Instance UID.
+    """
+
+    sr_series: str
+    sc_series: str
+    sr: str
+    sc: str
+
+
+@dataclass(frozen=True)
+class ResultObjects:
+    """One film's results, ready to store.
+
+    Attributes:
+        study_uid: The study they go into (the film's).
+        uids: Their UIDs.
+        sr: The Structured Report data set.
+        sc: The Secondary Capture data set.
+    """
+
+    study_uid: str
+    uids: ResultUids
+    sr: Any
+    sc: Any
+
+
+def result_uids(source_uid: str, model_sha256: str, explained_class: str,
+                method: str) -> ResultUids:
+    """UIDs that depend only on what the results are of and how they were made.
+
+    Args:
+        source_uid: The film's SOP Instance UID.
+        model_sha256: The classifier file's SHA-256.
+        explained_class: The class the map explains.
+        method: The explanation method (``gradcam``...).
+
+    Returns:
+        The same UIDs for the same inputs, every time.
+    """
+    from pydicom.uid import generate_uid
+
+    base = [source_uid, model_sha256, explained_class, method]
+    return ResultUids(*(generate_uid(entropy_srcs=[*base, part])
+                        for part in ("sr-series", "sc-series", "sr", "sc")))
+
+
+# ------------------------------------------------------------------ the report
+
+
+def _code(value: str, scheme: str, meaning: str) -> Any:
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value, scheme, meaning[:64])
+
+
+def _local(meaning: str) -> Any:
+    """A concept in the private scheme, its value derived from its meaning."""
+    value = "".join(ch if ch.isalnum() else "-" for ch in meaning.upper())[:16]
+    return _code(value, _SCHEME, meaning)
+
+
+def finding_code(label: str) -> Any:
+    """The coded finding for a class name (SNOMED CT where one fits)."""
+    return _code(*_FINDINGS[label]) if label in _FINDINGS else _local(label)
+
+
+def _measurements(result: StudyResult, meta: ModelMetadata, threshold: float) -> list[Any]:
+    """Calibrated probabilities, the operating point and the lung-evidence share."""
+    from highdicom.sr import Measurement
+
+    unit = _code(*_NO_UNITS)
+    items = [Measurement(name=_local(f"P({name})"), value=float(p), unit=unit)
+             for name, p in zip(meta.class_names, result.probs, strict=True)]
+    items.append(Measurement(name=_local("Operating point"), value=float(threshold), unit=unit))
+    if result.lung_evidence is not None:
+        items.append(Measurement(name=_local("Lung evidence"), value=float(result.lung_evidence),
+                                 unit=unit))
+    return items
+
+
+def _group(source: Dataset, result: StudyResult, meta: ModelMetadata, threshold: float,
+           uids: ResultUids, method: str) -> Any:
+    """The TID 1501 measurement group: finding, flag, measurements, algorithm, source image."""
+    from highdicom.sr import (
+        AlgorithmIdentification,
+        MeasurementsAndQualitativeEvaluations,
+        QualitativeEvaluation,
+        SourceImageForMeasurementGroup,
+        TextContentItem,
+        TrackingIdentifier,
+    )
+    from pydicom.sr.codedict import codes
+
+    flagged = codes.SCT.Yes if result.ood else codes.SCT.No
+    group = MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=TrackingIdentifier(uid=uids.sr, identifier="COVID screening"),
+        algorithm_id=AlgorithmIdentification(
+            name=meta.name[:64], version=meta.version[:64],
+            parameters=[f"SHA-256 {meta.sha256}", f"method {method}",
+                        f"explained class {result.label}"]),
+        finding_type=finding_code(result.label),  # TID 1501's "Finding" row
+        measurements=_measurements(result, meta, threshold),
+        qualitative_evaluations=[QualitativeEvaluation(_local("Not a chest X-ray"), flagged)],
+        source_images=[SourceImageForMeasurementGroup.from_source_image(source)])
+    # TID 1501 has no free-text row; the comment rides in the group's content.
+    group[0].ContentSequence.append(TextContentItem(
+        name=codes.DCM.Comment, value=RESEARCH_ONLY, relationship_type="CONTAINS"))
+    return group
+
+
+def build_sr(source: Dataset, result: StudyResult, meta: ModelMetadata, threshold: float,
+             uids: ResultUids, method: str = "gradcam") -> Any:
+    """The film's results as a Comprehensive SR (TID 1500 Measurement Report).
+
+    Args:
+        source: The film's header (patient and study are copied from it).
+        result: Its scored result.
+        meta: The classifier's metadata.
+        threshold: The operating point that gave ``result.label``.
+        uids: The derived UIDs.
+        method: The explanation method.
+
+    Returns:
+        The ``highdicom.sr.ComprehensiveSR`` data set.
+    """
+    from highdicom import ContentQualificationValues
+    from highdicom.sr import (
+        ComprehensiveSR,
+        DeviceObserverIdentifyingAttributes,
+        MeasurementReport,
+        ObservationContext,
+        ObserverContext,
+    )
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    device = ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=["device", meta.sha256]),
+            name=meta.name[:64], manufacturer_name=MANUFACTURER, model_name=meta.version[:64]))
+    report = MeasurementReport(
+        observation_context=ObservationContext(observer_device_context=device),
+        procedure_reported=_code(*_PLAIN_CHEST_XRAY),
+        imaging_measurements=[_group(source, result, meta, threshold, uids, method)])
+    return ComprehensiveSR(
+        evidence=[source], content=report[0], series_instance_uid=uids.sr_series,
+        series_number=SR_SERIES_NUMBER, sop_instance_uid=uids.sr, instance_number=1,
+        manufacturer=MANUFACTURER, is_complete=True,
+        series_description=f"{RESULT_SERIES_PREFIX} (SR) - research use only",
+        content_qualification=ContentQualificationValues.RESEARCH,
+        manufacturer_model_name=meta.name[:64], software_versions=meta.version[:64])
+
+
+# ------------------------------------------------------------------ the picture
+
+
+def burn_in(rgb: np.ndarray, text: str = BURNT_IN) -> np.ndarray:
+    """The image with a black banner across the top holding ``text`` in white.
+
+    Args:
+        rgb: (H, W, 3) uint8 image.
+        text: What to write.
+
+    Returns:
+        A new (H, W, 3) uint8 image (the banner covers the top rows).
+    """
+    image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    size = max(12, image.width // 24)
+    font = ImageFont.load_default(size=size)
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, image.width, int(size * 1.6)), fill=(0, 0, 0))
+    draw.text((size // 2, size // 4), text, fill=(255, 255, 255), font=font)
+    return np.asarray(image)
+
+
+def overlay_picture(result: StudyResult) -> np.ndarray:
+    """The map over the film, drawn as the page and the report draw it, marked research only.
+
+    Returns:
+        (H, W, 3) uint8: the label's map over the film with the lung outline,
+        "RESEARCH USE ONLY" burnt in across the top.
+    """
+    return burn_in(render_map(result.pixels, result.cam, DisplaySettings(outline=True),
+                              result.lungs))
+
+
+def build_sc(source: Dataset, result: StudyResult, meta: ModelMetadata, uids: ResultUids) -> Any:
+    """The map overlay as a Secondary Capture image in the film's study.
+
+    Returns:
+        The ``highdicom.sc.SCImage`` data set.
+    """
+    from highdicom import ContentQualificationValues
+    from highdicom.sc import SCImage
+
+    orientation = tuple(source.get("PatientOrientation") or ()) or ("L", "F")
+    return SCImage.from_ref_dataset(
+        ref_dataset=source, pixel_array=overlay_picture(result),
+        photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
+        series_instance_uid=uids.sc_series, series_number=SC_SERIES_NUMBER,
+        sop_instance_uid=uids.sc, instance_number=1, manufacturer=MANUFACTURER,
+        patient_orientation=orientation,
+        series_description=f"{RESULT_SERIES_PREFIX} (map) - research use only",
+        content_qualification=ContentQualificationValues.RESEARCH,
+        manufacturer_model_name=meta.name[:64], software_versions=meta.version[:64])
+
+
+# ------------------------------------------------------------------ both, and sending
+
+
+def source_header(data: bytes) -> Dataset:
+    """The film's header from its DICOM bytes (pixels left unread)."""
+    import pydicom
+
+    return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+
+
+def build_results(source: Dataset, result: StudyResult, meta: ModelMetadata,
+                  threshold: float, method: str = "gradcam") -> ResultObjects:
+    """Both result objects for one scored film.
+
+    Raises:
+        ResultsError: The film failed or was not scored.
+    """
+    if result.error is not None or result.probs is None or result.cam is None:
+        raise ResultsError(f"{result.name}: there are no results to send "
+                           f"({result.error or 'the film was not scored'}).")
+    uids = result_uids(str(source.SOPInstanceUID), meta.sha256, result.label, method)
+    return ResultObjects(str(source.StudyInstanceUID), uids,
+                         build_sr(source, result, meta, threshold, uids, method),
+                         build_sc(source, result, meta, uids))
+
+
+def send_results(client: PacsClient, objects: ResultObjects) -> bool:
+    """Stores a film's results unless the study holds them already.
+
+    Returns:
+        True when they were stored now, False when they were there already.
+
+    Raises:
+        covid.inputs.pacs.PacsError: The check or the storage failed, or the
+            server does not hold them after accepting them.
+    """
+    missing = _missing(client, objects, (objects.sr, objects.sc))
+    if not missing:
+        return False
+    client.store(missing, objects.study_uid)
+    # A server may accept an upload and drop it (a filter, a full disk): check.
+    if _missing(client, objects, missing):
+        raise PacsError(f"storing results in study {objects.study_uid}: the PACS at "
+                        f"{client.config.display_url} accepted them but does not hold them.")
+    return True
+
+
+def _missing(client: PacsClient, objects: ResultObjects, datasets: Sequence[Any]) -> list[Any]:
+    """The data sets the study does not hold yet."""
+    return [ds for ds in datasets
+            if not client.has_instance(objects.study_uid, str(ds.SOPInstanceUID))]

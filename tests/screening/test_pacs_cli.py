@@ -1,0 +1,155 @@
+"""``python -m covid pacs`` against a real Orthanc holding real films, with the tiny models."""
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covid.__main__ import main
+from covid.screening import predict
+from covid.screening.pacs_cli import COLUMNS
+from tests.conftest import planted_lungs
+from tests.pacs_server import PASSWORD, PATIENT_NAME, USER
+
+
+@pytest.fixture
+def pacs_env(monkeypatch):
+    """Points the command's credentials at a test server's user."""
+    monkeypatch.setenv("COVID_PACS_USER", USER)
+    monkeypatch.setenv("COVID_PACS_PASSWORD", PASSWORD)
+    monkeypatch.delenv("COVID_PACS_URL", raising=False)
+
+
+def run_pacs(server, models, *extra):
+    model, lungs = models
+    return main(["pacs", "--url", server.url, "--model", str(model), "--lung-model", str(lungs),
+                 *extra])
+
+
+@pytest.fixture
+def models(tiny_model_file, tiny_lung_file, plant_lungs):
+    # The CT slice (256 px) gets no lungs, the films (224 px) a plausible pair.
+    plant_lungs.mask_for = lambda shape: (planted_lungs(shape) if shape == (224, 224)
+                                          else np.zeros(shape, bool))
+    return tiny_model_file, tiny_lung_file
+
+
+def rows_of(out: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(out)))
+
+
+def test_one_row_per_chest_instance_with_the_predict_columns(loaded_orthanc, models, pacs_env,
+                                                              capsys):
+    server, stored = loaded_orthanc
+    assert run_pacs(server, models) == 0
+    captured = capsys.readouterr()
+    header = captured.out.splitlines()[0].split(",")
+    assert header == ["study_uid", "sop_instance_uid",
+                      *[c for c in predict.COLUMNS if c != "path"], "sent"]
+    assert tuple(header) == COLUMNS
+    rows = rows_of(captured.out)
+    assert sorted(r["sop_instance_uid"] for r in rows) == sorted([*stored.films,
+                                                                  stored.disguised])
+    assert stored.ct_study not in {r["study_uid"] for r in rows}
+    assert all(r["error"] == "" and r["sent"] == "no" for r in rows)
+    for part in PATIENT_NAME.split("^"):
+        assert part not in captured.out + captured.err
+
+
+def test_p_covid_equals_predict_for_the_same_pixels(loaded_orthanc, models, pacs_env, capsys,
+                                                     tmp_path):
+    server, stored = loaded_orthanc
+    paths = {}
+    for uid, pixels in stored.films.items():
+        paths[uid] = tmp_path / f"{uid}.png"
+        Image.fromarray(pixels).save(paths[uid])
+    assert run_pacs(server, models) == 0
+    from_pacs = {r["sop_instance_uid"]: r for r in rows_of(capsys.readouterr().out)}
+    model, lungs = models
+    assert main(["predict", "--model", str(model), "--lung-model", str(lungs),
+                 *map(str, paths.values())]) == 0
+    from_files = {r["path"]: r for r in rows_of(capsys.readouterr().out)}
+    for uid, path in paths.items():
+        expected, got = from_files[str(path)], from_pacs[uid]
+        assert abs(float(got["p_covid"]) - float(expected["p_covid"])) <= 1e-3
+        assert (got["label"], got["lung_evidence"]) == (expected["label"],
+                                                        expected["lung_evidence"])
+
+
+def test_the_disguised_ct_slice_is_flagged(loaded_orthanc, models, pacs_env, capsys):
+    server, stored = loaded_orthanc
+    assert run_pacs(server, models) == 0
+    rows = {r["sop_instance_uid"]: r for r in rows_of(capsys.readouterr().out)}
+    assert rows[stored.disguised]["ood"] == "true"
+    assert {rows[uid]["ood"] for uid in stored.films} == {"false"}
+
+
+def test_table_format_and_date_range(loaded_orthanc, models, pacs_env, capsys):
+    server, _ = loaded_orthanc
+    assert run_pacs(server, models, "--format", "table", "--since", "20240102",
+                    "--until", "20240103") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == list(COLUMNS)
+    assert len(lines) == 3
+
+
+def test_send_stores_an_sr_and_a_map_per_film_once(orthanc, film_pixels, models, pacs_env,
+                                                   capsys):
+    from tests.pacs_server import load_studies
+
+    stored = load_studies(orthanc, film_pixels[:2])
+    before = orthanc.instance_count()
+    assert run_pacs(orthanc, models, "--send") == 0
+    first = rows_of(capsys.readouterr().out)
+    assert len(first) == 3 and {r["sent"] for r in first} == {"yes"}
+    assert orthanc.instance_count() == before + 2 * 3
+    for row in first:  # each study now holds the film, its SR and its map
+        modalities = _study_modalities(orthanc, row["study_uid"])
+        assert sorted(modalities) == ["DX", "OT", "SR"]
+    assert run_pacs(orthanc, models, "--send") == 0
+    second = rows_of(capsys.readouterr().out)
+    assert [r["sop_instance_uid"] for r in second] == [r["sop_instance_uid"] for r in first]
+    assert {r["sent"] for r in second} == {"already"}
+    assert orthanc.instance_count() == before + 2 * 3
+    assert stored.ct_study not in {r["study_uid"] for r in second}
+
+
+def _study_modalities(server, study_uid: str) -> list[str]:
+    import requests
+
+    answer = requests.post(f"http://127.0.0.1:{server.port}/tools/find", auth=(USER, PASSWORD),
+                           json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid},
+                                 "Expand": True}, timeout=30)
+    answer.raise_for_status()
+    return [s["MainDicomTags"]["Modality"] for s in answer.json()]
+
+
+def test_a_wrong_password_exits_non_zero_with_a_clear_message(orthanc, models, monkeypatch,
+                                                              capsys):
+    monkeypatch.setenv("COVID_PACS_USER", USER)
+    monkeypatch.setenv("COVID_PACS_PASSWORD", "not-the-password")
+    assert run_pacs(orthanc, models) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "refused the user name or password (HTTP 401)" in captured.err
+    assert "not-the-password" not in captured.err and "Traceback" not in captured.err
+
+
+def test_a_stopped_server_exits_non_zero(orthanc, models, pacs_env, capsys):
+    orthanc.stop()
+    assert run_pacs(orthanc, models) == 1
+    assert "cannot connect to the PACS" in capsys.readouterr().err
+
+
+def test_without_a_pacs_the_command_says_how_to_configure_one(models, pacs_env, capsys):
+    model, lungs = models
+    assert main(["pacs", "--model", str(model), "--lung-model", str(lungs)]) == 1
+    assert "COVID_PACS_URL" in capsys.readouterr().err
+
+
+def test_a_bad_date_is_a_usage_error():
+    with pytest.raises(SystemExit) as exc:
+        main(["pacs", "--url", "http://127.0.0.1:1", "--since", "2024-01-01"])
+    assert exc.value.code == 2
