@@ -235,10 +235,9 @@ def operating_point_ui(meta: ModelMetadata, evaluation: Evaluation) -> dict[str,
     metrics_ui(point, shipped, "" if classes is None else " (any finding)")
     if classes is not None:
         sent_home_ui(classes, threshold, None if shipped is None else meta.threshold)
-    positive = ("" if classes is None else
-                " (positive: any finding, that is admitted; negative: Normal, sent home)")
+    positive = "" if classes is None else "; positive: any finding, negative: Normal"
     st.caption(
-        f"On the held-out test split ({len(scores)} images){positive}: TP {point['tp']} · "
+        f"On the held-out test split ({len(scores)} images{positive}): TP {point['tp']} · "
         f"FN {point['fn']} · FP {point['fp']} · TN {point['tn']}. PPV and NPV at a "
         f"prevalence of {prevalence:.1f}%."
     )

@@ -44,6 +44,7 @@ _KEYS = ("COVID_PACS_URL", "COVID_PACS_USER", "COVID_PACS_PASSWORD", "COVID_PACS
          "COVID_PACS_CA_BUNDLE", "COVID_PACS_ALLOW_ANONYMOUS", "COVID_PACS_ALLOWED_EMAILS",
          "COVID_PACS_ALLOWED_GROUPS")
 _FILES_KEY = "pacs_files"
+_SOURCES_KEY = "pacs_sources"
 NOT_CONFIGURED = ("Studies can also come from the hospital's PACS: an administrator sets "
                   "COVID_PACS_URL, COVID_PACS_USER and COVID_PACS_PASSWORD (environment or "
                   ".streamlit/secrets.toml) and who may use it (README, \"Connecting a PACS\").")
@@ -196,7 +197,10 @@ def _pacs_tab(config: PacsConfig) -> None:
     chosen = st.multiselect("Studies", studies, format_func=_study_label, key="pacs_chosen",
                             help="Accession number, date and description; no patient name.")
     if st.button("Retrieve and score", disabled=not chosen, icon=":material/download:"):
-        st.session_state[_FILES_KEY] = _retrieve(client, chosen)
+        files = _retrieve(client, chosen)
+        st.session_state[_FILES_KEY] = files
+        # Hashed once here, not on every rerun of every study view that asks.
+        st.session_state[_SOURCES_KEY] = {content_digest(data): data for _, data in files}
 
 
 def pacs_source_ui() -> list[tuple[str, bytes]]:
@@ -239,7 +243,7 @@ def _retrieved() -> dict[str, bytes]:
     Keyed like :class:`~covid.screening.studies.Study` (by content, not name), so an
     upload that happens to share a PACS file's name never gets the PACS's buttons.
     """
-    return {content_digest(data): data for _, data in st.session_state.get(_FILES_KEY, [])}
+    return st.session_state.get(_SOURCES_KEY, {})
 
 
 def _send_client() -> PacsClient | None:

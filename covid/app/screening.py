@@ -25,7 +25,7 @@ from covid.app.common import (
     operating_point_words,
 )
 from covid.app.navigation import MODEL, SCREENING, go_to
-from covid.app.pacs_ui import pacs_source_ui
+from covid.app.pacs_ui import pacs_source_ui, send_all_ui
 from covid.app.resources import lung_model_path, model_path, segmenter_for, warm_up_when_idle
 from covid.app.study import safe_detail_ui
 from covid.explain.overlay import colormap_names
@@ -63,6 +63,7 @@ from covid.screening.table import (
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
     from covid.model.lungs import LungSegmenter
+    from covid.screening.ood import OODGate
 
 LOG = logging.getLogger(__name__)
 
@@ -166,6 +167,8 @@ def controls_ui(class_names: Sequence[str], lungs: bool = True) -> DisplaySettin
             key="opacity",
             on_change=rerun_results,
             disabled=view != "Overlay",
+            help="The map's opacity at its peak; it follows the map, so the film shows "
+            "through where the map is low.",
             persist_state="session",
         )
         outline = st.toggle(
@@ -196,10 +199,13 @@ def model_card_ui(meta: ModelMetadata, threshold: float) -> None:
             st.caption(f"Trained on {meta.trained_on}")
         m = meta.metrics or {}
         if m:
-            ci = m.get("auc_ci95") or [None, None]
+            # a three-class evaluation reports the AUC of any finding (admit against home)
+            finding = m.get("auc_finding") or {}
+            auc, ci = m.get("auc", finding.get("auc")), m.get("auc_ci95", finding.get("ci95"))
+            ci = ci or [None, None]
             st.markdown(f"**Held-out {m.get('split', 'test')} split** (n = {m.get('n', '?')})")
             st.markdown(markdown_table([
-                ("ROC AUC", fmt(m.get("auc"))),
+                ("ROC AUC" if "auc" in m else "ROC AUC, any finding", fmt(auc)),
                 ("AUC 95% CI", f"{fmt(ci[0])}-{fmt(ci[1])}"),
                 ("Sensitivity", fmt(m.get("sensitivity"), "{:.1%}")),
                 ("Specificity", fmt(m.get("specificity"), "{:.1%}")),
@@ -349,6 +355,7 @@ def results_ui(
     if not readable:
         return
     chosen = batch_table_ui(studies, classifier.metadata)
+    send_all_ui(readable, classifier, maps, threshold)  # the studies from the PACS
     if chosen is None:
         st.info("Choose a row to open its X-ray, Grad-CAM map, probabilities and triage.",
                 icon=":material/touch_app:")
@@ -376,7 +383,7 @@ def results_fragment(
 
 
 def analysis_ui(
-    files: Sequence[tuple[str, bytes]], classifier: Classifier, ood: Any | None,
+    files: Sequence[tuple[str, bytes]], classifier: Classifier, ood: OODGate | None,
     segmenter: LungSegmenter | None = None,
 ) -> list[Study]:
     """Scores the uploads (new files only) behind a progress bar."""
@@ -394,7 +401,7 @@ def analysis_ui(
         bar.empty()
 
 
-def load_ui() -> tuple[Classifier, Any | None, LungSegmenter | None] | None:
+def load_ui() -> tuple[Classifier, OODGate | None, LungSegmenter | None] | None:
     """The screening models, or None after explaining why they cannot be used.
 
     After a cold start this waits for the load the server began at start.
@@ -446,8 +453,9 @@ def page() -> None:
     try:
         decided = at_threshold(analysis_ui(files, classifier, ood, segmenter), threshold)
         studies = measure_relabelled(decided, classifier, state.maps_store())
-        results_fragment(studies, classifier, threshold, segmenter is not None)
-        state.results_shown(True)
     except Exception:  # a bug must not leave a traceback on a clinician's screen
         LOG.exception("analysis failed")
         st.error("The analysis failed unexpectedly; the error was logged on the server.")
+        return
+    results_fragment(studies, classifier, threshold, segmenter is not None)  # guards itself
+    state.results_shown(True)

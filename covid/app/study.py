@@ -16,6 +16,7 @@ import numpy as np
 import streamlit as st
 
 from covid.app import state
+from covid.app.pacs_ui import send_study_ui
 from covid.explain.localisation import evidence_caution, evidence_sentence
 from covid.model.decision import finding_name
 from covid.model.network import ModelMetadata
@@ -165,6 +166,7 @@ def report_ui(
         "lungs, the probabilities, the triage at the operating point in force, the model's "
         "identity and the disclaimer. Built in memory, never stored.",
     )
+    send_study_ui(study, classifier, maps, threshold)  # a study from the PACS only
 
 
 def study_detail_ui(

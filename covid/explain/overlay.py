@@ -14,6 +14,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 _COLORMAPS = ("jet", "turbo", "inferno", "magma", "viridis", "hot")
+DEFAULT_OPACITY = 0.6
+"""The map's opacity at its peak on the page, in reports and in the PACS capture (the
+opacity follows the map, so the film shows through where the map is low)."""
 
 RGB = tuple[int, int, int]
 
@@ -93,18 +96,24 @@ def heatmap_only(
 
 
 def overlay_heatmap(
-    image: np.ndarray, cam: np.ndarray, colormap: str = "jet", opacity: float = 0.4
+    image: np.ndarray, cam: np.ndarray, colormap: str = "jet", opacity: float = DEFAULT_OPACITY,
+    follow_map: bool = True,
 ) -> np.ndarray:
     """Blends a coloured map over an image.
 
-    ``result = (1 - opacity) * image + opacity * colormap(cam)``, with the map
-    resized to the image. Opacity 0 gives the image (as RGB), 1 the coloured map.
+    ``result = (1 - a) * image + a * colormap(cam)``, with the map resized to the
+    image and ``a = opacity * cam`` (``follow_map``, the default), so that the film
+    stays readable where the map is low and the colour is strongest at its peak; or
+    ``a = opacity`` everywhere. Only the blending follows the map: the colours are
+    the unaltered map's.
 
     Args:
         image: (H, W), (H, W, 1) or (H, W, 3) uint8 image.
         cam: (h, w) float map in [0, 1].
         colormap: A matplotlib colormap name.
-        opacity: Weight of the coloured map, in [0, 1].
+        opacity: Weight of the coloured map (at the map's peak with ``follow_map``),
+            in [0, 1].
+        follow_map: Whether the weight follows the map's value.
 
     Returns:
         (H, W, 3) uint8 RGB image.
@@ -116,7 +125,10 @@ def overlay_heatmap(
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     rgb = _to_rgb(image)
     colour = heatmap_only(cam, colormap, rgb.shape[:2])
-    blended = (1.0 - opacity) * rgb.astype(np.float32) + opacity * colour.astype(np.float32)
+    alpha = np.float32(opacity)
+    if follow_map:
+        alpha = opacity * _resize_cam(cam, rgb.shape[:2])[:, :, np.newaxis]
+    blended = (1.0 - alpha) * rgb.astype(np.float32) + alpha * colour.astype(np.float32)
     return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
 
 

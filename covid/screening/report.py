@@ -37,6 +37,7 @@ from covid.explain.localisation import (
     evidence_caution,
     evidence_sentence,
 )
+from covid.explain.overlay import DEFAULT_OPACITY
 from covid.inputs.decode import MAX_FILE_BYTES, ImageDecodeError
 from covid.model.decision import NORMAL, NOT_A_CHEST_XRAY, decide, finding_name
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
@@ -367,7 +368,7 @@ def report_for_file(
     threshold: float | None = None,
     method: str = "gradcam",
     colormap: str = "jet",
-    opacity: float = 0.4,
+    opacity: float = DEFAULT_OPACITY,
     ood: Any | None = None,
     when: datetime | None = None,
     segmenter: LungSegmenter | None = None,
@@ -446,7 +447,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="operating point on P(COVID) (default: the shipped one)")
     parser.add_argument("--method", choices=METHODS, default="gradcam")
     parser.add_argument("--colormap", choices=colormap_names(), default="jet")
-    parser.add_argument("--opacity", type=_unit_interval, default=0.4)
+    parser.add_argument("--opacity", type=_unit_interval, default=DEFAULT_OPACITY,
+                        help="the map's opacity at its peak (it follows the map)")
 
 
 def _make_report(args: argparse.Namespace) -> bytes:

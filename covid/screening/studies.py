@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from covid.explain.localisation import draw_outline
-from covid.explain.overlay import contour_overlay, heatmap_only, overlay_heatmap
+from covid.explain.overlay import (
+    DEFAULT_OPACITY,
+    contour_overlay,
+    heatmap_only,
+    overlay_heatmap,
+)
 from covid.screening import pipeline
 from covid.screening.pipeline import StudyResult
 from covid.screening.report import build_report
@@ -34,6 +39,7 @@ from covid.screening.report import build_report
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier, Explanation
     from covid.model.lungs import LungSegmenter
+    from covid.screening.ood import OODGate
 
 PREDICTED = "Predicted class"
 """The explained-class choice meaning "the class the study is labelled with"."""
@@ -43,7 +49,6 @@ METHODS = {"Grad-CAM": "gradcam", "Grad-CAM++": "gradcam++"}
 
 VIEWS = ("Overlay", "Heatmap alone", "Contour lines")
 DEFAULT_COLORMAP = "jet"
-DEFAULT_OPACITY = 0.4
 CONTOUR_LEVELS = (0.5, 0.75)
 """Iso-lines drawn in the contour view (gold, then red), as fractions of the map's peak."""
 XRAY_OUTLINE = (0, 255, 255)
@@ -99,7 +104,7 @@ def score_files(
     files: Sequence[tuple[str, bytes]],
     classifier: Classifier,
     store: MutableMapping[str, StudyResult],
-    ood: Any | None = None,
+    ood: OODGate | None = None,
     progress: Callable[[float], None] | None = None,
     segmenter: LungSegmenter | None = None,
     limit: int = MAX_STUDIES,

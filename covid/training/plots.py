@@ -5,6 +5,9 @@ Built with the object-oriented API (``Figure``), so no global backend or pyplot 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -40,12 +43,14 @@ def roc_figure(
     return fig
 
 
-def reliability_figure(curves: dict[str, dict[str, list[float]]]) -> Figure:
-    """Reliability diagram: observed COVID rate against predicted probability.
+def reliability_figure(curves: dict[str, dict[str, list[float]]], event: str = "COVID"
+                       ) -> Figure:
+    """Reliability diagram: observed rate of an event against its predicted probability.
 
     Args:
         curves: Named curves, each ``{"predicted", "observed"}`` (e.g. before
             and after temperature scaling).
+        event: What is predicted (``COVID``, ``any finding``).
 
     Returns:
         The figure.
@@ -55,32 +60,73 @@ def reliability_figure(curves: dict[str, dict[str, list[float]]]) -> Figure:
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfect")
     for name, curve in curves.items():
         ax.plot(curve["predicted"], curve["observed"], marker="o", label=name)
-    ax.set(xlabel="predicted P(COVID)", ylabel="observed COVID rate",
+    ax.set(xlabel=f"predicted P({event})", ylabel=f"observed {event} rate",
            title="Reliability, test split", xlim=(0, 1), ylim=(0, 1))
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     return fig
 
 
-def confusion_figure(matrix: np.ndarray, class_names: list[str]) -> Figure:
+def confusion_figure(matrix: np.ndarray, class_names: Sequence[str],
+                     true_names: Sequence[str] | None = None) -> Figure:
     """A confusion matrix with counts (rows: truth, columns: prediction).
 
     Args:
-        matrix: (C, C) counts.
-        class_names: C class names.
+        matrix: (R, C) counts.
+        class_names: The C predicted class names.
+        true_names: The R true class names (None: ``class_names``).
 
     Returns:
         The figure.
     """
-    fig = Figure(figsize=(3.6, 3.2))
+    rows = list(class_names if true_names is None else true_names)
+    many = max(len(rows), len(class_names)) > 2
+    fig = Figure(figsize=(4.4, 3.9) if many else (3.6, 3.2))
     ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
     for (row, col), count in np.ndenumerate(matrix):
         color = "white" if count > matrix.max() / 2 else "black"
         ax.text(col, row, str(count), ha="center", va="center", color=color)
-    ax.set_xticks(range(len(class_names)), class_names)
-    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xticks(range(len(class_names)), list(class_names), rotation=20 if many else 0)
+    ax.set_yticks(range(len(rows)), rows)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion, test split")
+    fig.tight_layout()
+    return fig
+
+
+def class_roc_figure(
+    curves: Mapping[str, Mapping[str, Sequence[float]]],
+    aucs: Mapping[str, Any],
+    finding: Mapping[str, Sequence[float]] | None = None,
+    operating: tuple[float, float] | None = None,
+) -> Figure:
+    """One-vs-rest ROC curves, one per class, with the operating point on P(any finding).
+
+    Args:
+        curves: Per class, ``{"fpr", "tpr"}`` (K,) sequences.
+        aucs: Per class, ``{"auc", "ci95"}`` or None (a class without one shows none).
+        finding: The ROC of P(any finding) against Normal, drawn dashed, or None.
+        operating: (1 - specificity, sensitivity) of the operating point on
+            ``finding``, or None.
+
+    Returns:
+        The figure.
+    """
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    for name, curve in curves.items():
+        auc = (aucs.get(name) or {}).get("auc")
+        ax.plot(curve["fpr"], curve["tpr"],
+                label=name if auc is None else f"{name} vs rest, AUC {auc:.3f}")
+    if finding is not None:
+        ax.plot(finding["fpr"], finding["tpr"], color="black", linestyle="--", linewidth=1,
+                label="any finding vs Normal")
+    if operating is not None:
+        ax.plot(*operating, "o", color="tab:red", label="operating point")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC per class, test split",
+           xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     return fig
 

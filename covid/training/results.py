@@ -11,6 +11,9 @@ against the lungs: each test film's share inside them, per class
 (:func:`lung_evidence_from_csv`, :func:`lung_evidence_rows`), and the localisation
 figures beside a uniform map's (:func:`localisation_rows`, :func:`localisation_verdict`).
 
+More classes: :func:`class_scores_from_csv`, :func:`confusion_matrix_at`,
+:func:`finding_rates`, :func:`finding_roc` and the figures by group (:func:`group_rows`).
+
 No Streamlit and no TensorFlow: everything takes and returns plain values.
 """
 
@@ -22,11 +25,13 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from covid.explain.cam_stats import REGIONS, area_shares
+from covid.model.decision import NORMAL, decide_labels, p_finding
 from covid.training.evaluate import artefact_paths
 
 SPLIT_ORDER = ("train", "val", "test")
@@ -34,6 +39,21 @@ SPLIT_ORDER = ("train", "val", "test")
 
 SAME_CHANGE_PP = 0.05
 """A change from the shipped point smaller than this (percentage points) shows as none."""
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """The test split's calibrated probabilities over every class, and each film's truth.
+
+    Attributes:
+        class_names: The model's C classes, in output order.
+        probs: (N, C) float64 calibrated probabilities (read-only).
+        truth: (N,) str true class names (read-only); may hold a class the model lacks.
+    """
+
+    class_names: tuple[str, ...]
+    probs: np.ndarray
+    truth: np.ndarray
 
 
 @dataclass
@@ -47,12 +67,16 @@ class Evaluation:
         problems: Plain-words reasons for what is missing or unreadable.
         lung_evidence: Per true class, each test film's share of Grad-CAM
             energy inside the lungs, or None when the scores CSV has none.
+        classes: Every class's scores, for a model with more than two classes
+            (then ``scores`` holds P(any finding) = 1 - P(Normal) and whether a
+            film truly has a finding).
     """
 
     summary: dict[str, Any] | None
     scores: tuple[np.ndarray, np.ndarray] | None
     problems: list[str]
     lung_evidence: dict[str, np.ndarray] | None = None
+    classes: ClassScores | None = None
 
     @property
     def test_prevalence(self) -> float | None:
@@ -62,12 +86,15 @@ class Evaluation:
         return float(self.scores[1].mean())
 
 
-def read_evaluation(path: str | Path, positive_class: str) -> Evaluation:
+def read_evaluation(path: str | Path, positive_class: str,
+                    class_names: Sequence[str] | None = None) -> Evaluation:
     """Reads the evaluation JSON and the test scores CSV beside a model.
 
     Args:
         path: The ``.keras`` model.
         positive_class: The pathological class, as written in the scores CSV.
+        class_names: The model's classes; with more than two, every class's
+            probability is read (:func:`class_scores_from_csv`).
 
     Returns:
         What could be read, and why the rest could not (never raises for a
@@ -75,7 +102,7 @@ def read_evaluation(path: str | Path, positive_class: str) -> Evaluation:
     """
     paths = artefact_paths(path)
     problems: list[str] = []
-    summary = scores = lung_evidence = None
+    summary = scores = lung_evidence = classes = None
     try:
         summary = json.loads(paths["evaluation"].read_text())
         if not isinstance(summary, dict):
@@ -87,23 +114,56 @@ def read_evaluation(path: str | Path, positive_class: str) -> Evaluation:
         problems.append(f"`{paths['evaluation'].name}` cannot be read ({err}).")
     try:
         text = paths["scores"].read_text()
-        scores = scores_from_csv(text, positive_class)
+        if class_names is not None and len(class_names) > 2:
+            classes = class_scores_from_csv(text, class_names)
+            scores = (p_finding(classes.probs, class_names), classes.truth != NORMAL)
+        else:
+            scores = scores_from_csv(text, positive_class)
         lung_evidence = lung_evidence_from_csv(text)
     except FileNotFoundError:
         problems.append(f"`{paths['scores'].name}` (per-image test scores) is missing.")
     except (OSError, ValueError) as err:
         problems.append(f"`{paths['scores'].name}` cannot be read ({err}).")
     return Evaluation(summary=summary, scores=scores, problems=problems,
-                      lung_evidence=lung_evidence)
+                      lung_evidence=lung_evidence, classes=classes)
 
+
+def _probability(row: Mapping[str, str], column: str, line: int) -> float:
+    """One probability of a scores CSV row, checked to be a number in [0, 1]."""
+    try:
+        value = float(row[column])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"line {line}: {column} is not a number") from err
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"line {line}: {column} {value} is outside [0, 1]")
+    return value
+
+
+def _truth_column(fields: Sequence[str]) -> str:
+    """The column holding each film's true class: ``true``, or ``label`` in older files."""
+    return "true" if "true" in fields else "label"
+
+
+def _rows(text: str, columns: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """The scores CSV's header and rows, checked to hold ``columns`` and a row at least."""
+    reader = csv.DictReader(io.StringIO(text))
+    fields = list(reader.fieldnames or ())
+    missing = set(columns) - set(fields)
+    if missing:
+        raise ValueError(f"the scores CSV lacks the column(s) {', '.join(sorted(missing))}")
+    rows = list(reader)
+    if not rows:
+        raise ValueError("the scores CSV has no rows")
+    return fields, rows
 
 
 def scores_from_csv(text: str, positive_class: str) -> tuple[np.ndarray, np.ndarray]:
     """The test split's calibrated scores and truth, from the evaluation's scores CSV.
 
     Args:
-        text: The CSV (columns ``file,label,p_covid,logit_covid,logit_normal``).
-        positive_class: The pathological class, as written in ``label``.
+        text: The CSV (``file,true,...,label,p_covid,...``, the truth in ``true``;
+            older files ``file,label,p_covid,...``, the truth in ``label``).
+        positive_class: The pathological class, as written in the truth column.
 
     Returns:
         ``(scores, is_positive)``: (N,) float64 calibrated P(positive) and (N,) bool.
@@ -112,23 +172,40 @@ def scores_from_csv(text: str, positive_class: str) -> tuple[np.ndarray, np.ndar
         ValueError: A column is missing, a score is not a number in [0, 1], or
             there are no rows.
     """
-    reader = csv.DictReader(io.StringIO(text))
-    missing = {"label", "p_covid"} - set(reader.fieldnames or ())
-    if missing:
-        raise ValueError(f"the scores CSV lacks the column(s) {', '.join(sorted(missing))}")
-    scores, truth = [], []
-    for line, row in enumerate(reader, start=2):
-        try:
-            score = float(row["p_covid"])
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"line {line}: p_covid is not a number") from err
-        if not 0.0 <= score <= 1.0:
-            raise ValueError(f"line {line}: p_covid {score} is outside [0, 1]")
-        scores.append(score)
-        truth.append(row["label"] == positive_class)
-    if not scores:
-        raise ValueError("the scores CSV has no rows")
-    return np.asarray(scores, dtype=np.float64), np.asarray(truth, dtype=bool)
+    fields, rows = _rows(text, ("label", "p_covid"))
+    truth = _truth_column(fields)
+    scores = [_probability(row, "p_covid", line) for line, row in enumerate(rows, start=2)]
+    return (np.asarray(scores, dtype=np.float64),
+            np.asarray([row[truth] == positive_class for row in rows], dtype=bool))
+
+
+def _read_only(values: Any, dtype: Any) -> np.ndarray:
+    array = np.array(values, dtype=dtype)
+    array.flags.writeable = False
+    return array
+
+
+def class_scores_from_csv(text: str, class_names: Sequence[str]) -> ClassScores:
+    """Every class's calibrated probability and each film's truth, from the scores CSV.
+
+    Args:
+        text: The CSV with columns ``true`` and ``p_<class>`` per class (lower
+            case, spaces as underscores: ``p_other_pneumonia``).
+        class_names: The model's C classes, in output order.
+
+    Returns:
+        The scores: (N, C) probabilities and (N,) true names.
+
+    Raises:
+        ValueError: A column is missing, a probability is not a number in
+            [0, 1], or there are no rows.
+    """
+    columns = [f"p_{name.lower().replace(' ', '_')}" for name in class_names]
+    _, rows = _rows(text, ("true", *columns))
+    probs = [[_probability(row, column, line) for column in columns]
+             for line, row in enumerate(rows, start=2)]
+    return ClassScores(tuple(class_names), _read_only(probs, np.float64),
+                       _read_only([row["true"] for row in rows], str))
 
 
 def lung_evidence_from_csv(text: str) -> dict[str, np.ndarray] | None:
@@ -136,7 +213,8 @@ def lung_evidence_from_csv(text: str) -> dict[str, np.ndarray] | None:
 
     Args:
         text: The scores CSV; its optional ``lung_evidence`` column holds a share
-            in [0, 1] per film (empty where none was measured).
+            in [0, 1] per film (empty where none was measured), grouped by the
+            true class (column ``true``, or ``label`` in older files).
 
     Returns:
         ``{label: (N,) float64 shares}`` in the order the classes first appear,
@@ -145,6 +223,7 @@ def lung_evidence_from_csv(text: str) -> dict[str, np.ndarray] | None:
     reader = csv.DictReader(io.StringIO(text))
     if "lung_evidence" not in (reader.fieldnames or ()):
         return None
+    truth_column = _truth_column(reader.fieldnames or ())
     groups: dict[str, list[float]] = {}
     for row in reader:
         try:
@@ -152,7 +231,7 @@ def lung_evidence_from_csv(text: str) -> dict[str, np.ndarray] | None:
         except ValueError:
             continue
         if 0.0 <= share <= 1.0:  # False for NaN
-            groups.setdefault(row.get("label") or "?", []).append(share)
+            groups.setdefault(row.get(truth_column) or "?", []).append(share)
     return {k: np.asarray(v, dtype=np.float64) for k, v in groups.items()} or None
 
 
@@ -288,6 +367,128 @@ def change_from(value: float | None, reference: float | None) -> tuple[str | Non
         return None, True
     change = 100 * (value - reference)
     return f"{change:+.1f} pp vs shipped", abs(change) < SAME_CHANGE_PP
+
+
+@dataclass(frozen=True)
+class Confusion:
+    """True classes against the labels of the decision rule at one operating point.
+
+    Attributes:
+        true_names: The R rows: the model's classes, then any other in the truth.
+        labels: The C columns: the model's classes.
+        matrix: (R, C) int64 counts, read-only.
+    """
+
+    true_names: tuple[str, ...]
+    labels: tuple[str, ...]
+    matrix: np.ndarray
+
+    def columns(self) -> dict[str, list[Any]]:
+        """The matrix as table columns: ``true``, then one per label."""
+        return {"true": list(self.true_names),
+                **{name: self.matrix[:, c].tolist() for c, name in enumerate(self.labels)}}
+
+
+def confusion_matrix_at(scores: ClassScores, threshold: float) -> Confusion:
+    """The matrix of true class against label at an operating point.
+
+    Args:
+        scores: Every class's scores over N films.
+        threshold: On P(any finding), as :func:`covid.model.decision.decide_labels` takes it.
+
+    Returns:
+        The (R, C) counts; each row sums to its true class's films.
+    """
+    names = np.asarray(scores.class_names)
+    labels = names[decide_labels(scores.probs, scores.class_names, threshold)]
+    rows = (*names, *(n for n in dict.fromkeys(scores.truth.tolist()) if n not in names))
+    matrix = [[int(np.sum((scores.truth == t) & (labels == d))) for d in names] for t in rows]
+    return Confusion(tuple(rows), tuple(names), _read_only(matrix, np.int64))
+
+
+def _rate(part: float, whole: float) -> float | None:
+    return float(part / whole) if whole else None
+
+
+@dataclass(frozen=True)
+class FindingRates:
+    """Admit against home at one operating point (None where no film is there to count).
+
+    Attributes:
+        sensitivity: Share of the films with a finding admitted.
+        specificity: Share of the Normal films sent home.
+        sent_home: Per true class with a finding (matrix order), its share sent home.
+    """
+
+    sensitivity: float | None
+    specificity: float | None
+    sent_home: Mapping[str, float | None]
+
+
+def finding_rates(confusion: Confusion) -> FindingRates:
+    """Sensitivity and specificity of any finding, and each finding's films sent home.
+
+    Args:
+        confusion: From :func:`confusion_matrix_at` (R true classes x C labels).
+
+    Returns:
+        The rates (``sent_home`` read-only).
+    """
+    home = confusion.matrix[:, confusion.labels.index(NORMAL)]
+    films = confusion.matrix.sum(axis=1)
+    finding = np.asarray(confusion.true_names) != NORMAL
+    return FindingRates(
+        _rate(films[finding].sum() - home[finding].sum(), films[finding].sum()),
+        _rate(home[~finding].sum(), films[~finding].sum()),
+        MappingProxyType({name: _rate(home[r], films[r])
+                          for r, name in enumerate(confusion.true_names) if name != NORMAL}))
+
+
+def finding_roc(summary: Mapping[str, Any]
+                ) -> tuple[Mapping[str, tuple[float, ...]], float, tuple[float, float]]:
+    """The ROC of the thresholded probability, P(any finding), from the evaluation JSON.
+
+    Args:
+        summary: With ``curves.roc_finding`` and ``metrics.auc_finding`` (older
+            files: ``curves.roc``, ``metrics.auc`` and ``metrics.auc_ci95``).
+
+    Returns:
+        ``(curve, auc, ci95)``: read-only ``{"fpr", "tpr"}`` (K,) tuples, the AUC, its CI.
+
+    Raises:
+        KeyError, TypeError, ValueError: The evaluation JSON is not as expected.
+    """
+    metrics, curves = summary["metrics"], summary["curves"]
+    if "roc" in curves:
+        curve, auc, ci = curves["roc"], metrics["auc"], metrics["auc_ci95"]
+    else:
+        finding = metrics["auc_finding"]
+        curve, auc, ci = curves["roc_finding"], finding["auc"], finding["ci95"]
+    points = {key: tuple(float(v) for v in curve[key]) for key in ("fpr", "tpr")}
+    return MappingProxyType(points), float(auc), (float(ci[0]), float(ci[1]))
+
+
+def group_rows(groups: Mapping[str, Any], class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """The evaluation's figures by source or age group as table rows.
+
+    Args:
+        groups: ``metrics["by_source"]`` or ``["by_age"]``: ``{"group / true class":
+            {"n", "label_shares", "sent_home"}}``, shares in [0, 1].
+        class_names: The model's classes.
+
+    Returns:
+        Dicts with ``group``, ``true class``, ``films``, ``sent home`` and
+        ``labelled <finding>`` per finding class (percent; None where missing).
+    """
+    rows = []
+    for key, figures in groups.items():
+        group, _, true = key.rpartition(" / ")
+        shares, home = figures.get("label_shares") or {}, figures.get("sent_home")
+        rows.append({"group": group, "true class": true, "films": figures.get("n"),
+                     "sent home": None if home is None else 100.0 * home,
+                     **{f"labelled {n}": 100.0 * shares.get(n, 0.0)
+                        for n in class_names if n != NORMAL}})
+    return rows
 
 
 def split_table(

@@ -40,7 +40,7 @@ def test_opacity_zero_returns_the_image():
 
 def test_opacity_one_returns_the_colormapped_map():
     cam = _cone()[0]
-    out = overlay_heatmap(_xray(), cam, colormap="inferno", opacity=1.0)
+    out = overlay_heatmap(_xray(), cam, colormap="inferno", opacity=1.0, follow_map=False)
     expected = matplotlib.colormaps["inferno"](cam, bytes=True)[:, :, :3]
     np.testing.assert_array_equal(out, expected)
     np.testing.assert_array_equal(out, heatmap_only(cam, "inferno", (H, W)))
@@ -49,8 +49,21 @@ def test_opacity_one_returns_the_colormapped_map():
 def test_half_opacity_is_the_mean_of_image_and_colour():
     image, cam = _xray(), _cone()[0]
     colour = heatmap_only(cam, "jet", (H, W)).astype(int)
-    out = overlay_heatmap(image, cam, opacity=0.5).astype(int)
+    out = overlay_heatmap(image, cam, opacity=0.5, follow_map=False).astype(int)
     assert np.abs(out - (image[:, :, None].astype(int) + colour) / 2).max() <= 0.5
+
+
+def test_by_default_the_opacity_follows_the_map_and_leaves_cold_film_untouched():
+    image, (cam, _) = _xray(), _cone()
+    colour = heatmap_only(cam, "jet", (H, W)).astype(np.float64)
+    out = overlay_heatmap(image, cam, opacity=0.8).astype(np.float64)
+    grey = np.repeat(image[:, :, None], 3, axis=2).astype(np.float64)
+    cold = cam == 0.0
+    np.testing.assert_array_equal(out[cold], grey[cold])  # the film, as it is
+    alpha = 0.8 * cam[:, :, None]
+    np.testing.assert_allclose(out, (1 - alpha) * grey + alpha * colour, atol=0.5)
+    flat = overlay_heatmap(image, cam, opacity=0.8, follow_map=False).astype(np.float64)
+    assert np.abs(out - grey)[cold].sum() == 0 < np.abs(flat - grey)[cold].sum()
 
 
 def test_small_map_is_resized_to_the_image():

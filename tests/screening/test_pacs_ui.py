@@ -106,7 +106,7 @@ def test_a_wrong_password_is_shown_without_a_traceback(orthanc, pacs_settings):
 # ------------------------------------------------------------------ sending the results
 
 
-def send_page(classifier, uploads=()):
+def send_page(classifier, uploads=(), threshold=None):
     import streamlit as st
 
     from covid.app.pacs_ui import pacs_source_ui, send_all_ui, send_study_ui
@@ -117,7 +117,7 @@ def send_page(classifier, uploads=()):
     files = [*uploads, *st.session_state.get("pacs_files", [])]
     if not files:
         return
-    threshold = classifier.metadata.threshold
+    threshold = classifier.metadata.threshold if threshold is None else threshold
     maps = st.session_state.setdefault("maps", {})
     studies = at_threshold(score_files(files, classifier, st.session_state.setdefault(
         "studies", {})), threshold)
@@ -235,3 +235,25 @@ def test_no_send_button_for_a_visitor_who_may_not_use_the_pacs(orthanc, film_pix
     at.run()
     assert [t.value for t in at.text] == ["study: ACC001-PA-1.dcm"]  # still scored
     assert not _buttons(at, "Send to PACS") and not _buttons(at, "Send all to PACS (1)")
+
+
+def test_a_study_relabelled_at_another_operating_point_sends_its_new_label(
+        orthanc, film_pixels, classifier, pacs_settings):
+    from covid.inputs.pacs import PacsClient, PacsConfig
+    from covid.screening.pacs_results import result_uids
+
+    film = dx_film(film_pixels[0], "ACC001", "20240101")
+    orthanc.upload(to_bytes(film))
+    _open_pacs(pacs_settings, orthanc)
+    client = PacsClient(PacsConfig(orthanc.url, user=USER, password=PASSWORD))
+    sha = classifier.metadata.sha256
+    for threshold, label in ((0.0, "COVID"), (1.0, "Normal")):  # always / never a finding
+        at = AppTest.from_function(send_page, args=(classifier,), kwargs={"threshold": threshold},
+                                   default_timeout=TIMEOUT).run()
+        _retrieve_every_study(at)
+        _buttons(at, "Send to PACS")[0].click().run()
+        assert not at.exception and not at.error and at.success
+        uids = result_uids(str(film.SOPInstanceUID), sha, label, "gradcam")
+        for uid in (uids.sr, uids.sc):
+            assert client.has_instance(str(film.StudyInstanceUID), uid)
+    assert orthanc.instance_count() == 5  # the film, and an SR and a map for each label

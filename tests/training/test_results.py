@@ -1,18 +1,27 @@
 """Reading the evaluation back for the model page: scores, confusion, CAM energy, splits,
-the share of evidence inside the lungs and the localisation figures."""
+the share of evidence inside the lungs and the localisation figures; for three classes,
+every class's scores, the matrix at any operating point, admit against home, and the
+figures by group."""
 
 import json
 
 import numpy as np
 import pytest
 
+from covid.model.decision import decide_labels, p_finding
 from covid.training.evaluate import artefact_paths
 from covid.training.metrics import operating_point
+from covid.training.plots import class_roc_figure, confusion_figure
 from covid.training.results import (
     cam_energy_rows,
     cam_energy_verdict,
     change_from,
+    class_scores_from_csv,
     confusion_at,
+    confusion_matrix_at,
+    finding_rates,
+    finding_roc,
+    group_rows,
     localisation_rows,
     localisation_verdict,
     lung_evidence_from_csv,
@@ -194,3 +203,156 @@ def test_localisation_verdict_is_graded_against_a_uniform_map():
     assert "most of the evidence lies in the lungs" in localisation_verdict(
         {**LOCALISATION, "energy_in_lungs": 0.75})
     assert "not measured" in localisation_verdict({})
+
+
+# ------------------------------------------------------------------ three classes
+
+CLASSES = ["COVID", "Other pneumonia", "Normal"]
+SCORES3 = (  # as covid.training.evaluate writes it: ``label`` is the decided label
+    "file,true,source,age,label,p_covid,p_other_pneumonia,p_normal,lung_evidence\r\n"
+    "a.png,COVID,s1,adult,COVID,0.7,0.2,0.1,0.5\r\n"
+    "b.png,COVID,s1,adult,Normal,0.2,0.1,0.7,\r\n"
+    "c.png,Other pneumonia,s2,child,Other pneumonia,0.1,0.6,0.3,0.4\r\n"
+    "d.png,Other pneumonia,s2,child,COVID,0.35,0.3,0.35,0.9\r\n"
+    "e.png,Normal,s3,adult,Normal,0.1,0.1,0.8,\r\n"
+    "f.png,Normal,s3,child,COVID,0.5,0.2,0.3,0.2\r\n"
+)  # P(any finding): 0.9, 0.3, 0.7, 0.65, 0.2, 0.7
+
+
+def test_class_scores_are_read_per_class_with_the_true_class():
+    scores = class_scores_from_csv(SCORES3, CLASSES)
+    assert scores.class_names == tuple(CLASSES) and scores.probs.shape == (6, 3)
+    assert scores.probs[3].tolist() == [0.35, 0.3, 0.35]
+    assert scores.truth.tolist() == ["COVID"] * 2 + ["Other pneumonia"] * 2 + ["Normal"] * 2
+    assert not scores.probs.flags.writeable and not scores.truth.flags.writeable
+
+
+@pytest.mark.parametrize("text, message", [
+    (SCORES3.replace("p_other_pneumonia", "p_other"), "p_other_pneumonia"),
+    (SCORES3.replace(",true,", ",truth,"), "true"),
+    (SCORES3.replace("0.6,0.3", "six,0.3"), "line 4: p_other_pneumonia is not a number"),
+    (SCORES3.replace("0.8,", "1.8,"), "p_normal 1.8 is outside"),
+    (SCORES3.split("\r\n")[0] + "\r\n", "no rows"),
+])
+def test_class_scores_refuse_malformed_files(text, message):
+    with pytest.raises(ValueError, match=message):
+        class_scores_from_csv(text, CLASSES)
+
+
+def test_the_truth_is_the_true_column_where_there_is_one():
+    scores, truth = scores_from_csv(SCORES3, "COVID")
+    assert scores.tolist() == [0.7, 0.2, 0.1, 0.35, 0.1, 0.5]
+    assert truth.tolist() == [True, True, False, False, False, False]  # not the decided label
+    groups = lung_evidence_from_csv(SCORES3)
+    assert groups["COVID"].tolist() == [0.5] and groups["Other pneumonia"].tolist() == [0.4, 0.9]
+    assert groups["Normal"].tolist() == [0.2]
+
+
+def test_the_confusion_matrix_follows_the_decision_rule_at_any_threshold():
+    scores = class_scores_from_csv(SCORES3, CLASSES)
+    at_half = confusion_matrix_at(scores, 0.5)
+    assert at_half.true_names == at_half.labels == tuple(CLASSES)
+    assert at_half.matrix.tolist() == [[1, 0, 1], [1, 1, 0], [1, 0, 1]]
+    assert not at_half.matrix.flags.writeable
+    decided = decide_labels(scores.probs, CLASSES, 0.5)
+    for t, true in enumerate(CLASSES):
+        for d in range(3):
+            assert at_half.matrix[t, d] == np.sum((scores.truth == true) & (decided == d))
+    assert confusion_matrix_at(scores, 0.66).matrix.tolist() == [[1, 0, 1], [0, 1, 1],
+                                                                 [1, 0, 1]]
+    assert confusion_matrix_at(scores, 0.0).matrix[:, 2].tolist() == [0, 0, 0]
+    assert confusion_matrix_at(scores, 1.0).matrix[:, 2].tolist() == [2, 2, 2]
+    assert at_half.columns() == {"true": CLASSES, "COVID": [1, 1, 1],
+                                 "Other pneumonia": [0, 1, 0], "Normal": [1, 0, 1]}
+
+
+def test_a_two_class_model_judged_on_other_pneumonias_gets_a_row_for_them():
+    text = ("file,true,label,p_covid,p_normal\r\na,COVID,COVID,0.8,0.2\r\n"
+            "b,Other pneumonia,Normal,0.3,0.7\r\nc,Normal,Normal,0.1,0.9\r\n")
+    confusion = confusion_matrix_at(class_scores_from_csv(text, ["COVID", "Normal"]), 0.5)
+    assert confusion.true_names == ("COVID", "Normal", "Other pneumonia")
+    assert confusion.labels == ("COVID", "Normal")
+    assert confusion.matrix.tolist() == [[1, 0], [0, 1], [0, 1]]
+    rates = finding_rates(confusion)
+    assert rates.sensitivity == 0.5 and rates.specificity == 1.0
+    assert dict(rates.sent_home) == {"COVID": 0.0, "Other pneumonia": 1.0}
+
+
+def test_finding_rates_are_admit_against_home():
+    scores = class_scores_from_csv(SCORES3, CLASSES)
+    rates = finding_rates(confusion_matrix_at(scores, 0.5))
+    assert rates.sensitivity == 0.75 and rates.specificity == 0.5
+    assert dict(rates.sent_home) == {"COVID": 0.5, "Other pneumonia": 0.0}
+    with pytest.raises(TypeError):
+        rates.sent_home["COVID"] = 0.0  # read-only
+    assert finding_rates(confusion_matrix_at(scores, 0.66)).sent_home["Other pneumonia"] == 0.5
+    for threshold in (0.0, 0.25, 0.5, 0.68, 0.95):  # the same as the binary operating point
+        point = operating_point(p_finding(scores.probs, CLASSES), scores.truth != "Normal",
+                                threshold)
+        rates = finding_rates(confusion_matrix_at(scores, threshold))
+        assert (rates.sensitivity, rates.specificity) == pytest.approx(
+            (point["sensitivity"], point["specificity"]))
+    empty = finding_rates(confusion_matrix_at(class_scores_from_csv(
+        SCORES3.split("\r\nc.png")[0] + "\r\n", CLASSES), 0.5))
+    assert empty.specificity is None and empty.sent_home["Other pneumonia"] is None
+
+
+def test_read_evaluation_reads_every_class_of_a_three_class_model(tmp_path):
+    model = tmp_path / "m.keras"
+    artefact_paths(model)["scores"].write_text(SCORES3)
+    evaluation = read_evaluation(model, "COVID", CLASSES)
+    assert evaluation.problems == [  # the JSON is not needed for the scores
+        "`m.evaluation.json` (metrics and curves) is missing."]
+    assert evaluation.classes.probs.shape == (6, 3)
+    scores, truth = evaluation.scores  # what the operating point thresholds: P(any finding)
+    assert scores.tolist() == pytest.approx([0.9, 0.3, 0.7, 0.65, 0.2, 0.7])
+    assert truth.tolist() == [True, True, True, True, False, False]
+    assert evaluation.test_prevalence == pytest.approx(4 / 6)
+    assert read_evaluation(model, "COVID").classes is None  # two classes: as before
+    artefact_paths(model)["scores"].write_text(SCORES)  # an older file: no true class
+    old = read_evaluation(model, "COVID", CLASSES)
+    assert old.scores is None and old.classes is None
+    assert "cannot be read" in old.problems[-1] and "true" in old.problems[-1]
+
+
+def test_finding_roc_reads_both_evaluation_formats():
+    curve = {"fpr": [0, 0.5, 1], "tpr": [0, 0.9, 1], "thresholds": [1, 0.5, 0]}
+    older = {"metrics": {"auc": 0.9, "auc_ci95": [0.8, 0.95]}, "curves": {"roc": curve}}
+    newer = {"metrics": {"auc_finding": {"auc": 0.9, "ci95": [0.8, 0.95]}},
+             "curves": {"roc_finding": curve}}
+    for summary in (older, newer):
+        points, auc, ci = finding_roc(summary)
+        assert points["fpr"] == (0.0, 0.5, 1.0) and points["tpr"] == (0.0, 0.9, 1.0)
+        assert (auc, ci) == (0.9, (0.8, 0.95))
+    with pytest.raises(KeyError):
+        finding_roc({"metrics": {}, "curves": {}})
+
+
+def test_group_rows_show_each_groups_sent_home_and_findings():
+    groups = {"s1 / COVID": {"n": 4, "label_shares": {"COVID": 0.75, "Normal": 0.25},
+                             "sent_home": 0.25},
+              "kermany-viral / Other pneumonia": {"n": 2, "label_shares": {"COVID": 1.0},
+                                                  "sent_home": 0.0}}
+    rows = group_rows(groups, CLASSES)
+    assert rows[0] == {"group": "s1", "true class": "COVID", "films": 4,
+                       "sent home": 25.0, "labelled COVID": 75.0,
+                       "labelled Other pneumonia": 0.0}
+    assert rows[1]["group"] == "kermany-viral" and rows[1]["true class"] == "Other pneumonia"
+    assert rows[1]["labelled COVID"] == 100.0 and rows[1]["sent home"] == 0.0
+    assert list(group_rows(groups, ["COVID", "Normal"])[0]) == [
+        "group", "true class", "films", "sent home", "labelled COVID"]
+
+
+def test_three_class_figures_draw_every_class():
+    curve = {"fpr": [0.0, 0.3, 1.0], "tpr": [0.0, 0.8, 1.0]}
+    aucs = {"COVID": {"auc": 0.91, "ci95": [0.8, 0.97]}, "Other pneumonia": None}
+    fig = class_roc_figure({"COVID": curve, "Other pneumonia": curve, "Normal": curve}, aucs,
+                           finding=curve, operating=(0.3, 0.8))
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["COVID vs rest, AUC 0.910", "Other pneumonia", "Normal",
+                      "any finding vs Normal", "operating point"]
+    confusion = confusion_matrix_at(class_scores_from_csv(SCORES3, CLASSES), 0.5)
+    fig = confusion_figure(confusion.matrix, confusion.labels, confusion.true_names)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == CLASSES
+    assert sorted(t.get_text() for t in ax.texts) == sorted(map(str, confusion.matrix.ravel()))

@@ -1,0 +1,170 @@
+"""The model page of a three-class model (COVID, Other pneumonia, Normal), in an AppTest.
+
+A tiny untrained three-class CNN is evaluated on tiny random films from every source
+(:func:`covid.training.evaluate.evaluate`, as the shipped model would be) and served
+with ``COVID_MODEL_PATH``. The page must follow the model's metadata and artefacts:
+the matrix of every true class against the labels at the live operating point, a
+one-vs-rest ROC per class, admit against home, and the figures by source and age.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import streamlit as st
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from covid.model.network import read_metadata, save_model
+from covid.training.catalogue import CLASS_NAMES, SOURCES
+from covid.training.evaluate import Options, artefact_paths, evaluate
+from covid.training.results import (
+    class_scores_from_csv,
+    confusion_matrix_at,
+    finding_rates,
+    lung_evidence_from_csv,
+)
+
+APP = Path(__file__).resolve().parents[2] / "streamlit_app.py"
+TIMEOUT = 120
+
+
+def _split(root: Path) -> Path:
+    """A split record of 4 random films per source and side, half of them children's."""
+    rng = np.random.default_rng(0)
+    record = {"root": str(root / "data"), "class_names": list(CLASS_NAMES), "files": {},
+              "labels": {}, "sources": {}, "ages": {}}
+    for side in ("train", "val", "test"):
+        for key in ("files", "labels", "sources", "ages"):
+            record[key][side] = []
+        for source in SOURCES:
+            (root / "data" / source.folder).mkdir(parents=True, exist_ok=True)
+            for i in range(4):
+                name = f"{source.folder}/{side}-{i}.png"
+                Image.fromarray(rng.integers(0, 255, (70, 70), dtype=np.uint8)).save(
+                    root / "data" / name)
+                record["files"][side].append(name)
+                record["labels"][side].append(source.label)
+                record["sources"][side].append(source.name)
+                record["ages"][side].append("adult" if i % 2 else "child")
+    path = root / "m" / "split.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+@pytest.fixture(scope="module")
+def three_class_model(tiny_cnn_factory, tiny_model_file, tmp_path_factory) -> Path:
+    """The tiny CNN with three classes, evaluated on tiny random films (no training)."""
+    root = tmp_path_factory.mktemp("three")
+    (root / "m").mkdir()
+    meta = read_metadata(tiny_model_file)
+    meta.class_names = list(CLASS_NAMES)
+    model = root / "m" / "tiny3.keras"
+    save_model(tiny_cnn_factory(n_classes=3), meta, model)
+    evaluate(model, Options(_split(root), cache_dir=root / "cache"))
+    return model
+
+
+@pytest.fixture
+def serve(monkeypatch):
+    """Serves a given model file in fresh AppTests."""
+
+    def make(model: Path) -> AppTest:
+        monkeypatch.setenv("COVID_MODEL_PATH", str(model))
+        return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
+
+    st.cache_resource.clear()
+    yield make
+    st.cache_resource.clear()
+
+
+def _model_page(at: AppTest) -> AppTest:
+    at.button(key="op_change").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Model"
+    return at
+
+
+def _matrix(at: AppTest) -> dict[str, list]:
+    frame = next(d.value for d in at.dataframe if "true" in d.value.columns)
+    return {column: frame[column].tolist() for column in frame.columns}
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def _texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    return "\n".join([*parts, *(a.value for a in (*at.info, *at.warning, *at.error))])
+
+
+def test_the_page_shows_three_classes_at_the_live_operating_point(serve, three_class_model):
+    meta = read_metadata(three_class_model)
+    paths = artefact_paths(three_class_model)
+    summary = json.loads(paths["evaluation"].read_text())
+    scores = class_scores_from_csv(paths["scores"].read_text(), meta.class_names)
+    at = _model_page(serve(three_class_model).run())
+    assert [h.value for h in at.header] == [
+        "Model card", "Operating point", "Test-split charts", "By source and age",
+        "Explanation sanity", "Evidence inside the lungs"]
+    assert not at.error and "Evaluation artefacts missing" not in _texts(at)
+    assert at.slider(key="op_threshold").label == "Threshold on calibrated P(any finding)"
+
+    # the 3 x 3 matrix at the shipped point is the evaluation's own
+    shipped = _matrix(at)
+    assert shipped["true"] == list(CLASS_NAMES)
+    assert [shipped[name] for name in CLASS_NAMES] == np.array(
+        summary["metrics"]["confusion3"]["matrix"]).T.tolist()
+    rates = finding_rates(confusion_matrix_at(scores, meta.threshold))
+    assert _metric(at, "Sensitivity (any finding)") == f"{rates.sensitivity:.1%}"
+    assert _metric(at, "Specificity") == f"{rates.specificity:.1%}"
+    for name in ("COVID", "Other pneumonia"):
+        assert _metric(at, f"{name} sent home") == f"{rates.sent_home[name]:.1%}"
+        assert rates.sent_home[name] == pytest.approx(summary["metrics"]["sent_home"][name])
+
+    # one-vs-rest ROC per class: the chart, and every class's AUC from the evaluation
+    caption = next(c.value for c in at.caption if c.value.startswith("One-vs-rest AUC"))
+    for name in CLASS_NAMES:
+        assert f"{name} {summary['metrics']['auc_per_class'][name]['auc']:.3f}" in caption
+    # ROC, confusion matrix, reliability (and the lung share histogram when measured)
+    assert len(at.image) == 3 + (lung_evidence_from_csv(paths["scores"].read_text()) is not None)
+
+    # per source and per age group, from the evaluation's figures
+    by_source = next(d.value for d in at.dataframe if "group" in d.value.columns)
+    assert set(by_source["group"]) == {source.name for source in SOURCES}
+    assert "labelled Other pneumonia" in by_source.columns
+    by_age = [d.value for d in at.dataframe if "group" in d.value.columns][1]
+    assert set(by_age["group"]) == {"adult", "child"}
+
+    # the slider moves the matrix: at 0 every film is admitted, at 1 every film goes home
+    at.slider(key="op_threshold").set_value(0.0).run()
+    assert not at.exception
+    admitted = _matrix(at)
+    assert admitted["Normal"] == [0, 0, 0] and admitted != shipped
+    assert _metric(at, "COVID sent home") == "0.0%"
+    assert _metric(at, "Other pneumonia sent home") == "0.0%"
+    assert _metric(at, "Sensitivity (any finding)") == "100.0%"
+    at.slider(key="op_threshold").set_value(1.0).run()
+    home = _matrix(at)
+    assert home["COVID"] == home["Other pneumonia"] == [0, 0, 0]
+    assert home["Normal"] == [sum(row) for row in zip(*(shipped[n] for n in CLASS_NAMES),
+                                                       strict=True)]
+    assert _metric(at, "Other pneumonia sent home") == "100.0%"
+    assert "P(any finding) ≥ 1.000" in _texts(at)
+
+
+def test_a_scores_file_without_the_true_class_is_explained(serve, three_class_model,
+                                                           tmp_path):
+    from covid.training.evaluate import ship
+
+    copy = tmp_path / "old.keras"
+    ship(three_class_model, copy)
+    artefact_paths(copy)["scores"].write_text("file,label,p_covid\r\nx.png,COVID,0.5\r\n")
+    at = _model_page(serve(copy).run())
+    text = _texts(at)
+    assert "cannot be read" in text and "true" in text
+    assert not [s for s in at.slider if s.key == "op_threshold"]
