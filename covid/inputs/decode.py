@@ -18,6 +18,7 @@ else (GIF, BMP, TIFF, WebP, PDF, text...) is refused as not a PNG, JPEG or DICOM
 from __future__ import annotations
 
 import io
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,9 +262,12 @@ def _decode_raster(data: bytes, name: str, kind: str) -> tuple[np.ndarray, bool]
     except Image.DecompressionBombError as err:
         raise ImageDecodeError(name, "the image is too large to decode safely.") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as err:
+        # Pillow names the in-memory buffer ("<_io.BytesIO object at 0x...>"): an address
+        # that means nothing to a reader and differs between processes.
+        detail = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(err)).strip()
         raise ImageDecodeError(
             name,
-            f"the {kind} image is corrupt or truncated and cannot be decoded ({err}).",
+            f"the {kind} image is corrupt or truncated and cannot be decoded ({detail}).",
         ) from err
     return _to_gray(image)
 

@@ -1,11 +1,15 @@
 """``python -m covid predict``: one row per image, as CSV or JSON, on stdout.
 
-Columns, in order: ``path, label, p_covid, p_normal, error, ood, lung_evidence``.
+Columns, in order: ``path, label, p_covid, p_normal, error, ood, lung_evidence,
+p_other_pneumonia`` (empty for a model without that class).
 ``label`` is the class at the shipped operating point; probabilities are
 calibrated and sum to 1. ``lung_evidence`` is the share of the predicted class's
 Grad-CAM energy inside the segmented lungs, in [0, 1] (empty for a file that
 could not be scored). A file that cannot be read gets its row with the reason in ``error``, and
 the run goes on. The exit status is 0 whenever the run completed.
+
+``--engine ray --out DIR`` scores a whole archive on a Ray cluster instead and writes
+the same rows as Parquet files into DIR, resumably (see :mod:`covid.screening.archive`).
 """
 
 from __future__ import annotations
@@ -16,13 +20,22 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from covid.model.classifier import DEFAULT_MODEL_PATH, ModelFileError
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
+from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError
 from covid.screening.pipeline import StudyResult, analyse
 
-COLUMNS = ("path", "label", "p_covid", "p_normal", "error", "ood", "lung_evidence")
+if TYPE_CHECKING:
+    from covid.screening.archive import Scoring
+    from covid.screening.engine import ScreeningModels
+
+COLUMNS = ("path", "label", "p_covid", "p_normal", "error", "ood", "lung_evidence",
+           "p_other_pneumonia")
+"""The output columns: the two-class model's first, so that readers of them keep working."""
+PROBABILITY_COLUMNS = {"p_covid": "COVID", "p_normal": "Normal",
+                       "p_other_pneumonia": "Other pneumonia"}
+"""Each probability column's class (empty where the model has no such class)."""
 CHUNK = 64
 """Files read into memory at a time."""
 
@@ -66,21 +79,22 @@ def row(path: Path, result: StudyResult, class_names: list[str]) -> dict[str, An
     Args:
         path: The file's path as found.
         result: Its result.
-        class_names: The model's classes (COVID, Normal).
+        class_names: The model's classes (COVID, Normal and perhaps Other pneumonia).
 
     Returns:
         A dict with the keys of :data:`COLUMNS`.
     """
-    probs = None if result.probs is None else dict(zip(class_names, result.probs, strict=True))
-    return {
+    probs = {} if result.probs is None else dict(zip(class_names, result.probs, strict=True))
+    values = {
         "path": str(path),
         "label": result.label or "",
-        "p_covid": "" if probs is None else round(float(probs["COVID"]), 6),
-        "p_normal": "" if probs is None else round(float(probs["Normal"]), 6),
+        **{column: round(float(probs[name]), 6) if name in probs else ""
+           for column, name in PROBABILITY_COLUMNS.items()},
         "error": result.error or "",
         "ood": "" if result.ood is None else str(result.ood).lower(),
         "lung_evidence": "" if result.lung_evidence is None else round(result.lung_evidence, 4),
     }
+    return {column: values[column] for column in COLUMNS}
 
 
 def predict_paths(
@@ -99,18 +113,45 @@ def predict_paths(
     from covid.screening.engine import load_models
 
     models = load_models(model_path, lung_path, warm_up=False)
-    classifier = models.classifier
     files = list(iter_files(paths))
     for start in range(0, len(files), CHUNK):
         chunk = files[start : start + CHUNK]
-        contents = [read_file(p) for p in chunk]
-        readable = [(p.name, c) for p, c in zip(chunk, contents, strict=True)
-                    if isinstance(c, bytes)]
-        scored = iter(analyse(readable, classifier, ood=models.ood, segmenter=models.segmenter))
-        for path, content in zip(chunk, contents, strict=True):
-            result = next(scored) if isinstance(content, bytes) else StudyResult(
-                name=path.name, error=content)
-            yield row(path, result, classifier.metadata.class_names)
+        yield from score_chunk(chunk, [read_file(p) for p in chunk], models)
+
+
+def score_chunk(
+    paths: list[Path], contents: list[bytes | str], models: ScreeningModels
+) -> list[dict[str, Any]]:
+    """Rows for files already read: the one scoring path of both engines.
+
+    The in-process engine and the Ray actors (:mod:`covid.screening.archive`)
+    both call this, so that their rows are equal by construction.
+
+    Args:
+        paths: The files' paths as given (the ``path`` column).
+        contents: Each file's bytes, or the message saying why it cannot be read
+            (see :func:`read_file`).
+        models: The loaded screening models.
+
+    Returns:
+        One row per file (see :func:`row`), in order.
+    """
+    classifier = models.classifier
+    readable = [(p.name, c) for p, c in zip(paths, contents, strict=True) if isinstance(c, bytes)]
+    scored = iter(analyse(readable, classifier, ood=models.ood, segmenter=models.segmenter))
+    rows = []
+    for path, content in zip(paths, contents, strict=True):
+        result = next(scored) if isinstance(content, bytes) else StudyResult(
+            name=path.name, error=content)
+        rows.append(row(path, result, classifier.metadata.class_names))
+    return rows
+
+
+def archive_scoring() -> Scoring:
+    """This engine's pieces, for the archive engine to run (it does not import this module)."""
+    from covid.screening.archive import Scoring
+
+    return Scoring(COLUMNS, iter_files, read_file, score_chunk)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,10 +161,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("csv", "json"), default="csv")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
     parser.add_argument("--lung-model", type=Path, default=DEFAULT_LUNG_MODEL_PATH)
+    ray = parser.add_argument_group(
+        "archive engine", "score a whole archive on a Ray cluster into Parquet files, "
+        "resumably (--engine ray --out DIR)")
+    ray.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local: in this process, rows on stdout (default); "
+                          "ray: Ray Data actors, rows into --out")
+    ray.add_argument("--out", type=Path, metavar="DIR",
+                     help="folder of Parquet files (ray engine; run again to resume)")
+    ray.add_argument("--address", metavar="ADDRESS",
+                     help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    ray.add_argument("--actors", type=int, metavar="N",
+                     help="scoring actors (default: one per 2 CPUs of the cluster)")
+    ray.add_argument("--batch-size", type=int, metavar="B",
+                     help="films per actor call (default: 16)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``predict``; returns the exit status."""
+    if getattr(args, "engine", "local") == "ray":
+        from covid.screening.archive import run_command  # imports no Ray until it runs
+
+        return run_command(args, archive_scoring())
+    if getattr(args, "out", None) is not None:
+        print("error: --out is for --engine ray; the local engine writes to stdout",
+              file=sys.stderr)
+        return 2
     try:
         rows = predict_paths(args.paths, args.model, args.lung_model)
         if args.format == "csv":

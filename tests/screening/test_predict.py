@@ -69,7 +69,8 @@ def test_usage_error_is_non_zero():
 
 
 def test_csv_header_is_exactly_the_documented_columns_in_order():
-    assert ",".join(COLUMNS) == "path,label,p_covid,p_normal,error,ood,lung_evidence"
+    assert ",".join(COLUMNS) == ("path,label,p_covid,p_normal,error,ood,lung_evidence,"
+                                 "p_other_pneumonia")
 
 
 def test_lung_evidence_is_a_share_for_every_scored_film_and_empty_for_failed_ones(
@@ -79,7 +80,8 @@ def test_lung_evidence_is_a_share_for_every_scored_film_and_empty_for_failed_one
                    str(tiny_lung_file), str(folder)])
     assert status == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == "path,label,p_covid,p_normal,error,ood,lung_evidence"
+    assert out.splitlines()[0] == ("path,label,p_covid,p_normal,error,ood,lung_evidence,"
+                                   "p_other_pneumonia")
     rows = list(csv.DictReader(io.StringIO(out)))
     scored = [r for r in rows if not r["error"]]
     assert len(scored) == 2
@@ -106,3 +108,23 @@ def test_without_a_segmenter_lung_evidence_is_empty(folder, tiny_model_file, tmp
                  str(tmp_path / "none.keras"), str(folder / "a.png")]) == 0
     row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert row["error"] == "" and row["lung_evidence"] == ""
+
+
+def test_a_three_class_model_fills_p_other_pneumonia(folder, tmp_path, tiny_cnn_factory,
+                                                     tiny_metadata, capsys):
+    from covid.model.network import save_model
+
+    tiny_metadata.class_names = ["COVID", "Other pneumonia", "Normal"]
+    model = tmp_path / "three.keras"
+    save_model(tiny_cnn_factory(n_classes=3), tiny_metadata, model)
+    assert main(["predict", "--model", str(model), str(folder / "a.png")]) == 0
+    row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    total = sum(float(row[c]) for c in ("p_covid", "p_other_pneumonia", "p_normal"))
+    assert total == pytest.approx(1.0, abs=3e-6)
+    assert row["label"] in tiny_metadata.class_names
+
+
+def test_a_two_class_model_leaves_p_other_pneumonia_empty(folder, tiny_model_file, capsys):
+    assert main(["predict", "--model", str(tiny_model_file), str(folder / "a.png")]) == 0
+    row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert row["p_other_pneumonia"] == "" and row["p_covid"] != ""
