@@ -6,7 +6,9 @@ Usage (from the project's root, once ``.venv/`` exists)::
 
 The film shown is a synthetic phantom drawn here (body, lung fields, mediastinum,
 ribs), never a patient's X-ray: the repository holds no image derived from the
-data. The page scores it with the shipped model like any upload.
+data. The page scores it with the shipped model like any upload; when the gates
+flag the drawing as not a chest X-ray, the raw scores and map are opened for the
+picture.
 """
 
 from __future__ import annotations
@@ -75,10 +77,14 @@ async def shoot(url: str, film: Path, out: Path) -> str:
         await uploader.wait_for(state="attached", timeout=120_000)
         await uploader.set_input_files(str(film))
         shown = await page.wait_for_function(STUDY_SHOWN, arg=film.name, timeout=120_000)
+        what = await shown.json_value()
+        if what == "flagged":  # a drawing is not a chest X-ray: open the raw scores and map
+            await page.get_by_text("Raw model scores").click()
+            await page.locator("img[alt^='Grad-CAM']").first.wait_for(timeout=60_000)
         await page.wait_for_timeout(1500)  # let the images settle
         await page.screenshot(path=str(out), full_page=True)
         await browser.close()
-        return await shown.json_value()
+        return what
 
 
 def main() -> None:

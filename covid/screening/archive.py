@@ -113,7 +113,9 @@ def plan_resources(node_cpus: list[float], actors: int | None = None) -> Plan:
 
     Args:
         node_cpus: Logical CPUs of each live node.
-        actors: Actors wanted (None: one per 2 CPUs of the cluster).
+        actors: Actors wanted (None: one per 2 CPUs of the cluster, at least two: on a
+            2-core machine two actors overlap one's reading and segmenting with the
+            other's network, which one actor cannot; docs/scaling.md has the figures).
 
     Returns:
         The plan.
@@ -124,7 +126,7 @@ def plan_resources(node_cpus: list[float], actors: int | None = None) -> Plan:
     node_cpus = [c for c in node_cpus if c > 0]
     if not node_cpus:
         raise ArchiveError("the Ray cluster has no CPUs")
-    actors = actors or max(1, int(sum(node_cpus)) // 2)
+    actors = actors or max(2, int(sum(node_cpus)) // 2)
     per_node = math.ceil(actors / len(node_cpus))
     share = math.floor((min(node_cpus) - 2 * READ_CPUS) / per_node * 100) / 100
     if share < 0.1:
@@ -460,7 +462,7 @@ class Job:
         lung_path: The lung segmenter's ``.keras`` file.
         scoring: The in-process engine's pieces.
         address: Ray cluster to join (None: ``$RAY_ADDRESS``, else a local Ray).
-        actors: Scoring actors (None: one per 2 CPUs).
+        actors: Scoring actors (None: one per 2 CPUs, at least two).
         batch_size: Films per actor call.
     """
 

@@ -172,7 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ray.add_argument("--address", metavar="ADDRESS",
                      help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     ray.add_argument("--actors", type=int, metavar="N",
-                     help="scoring actors (default: one per 2 CPUs of the cluster)")
+                     help="scoring actors (default: one per 2 CPUs of the cluster, at least 2)")
     ray.add_argument("--batch-size", type=int, metavar="B",
                      help="films per actor call (default: 16)")
 

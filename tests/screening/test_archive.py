@@ -152,6 +152,7 @@ def test_plan_keeps_cpus_for_the_read_tasks_on_every_node():
     cluster = archive.plan_resources([8.0, 8.0], 3)  # two actors on one node, one on the other
     assert 2 * cluster.actor_cpus + 2 * archive.READ_CPUS <= 8 and cluster.read_tasks == 4
     assert archive.plan_resources([8.0, 8.0]).actors == 8
+    assert archive.plan_resources([2.0]).actors == 2  # measured faster than one on 2 cores
     with pytest.raises(archive.ArchiveError):
         archive.plan_resources([2.0], 20)
 
