@@ -96,3 +96,9 @@ def load_models(
         if segmenter is not None:
             segmenter.warm_up()
     return ScreeningModels(classifier, segmenter, load_detector(model_path))
+
+
+def missing_model_message(err: ModelFileError) -> str:
+    """What a command prints when its model cannot be loaded: the reason and the way out."""
+    return (f"error: {err}. Train and evaluate a model first "
+            "(python -m covid.train, then python -m covid.evaluate).")

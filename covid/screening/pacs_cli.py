@@ -36,6 +36,7 @@ from covid.inputs.pacs import (
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
 from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError
 from covid.screening import predict
+from covid.screening.engine import missing_model_message
 from covid.screening.pipeline import StudyResult, analyse
 
 if TYPE_CHECKING:
@@ -186,7 +187,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except ModelFileError as err:
-        print(f"error: {err}. Train and evaluate a model first "
-              "(python -m covid.train, then python -m covid.evaluate).", file=sys.stderr)
+        print(missing_model_message(err), file=sys.stderr)
         return 1
     return 1 if any(r["sent"] == "failed" for r in rows) else 0

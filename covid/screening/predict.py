@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
 from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError
+from covid.screening.engine import missing_model_message
 from covid.screening.pipeline import StudyResult, analyse
 
 if TYPE_CHECKING:
@@ -199,7 +200,6 @@ def run(args: argparse.Namespace) -> int:
             json.dump(list(rows), sys.stdout, indent=1)
             sys.stdout.write("\n")
     except ModelFileError as err:
-        print(f"error: {err}. Train and evaluate a model first "
-              "(python -m covid.train, then python -m covid.evaluate).", file=sys.stderr)
+        print(missing_model_message(err), file=sys.stderr)
         return 1
     return 0

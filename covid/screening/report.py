@@ -42,6 +42,7 @@ from covid.inputs.decode import MAX_FILE_BYTES, ImageDecodeError
 from covid.model.decision import NORMAL, NOT_A_CHEST_XRAY, decide, finding_name
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
 from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
+from covid.screening.engine import missing_model_message
 from covid.screening.pipeline import StudyResult, analyse, film_map, lung_share, percentages
 
 if TYPE_CHECKING:
@@ -473,8 +474,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except ModelFileError as err:
-        print(f"error: {err}. Train and evaluate a model first "
-              "(python -m covid.train, then python -m covid.evaluate).", file=sys.stderr)
+        print(missing_model_message(err), file=sys.stderr)
         return 1
     try:
         args.output.write_bytes(pdf)

@@ -27,9 +27,7 @@ from covid.explain.inference import Classifier
 from covid.inputs.decode import decode_image
 from covid.inputs.preprocess import to_model_input
 from covid.model.network import read_metadata
-
-APP = Path(__file__).resolve().parents[2] / "streamlit_app.py"
-TIMEOUT = 120
+from tests.app.pages import APP, TIMEOUT, open_model_page
 
 
 def _png(seed: int = 0, size: int = 128) -> bytes:
@@ -400,26 +398,6 @@ def evaluated_model(tiny_model_file, tmp_path_factory) -> Path:
     return model
 
 
-@pytest.fixture
-def serve(monkeypatch):
-    """Serves a given model file in fresh AppTests (with the gates it ships with)."""
-
-    def make(model: Path) -> AppTest:
-        monkeypatch.setenv("COVID_MODEL_PATH", str(model))
-        return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-
-    st.cache_resource.clear()
-    yield make
-    st.cache_resource.clear()
-
-
-def _open_model_page(at: AppTest) -> AppTest:
-    at.button(key="op_change").click().run()
-    assert not at.exception
-    assert at.title[0].value == "Model"
-    return at
-
-
 def _metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
@@ -430,7 +408,7 @@ def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, eval
     from covid.training.results import scores_from_csv
 
     meta = read_metadata(evaluated_model)
-    at = _open_model_page(serve(evaluated_model).run())
+    at = open_model_page(serve(evaluated_model).run())
     assert [h.value for h in at.header] == [
         "Model card", "Operating point", "Test-split charts", "Explanation sanity",
         "Evidence inside the lungs"]
@@ -464,7 +442,7 @@ def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, eval
 
 
 def test_model_page_without_artefacts_says_so(serve, tiny_model_file):
-    at = _open_model_page(serve(tiny_model_file).run())
+    at = open_model_page(serve(tiny_model_file).run())
     text = _texts(at)
     assert "Evaluation artefacts missing" in text and "python -m covid.evaluate" in text
     assert "tiny.evaluation.json" in text and "tiny.test_scores.csv" in text
@@ -483,7 +461,7 @@ def test_model_page_without_cam_energy_says_it_was_not_measured(serve, evaluated
     evaluation = json.loads(path.read_text())
     evaluation.pop("cam_energy", None)
     path.write_text(json.dumps(evaluation))
-    at = _open_model_page(serve(copy).run())
+    at = open_model_page(serve(copy).run())
     assert "Not measured yet" in _texts(at)
     # ROC, confusion matrix, reliability (and the lung share histogram when measured)
     assert len(at.image) == 3 + _has_lung_evidence(at)
@@ -517,7 +495,7 @@ def test_model_page_without_lung_figures_says_they_were_not_measured(
     evaluation.get("metrics", {}).pop("localisation", None)
     path.write_text(json.dumps(evaluation))
 
-    at = _open_model_page(serve(copy).run())
+    at = open_model_page(serve(copy).run())
     text = _texts(at)
     assert "how its Grad-CAM maps sit against radiologists' lung and infection masks" in text
     assert "hold no `lung_evidence` column" in text
@@ -549,7 +527,7 @@ def test_model_page_shows_the_lung_share_per_class_and_the_localisation_figures(
         "split": "test (COVID films with COVID-QU-Ex masks)"}
     copy.with_suffix(".json").write_text(json.dumps(raw))
 
-    at = _open_model_page(serve(copy).run())
+    at = open_model_page(serve(copy).run())
     assert not at.exception
     assert at.header[-1].value == "Evidence inside the lungs"
     text = _texts(at)
@@ -591,7 +569,7 @@ def test_operating_point_is_per_session_and_relabels_cached_results(
     # session 1 picks a threshold that flips this study
     flipped, threshold = ("Normal", 1.0) if shipped_label == "COVID" else ("COVID", 0.0)
     assert p < 1.0
-    _open_model_page(first)
+    open_model_page(first)
     first.slider(key="op_threshold").set_value(threshold).run()
     first.button(key="op_back").click().run()
     assert not first.exception and first.title[0].value == "Chest X-ray screening"
@@ -610,7 +588,7 @@ def test_operating_point_is_per_session_and_relabels_cached_results(
     assert _label_and_triage(second) == (shipped_label, shipped_triage)
     assert "the shipped operating point" in _texts(second)
     assert second.button(key="op_reset").disabled
-    _open_model_page(second)
+    open_model_page(second)
     assert second.slider(key="op_threshold").value == pytest.approx(meta.threshold)
 
     # session 1 still has its own choice, and its reset button brings back the shipped one
@@ -648,7 +626,7 @@ def test_batch_and_opened_study_survive_a_visit_to_the_model_page(serve, evaluat
     ]).run()
     chosen = _table(at)[1]["file"]
     _select_row(at, 1)
-    _open_model_page(at)
+    open_model_page(at)
     at.button(key="op_back").click().run()
     assert not at.exception
     assert any("uploaded before you opened the model page" in i.value for i in at.info)

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -27,9 +26,7 @@ from covid.training.results import (
     finding_rates,
     lung_evidence_from_csv,
 )
-
-APP = Path(__file__).resolve().parents[2] / "streamlit_app.py"
-TIMEOUT = 120
+from tests.app.pages import open_model_page
 
 
 def _split(root: Path) -> Path:
@@ -68,26 +65,6 @@ def three_class_model(tiny_cnn_factory, tiny_model_file, tmp_path_factory) -> Pa
     return model
 
 
-@pytest.fixture
-def serve(monkeypatch):
-    """Serves a given model file in fresh AppTests."""
-
-    def make(model: Path) -> AppTest:
-        monkeypatch.setenv("COVID_MODEL_PATH", str(model))
-        return AppTest.from_file(str(APP), default_timeout=TIMEOUT)
-
-    st.cache_resource.clear()
-    yield make
-    st.cache_resource.clear()
-
-
-def _model_page(at: AppTest) -> AppTest:
-    at.button(key="op_change").click().run()
-    assert not at.exception
-    assert at.title[0].value == "Model"
-    return at
-
-
 def _matrix(at: AppTest) -> dict[str, list]:
     frame = next(d.value for d in at.dataframe if "true" in d.value.columns)
     return {column: frame[column].tolist() for column in frame.columns}
@@ -107,7 +84,7 @@ def test_the_page_shows_three_classes_at_the_live_operating_point(serve, three_c
     paths = artefact_paths(three_class_model)
     summary = json.loads(paths["evaluation"].read_text())
     scores = class_scores_from_csv(paths["scores"].read_text(), meta.class_names)
-    at = _model_page(serve(three_class_model).run())
+    at = open_model_page(serve(three_class_model).run())
     assert [h.value for h in at.header] == [
         "Model card", "Operating point", "Test-split charts", "By source and age",
         "Explanation sanity", "Evidence inside the lungs"]
@@ -164,7 +141,7 @@ def test_a_scores_file_without_the_true_class_is_explained(serve, three_class_mo
     copy = tmp_path / "old.keras"
     ship(three_class_model, copy)
     artefact_paths(copy)["scores"].write_text("file,label,p_covid\r\nx.png,COVID,0.5\r\n")
-    at = _model_page(serve(copy).run())
+    at = open_model_page(serve(copy).run())
     text = _texts(at)
     assert "cannot be read" in text and "true" in text
     assert not [s for s in at.slider if s.key == "op_threshold"]
