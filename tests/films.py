@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -72,3 +74,33 @@ def dicom_bytes(ds, enforce: bool = True, **kwargs) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=enforce, **kwargs)
     return buffer.getvalue()
+
+
+def three_class_split(root: Path, per_source: int = 4) -> Path:
+    """Random films for every source and side under ``root/data``, and their split record.
+
+    Half of each source's films are children's. The record (``root/m/split.json``) has the
+    three-class trainer's layout, as :func:`covid.training.evaluate.evaluate` reads it.
+    """
+    from covid.training.catalogue import CLASS_NAMES, SOURCES
+
+    rng = np.random.default_rng(0)
+    record = {"root": str(root / "data"), "class_names": list(CLASS_NAMES), "files": {},
+              "labels": {}, "sources": {}, "ages": {}}
+    for side in ("train", "val", "test"):
+        for key in ("files", "labels", "sources", "ages"):
+            record[key][side] = []
+        for source in SOURCES:
+            (root / "data" / source.folder).mkdir(parents=True, exist_ok=True)
+            for i in range(per_source):
+                name = f"{source.folder}/{side}-{i}.png"
+                Image.fromarray(rng.integers(0, 255, (70, 70), dtype=np.uint8)).save(
+                    root / "data" / name)
+                record["files"][side].append(name)
+                record["labels"][side].append(source.label)
+                record["sources"][side].append(source.name)
+                record["ages"][side].append("adult" if i % 2 else "child")
+    path = root / "m" / "split.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path

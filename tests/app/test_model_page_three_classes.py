@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from covid.model.network import read_metadata, save_model
@@ -27,29 +26,7 @@ from covid.training.results import (
     lung_evidence_from_csv,
 )
 from tests.app.pages import open_model_page
-
-
-def _split(root: Path) -> Path:
-    """A split record of 4 random films per source and side, half of them children's."""
-    rng = np.random.default_rng(0)
-    record = {"root": str(root / "data"), "class_names": list(CLASS_NAMES), "files": {},
-              "labels": {}, "sources": {}, "ages": {}}
-    for side in ("train", "val", "test"):
-        for key in ("files", "labels", "sources", "ages"):
-            record[key][side] = []
-        for source in SOURCES:
-            (root / "data" / source.folder).mkdir(parents=True, exist_ok=True)
-            for i in range(4):
-                name = f"{source.folder}/{side}-{i}.png"
-                Image.fromarray(rng.integers(0, 255, (70, 70), dtype=np.uint8)).save(
-                    root / "data" / name)
-                record["files"][side].append(name)
-                record["labels"][side].append(source.label)
-                record["sources"][side].append(source.name)
-                record["ages"][side].append("adult" if i % 2 else "child")
-    path = root / "m" / "split.json"
-    path.write_text(json.dumps(record))
-    return path
+from tests.films import three_class_split
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +38,7 @@ def three_class_model(tiny_cnn_factory, tiny_model_file, tmp_path_factory) -> Pa
     meta.class_names = list(CLASS_NAMES)
     model = root / "m" / "tiny3.keras"
     save_model(tiny_cnn_factory(n_classes=3), meta, model)
-    evaluate(model, Options(_split(root), cache_dir=root / "cache"))
+    evaluate(model, Options(three_class_split(root), cache_dir=root / "cache"))
     return model
 
 

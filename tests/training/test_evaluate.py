@@ -2,40 +2,17 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from covid.model.network import load_model, read_metadata, save_model
-from covid.training.catalogue import CLASS_NAMES, SOURCES
+from covid.training.catalogue import CLASS_NAMES
 from covid.training.evaluate import Options, artefact_paths, evaluate, ship, split_side
+from tests.films import three_class_split
 
 
 def _three_class_model(tmp_path, tiny_cnn_factory, tiny_metadata):
     tiny_metadata.class_names = list(CLASS_NAMES)
     path = tmp_path / "m" / "model.keras"
     save_model(tiny_cnn_factory(n_classes=3), tiny_metadata, path)
-    return path
-
-
-def _split(tmp_path):
-    rng = np.random.default_rng(0)
-    record = {"root": str(tmp_path / "data"), "class_names": list(CLASS_NAMES), "files": {},
-              "labels": {}, "sources": {}, "ages": {}}
-    for side in ("train", "val", "test"):
-        for key in ("files", "labels", "sources", "ages"):
-            record[key][side] = []
-        for source in SOURCES:
-            folder = tmp_path / "data" / source.folder
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(4):
-                name = f"{source.folder}/{side}-{i}.png"
-                Image.fromarray(rng.integers(0, 255, (70, 70), dtype=np.uint8)).save(
-                    tmp_path / "data" / name)
-                record["files"][side].append(name)
-                record["labels"][side].append(source.label)
-                record["sources"][side].append(source.name)
-                record["ages"][side].append("adult" if i % 2 else "child")
-    path = tmp_path / "m" / "split.json"
-    path.write_text(json.dumps(record))
     return path
 
 
@@ -49,7 +26,7 @@ def test_a_two_class_split_record_reads_as_catalogue(tmp_path):
 def test_evaluate_writes_three_class_figures(tmp_path, tiny_cnn_factory, tiny_metadata,
                                              tiny_model_file):
     model = _three_class_model(tmp_path, tiny_cnn_factory, tiny_metadata)
-    split = _split(tmp_path)
+    split = three_class_split(tmp_path)
     metrics = evaluate(model, Options(split, compare=tiny_model_file,
                                       cache_dir=tmp_path / "cache"))
     meta = read_metadata(model)
