@@ -12,6 +12,7 @@ network, one batch at a time. The wrapped Keras model is never modified.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -73,7 +74,6 @@ class Classifier:
         metadata: Its metadata (class names, input size, temperature, threshold).
         batch_size: Images per forward pass in the ``*_batch`` methods.
         gradcam_layer: The layer the maps explain.
-        map_cells: The maps' resolution before upsampling: cells a side at the input size.
     """
 
     def __init__(self, model: keras.Model, metadata: ModelMetadata, batch_size: int = 32):
@@ -87,7 +87,6 @@ class Classifier:
         self.n_classes = int(self._head.outputs[0].shape[-1])
         self.n_features = int(self._head.outputs[1].shape[-1])
         size = metadata.input_size
-        self.map_cells = int(self._backbone.compute_output_shape((1, size, size, 1))[1])
         image_spec = tf.TensorSpec((None, size, size, 1), tf.float32)
         target_spec = tf.TensorSpec((None,), tf.int32)
         # No AutoGraph: the steps have no Python control flow on tensors, and
@@ -113,6 +112,15 @@ class Classifier:
         self._calls = 0  # batches running or waiting for the network
         self._last_call = time.monotonic()  # when the last batch finished
         self._tracing: str | None = None  # the graph the warm-up is tracing now
+
+    @functools.cached_property
+    def map_cells(self) -> int:
+        """The maps' resolution before upsampling: cells a side at the input size.
+
+        Worked out on first use (the model page), not while a server starts.
+        """
+        size = self.metadata.input_size
+        return int(self._backbone.compute_output_shape((1, size, size, 1))[1])
 
     @classmethod
     def from_file(cls, path: str | Path = DEFAULT_MODEL_PATH, batch_size: int = 32) -> Classifier:

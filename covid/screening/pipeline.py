@@ -281,11 +281,6 @@ def _explain_labels(classifier: Classifier, x: np.ndarray, threshold: float) -> 
     return explanations
 
 
-def suspicion(result: StudyResult) -> float:
-    """How suspicious a scored film is: P(any finding), then P(COVID) to break ties."""
-    return (result.p_finding or 0.0) + 1e-9 * (result.p_positive or 0.0)
-
-
 def rank_by_suspicion(results: Sequence[StudyResult]) -> list[StudyResult]:
     """Orders results most suspicious first; errors last, in upload order.
 
@@ -297,4 +292,5 @@ def rank_by_suspicion(results: Sequence[StudyResult]) -> list[StudyResult]:
     """
     scored = [r for r in results if r.decision is not None]
     failed = [r for r in results if r.decision is None]
-    return sorted(scored, key=lambda r: -suspicion(r)) + failed
+    # P(any finding) first; P(COVID) orders films equally likely to hold a finding
+    return sorted(scored, key=lambda r: (-r.p_finding, -r.p_positive)) + failed

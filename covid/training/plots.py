@@ -12,6 +12,18 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
+def _finish_roc(fig: Figure, ax, operating: tuple[float, float] | None, title: str,
+                fontsize: int) -> Figure:
+    """The operating point, axes, title and legend every ROC chart shares."""
+    if operating is not None:
+        ax.plot(*operating, "o", color="tab:red", label="operating point")
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1),
+           ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=fontsize)
+    fig.tight_layout()
+    return fig
+
+
 def roc_figure(
     roc: dict[str, list[float]],
     auc: float,
@@ -34,13 +46,7 @@ def roc_figure(
     ax.plot(roc["fpr"], roc["tpr"], color="tab:blue",
             label=f"AUC {auc:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    if operating is not None:
-        ax.plot(*operating, "o", color="tab:red", label="operating point")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC, test split",
-           xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
+    return _finish_roc(fig, ax, operating, "ROC, test split", 8)
 
 
 def reliability_figure(curves: dict[str, dict[str, list[float]]], event: str = "COVID"
@@ -122,13 +128,7 @@ def class_roc_figure(
     if finding is not None:
         ax.plot(finding["fpr"], finding["tpr"], color="black", linestyle="--", linewidth=1,
                 label="any finding vs Normal")
-    if operating is not None:
-        ax.plot(*operating, "o", color="tab:red", label="operating point")
-    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC per class, test split",
-           xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=7)
-    fig.tight_layout()
-    return fig
+    return _finish_roc(fig, ax, operating, "ROC per class, test split", 7)
 
 
 def lung_share_figure(groups: dict[str, np.ndarray], caution: float = 0.5) -> Figure:
