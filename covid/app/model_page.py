@@ -26,6 +26,7 @@ from covid.explain.localisation import CAUTION_SHARE
 from covid.model.decision import finding_name
 from covid.model.network import ModelMetadata
 from covid.screening.table import by_column
+from covid.training.comparison import comparison_rows
 from covid.training.metrics import operating_point
 from covid.training.plots import (
     class_roc_figure,
@@ -156,6 +157,28 @@ def model_card_section_ui(meta: ModelMetadata, cells: int) -> None:
         data_card_ui(meta)
     with use_col:
         st.markdown(intended_use(meta, cells))
+
+
+def comparison_ui(meta: ModelMetadata) -> None:
+    """The headline test figures beside the previous model's and the goals."""
+    metrics = meta.metrics or {}
+    previous = (metrics.get("comparison") or {}).get("previous")
+    rows = comparison_rows(metrics)
+    if not isinstance(previous, dict) or not rows:
+        return
+    st.header("Against the previous model", anchor=False)
+    st.dataframe(by_column(rows, list(rows[0])), hide_index=True, width="content")
+    st.caption(
+        f"Held-out test split ({metrics.get('n', '?')} films), each model at its own "
+        "temperature and operating point"
+        + (f"; previous: {previous['model']}" if previous.get("model") else "")
+        + ". The goals are those set for this version; \"—\": not measured."
+    )
+    gate = metrics.get("ship_gate")
+    if isinstance(gate, dict) and gate.get("ship") and gate.get("shipped"):
+        st.caption(f"Shipped because it beat {gate['shipped'].get('model', 'the model before')} "
+                   "on the validation split in the AUC of P(COVID) and all three map figures, "
+                   "sending home few enough of its other pneumonias.")
 
 
 def threshold_ui(meta: ModelMetadata) -> float:
@@ -461,6 +484,7 @@ def page() -> None:
         return
     meta = loaded[0].metadata
     model_card_section_ui(meta, loaded[0].map_cells)
+    comparison_ui(meta)
     evaluation = read_evaluation(path, meta.positive_class, meta.class_names)
     if evaluation.problems:
         st.warning(

@@ -39,9 +39,11 @@ from covid.model.calibration import (
 )
 from covid.model.decision import decide_labels, p_finding
 from covid.model.network import ModelMetadata, metadata_path, read_metadata, write_metadata
+from covid.model.ood_stats import mahalanobis_score, ood_path, read_model_stats
 from covid.training.catalogue import Catalogue, catalogue_side, data_dir
+from covid.training.comparison import FIGURES, ShipVerdict, ship_verdict
 from covid.training.lung_data import FocusedSet, MaskSet, focused_dataset, match_masks
-from covid.training.metrics import roc_points, screening_figures
+from covid.training.metrics import flagged_by_class, roc_points, screening_figures
 
 LOG = logging.getLogger("covid.training.evaluate")
 MIN_SENSITIVITY = 0.98
@@ -83,11 +85,13 @@ class Scored:
     Attributes:
         films: The films.
         logits: (N, C) logits over the model's classes.
+        features: (N, F) pooled features from the same pass (for the OOD statistics).
         focused: The films' model inputs and lungs.
     """
 
     films: Catalogue
     logits: np.ndarray
+    features: np.ndarray
     focused: FocusedSet
 
 
@@ -96,7 +100,17 @@ def score(classifier, segmenter, films: Catalogue, cache_dir: Path | None) -> Sc
     meta = classifier.metadata
     focused = focused_dataset(films.paths, meta.input_size, meta.input_mode, segmenter,
                               cache_dir=cache_dir)
-    return Scored(films, classifier.logits_batch(focused.x.astype(np.float32)), focused)
+    logits, features = classifier.forward_batch(focused.x.astype(np.float32))
+    return Scored(films, logits, features, focused)
+
+
+def ood_flagged(model_path: Path, scored: Scored) -> dict[str, float] | None:
+    """Share of each true class the model's own OOD statistics flag (None: it has none)."""
+    stats = read_model_stats(model_path)
+    if stats is None or not np.isfinite(stats.threshold):
+        return None
+    flagged = mahalanobis_score(stats, scored.features) > stats.threshold
+    return flagged_by_class(flagged, true_names(scored.films))
 
 
 def true_names(films: Catalogue) -> np.ndarray:
@@ -288,12 +302,19 @@ def _loaded(model_path: Path, lung_model: Path):
 
 
 def compare_with(model_path: Path, test_films: Catalogue, opts: Options) -> dict:
-    """Another model's test figures at its own shipped temperature and operating point."""
+    """Another model's figures on these films at its own shipped temperature and operating point.
+
+    With out-of-distribution statistics beside it, the share of each true class
+    they flag is added as ``ood_flagged``.
+    """
     classifier, segmenter = _loaded(model_path, opts.lung_model)
     meta = classifier.metadata
     test = score(classifier, segmenter, test_films, opts.cache_dir)
     metrics, _, _ = test_figures(classifier, test, meta.temperature, meta.threshold,
                                  opts.mask_root, opts.cache_dir)
+    flags = ood_flagged(model_path, test)
+    if flags is not None:
+        metrics["ood_flagged"] = flags
     return {"model": f"{meta.name} v{meta.version}", "sha256": meta.sha256, **metrics}
 
 
@@ -314,6 +335,9 @@ def evaluate(model_path: Path, opts: Options) -> dict:
     metrics, curves, shares = test_figures(classifier, test, meta.temperature, meta.threshold,
                                            opts.mask_root, opts.cache_dir)
     metrics["split"] = "test"
+    flags = ood_flagged(model_path, test)
+    if flags is not None:
+        metrics["ood_flagged"] = flags
     if opts.compare is not None:
         metrics["comparison"] = {"previous": compare_with(opts.compare, test.films, opts)}
     meta.metrics = metrics
@@ -353,14 +377,48 @@ def validation_figures(model_path: Path, opts: Options, limit: int = 0) -> dict:
     return metrics
 
 
+def gate(model_path: Path, shipped: Path, opts: Options) -> ShipVerdict:
+    """The ship gate on the validation split, recorded in the candidate's metadata.
+
+    The candidate is measured at the temperature and operating point it fitted on
+    validation, the shipped model at its own, on the same validation films
+    (:func:`covid.training.comparison.ship_verdict`).
+    """
+    candidate = validation_figures(model_path, opts)
+    previous = None
+    if shipped.is_file():
+        films = split_side(json.loads(opts.split.read_text()), "val", opts.data_root)
+        previous = compare_with(shipped, films, opts)
+    verdict = ship_verdict(candidate, previous)
+    meta = read_metadata(model_path)
+    meta.metrics["ship_gate"] = {
+        "split": "val", "ship": verdict.ship, "reasons": list(verdict.reasons),
+        "candidate": {f.key: f.value(candidate) for f in FIGURES},
+        "shipped": None if previous is None else {
+            "model": previous["model"], **{f.key: f.value(previous) for f in FIGURES}},
+    }
+    write_metadata(meta, model_path)
+    return verdict
+
+
 def ship(model_path: Path, target: Path) -> None:
-    """Copies a model with its metadata and artefacts to the shipped location."""
+    """Copies a model with its metadata, artefacts and OOD statistics to the shipped location.
+
+    Statistics left at the target by the model it replaces are removed: they
+    describe another network's features.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model_path, target)
     shutil.copyfile(metadata_path(model_path), metadata_path(target))
     for key, source in artefact_paths(model_path).items():
         if source.exists():
             shutil.copyfile(source, artefact_paths(target)[key])
+    meta = read_metadata(target)
+    ood_path(target).unlink(missing_ok=True)
+    if "ood" in meta.extra:
+        shutil.copyfile(Path(model_path).parent / meta.extra["ood"]["file"], ood_path(target))
+        meta.extra["ood"]["file"] = ood_path(target).name
+        write_metadata(meta, target)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -379,7 +437,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path,
                         default=Path.home() / ".cache" / "covid-runs" / "cache")
     parser.add_argument("--ship", type=Path, default=None,
-                        help="also copy the evaluated model and its artefacts here")
+                        help="then copy the model and its artefacts here if it beats the "
+                             "model there on validation (covid.training.comparison)")
     parser.add_argument("--val-only", action="store_true",
                         help="print validation figures to compare candidates; write nothing")
     parser.add_argument("--val-limit", type=int, default=0, help="with --val-only: films/class")
@@ -395,5 +454,10 @@ def main(argv: list[str] | None = None) -> None:
     metrics = evaluate(args.model, opts)
     print(json.dumps(metrics, indent=1, default=str))
     if args.ship:
+        verdict = gate(args.model, args.ship, opts)
+        if not verdict.ship:
+            LOG.warning("not shipped, the candidate is not better on validation:\n- %s",
+                        "\n- ".join(verdict.reasons))
+            raise SystemExit(1)
         ship(args.model, args.ship)
         LOG.info("shipped to %s", args.ship)

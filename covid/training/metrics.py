@@ -147,6 +147,20 @@ def _share(mask: np.ndarray) -> float | None:
     return float(mask.mean()) if len(mask) else None
 
 
+def flagged_by_class(flagged: np.ndarray, true_names: np.ndarray) -> dict[str, float]:
+    """Share of each true class's films flagged out of distribution.
+
+    Args:
+        flagged: (N,) bool flags.
+        true_names: (N,) true class names.
+
+    Returns:
+        Class name -> share flagged, for every class present.
+    """
+    flagged, true_names = np.asarray(flagged, bool), np.asarray(true_names)
+    return {str(n): float(flagged[true_names == n].mean()) for n in np.unique(true_names)}
+
+
 def group_figures(true_names: np.ndarray, decided: np.ndarray, flagged: np.ndarray | None = None
                   ) -> dict:
     """Label shares of one group of films: what the decision rule told them.

@@ -31,7 +31,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 
 from covid.inputs.decode import ImageDecodeError
-from covid.model.network import ModelFileError
+from covid.model.network import ModelFileError, read_metadata, write_metadata
 from covid.model.ood_stats import (
     OODStats,
     mahalanobis_score,
@@ -40,7 +40,8 @@ from covid.model.ood_stats import (
     write_model_stats,
 )
 from covid.training.catalogue import Catalogue
-from covid.training.evaluate import artefact_paths, split_side
+from covid.training.evaluate import artefact_paths, split_side, true_names
+from covid.training.metrics import flagged_by_class
 
 LOG = logging.getLogger("covid.training.ood_fit")
 
@@ -139,11 +140,21 @@ def fit_for_model(args: argparse.Namespace) -> dict:
                     n_components=args.components, seed=args.seed)
     val_scores = mahalanobis_score(stats, features_of(classifier, val.paths, segmenter))
     threshold = quantile_threshold(val_scores, args.max_flag_rate)
-    return write_model_stats(dataclasses.replace(stats, threshold=threshold), args.model, {
+    test = split_side(json.loads(Path(split_file).read_text()), "test", args.data_root)
+    test_flagged = flagged_by_class(
+        mahalanobis_score(stats, features_of(classifier, test.paths, segmenter)) > threshold,
+        true_names(test)) if test.names else {}
+    entry = write_model_stats(dataclasses.replace(stats, threshold=threshold), args.model, {
         "method": METHOD, "n_train": len(train.names), "n_val": len(val.names),
         "max_flag_rate": args.max_flag_rate,
         "val_flag_rate": float(np.mean(val_scores > threshold)), "split": str(split_file),
+        "test_flagged": test_flagged,
     })
+    if test_flagged:  # beside the other test figures, as the evaluation would record it
+        meta = read_metadata(args.model)
+        meta.metrics["ood_flagged"] = test_flagged
+        write_metadata(meta, args.model)
+    return entry
 
 
 def features_of(classifier, paths: Sequence[Path], segmenter=None, chunk: int = 256) -> np.ndarray:

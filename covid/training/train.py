@@ -11,8 +11,9 @@ With ``--cam-weight`` above zero the loss adds the share of each class's map
 outside the lungs (:mod:`covid.training.guided`). A checkpoint (weights,
 optimizer state with the average, and the run's state) is written after every
 epoch, atomically, so that ``--resume`` continues a run that a session's end
-killed. Model building runs inside a ``tf.distribute`` strategy: MirroredStrategy
-on several GPUs, MultiWorkerMirroredStrategy when ``TF_CONFIG`` is set.
+killed, and ``--export-now`` exports an unfinished run's checkpoint. Model
+building runs inside a ``tf.distribute`` strategy: MirroredStrategy on several
+GPUs, MultiWorkerMirroredStrategy when ``TF_CONFIG`` is set.
 """
 
 from __future__ import annotations
@@ -367,6 +368,8 @@ def recipe(args, state: TrainState, data: TrainingData) -> dict:
         "initialised_from": str(args.init) if args.init else "random",
         "stages": args.stages, "steps_per_epoch": args.steps_per_epoch,
         "batch_size": args.batch_size, "images_seen": state.images_seen,
+        "images_planned": sum(s.epochs for s in parse_stages(args.stages))
+        * args.steps_per_epoch * args.batch_size,
         "optimizer": "AdamW", "peak_lr": args.lr, "weight_decay": args.weight_decay,
         "lr_schedule": "linear warm-up + one cosine decay over the whole budget",
         "warmup_steps": args.warmup_steps, "ema_momentum": args.ema,
@@ -403,9 +406,15 @@ def train(args: argparse.Namespace) -> Path:
     with choose_strategy().scope():
         model, trainer = build_training(args, total_epochs * args.steps_per_epoch)
     state = TrainState()
-    if args.resume and (args.run / "state.json").exists():
+    if (args.resume or args.export_now) and (args.run / "state.json").exists():
         state = load_checkpoint(args.run, trainer)
         LOG.info("resumed after epoch %d (%d images seen)", state.epoch, state.images_seen)
+    if args.export_now:
+        if not state.epoch:
+            raise SystemExit(f"--export-now: no checkpoint in {args.run}")
+        # The size the weights last trained at: a jump to the final size would not fit them.
+        size = stage_of_epoch(stages, state.epoch - 1).size
+        return export(model, trainer, data, args, state, size)
     while state.epoch < total_epochs:
         record = run_epoch(model, trainer, data, args, stages, state)
         state.history.append(record)
@@ -452,6 +461,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start from this classifier's weights where layers match")
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument("--export-now", action="store_true",
+                   help="export the run's checkpoint as it stands, at the size it last trained "
+                        "at, without training further (to evaluate a run that has not finished)")
     p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="hashes, segmentations")
     args = p.parse_args(argv)
     args.data = args.data or data_dir()

@@ -18,6 +18,7 @@ from streamlit.testing.v1 import AppTest
 
 from covid.model.network import read_metadata, save_model
 from covid.training.catalogue import CLASS_NAMES, SOURCES
+from covid.training.comparison import comparison_rows
 from covid.training.evaluate import Options, artefact_paths, evaluate
 from covid.training.results import (
     class_scores_from_csv,
@@ -38,7 +39,8 @@ def three_class_model(tiny_cnn_factory, tiny_model_file, tmp_path_factory) -> Pa
     meta.class_names = list(CLASS_NAMES)
     model = root / "m" / "tiny3.keras"
     save_model(tiny_cnn_factory(n_classes=3), meta, model)
-    evaluate(model, Options(three_class_split(root), cache_dir=root / "cache"))
+    evaluate(model, Options(three_class_split(root), compare=tiny_model_file,
+                            cache_dir=root / "cache"))
     return model
 
 
@@ -63,10 +65,15 @@ def test_the_page_shows_three_classes_at_the_live_operating_point(serve, three_c
     scores = class_scores_from_csv(paths["scores"].read_text(), meta.class_names)
     at = open_model_page(serve(three_class_model).run())
     assert [h.value for h in at.header] == [
-        "Model card", "Operating point", "Test-split charts", "By source and age",
-        "Explanation sanity", "Evidence inside the lungs"]
+        "Model card", "Against the previous model", "Operating point", "Test-split charts",
+        "By source and age", "Explanation sanity", "Evidence inside the lungs"]
     assert not at.error and "Evaluation artefacts missing" not in _texts(at)
     assert at.slider(key="op_threshold").label == "Threshold on calibrated P(any finding)"
+
+    # the headline figures beside the previous model's, as the metadata holds them
+    table = next(d.value for d in at.dataframe if "previous" in d.value.columns)
+    assert table.to_dict("records") == comparison_rows(meta.metrics)
+    assert "previous: tiny test CNN vtest" in _texts(at)
 
     # the 3 x 3 matrix at the shipped point is the evaluation's own
     shipped = _matrix(at)

@@ -19,7 +19,7 @@ from pydicom.data import get_testdata_file
 
 from covid.model.network import DEFAULT_MODEL_PATH, read_metadata
 from covid.screening.pipeline import analyse
-from covid.training.evaluate import artefact_paths
+from covid.training.evaluate import artefact_paths, split_side
 
 
 def _has_ood_stats() -> bool:
@@ -107,9 +107,10 @@ def test_non_chest_images_are_flagged_or_refused(shipped_models):
 
 
 def test_false_flag_rate_on_real_xrays(shipped_models, shared_data_dir):
-    split = json.loads(artefact_paths(DEFAULT_MODEL_PATH)["split"].read_text())
-    names = split["files"]["test"][::6][:300]
-    files = [(n, (shared_data_dir / n).read_bytes()) for n in names]
+    films = split_side(json.loads(artefact_paths(DEFAULT_MODEL_PATH)["split"].read_text()),
+                       "test")
+    files = [(films.names[i], films.paths[i].read_bytes())
+             for i in range(0, len(films.names), 6)][:300]
     results = _screen(shipped_models, files)
     assert all(r.error is None for r in results)
     rate = np.mean([bool(r.ood) for r in results])

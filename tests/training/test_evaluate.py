@@ -49,3 +49,33 @@ def test_evaluate_writes_three_class_figures(tmp_path, tiny_cnn_factory, tiny_me
     target = tmp_path / "shipped" / "covid.keras"
     ship(model, target)
     load_model(target)  # the SHA still matches after calibration and copying
+
+
+@pytest.mark.slow
+def test_the_gate_refuses_an_unproven_model_and_ship_carries_its_ood_statistics(
+        tmp_path, tiny_cnn_factory, tiny_metadata, tiny_model_file):
+    from covid.model.ood_stats import ood_path, read_model_stats
+    from covid.training import evaluate as evaluate_cli
+    from covid.training import ood_fit
+
+    model = _three_class_model(tmp_path, tiny_cnn_factory, tiny_metadata)
+    split = three_class_split(tmp_path)
+    assert ood_fit.main(["--model", str(model), "--split", str(split), "--components", "4",
+                         "--max-flag-rate", "0.25"]) == 0
+    target = tmp_path / "shipped" / "covid.keras"
+    with pytest.raises(SystemExit) as refused:
+        evaluate_cli.main(["--model", str(model), "--split", str(split), "--masks",
+                           str(tmp_path / "no-masks"), "--ship", str(target)])
+    assert refused.value.code == 1 and not target.exists()
+    meta = read_metadata(model)
+    # the test figures count what the model's own OOD statistics flag, per true class
+    assert set(meta.metrics["ood_flagged"]) == set(CLASS_NAMES)
+    assert meta.metrics["ood_flagged"] == meta.extra["ood"]["test_flagged"]
+    gate = meta.metrics["ship_gate"]
+    assert gate["split"] == "val" and gate["ship"] is False and gate["shipped"] is None
+    assert "COVID map: peak inside the lungs: not measured for the candidate" in gate["reasons"]
+
+    ship(model, target)
+    stats = read_model_stats(target)  # the statistics came along, renamed, their SHA intact
+    assert read_metadata(target).extra["ood"]["file"] == ood_path(target).name
+    assert stats is not None and stats.threshold == meta.extra["ood"]["threshold"]

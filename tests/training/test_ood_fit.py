@@ -131,7 +131,7 @@ def _tiny_dataset(root: Path) -> dict:
             Image.fromarray(np.clip(film, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
             relative = f"{name}/{name}-{i}.png"
             (root / relative).write_bytes(buffer.getvalue())
-            files["train" if i < 10 else "val"].append(relative)
+            files["train" if i < 10 else "val" if i < 12 else "test"].append(relative)
     return {"root": str(root), "files": files}
 
 
@@ -149,8 +149,12 @@ def test_cli_fits_on_a_tiny_model(tmp_path, capsys, tiny_cnn_factory):
     entry = read_metadata(model_path).extra["ood"]
     assert entry["file"] == "tiny.ood.npz" and (tmp_path / "tiny.ood.npz").is_file()
     assert (entry["n_train"], entry["n_val"], entry["feature_dim"], entry["components"]) == (
-        18, 8, 16, 4)
+        18, 4, 16, 4)
     assert entry["val_flag_rate"] <= 0.1 and "wrote tiny.ood.npz" in capsys.readouterr().err
+    # the test split's flag rate per true class, beside the model's other test figures
+    assert set(entry["test_flagged"]) == {"COVID", "Normal"}
+    assert all(share in (0.0, 0.5, 1.0) for share in entry["test_flagged"].values())
+    assert read_metadata(model_path).metrics["ood_flagged"] == entry["test_flagged"]
     load_model(model_path)  # the .keras file is untouched: its SHA-256 still matches
 
     detector = load_detector(model_path)

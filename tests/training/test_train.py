@@ -71,3 +71,10 @@ def test_training_end_to_end_and_resume(tmp_path):
     history = meta.recipe["history"]
     assert [h["epoch"] for h in history] == [0, 1]
     assert meta.recipe["images_seen"] == 16
+
+    # an unfinished run exports its checkpoint at the size it last trained at
+    exported = train.train(_args(tmp_path, "64:1,64:1,96:1", "--export-now"))
+    _, meta = load_model(exported)
+    assert meta.input_size == 64 and meta.recipe["images_seen"] == 16
+    assert meta.recipe["images_planned"] == 24
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 2
