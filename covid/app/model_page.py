@@ -26,7 +26,7 @@ from covid.explain.localisation import CAUTION_SHARE
 from covid.model.decision import finding_name
 from covid.model.network import ModelMetadata
 from covid.screening.table import by_column
-from covid.training.comparison import comparison_rows
+from covid.training.comparison import comparison_rows, with_previous_sent_home
 from covid.training.metrics import operating_point
 from covid.training.plots import (
     class_roc_figure,
@@ -377,14 +377,15 @@ def groups_ui(meta: ModelMetadata, evaluation: Evaluation) -> None:
                 st.info(f"The evaluation JSON holds no figures {title.lower()}.",
                         icon=":material/info:")
                 continue
-            rows = group_rows(groups, meta.class_names)
-            rates = [k for k in rows[0] if k == "sent home" or k.startswith("labelled ")]
+            rows = with_previous_sent_home(group_rows(groups, meta.class_names), metrics, key)
+            rates = [k for k in rows[0] if k.endswith("sent home") or k.startswith("labelled ")]
             st.dataframe(by_column(rows, list(rows[0])), hide_index=True, width="content",
                          placeholder="", column_config=dict.fromkeys(rates, percent))
     threshold = (evaluation.summary or {}).get("threshold", meta.threshold)
     st.caption(f"Test split, at the evaluation's operating point ({finding_name(meta.class_names)}"
                f" ≥ {float(threshold):.3f}): the share of each group's films sent home, and "
-               "labelled with each finding.")
+               "labelled with each finding; where a previous model was compared, the share it "
+               "sent home at its own operating point.")
 
 
 def cam_energy_ui(evaluation: Evaluation) -> None:

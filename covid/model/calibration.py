@@ -124,3 +124,29 @@ def choose_threshold(
         raise ValueError("cannot choose a threshold without positive cases")
     allowed_misses = int(np.floor((1.0 - min_sensitivity) * len(positives) + 1e-9))
     return float(positives[allowed_misses])
+
+
+def choose_finding_threshold(p_finding: np.ndarray, true_names: np.ndarray,
+                             min_sensitivity: float = 0.98, normal: str = "Normal") -> float:
+    """The highest threshold on P(any finding) that admits enough of *every* finding.
+
+    Pooling the findings would let an easy class (COVID-19) carry a hard one
+    (other pneumonias): each finding class must itself keep ``min_sensitivity``.
+
+    Args:
+        p_finding: (N,) validation probabilities of any finding.
+        true_names: (N,) true class names.
+        min_sensitivity: Share of each finding's films that must be admitted.
+        normal: The class without a finding.
+
+    Returns:
+        The threshold: admit when ``p >= threshold``.
+
+    Raises:
+        ValueError: There are no films with a finding.
+    """
+    true_names = np.asarray(true_names)
+    findings = [n for n in np.unique(true_names) if n != normal]
+    if not findings:
+        raise ValueError("cannot choose a threshold without films with a finding")
+    return min(choose_threshold(p_finding, true_names == n, min_sensitivity) for n in findings)

@@ -161,3 +161,32 @@ def ship_verdict(candidate: Mapping[str, Any], shipped: Mapping[str, Any] | None
         reasons.append(f"other pneumonias sent home: {shown}, above "
                        f"{MAX_PNEUMONIA_HOME:.0%}")
     return ShipVerdict(not reasons, tuple(reasons))
+
+
+def with_previous_sent_home(rows: list[dict[str, Any]], metrics: Mapping[str, Any],
+                            key: str) -> list[dict[str, Any]]:
+    """Group rows with the previous model's share sent home beside this model's.
+
+    Args:
+        rows: :func:`covid.training.results.group_rows` of ``metrics[key]``.
+        metrics: The evaluation's test metrics.
+        key: ``by_source`` or ``by_age``.
+
+    Returns:
+        New rows, each with ``previous: sent home`` (percent, None where the
+        previous model has no such group) after ``sent home``; the rows unchanged
+        when there is no previous model.
+    """
+    previous = ((metrics.get("comparison") or {}).get("previous") or {}).get(key)
+    if not isinstance(previous, Mapping):
+        return rows
+    out = []
+    for row in rows:
+        home = (previous.get(f"{row['group']} / {row['true class']}") or {}).get("sent_home")
+        extended = {}
+        for column, value in row.items():
+            extended[column] = value
+            if column == "sent home":
+                extended["previous: sent home"] = None if home is None else 100.0 * home
+        out.append(extended)
+    return out

@@ -7,8 +7,9 @@ Usage::
 The temperature and the operating point are fitted on the validation split, never
 on test: the temperature by log-loss, the operating point as the highest
 threshold on P(any finding) = 1 - P(Normal) that still admits 98% of the
-validation films with a finding (:mod:`covid.model.decision`). Test figures
-(:func:`covid.training.metrics.screening_figures`: AUCs with bootstrap CIs, the
+validation films of each finding, COVID-19 and other pneumonia alike
+(:func:`covid.model.calibration.choose_finding_threshold`, :mod:`covid.model.decision`).
+Test figures (:func:`covid.training.metrics.screening_figures`: AUCs with bootstrap CIs, the
 3 x 3 confusion matrix, sensitivity, specificity, pneumonias sent home, every
 figure by source and by age group), calibration, the share of each film's map
 inside its segmented lungs, and the localisation of the COVID-19 map against the
@@ -32,7 +33,7 @@ import numpy as np
 
 from covid.model.calibration import (
     calibrated_probs,
-    choose_threshold,
+    choose_finding_threshold,
     expected_calibration_error,
     fit_temperature,
     reliability_curve,
@@ -134,8 +135,7 @@ def calibrate(val: Scored, class_names: list[str]) -> tuple[float, float]:
     index = np.asarray([class_names.index(n) if n in class_names else -1 for n in names])
     temperature = fit_temperature(val.logits[known], index[known])
     probs = calibrated_probs(val.logits, temperature)
-    threshold = choose_threshold(p_finding(probs, class_names), names != "Normal",
-                                 MIN_SENSITIVITY)
+    threshold = choose_finding_threshold(p_finding(probs, class_names), names, MIN_SENSITIVITY)
     return temperature, threshold
 
 

@@ -98,6 +98,10 @@ def test_the_page_shows_three_classes_at_the_live_operating_point(serve, three_c
     by_source = next(d.value for d in at.dataframe if "group" in d.value.columns)
     assert set(by_source["group"]) == {source.name for source in SOURCES}
     assert "labelled Other pneumonia" in by_source.columns
+    previous = summary["metrics"]["comparison"]["previous"]["by_source"]
+    assert by_source["previous: sent home"].tolist() == [
+        100.0 * previous[f"{g} / {t}"]["sent_home"]
+        for g, t in zip(by_source["group"], by_source["true class"], strict=True)]
     by_age = [d.value for d in at.dataframe if "group" in d.value.columns][1]
     assert set(by_age["group"]) == {"adult", "child"}
 

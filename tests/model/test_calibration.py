@@ -3,6 +3,7 @@ import pytest
 
 from covid.model.calibration import (
     calibrated_probs,
+    choose_finding_threshold,
     choose_threshold,
     expected_calibration_error,
     fit_temperature,
@@ -54,3 +55,20 @@ def test_reliability_curve_bins():
     curve = reliability_curve(np.array([0.05, 0.05, 0.95, 0.95]), np.array([0, 0, 1, 0]))
     assert curve["observed"] == [0.0, 0.5]
     assert curve["count"] == [2.0, 2.0]
+
+
+def test_the_finding_threshold_admits_enough_of_each_finding():
+    # 100 easy COVID films (0.9-0.99) and 100 harder pneumonias (0.3-0.99): pooled, the
+    # COVID films would carry the pneumonias; each class alone must keep 98%
+    covid = np.linspace(0.9, 0.99, 100)
+    pneumonia = np.linspace(0.3, 0.99, 100)
+    normal = np.linspace(0.0, 0.5, 100)
+    p = np.concatenate([covid, pneumonia, normal])
+    names = np.array(["COVID"] * 100 + ["Other pneumonia"] * 100 + ["Normal"] * 100)
+    t = choose_finding_threshold(p, names, 0.98)
+    assert t == pneumonia[2]  # two of the pneumonias may be missed, no more
+    assert (pneumonia >= t).mean() >= 0.98 and (covid >= t).all()
+    pooled = choose_threshold(p, names != "Normal", 0.98)
+    assert (pneumonia >= pooled).mean() < 0.98  # what pooling would have allowed
+    with pytest.raises(ValueError, match="finding"):
+        choose_finding_threshold(normal, names[200:])

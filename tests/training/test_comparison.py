@@ -1,6 +1,13 @@
 """The headline figures beside the previous model's, and the ship gate."""
 
-from covid.training.comparison import FIGURES, MAX_PNEUMONIA_HOME, comparison_rows, ship_verdict
+from covid.training.comparison import (
+    FIGURES,
+    MAX_PNEUMONIA_HOME,
+    comparison_rows,
+    ship_verdict,
+    with_previous_sent_home,
+)
+from covid.training.results import group_rows
 
 
 def _metrics(auc=0.99, home=0.01, energy=0.6, peak=0.8, infection=0.4, **extra) -> dict:
@@ -55,3 +62,19 @@ def test_the_gate_needs_the_candidates_figures_but_not_a_shipped_model():
     assert not verdict.ship and len(verdict.reasons) == 4
     assert verdict.reasons[0] == "COVID map: share of its energy inside the lungs: not measured " \
         "for the candidate"
+
+
+def test_group_rows_gain_the_previous_models_share_sent_home():
+    groups = {"kermany / Other pneumonia": {"n": 10, "label_shares": {"Normal": 0.1,
+                                                                        "COVID": 0.2},
+                                            "sent_home": 0.1},
+              "rsna / Normal": {"n": 4, "label_shares": {"Normal": 1.0}, "sent_home": 1.0}}
+    previous = {"by_source": {"kermany / Other pneumonia": {"sent_home": 0.3}}}
+    rows = group_rows(groups, ["COVID", "Other pneumonia", "Normal"])
+    extended = with_previous_sent_home(rows, {"by_source": groups,
+                                              "comparison": {"previous": previous}}, "by_source")
+    assert list(extended[0]) == ["group", "true class", "films", "sent home",
+                                 "previous: sent home", "labelled COVID",
+                                 "labelled Other pneumonia"]
+    assert [r["previous: sent home"] for r in extended] == [30.0, None]
+    assert with_previous_sent_home(rows, {"by_source": groups}, "by_source") == rows
