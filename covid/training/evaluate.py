@@ -215,11 +215,22 @@ def lung_evidence(classifier, test: Scored, targets: np.ndarray) -> np.ndarray:
 
 
 def test_figures(classifier, test: Scored, temperature: float, threshold: float,
-                 mask_root: Path | None, cache_dir: Path | None) -> tuple[dict, dict, np.ndarray]:
+                 mask_root: Path | None, cache_dir: Path | None, per_film_maps: bool = True
+                 ) -> tuple[dict, dict, np.ndarray]:
     """Every test figure of one model at its temperature and operating point.
 
+    Args:
+        classifier: The model, as served.
+        test: Its outputs on the films.
+        temperature: Calibration temperature.
+        threshold: Operating point on P(any finding).
+        mask_root: COVID-QU-Ex folder for the localisation figures (None: skipped).
+        cache_dir: Cache of the masks' hashes.
+        per_film_maps: Also the share of every film's map inside its lungs (a
+            Grad-CAM per film; the ship gate does without).
+
     Returns:
-        ``(metrics, curves, lung_shares)``.
+        ``(metrics, curves, lung_shares)`` (shares NaN without ``per_film_maps``).
     """
     names = classifier.metadata.class_names
     probs = calibrated_probs(test.logits, temperature)
@@ -230,7 +241,9 @@ def test_figures(classifier, test: Scored, temperature: float, threshold: float,
     metrics.update({k: calibration.pop(k) for k in ("ece_before_scaling", "ece_after_scaling")})
     metrics["temperature"] = temperature
     targets = decide_labels(probs, names, threshold)
-    shares = lung_evidence(classifier, test, targets)
+    shares = np.full(len(targets), np.nan)
+    if per_film_maps:
+        shares = lung_evidence(classifier, test, targets)
     metrics["lung_evidence_mean"] = {
         n: float(np.nanmean(shares[truth == n])) for n in np.unique(truth)
         if np.isfinite(shares[truth == n]).any()}
@@ -301,7 +314,8 @@ def _loaded(model_path: Path, lung_model: Path):
     return classifier, LungSegmenter.from_file(lung_model)
 
 
-def compare_with(model_path: Path, test_films: Catalogue, opts: Options) -> dict:
+def compare_with(model_path: Path, test_films: Catalogue, opts: Options,
+                 per_film_maps: bool = True) -> dict:
     """Another model's figures on these films at its own shipped temperature and operating point.
 
     With out-of-distribution statistics beside it, the share of each true class
@@ -311,7 +325,7 @@ def compare_with(model_path: Path, test_films: Catalogue, opts: Options) -> dict
     meta = classifier.metadata
     test = score(classifier, segmenter, test_films, opts.cache_dir)
     metrics, _, _ = test_figures(classifier, test, meta.temperature, meta.threshold,
-                                 opts.mask_root, opts.cache_dir)
+                                 opts.mask_root, opts.cache_dir, per_film_maps)
     flags = ood_flagged(model_path, test)
     if flags is not None:
         metrics["ood_flagged"] = flags
@@ -353,7 +367,8 @@ def evaluate(model_path: Path, opts: Options) -> dict:
     return metrics
 
 
-def validation_figures(model_path: Path, opts: Options, limit: int = 0) -> dict:
+def validation_figures(model_path: Path, opts: Options, limit: int = 0,
+                       per_film_maps: bool = True) -> dict:
     """Validation figures alone, to compare candidates; nothing is written.
 
     The temperature and operating point are fitted on the same validation films,
@@ -363,6 +378,7 @@ def validation_figures(model_path: Path, opts: Options, limit: int = 0) -> dict:
         model_path: The candidate.
         opts: What to evaluate against.
         limit: Score at most this many validation films per class (0: all).
+        per_film_maps: Also each film's map share inside its lungs (see :func:`test_figures`).
     """
     from covid.training.inputs import stratified_subset
 
@@ -373,7 +389,7 @@ def validation_figures(model_path: Path, opts: Options, limit: int = 0) -> dict:
     val = score(classifier, segmenter, films, opts.cache_dir)
     temperature, threshold = calibrate(val, classifier.metadata.class_names)
     metrics, _, _ = test_figures(classifier, val, temperature, threshold, opts.mask_root,
-                                 opts.cache_dir)
+                                 opts.cache_dir, per_film_maps)
     return metrics
 
 
@@ -384,11 +400,11 @@ def gate(model_path: Path, shipped: Path, opts: Options) -> ShipVerdict:
     validation, the shipped model at its own, on the same validation films
     (:func:`covid.training.comparison.ship_verdict`).
     """
-    candidate = validation_figures(model_path, opts)
+    candidate = validation_figures(model_path, opts, per_film_maps=False)
     previous = None
     if shipped.is_file():
         films = split_side(json.loads(opts.split.read_text()), "val", opts.data_root)
-        previous = compare_with(shipped, films, opts)
+        previous = compare_with(shipped, films, opts, per_film_maps=False)
     verdict = ship_verdict(candidate, previous)
     meta = read_metadata(model_path)
     meta.metrics["ship_gate"] = {
@@ -421,6 +437,21 @@ def ship(model_path: Path, target: Path) -> None:
         write_metadata(meta, target)
 
 
+def set_gradcam_layer(model_path: Path, layer: str) -> None:
+    """Records ``layer`` as the model's Grad-CAM layer (the ``.keras`` file is untouched).
+
+    Raises:
+        SystemExit: The network has no layer of that name.
+    """
+    from covid.model.network import load_model
+
+    model, meta = load_model(model_path)
+    if layer not in {candidate.name for candidate in model.layers}:
+        raise SystemExit(f"--layer: {model_path} has no layer named {layer!r}")
+    meta.gradcam_layer = layer
+    write_metadata(meta, model_path)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m covid.evaluate",
@@ -442,8 +473,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-only", action="store_true",
                         help="print validation figures to compare candidates; write nothing")
     parser.add_argument("--val-limit", type=int, default=0, help="with --val-only: films/class")
+    parser.add_argument("--layer", default=None,
+                        help="first record this layer as the model's Grad-CAM layer (also with "
+                             "--val-only, to compare layers on validation)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.layer:
+        set_gradcam_layer(args.model, args.layer)
     split = args.split or args.model.parent / "split.json"
     masks = args.masks or (args.data or data_dir()) / "covid-qu-ex-masks"
     opts = Options(split, args.data, masks if masks.is_dir() else None, args.lung_model,

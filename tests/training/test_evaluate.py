@@ -79,3 +79,16 @@ def test_the_gate_refuses_an_unproven_model_and_ship_carries_its_ood_statistics(
     stats = read_model_stats(target)  # the statistics came along, renamed, their SHA intact
     assert read_metadata(target).extra["ood"]["file"] == ood_path(target).name
     assert stats is not None and stats.threshold == meta.extra["ood"]["threshold"]
+
+
+def test_layer_records_an_existing_layer_and_refuses_a_typo(tmp_path, tiny_cnn_factory,
+                                                            tiny_metadata):
+    from covid.training.evaluate import set_gradcam_layer
+
+    model = _three_class_model(tmp_path, tiny_cnn_factory, tiny_metadata)
+    set_gradcam_layer(model, "conv1")
+    assert read_metadata(model).gradcam_layer == "conv1"
+    load_model(model)  # the .keras file is untouched: its SHA-256 still matches
+    with pytest.raises(SystemExit, match="no layer named 'conv9'"):
+        set_gradcam_layer(model, "conv9")
+    assert read_metadata(model).gradcam_layer == "conv1"
