@@ -346,9 +346,11 @@ def export(model, trainer, data: TrainingData, args, state: TrainState, final_si
     if trainer.optimizer.use_ema:
         trainer.optimizer.finalize_variable_values(trainer.trainable_variables)
     reestimate_batchnorm(model, data.train_stack[..., :1], final_size, batches=100)
+    finished = state.epoch >= sum(s.epochs for s in parse_stages(args.stages))
     metadata = ModelMetadata(
         name="Chest X-ray ResNet-50: COVID-19, other pneumonia, normal (lung-guided)",
-        version="3", class_names=list(CLASS_NAMES), positive_class="COVID",
+        version="3" if finished else "3-interim", class_names=list(CLASS_NAMES),
+        positive_class="COVID",
         input_size=final_size, input_mode=args.focus, gradcam_layer=CAM_LAYER,
         lung_model_sha256=data.lung_model_sha256, trained_on=data.description,
         splits=data.split_record["counts"], recipe=recipe(args, state, data),

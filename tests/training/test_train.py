@@ -51,7 +51,7 @@ def test_training_end_to_end_and_resume(tmp_path):
     _data(tmp_path / "data")
     exported = train.train(_args(tmp_path, "64:1"))
     model, meta = load_model(exported)
-    assert meta.class_names == list(CLASS_NAMES)
+    assert meta.class_names == list(CLASS_NAMES) and meta.version == "3"
     assert meta.input_size == 64 and meta.gradcam_layer == train.CAM_LAYER
     assert meta.recipe["images_seen"] == 8
     assert meta.recipe["lung_guidance"]["cam_weight"] == 1.0
@@ -76,5 +76,5 @@ def test_training_end_to_end_and_resume(tmp_path):
     exported = train.train(_args(tmp_path, "64:1,64:1,96:1", "--export-now"))
     _, meta = load_model(exported)
     assert meta.input_size == 64 and meta.recipe["images_seen"] == 16
-    assert meta.recipe["images_planned"] == 24
+    assert meta.recipe["images_planned"] == 24 and meta.version == "3-interim"
     assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 2
