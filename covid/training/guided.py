@@ -5,7 +5,7 @@ Grad-CAM of a class's logit at the last convolutional block equals its class
 activation map, ``relu(w_c . A_ij)`` up to a constant (Zhou et al. 2016): the
 channel weights Grad-CAM averages are the dense kernel itself. The training model
 therefore outputs those maps beside the probabilities (:func:`guided_model`), and
-:class:`OutsideLungsLoss` penalises the share of each class's positive map that
+:class:`OutsideLungsLoss` penalises the share of each class's map mass that
 falls outside the lung fields, and of the COVID-19 map outside the radiologists'
 infection mask where there is one, in the spirit of "Right for the Right Reasons"
 (Ross et al. 2017) and ISNet (Bassi et al. 2024). The loss shapes the network only
@@ -161,13 +161,20 @@ def guided_model(model: keras.Model, layer: str = "conv5_block3_out") -> keras.M
 
 @keras.saving.register_keras_serializable(package="covid")
 class OutsideLungsLoss(keras.losses.Loss):
-    """Share of the maps' positive energy outside the lungs (and the infection).
+    """Share of the maps' mass outside the lungs (and of COVID-19's outside the infection).
 
     ``y_true`` is (B, h, w, 2): the share of each map cell covered by the lungs and
     by the infection. ``y_pred`` is (B, h, w, C) maps. The loss of one film is the
-    mean over classes of the share of ``relu(map)`` outside the lungs, plus
-    ``infection_weight`` times the share of the COVID-19 map (class 0) outside the
-    infection, for films with an infection mask.
+    mean over classes of the share of ``|map|`` outside the lungs, plus
+    ``infection_weight`` times the share of the positive COVID-19 map (class 0)
+    outside the infection, for films with an infection mask.
+
+    The lung term weighs the map's absolute value, not its positive part: a share
+    of ``relu(map)`` is zero for a map negative everywhere, and the softmax does not
+    see an offset common to all classes, so a network can meet that loss by pushing
+    every map below zero (run v3 did, by 118,400 images) and leave Grad-CAM, which
+    keeps the positive part, nothing but noise to show. An offset adds ``|map|``
+    outside the lungs too, so here it costs.
     """
 
     def __init__(self, infection_weight: float = 0.5, name: str = "outside_lungs",
@@ -178,11 +185,11 @@ class OutsideLungsLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         """Per-film loss (see the class docstring)."""
         ops = keras.ops
-        positive = ops.relu(ops.cast(y_pred, "float32"))
+        maps = ops.cast(y_pred, "float32")
+        mass = ops.abs(maps)
         lungs, infection = y_true[..., 0:1], y_true[..., 1]
-        total = ops.sum(positive, axis=(1, 2)) + 1e-6
-        outside = ops.sum(positive * (1.0 - lungs), axis=(1, 2)) / total
-        covid = positive[..., 0]
+        outside = ops.sum(mass * (1.0 - lungs), axis=(1, 2)) / (ops.sum(mass, axis=(1, 2)) + 1e-6)
+        covid = ops.relu(maps[..., 0])
         off_target = ops.sum(covid * (1.0 - infection), axis=(1, 2)) / (
             ops.sum(covid, axis=(1, 2)) + 1e-6)
         has_infection = ops.cast(ops.sum(infection, axis=(1, 2)) > 0, "float32")

@@ -304,6 +304,7 @@ def run_epoch(model, trainer, data: TrainingData, args, stages, state: TrainStat
               "images_seen": state.images_seen + images,
               "lr": float(keras.ops.convert_to_numpy(
                   trainer.optimizer.learning_rate)),
+              "map_loss": "absolute",
               **{k: float(v[-1]) for k, v in fit.history.items()}}
     last = state.epoch + 1 == sum(s.epochs for s in stages)
     if (state.epoch + 1) % args.val_every == 0 or last:
@@ -382,15 +383,28 @@ def recipe(args, state: TrainState, data: TrainingData) -> dict:
         "lung_guidance": {
             "cam_weight": args.cam_weight, "infection_weight": args.infection_weight,
             "layer": CAM_LAYER, "masks": data.mask_counts,
-            "how": "training loss only: share of each class's class-activation map outside "
-                   "the lungs, and of the COVID-19 map outside the radiologists' infection "
-                   "mask; the maps shown are never masked",
+            "how": "training loss only: share of each class's class-activation map mass "
+                   "(|map|) outside the lungs, and of the positive COVID-19 map outside the "
+                   "radiologists' infection mask; the maps shown are never masked",
+            "map_loss_by_epoch": _map_loss_spans(state.history),
         },
         "duplicate_grouping": "256-bit pHash, Hamming <= 40, groups kept within one split",
         "split_seed": args.seed, "train_seconds": round(state.train_seconds),
         "backend": keras.backend.backend(), "backend_probe": probe_record(),
         "history": state.history,
     }
+
+
+def _map_loss_spans(history: list[dict]) -> list[str]:
+    """Which map loss trained which epochs ("1-37: positive part", ...), from the history."""
+    spans: list[list] = []
+    for record in history:
+        kind = record.get("map_loss", "positive part")
+        if spans and spans[-1][2] == kind:
+            spans[-1][1] = record["epoch"] + 1
+        else:
+            spans.append([record["epoch"] + 1, record["epoch"] + 1, kind])
+    return [f"{a}-{b}: {kind}" for a, b, kind in spans]
 
 
 def train(args: argparse.Namespace) -> Path:

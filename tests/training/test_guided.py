@@ -50,16 +50,28 @@ def test_guided_model_shares_the_classifier_weights():
 def test_outside_lungs_loss_counts_the_share_outside():
     maps = np.zeros((2, 2, 2, 3), "float32")
     maps[0, 0, 0, :] = 1.0  # all energy in one cell
-    maps[1, :, :, :] = -1.0  # no positive evidence at all
+    maps[1, :, :, :] = -1.0  # negative everywhere: no way out of the loss
     target = np.zeros((2, 2, 2, 2), "float32")
     target[0, 0, 0, 0] = 1.0  # that cell is lung: nothing outside
+    target[1, 0, :, 0] = 1.0  # half of film 1 is lung
     loss = OutsideLungsLoss(infection_weight=0.5)
     per_film = keras.ops.convert_to_numpy(loss.call(target, maps))
-    np.testing.assert_allclose(per_film, [0.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(per_film, [0.0, 0.5], atol=1e-5)
     target[0, 0, 0, 0] = 0.25  # a quarter of the cell is lung
     target[0, 1, 1, 1] = 1.0  # an infection elsewhere: the COVID map misses it
     per_film = keras.ops.convert_to_numpy(loss.call(target, maps))
     np.testing.assert_allclose(per_film[0], 0.75 + 0.5 * 1.0, atol=1e-5)
+
+
+def test_an_offset_below_zero_does_not_escape_the_loss():
+    """Run v3's maps went negative everywhere, which a share of relu(map) rewards."""
+    lungs = np.zeros((1, 4, 4, 2), "float32")
+    lungs[0, 1:3, 1:3, 0] = 1.0
+    focused = lungs[..., :1].repeat(3, axis=-1) * 5.0  # evidence in the lungs only
+    loss = OutsideLungsLoss(0.0)
+    in_lungs = float(loss(lungs, focused))
+    for offset in (-1.0, -10.0, -100.0):
+        assert float(loss(lungs, focused + offset)) > in_lungs + 0.1
 
 
 def test_loss_pushes_evidence_into_the_lungs():
