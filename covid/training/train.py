@@ -334,6 +334,7 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax_auc.set(xlabel="training images seen (thousands)", title="Validation AUC (EMA weights)")
     ax_auc.legend()
     for key, label in (("val_lung_share", "map energy inside lungs"),
+                       ("val_maps_empty", "maps with nothing positive"),
                        ("val_pneumonia_home", "pneumonias sent home")):
         ax_lung.plot(*_curve(history, key), marker=".", label=label)
     ax_lung.set(xlabel="training images seen (thousands)", title="Validation (share)")
