@@ -144,6 +144,51 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
+@contextlib.contextmanager
+def _ctrl_c_reaches_children():
+    """Children started inside take Ctrl-C as a terminal's foreground job would.
+
+    A shell without job control starts a background job (``pytest … &``) with
+    SIGINT ignored, and exec keeps an ignored signal ignored, so a driver started
+    from such a pytest would shrug off the test's Ctrl-C. A handled signal is reset
+    to the default at exec, where Python raises KeyboardInterrupt.
+    """
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved)
+
+
+@contextlib.contextmanager
+def _stalled_run(address, out, model, films):
+    """A driver (two actors) in its own process group, stalled mid-run on a named pipe.
+
+    One actor blocks on the pipe (with at most one more batch queued behind it)
+    while the other scores the other batches, so rows are written and the run
+    cannot end. Yields once both have happened; on leaving, the driver's group is
+    SIGKILLed if still alive and the pipe's writer end is closed.
+    """
+    fifo = out.parent / "stall.png"
+    os.mkfifo(fifo)
+    with (out.parent / "run.log").open("w") as log:  # a file: a full pipe would stall it
+        with _ctrl_c_reaches_children():
+            run = subprocess.Popen(_cli(address, out, model, films, fifo, actors=2), cwd=ROOT,
+                                   env=_env(), start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=log)
+        held = None
+        try:
+            held = _wait_for(lambda: _writer_end(fifo), "an actor reading the stalled film")
+            _wait_for(lambda: list(out.glob("part-*.parquet")), "the first Parquet file")
+            yield run
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+            if held is not None:
+                os.close(held)
+
+
 def test_plan_keeps_cpus_for_the_read_tasks_on_every_node():
     one = archive.plan_resources([2.0], 1)
     assert one.actors == 1 and one.actor_cpus + 2 * archive.READ_CPUS <= 2 and one.threads == 2
@@ -217,25 +262,10 @@ def test_rows_equal_the_in_process_engines(
 def test_driver_killed_mid_run_then_resumed_scores_every_film_exactly_once(
     ray_address, many_films, tiny_model_file, tmp_path
 ):
-    out, fifo = tmp_path / "out", tmp_path / "stall.png"
-    total = 2 * REAL_PER_CLASS * COPIES
-    os.mkfifo(fifo)
-    log = (tmp_path / "first.log").open("w")  # a file: a full pipe would stall the driver
-    # Two actors: one stalls on the pipe (with at most one more batch queued behind it)
-    # while the other scores the other batches, so that rows are written and the run cannot end.
-    first = subprocess.Popen(_cli(ray_address, out, tiny_model_file, many_films, fifo, actors=2),
-                             cwd=ROOT, env=_env(), start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=log)
-    held = None
-    try:
-        held = _wait_for(lambda: _writer_end(fifo), "an actor reading the stalled film")
-        _wait_for(lambda: list(out.glob("part-*.parquet")), "the first Parquet file")
-    finally:
+    out, total = tmp_path / "out", 2 * REAL_PER_CLASS * COPIES
+    with _stalled_run(ray_address, out, tiny_model_file, many_films) as first:
         os.killpg(first.pid, signal.SIGKILL)  # the driver's whole process group
         first.wait()
-        log.close()
-        if held is not None:
-            os.close(held)
     before = archive.read_rows(out)
     assert 0 < len(before) < total and max(_paths(before).values()) == 1
 
@@ -260,24 +290,9 @@ def test_ctrl_c_writes_every_row_scored_so_far_and_exits_130(
     ray_address, many_films, tiny_model_file, tmp_path
 ):
     out, fifo = tmp_path / "out", tmp_path / "stall.png"
-    os.mkfifo(fifo)
-    log = (tmp_path / "run.log").open("w")
-    run = subprocess.Popen(_cli(ray_address, out, tiny_model_file, many_films, fifo, actors=2),
-                           cwd=ROOT, env=_env(), start_new_session=True,
-                           stdout=subprocess.DEVNULL, stderr=log)
-    held = None
-    try:
-        held = _wait_for(lambda: _writer_end(fifo), "an actor reading the stalled film")
-        _wait_for(lambda: list(out.glob("part-*.parquet")), "the first Parquet file")
+    with _stalled_run(ray_address, out, tiny_model_file, many_films) as run:
         os.killpg(run.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's process group
         assert run.wait(WAIT) == 130
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
-        log.close()
-        if held is not None:
-            os.close(held)
     summary = [line for line in (tmp_path / "run.log").read_text().splitlines()
                if line.startswith("archive interrupted: ")]
     rows = archive.read_rows(out)
