@@ -42,7 +42,7 @@ from covid.model.decision import decide_labels, p_finding
 from covid.model.network import ModelMetadata, metadata_path, read_metadata, write_metadata
 from covid.model.ood_stats import mahalanobis_score, ood_path, read_model_stats
 from covid.training.catalogue import Catalogue, catalogue_side, data_dir
-from covid.training.comparison import FIGURES, ShipVerdict, ship_verdict
+from covid.training.comparison import FIGURES, ship_verdict
 from covid.training.lung_data import FocusedSet, MaskSet, focused_dataset, match_masks
 from covid.training.metrics import flagged_by_class, roc_points, screening_figures
 
@@ -296,6 +296,7 @@ class Options:
         lung_model: The lung segmenter.
         compare: Another model to score on the same test films (None: none).
         cache_dir: Cache of segmentations and hashes.
+        gate_against: The shipped model to run the ship gate against (None: no gate).
     """
 
     split: Path
@@ -304,6 +305,7 @@ class Options:
     lung_model: Path = Path("models/lung_unet.keras")
     compare: Path | None = None
     cache_dir: Path | None = None
+    gate_against: Path | None = None
 
 
 def _loaded(model_path: Path, lung_model: Path):
@@ -354,6 +356,9 @@ def evaluate(model_path: Path, opts: Options) -> dict:
         metrics["ood_flagged"] = flags
     if opts.compare is not None:
         metrics["comparison"] = {"previous": compare_with(opts.compare, test.films, opts)}
+    if opts.gate_against is not None:
+        metrics["ship_gate"] = gate(classifier, val, meta.temperature, meta.threshold,
+                                    opts.gate_against, opts)
     meta.metrics = metrics
     write_metadata(meta, model_path)
     paths = artefact_paths(model_path)
@@ -393,28 +398,29 @@ def validation_figures(model_path: Path, opts: Options, limit: int = 0,
     return metrics
 
 
-def gate(model_path: Path, shipped: Path, opts: Options) -> ShipVerdict:
-    """The ship gate on the validation split, recorded in the candidate's metadata.
+def gate(classifier, val: Scored, temperature: float, threshold: float, shipped: Path,
+         opts: Options) -> dict:
+    """The ship gate on the validation split, as recorded in the candidate's metrics.
 
-    The candidate is measured at the temperature and operating point it fitted on
-    validation, the shipped model at its own, on the same validation films
-    (:func:`covid.training.comparison.ship_verdict`).
+    The candidate is measured on its already scored validation films at the
+    temperature and operating point it fitted there, the shipped model at its
+    own, on the same films (:func:`covid.training.comparison.ship_verdict`).
+
+    Returns:
+        ``split``, ``ship``, ``reasons`` and both models' gate figures.
     """
-    candidate = validation_figures(model_path, opts, per_film_maps=False)
+    candidate, _, _ = test_figures(classifier, val, temperature, threshold, opts.mask_root,
+                                   opts.cache_dir, per_film_maps=False)
     previous = None
     if shipped.is_file():
-        films = split_side(json.loads(opts.split.read_text()), "val", opts.data_root)
-        previous = compare_with(shipped, films, opts, per_film_maps=False)
+        previous = compare_with(shipped, val.films, opts, per_film_maps=False)
     verdict = ship_verdict(candidate, previous)
-    meta = read_metadata(model_path)
-    meta.metrics["ship_gate"] = {
+    return {
         "split": "val", "ship": verdict.ship, "reasons": list(verdict.reasons),
         "candidate": {f.key: f.value(candidate) for f in FIGURES},
         "shipped": None if previous is None else {
             "model": previous["model"], **{f.key: f.value(previous) for f in FIGURES}},
     }
-    write_metadata(meta, model_path)
-    return verdict
 
 
 def ship(model_path: Path, target: Path) -> None:
@@ -483,17 +489,16 @@ def main(argv: list[str] | None = None) -> None:
     split = args.split or args.model.parent / "split.json"
     masks = args.masks or (args.data or data_dir()) / "covid-qu-ex-masks"
     opts = Options(split, args.data, masks if masks.is_dir() else None, args.lung_model,
-                   args.compare, args.cache_dir)
+                   args.compare, args.cache_dir, args.ship)
     if args.val_only:
         print(json.dumps(validation_figures(args.model, opts, args.val_limit), indent=1))
         return
     metrics = evaluate(args.model, opts)
     print(json.dumps(metrics, indent=1, default=str))
     if args.ship:
-        verdict = gate(args.model, args.ship, opts)
-        if not verdict.ship:
+        if not metrics["ship_gate"]["ship"]:
             LOG.warning("not shipped, the candidate is not better on validation:\n- %s",
-                        "\n- ".join(verdict.reasons))
+                        "\n- ".join(metrics["ship_gate"]["reasons"]))
             raise SystemExit(1)
         ship(args.model, args.ship)
         LOG.info("shipped to %s", args.ship)
