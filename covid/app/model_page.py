@@ -27,6 +27,13 @@ from covid.model.decision import finding_name
 from covid.model.network import ModelMetadata
 from covid.screening.table import by_column
 from covid.training.comparison import comparison_rows, with_previous_sent_home
+from covid.training.map_checks import (
+    cam_energy_rows,
+    cam_energy_verdict,
+    localisation_rows,
+    localisation_verdict,
+    lung_evidence_rows,
+)
 from covid.training.metrics import operating_point
 from covid.training.plots import (
     class_roc_figure,
@@ -38,17 +45,12 @@ from covid.training.plots import (
 from covid.training.results import (
     ClassScores,
     Evaluation,
-    cam_energy_rows,
-    cam_energy_verdict,
     change_from,
     confusion_at,
     confusion_matrix_at,
     finding_rates,
     finding_roc,
     group_rows,
-    localisation_rows,
-    localisation_verdict,
-    lung_evidence_rows,
     read_evaluation,
     roc_marker,
     split_table,

@@ -1,15 +1,13 @@
-"""Reading the evaluation's results back: test scores, confusion matrix, CAM energy.
+"""Reading the evaluation's results back: test scores, confusion matrix, rates.
 
 The model page shows what :mod:`covid.training.evaluate` left beside the model,
 read by :func:`read_evaluation` (never raising for a missing or malformed file):
-the test-split scores parsed from its CSV (:func:`scores_from_csv`), the
+the test-split scores parsed from its CSV (:func:`scores_from_csv`), each test
+film's share of evidence inside the lungs (:func:`lung_evidence_from_csv`), the
 confusion matrix at an operating point (:func:`confusion_at`), the ROC marker
-and the change from the shipped point (:func:`roc_marker`, :func:`change_from`),
-the split sizes (:func:`split_table`), the Grad-CAM energy check in words
-(:func:`cam_energy_rows`, :func:`cam_energy_verdict`), and where the evidence lies
-against the lungs: each test film's share inside them, per class
-(:func:`lung_evidence_from_csv`, :func:`lung_evidence_rows`), and the localisation
-figures beside a uniform map's (:func:`localisation_rows`, :func:`localisation_verdict`).
+and the change from the shipped point (:func:`roc_marker`, :func:`change_from`)
+and the split sizes (:func:`split_table`). Where the maps' evidence lies, in
+table rows and words, is :mod:`covid.training.map_checks`.
 
 More classes: :func:`class_scores_from_csv`, :func:`confusion_matrix_at`,
 :func:`finding_rates`, :func:`finding_roc` and the figures by group (:func:`group_rows`).
@@ -30,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from covid.explain.cam_stats import REGIONS, area_shares
 from covid.model.decision import NORMAL, decide_labels, p_finding
 from covid.training.evaluate import artefact_paths
 
@@ -235,84 +232,6 @@ def lung_evidence_from_csv(text: str) -> dict[str, np.ndarray] | None:
     return {k: np.asarray(v, dtype=np.float64) for k, v in groups.items()} or None
 
 
-def lung_evidence_rows(groups: Mapping[str, np.ndarray], caution: float = 0.5
-                       ) -> list[dict[str, Any]]:
-    """The share-of-evidence distribution as table rows, one per true class.
-
-    Args:
-        groups: From :func:`lung_evidence_from_csv`.
-        caution: The share below which the page cautions the reader.
-
-    Returns:
-        Dicts with ``class``, ``films``, ``median``, ``mean`` (percent) and
-        ``below caution`` (percent of the class's films below ``caution``).
-    """
-    rows = []
-    for name, values in groups.items():
-        values = np.asarray(values, dtype=np.float64)
-        rows.append({
-            "class": f"True {name}", "films": len(values),
-            "median": 100.0 * float(np.median(values)), "mean": 100.0 * float(values.mean()),
-            "below caution": 100.0 * float(np.mean(values < caution)),
-        })
-    return rows
-
-
-LOCALISATION_MEASURES = (
-    ("energy_in_lungs", "Grad-CAM energy inside the lungs"),
-    ("peak_in_lungs", "Map's peak inside the lungs"),
-    ("peak_in_infection", "Map's peak inside the infection"),
-)
-"""The localisation figures (keys of ``metrics["localisation"]``) and their names."""
-
-
-def localisation_rows(loc: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The localisation figures beside what a uniform map would score, as table rows.
-
-    Args:
-        loc: The evaluation's ``metrics["localisation"]`` (``energy_in_lungs``,
-            ``peak_in_lungs``, ``peak_in_infection``, each with a ``_uniform``
-            twin, as shares in [0, 1]), or None.
-
-    Returns:
-        Dicts with ``measure``, ``model`` and ``uniform map`` in percent (None
-        where missing); empty when no figure is there.
-    """
-    if not isinstance(loc, Mapping):
-        return []
-
-    def _pct(key: str) -> float | None:
-        value = loc.get(key)
-        return None if value is None else 100.0 * float(value)
-
-    rows = [{"measure": name, "model": _pct(key), "uniform map": _pct(f"{key}_uniform")}
-            for key, name in LOCALISATION_MEASURES]
-    return rows if any(row["model"] is not None for row in rows) else []
-
-
-def localisation_verdict(loc: Mapping[str, Any]) -> str:
-    """One honest sentence: do the maps find the lungs better than a uniform map?
-
-    Args:
-        loc: The evaluation's ``metrics["localisation"]``.
-
-    Returns:
-        The sentence.
-    """
-    energy, uniform = loc.get("energy_in_lungs"), loc.get("energy_in_lungs_uniform")
-    if energy is None or uniform is None:
-        return "The share of the maps' energy inside the lungs was not measured."
-    text = (f"{energy:.0%} of the {loc.get('map') or 'Grad-CAM'} energy lies inside the lungs, "
-            f"which cover {uniform:.0%} of the film")
-    if energy <= uniform:
-        return (text + ": no better than a map spread evenly over the film, so the model's "
-                "evidence is not in the lungs.")
-    if energy < 0.5:
-        return (text + ": more than an even map, but most of the evidence still lies outside "
-                "the lungs.")
-    return text + ": most of the evidence lies in the lungs (necessary, not sufficient)."
-
-
 def confusion_at(
     point: Mapping[str, Any], class_names: Sequence[str], positive_class: str
 ) -> np.ndarray:
@@ -514,86 +433,3 @@ def split_table(
             rows[name].append(int(counts.get(name, 0)))
         rows["total"].append(sum(int(v) for v in counts.values()))
     return rows
-
-
-def _area(energy: Mapping[str, Any]) -> dict[str, float]:
-    """Each region's share of the image (what a uniform map would get)."""
-    area = energy.get("area")
-    if isinstance(area, Mapping) and all(area.get(r) is not None for r in REGIONS):
-        return {r: float(area[r]) for r in REGIONS}
-    return area_shares(224, 224)
-
-
-def cam_energy_rows(energy: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The Grad-CAM energy shares as table rows: overall, per true class, and by area.
-
-    Args:
-        energy: The evaluation's ``cam_energy`` (``overall`` and ``per_class``
-            groups of ``n, central, border, corners``; optionally ``area``).
-
-    Returns:
-        Dicts with ``group``, ``images`` and one percentage per region (None
-        where a group has no map with energy); the last row is what a uniform
-        map would give.
-    """
-    groups = [("All test images", energy.get("overall") or {})]
-    per_class = energy.get("per_class") or {}
-    groups += [(f"True {name}", group or {}) for name, group in per_class.items()]
-    rows = []
-    for name, group in groups:
-        row: dict[str, Any] = {"group": name, "images": group.get("n")}
-        for region in REGIONS:
-            value = group.get(region)
-            row[region] = None if value is None else 100.0 * float(value)
-        rows.append(row)
-    area = _area(energy)
-    rows.append({"group": "Uniform map (area)", "images": None,
-                 **{region: 100.0 * area[region] for region in REGIONS}})
-    return rows
-
-
-CLEAR_MARGIN = 0.10
-"""How far above its area share the central energy must be to call it a lean toward the chest."""
-
-
-def cam_energy_verdict(energy: Mapping[str, Any]) -> str:
-    """One honest sentence on where the maps put their energy.
-
-    Compares the central chest box's share of the Grad-CAM energy with its
-    share of the image (what a uniform, uninformative map would give): below
-    it, the maps favour the film's borders; less than :data:`CLEAR_MARGIN`
-    above it, the check shows little; further above, the maps lean toward the
-    chest, which is necessary but not sufficient evidence that the model reads
-    the lungs. Classes whose maps fall below the uniform share are named, and
-    the corners (where text markers sit) when they get more than their area.
-
-    Args:
-        energy: The evaluation's ``cam_energy``.
-
-    Returns:
-        The sentence.
-    """
-    overall = energy.get("overall") or {}
-    central, corners = overall.get("central"), overall.get("corners")
-    if central is None:
-        return "No map had any energy, so this check says nothing about what the model uses."
-    area = _area(energy)
-    share = (f"{central:.0%} of the Grad-CAM energy falls on the central chest region, which "
-             f"covers {area['central']:.0%} of the image")
-    if central <= area["central"]:
-        text = (f"Only {share}: no more than an uninformative map, so the model may be reading "
-                "the film's borders rather than the lungs.")
-    elif central - area["central"] < CLEAR_MARGIN:
-        text = (f"{share}: barely more than an uninformative map, so this check does not show "
-                "that the model reads the lungs.")
-    else:
-        text = (f"{share}: the maps lean toward the chest, which is necessary but not "
-                "sufficient; it does not rule out shortcuts.")
-    below = [(name, group["central"]) for name, group in (energy.get("per_class") or {}).items()
-             if (group or {}).get("central") is not None and group["central"] < area["central"]]
-    if below and central > area["central"]:
-        text += " For true " + " and ".join(f"{n} films it is {v:.0%}" for n, v in below) + "."
-    if corners is not None and corners > area["corners"]:
-        text += (f" The corners, where text markers sit, get {corners:.0%} of it for "
-                 f"{area['corners']:.0%} of the area, a possible source shortcut.")
-    return text
