@@ -159,6 +159,11 @@ def guided_model(model: keras.Model, layer: str = "conv5_block3_out") -> keras.M
     return keras.Model(model.input, {"probs": model.output, "cams": cams}, name="guided")
 
 
+MAP_LOSS = "absolute"
+"""Which map mass :class:`OutsideLungsLoss` weighs, as each epoch's history records it
+(epochs without the entry were trained on the positive part)."""
+
+
 @keras.saving.register_keras_serializable(package="covid")
 class OutsideLungsLoss(keras.losses.Loss):
     """Share of the maps' mass outside the lungs (and of COVID-19's outside the infection).

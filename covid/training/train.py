@@ -33,7 +33,7 @@ import tensorflow as tf
 from covid.model.network import ModelMetadata, build_model, save_model
 from covid.training.backend import probe_record
 from covid.training.catalogue import CLASS_NAMES, data_dir
-from covid.training.guided import OutsideLungsLoss, cell_shares, guided_model
+from covid.training.guided import MAP_LOSS, OutsideLungsLoss, cell_shares, guided_model
 from covid.training.inputs import TrainingData, balanced_batches, prepare_data
 from covid.training.metrics import validation_record
 
@@ -304,7 +304,7 @@ def run_epoch(model, trainer, data: TrainingData, args, stages, state: TrainStat
               "images_seen": state.images_seen + images,
               "lr": float(keras.ops.convert_to_numpy(
                   trainer.optimizer.learning_rate)),
-              "map_loss": "absolute",
+              "map_loss": MAP_LOSS,
               **{k: float(v[-1]) for k, v in fit.history.items()}}
     last = state.epoch + 1 == sum(s.epochs for s in stages)
     if (state.epoch + 1) % args.val_every == 0 or last:

@@ -169,17 +169,17 @@ def _ctrl_c_reaches_children():
 
 
 @contextlib.contextmanager
-def _stalled_run(address, out, model, films):
-    """A driver (two actors) in its own process group, stalled mid-run on a named pipe.
+def _stalled_run(address, out, model, films, fifo, log_path):
+    """A driver (two actors) in its own process group, stalled mid-run on the pipe ``fifo``.
 
     One actor blocks on the pipe (with at most one more batch queued behind it)
     while the other scores the other batches, so rows are written and the run
     cannot end. Yields once both have happened; on leaving, the driver's group is
-    SIGKILLed if still alive and the pipe's writer end is closed.
+    SIGKILLed if still alive and the pipe's writer end is closed. Its stderr goes
+    to ``log_path``.
     """
-    fifo = out.parent / "stall.png"
     os.mkfifo(fifo)
-    with (out.parent / "run.log").open("w") as log:  # a file: a full pipe would stall it
+    with log_path.open("w") as log:  # a file: a full pipe would stall the driver
         with _ctrl_c_reaches_children():
             run = subprocess.Popen(_cli(address, out, model, films, fifo, actors=2), cwd=ROOT,
                                    env=_env(), start_new_session=True,
@@ -187,9 +187,9 @@ def _stalled_run(address, out, model, films):
         held = None
         try:
             held = _wait_for(lambda: _writer_end(fifo), "an actor reading the stalled film",
-                             run, out.parent / "run.log")
+                             run, log_path)
             _wait_for(lambda: list(out.glob("part-*.parquet")), "the first Parquet file", run,
-                      out.parent / "run.log")
+                      log_path)
             yield run
         finally:
             if run.poll() is None:
@@ -273,7 +273,8 @@ def test_driver_killed_mid_run_then_resumed_scores_every_film_exactly_once(
     ray_address, many_films, tiny_model_file, tmp_path
 ):
     out, total = tmp_path / "out", 2 * REAL_PER_CLASS * COPIES
-    with _stalled_run(ray_address, out, tiny_model_file, many_films) as first:
+    with _stalled_run(ray_address, out, tiny_model_file, many_films, tmp_path / "stall.png",
+                      tmp_path / "first.log") as first:
         os.killpg(first.pid, signal.SIGKILL)  # the driver's whole process group
         first.wait()
     before = archive.read_rows(out)
@@ -299,11 +300,11 @@ def test_driver_killed_mid_run_then_resumed_scores_every_film_exactly_once(
 def test_ctrl_c_writes_every_row_scored_so_far_and_exits_130(
     ray_address, many_films, tiny_model_file, tmp_path
 ):
-    out, fifo = tmp_path / "out", tmp_path / "stall.png"
-    with _stalled_run(ray_address, out, tiny_model_file, many_films) as run:
+    out, fifo, log = tmp_path / "out", tmp_path / "stall.png", tmp_path / "run.log"
+    with _stalled_run(ray_address, out, tiny_model_file, many_films, fifo, log) as run:
         os.killpg(run.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's process group
         assert run.wait(WAIT) == 130
-    summary = [line for line in (tmp_path / "run.log").read_text().splitlines()
+    summary = [line for line in log.read_text().splitlines()
                if line.startswith("archive interrupted: ")]
     rows = archive.read_rows(out)
     assert summary[0].startswith(f"archive interrupted: {len(rows)} films scored")  # none lost
