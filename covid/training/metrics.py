@@ -119,12 +119,13 @@ def validation_record(probs: np.ndarray, cams: np.ndarray, shares: np.ndarray,
         AUC of COVID against the rest and of any finding against normal, the share
         of other pneumonias and of COVID films whose likeliest class is Normal
         ("sent home"), the share of normal films whose likeliest class is Normal,
-        the mean share of the likeliest class's map inside the lungs, and the share
+        the mean share of the likeliest class's map inside the lungs, the share of
+        films whose likeliest class's map peaks in a cell that is mostly lung, and the share
         of films whose likeliest class's map has no positive cell.
     """
     from sklearn.metrics import roc_auc_score
 
-    from covid.training.guided import share_inside
+    from covid.training.guided import peak_inside_cells, share_inside
 
     labels = np.asarray(films.labels)
     predicted = probs.argmax(axis=1)
@@ -141,6 +142,7 @@ def validation_record(probs: np.ndarray, cams: np.ndarray, shares: np.ndarray,
         "val_covid_home": _home(0),
         "val_normal_home": float((predicted[normal] == 2).mean()) if normal.any() else float("nan"),
         "val_lung_share": float(share_inside(cams, shares, predicted).mean()),
+        "val_peak_in_lungs": float(peak_inside_cells(cams, shares, predicted).mean()),
         # A map with no positive cell leaves Grad-CAM nothing to show (and scores 0 above).
         "val_maps_empty": float((cams[np.arange(len(predicted)), ..., predicted].max(
             axis=(1, 2)) <= 0).mean()),

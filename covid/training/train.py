@@ -33,7 +33,7 @@ import tensorflow as tf
 from covid.model.network import ModelMetadata, build_model, save_model
 from covid.training.backend import probe_record
 from covid.training.catalogue import CLASS_NAMES, data_dir
-from covid.training.guided import MAP_LOSS, OutsideLungsLoss, cell_shares, guided_model
+from covid.training.guided import OutsideLungsLoss, cell_shares, guided_model, map_loss_kind
 from covid.training.inputs import TrainingData, balanced_batches, prepare_data
 from covid.training.metrics import validation_record
 
@@ -204,7 +204,7 @@ def build_training(args: argparse.Namespace, total_steps: int):
     trainer.compile(
         optimizer=optimizer,
         loss={"probs": keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
-              "cams": OutsideLungsLoss(args.infection_weight)},
+              "cams": OutsideLungsLoss(args.infection_weight, args.peak_weight)},
         loss_weights={"probs": 1.0, "cams": args.cam_weight},
     )
     optimizer.build(trainer.trainable_variables)
@@ -304,7 +304,7 @@ def run_epoch(model, trainer, data: TrainingData, args, stages, state: TrainStat
               "images_seen": state.images_seen + images,
               "lr": float(keras.ops.convert_to_numpy(
                   trainer.optimizer.learning_rate)),
-              "map_loss": MAP_LOSS,
+              "map_loss": map_loss_kind(args.peak_weight),
               **{k: float(v[-1]) for k, v in fit.history.items()}}
     last = state.epoch + 1 == sum(s.epochs for s in stages)
     if (state.epoch + 1) % args.val_every == 0 or last:
@@ -334,6 +334,7 @@ def plot_history(history: list[dict], path: Path) -> None:
     ax_auc.set(xlabel="training images seen (thousands)", title="Validation AUC (EMA weights)")
     ax_auc.legend()
     for key, label in (("val_lung_share", "map energy inside lungs"),
+                       ("val_peak_in_lungs", "map peak in a lung cell"),
                        ("val_maps_empty", "maps with nothing positive"),
                        ("val_pneumonia_home", "pneumonias sent home")):
         ax_lung.plot(*_curve(history, key), marker=".", label=label)
@@ -383,10 +384,13 @@ def recipe(args, state: TrainState, data: TrainingData) -> dict:
         "label_smoothing": args.label_smoothing,
         "lung_guidance": {
             "cam_weight": args.cam_weight, "infection_weight": args.infection_weight,
+            "peak_weight": args.peak_weight,
             "layer": CAM_LAYER, "masks": data.mask_counts,
             "how": "training loss only: share of each class's class-activation map mass "
                    "(|map|) outside the lungs, and of the positive COVID-19 map outside the "
-                   "radiologists' infection mask; the maps shown are never masked",
+                   "radiologists' infection mask; with peak_weight, the same shares of a "
+                   "soft-max over each map's cells, which follows its peak; the maps shown "
+                   "are never masked",
             "map_loss_by_epoch": _map_loss_spans(state.history),
         },
         "duplicate_grouping": "256-bit pHash, Hamming <= 40, groups kept within one split",
@@ -465,6 +469,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="batches re-estimating BatchNorm for the averaged weights at validation")
     p.add_argument("--cam-weight", type=float, default=1.0, help="weight of the lung-map loss")
     p.add_argument("--infection-weight", type=float, default=0.5)
+    p.add_argument("--peak-weight", type=float, default=0.5,
+                   help="weight of the map-peak term of the lung-map loss (0: mass only)")
     p.add_argument("--val-limit", type=int, default=600, help="val films scored per epoch")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and last)")
     p.add_argument("--max-images", type=int, default=0, help="tiny runs: films per class")

@@ -9,6 +9,8 @@ from covid.training.guided import (
     OutsideLungsLoss,
     cell_shares,
     guided_model,
+    map_loss_kind,
+    peak_inside_cells,
     share_inside,
 )
 
@@ -97,3 +99,72 @@ def test_cell_shares_and_share_inside():
     cams[0, 0, 0, 1], cams[0, 1, 1, 1] = 3.0, 1.0
     assert share_inside(cams, shares, np.array([1]))[0] == pytest.approx(0.75)
     assert share_inside(cams, shares, np.array([0]))[0] == 0.0
+
+
+def _lungs_in_the_middle():
+    """(1, 4, 4, 2) cell shares: the middle four cells are lung, no infection."""
+    shares = np.zeros((1, 4, 4, 2), "float32")
+    shares[0, 1:3, 1:3, 0] = 1.0
+    return shares
+
+
+def test_the_peak_term_follows_the_peak_not_the_mass():
+    """Most of the mass inside but the peak outside: the mass term barely sees it."""
+    shares = _lungs_in_the_middle()
+    maps = np.zeros((1, 4, 4, 3), "float32")
+    maps[0, 1:3, 1:3, :] = 4.0  # 16 units inside
+    maps[0, 0, 0, :] = 5.0  # 5 outside, but the highest cell
+    mass_only = float(OutsideLungsLoss(0.0)(shares, maps))
+    with_peak = float(OutsideLungsLoss(0.0, peak_weight=1.0)(shares, maps))
+    assert mass_only == pytest.approx(5 / 21, abs=1e-4)
+    assert with_peak - mass_only > 0.6  # the soft-max sits on the peak, outside
+    maps[0, 0, 0, :] = 3.0  # the peak moves inside, the mass outside hardly changes
+    peak_inside = float(OutsideLungsLoss(0.0, peak_weight=1.0)(shares, maps))
+    assert peak_inside - float(OutsideLungsLoss(0.0)(shares, maps)) < 0.2
+
+
+def test_neither_scale_nor_offset_changes_the_peak_term():
+    shares = _lungs_in_the_middle()
+    maps = np.random.default_rng(3).normal(size=(1, 4, 4, 3)).astype("float32")
+    maps[0, 0, 0, :] = 4.0  # the peak outside the lungs
+
+    def peak_term(m):
+        return float(OutsideLungsLoss(0.0, 1.0)(shares, m) - OutsideLungsLoss(0.0)(shares, m))
+
+    start = peak_term(maps)
+    assert start > 0.9
+    for changed in (maps * 10.0, maps * 0.1, maps - 10.0, maps + 10.0):
+        assert peak_term(changed) == pytest.approx(start, abs=1e-3)
+
+
+def test_the_peak_term_moves_the_peak_into_the_lungs():
+    shares = _lungs_in_the_middle()
+    start = np.random.default_rng(0).normal(size=(1, 4, 4, 3)).astype("float32")
+    start[0, 0, 0, :] = 3.0
+    maps = tf.Variable(start)
+    loss = OutsideLungsLoss(0.0, peak_weight=1.0)
+    for _ in range(300):
+        with tf.GradientTape() as tape:
+            value = loss(shares, maps)
+        maps.assign_sub(0.5 * tape.gradient(value, maps))
+    moved = maps.numpy()
+    for target in range(3):
+        assert peak_inside_cells(moved, shares, np.array([target]))[0]
+    assert not peak_inside_cells(start, shares, np.array([0]))[0]
+
+
+def test_peak_inside_cells_needs_a_positive_peak_in_a_mostly_lung_cell():
+    shares = _lungs_in_the_middle()
+    shares[0, 1, 1, 0] = 0.4  # this lung cell is mostly not lung
+    cams = np.full((3, 4, 4, 3), -1.0)
+    cams[0, 2, 2, 0] = 1.0  # peak in a lung cell
+    cams[1, 1, 1, 0] = 1.0  # peak in the 40% cell
+    shares = shares.repeat(3, axis=0)
+    # film 2: nothing positive at all
+    np.testing.assert_array_equal(peak_inside_cells(cams, shares, np.array([0, 0, 0])),
+                                  [True, False, False])
+
+
+def test_each_epoch_names_its_map_loss():
+    assert map_loss_kind(0.0) == "absolute"
+    assert map_loss_kind(0.5) == "absolute + peak x0.5"

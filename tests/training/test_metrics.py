@@ -60,3 +60,4 @@ def test_validation_record_counts_maps_with_nothing_to_show():
     record = validation_record(probs, cams, shares, SimpleNamespace(labels=[0, 1, 2, 0]))
     assert record["val_maps_empty"] == 0.5  # films 1 and 2
     assert record["val_lung_share"] == 0.25  # film 0 all inside; the rest nothing inside
+    assert record["val_peak_in_lungs"] == 0.25  # film 0's peak; film 3 peaks outside
