@@ -182,9 +182,9 @@ def _softmax_cells(maps, temperature: float):
     scale = (ops.max(maps, axis=(1, 2), keepdims=True)
              - ops.min(maps, axis=(1, 2), keepdims=True) + 1e-3)
     logits = maps / (scale * temperature)
-    _, h, w, c = maps.shape  # the grid and classes are static; the batch may not be
-    flat = ops.softmax(ops.reshape(logits, (-1, h * w, c)), axis=1)
-    return ops.reshape(flat, (-1, h, w, c))
+    # Written out over the cell axes, as the grid's size is unknown while tracing.
+    weights = ops.exp(logits - ops.max(logits, axis=(1, 2), keepdims=True))
+    return weights / ops.sum(weights, axis=(1, 2), keepdims=True)
 
 
 @keras.saving.register_keras_serializable(package="covid")

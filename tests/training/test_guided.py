@@ -168,3 +168,14 @@ def test_peak_inside_cells_needs_a_positive_peak_in_a_mostly_lung_cell():
 def test_each_epoch_names_its_map_loss():
     assert map_loss_kind(0.0) == "absolute"
     assert map_loss_kind(0.5) == "absolute + peak x0.5"
+
+
+def test_the_peak_term_traces_with_an_unknown_grid():
+    """Run v3 crashed at its 224-px stage: the map's grid size is unknown in the graph."""
+    loss = OutsideLungsLoss(0.0, peak_weight=1.0)
+    spec = tf.TensorSpec((None, None, None, 3), tf.float32)
+    traced = tf.function(lambda t, m: loss(t, m), input_signature=[
+        tf.TensorSpec((None, None, None, 2), tf.float32), spec])
+    shares = _lungs_in_the_middle()
+    maps = np.random.default_rng(1).normal(size=(1, 4, 4, 3)).astype("float32")
+    assert float(traced(shares, maps)) == pytest.approx(float(loss(shares, maps)), abs=1e-6)
