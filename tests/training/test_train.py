@@ -55,12 +55,14 @@ def test_training_end_to_end_and_resume(tmp_path):
     assert meta.input_size == 64 and meta.gradcam_layer == train.CAM_LAYER
     assert meta.recipe["images_seen"] == 8
     assert meta.recipe["lung_guidance"]["cam_weight"] == 1.0
+    assert meta.recipe["lung_guidance"]["map_loss_by_epoch"] == ["1-1: absolute + peak x0.5"]
     probs = model.predict(np.zeros((1, 64, 64, 1), "float32"), verbose=0)
     np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-5)
     assert all(w.dtype == "float32" for w in model.weights)
     state = json.loads((tmp_path / "run" / "state.json").read_text())
     assert state["epoch"] == 1 and state["history"][0]["images_seen"] == 8
-    assert {"val_auc_covid", "val_lung_share", "img_per_s"} <= set(state["history"][0])
+    assert {"val_auc_covid", "val_lung_share", "val_peak_in_lungs", "img_per_s"} <= set(
+        state["history"][0])
     assert (tmp_path / "run" / "history.png").stat().st_size > 1000
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert set(split["files"]) >= {"train", "val", "test"}
