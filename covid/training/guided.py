@@ -179,11 +179,10 @@ def _softmax_cells(maps, temperature: float):
     ops = keras.ops
     # The soft-max ignores an offset already; dividing by the range removes the scale.
     # The 1e-3 keeps a flat map's gradient finite (maps span units, not thousandths).
-    scale = (ops.max(maps, axis=(1, 2), keepdims=True)
-             - ops.min(maps, axis=(1, 2), keepdims=True) + 1e-3)
-    logits = maps / (scale * temperature)
+    top = ops.max(maps, axis=(1, 2), keepdims=True)
+    scale = top - ops.min(maps, axis=(1, 2), keepdims=True) + 1e-3
     # Written out over the cell axes, as the grid's size is unknown while tracing.
-    weights = ops.exp(logits - ops.max(logits, axis=(1, 2), keepdims=True))
+    weights = ops.exp((maps - top) / (scale * temperature))
     return weights / ops.sum(weights, axis=(1, 2), keepdims=True)
 
 
