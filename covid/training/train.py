@@ -62,6 +62,7 @@ class TrainState:
     images_seen: int = 0
     train_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
+    initialised_from: str = ""
 
 
 def parse_stages(text: str) -> list[Stage]:
@@ -87,6 +88,26 @@ def stage_of_epoch(stages: list[Stage], epoch: int) -> Stage:
         if epoch < end:
             return stage
     return stages[-1]
+
+
+def describe_init(path: Path | None) -> str:
+    """The starting weights as the recipe records them: which model, not only which path.
+
+    Recorded when a run starts, because the file at ``path`` (the shipped model, say)
+    may be replaced before the run ends.
+
+    Args:
+        path: The ``--init`` model file, or None.
+
+    Returns:
+        ``"random"``, or the model's name, version and SHA-256 with the path.
+    """
+    if path is None:
+        return "random"
+    from covid.model.network import read_metadata
+
+    meta = read_metadata(path)
+    return f"{meta.name} version {meta.version}, sha256 {meta.sha256} ({path})"
 
 
 def choose_strategy():
@@ -370,7 +391,7 @@ def recipe(args, state: TrainState, data: TrainingData) -> dict:
 
     return {
         "architecture": "keras.applications.ResNet50 + global average pooling + dense",
-        "initialised_from": str(args.init) if args.init else "random",
+        "initialised_from": state.initialised_from or str(args.init or "random"),
         "stages": args.stages, "steps_per_epoch": args.steps_per_epoch,
         "batch_size": args.batch_size, "images_seen": state.images_seen,
         "images_planned": sum(s.epochs for s in parse_stages(args.stages))
@@ -426,7 +447,7 @@ def train(args: argparse.Namespace) -> Path:
     data = prepare_data(args, stages[-1].size)
     with choose_strategy().scope():
         model, trainer = build_training(args, total_epochs * args.steps_per_epoch)
-    state = TrainState()
+    state = TrainState(initialised_from=describe_init(args.init))
     if (args.resume or args.export_now) and (args.run / "state.json").exists():
         state = load_checkpoint(args.run, trainer)
         LOG.info("resumed after epoch %d (%d images seen)", state.epoch, state.images_seen)

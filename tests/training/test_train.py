@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid.model.network import load_model
+from covid.model.network import load_model, read_metadata
 from covid.training import train
 from covid.training.catalogue import CLASS_NAMES, SOURCES
 
@@ -53,7 +53,7 @@ def test_training_end_to_end_and_resume(tmp_path):
     model, meta = load_model(exported)
     assert meta.class_names == list(CLASS_NAMES) and meta.version == "3"
     assert meta.input_size == 64 and meta.gradcam_layer == train.CAM_LAYER
-    assert meta.recipe["images_seen"] == 8
+    assert meta.recipe["images_seen"] == 8 and meta.recipe["initialised_from"] == "random"
     assert meta.recipe["lung_guidance"]["cam_weight"] == 1.0
     assert meta.recipe["lung_guidance"]["map_loss_by_epoch"] == ["1-1: absolute + peak x0.5"]
     probs = model.predict(np.zeros((1, 64, 64, 1), "float32"), verbose=0)
@@ -80,3 +80,11 @@ def test_training_end_to_end_and_resume(tmp_path):
     assert meta.input_size == 64 and meta.recipe["images_seen"] == 16
     assert meta.recipe["images_planned"] == 24 and meta.version == "3-interim"
     assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 2
+
+
+def test_describe_init_names_the_model_not_only_its_path(tiny_model_file):
+    meta = read_metadata(tiny_model_file)
+    described = train.describe_init(tiny_model_file)
+    assert meta.sha256 in described and f"version {meta.version}" in described
+    assert described.startswith(meta.name) and str(tiny_model_file) in described
+    assert train.describe_init(None) == "random"
