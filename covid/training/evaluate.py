@@ -257,13 +257,18 @@ def test_figures(classifier, test: Scored, temperature: float, threshold: float,
     return metrics, curves, shares
 
 
+def score_column(class_name: str) -> str:
+    """A class's column in the scores CSV: ``"Other pneumonia"`` -> ``"p_other_pneumonia"``."""
+    return f"p_{class_name.lower().replace(' ', '_')}"
+
+
 def _write_scores(path: Path, test: Scored, meta: ModelMetadata, shares: np.ndarray) -> None:
     probs = calibrated_probs(test.logits, meta.temperature)
     labels = np.asarray(meta.class_names)[decide_labels(probs, meta.class_names, meta.threshold)]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "true", "source", "age", "label",
-                         *(f"p_{n.lower().replace(' ', '_')}" for n in meta.class_names),
+                         *(score_column(n) for n in meta.class_names),
                          "lung_evidence"])
         for i, name in enumerate(test.films.names):
             share = "" if np.isnan(shares[i]) else f"{shares[i]:.4f}"

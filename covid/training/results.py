@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from covid.model.decision import NORMAL, decide_labels, p_finding
-from covid.training.evaluate import artefact_paths
+from covid.training.evaluate import artefact_paths, score_column
 
 SPLIT_ORDER = ("train", "val", "test")
 """The order split sizes are shown in (any other side follows)."""
@@ -186,8 +186,8 @@ def class_scores_from_csv(text: str, class_names: Sequence[str]) -> ClassScores:
     """Every class's calibrated probability and each film's truth, from the scores CSV.
 
     Args:
-        text: The CSV with columns ``true`` and ``p_<class>`` per class (lower
-            case, spaces as underscores: ``p_other_pneumonia``).
+        text: The CSV with columns ``true`` and one per class
+            (:func:`covid.training.evaluate.score_column`).
         class_names: The model's C classes, in output order.
 
     Returns:
@@ -197,7 +197,7 @@ def class_scores_from_csv(text: str, class_names: Sequence[str]) -> ClassScores:
         ValueError: A column is missing, a probability is not a number in
             [0, 1], or there are no rows.
     """
-    columns = [f"p_{name.lower().replace(' ', '_')}" for name in class_names]
+    columns = [score_column(name) for name in class_names]
     _, rows = _rows(text, ("true", *columns))
     probs = [[_probability(row, column, line) for column in columns]
              for line, row in enumerate(rows, start=2)]

@@ -5,7 +5,14 @@ import pytest
 
 from covid.model.network import load_model, read_metadata, save_model
 from covid.training.catalogue import CLASS_NAMES
-from covid.training.evaluate import Options, artefact_paths, evaluate, ship, split_side
+from covid.training.evaluate import (
+    Options,
+    artefact_paths,
+    evaluate,
+    score_column,
+    ship,
+    split_side,
+)
 from tests.films import three_class_split
 
 
@@ -92,3 +99,8 @@ def test_layer_records_an_existing_layer_and_refuses_a_typo(tmp_path, tiny_cnn_f
     with pytest.raises(SystemExit, match="no layer named 'conv9'"):
         set_gradcam_layer(model, "conv9")
     assert read_metadata(model).gradcam_layer == "conv1"
+
+
+def test_score_column_is_the_class_in_lower_case_with_underscores():
+    assert [score_column(n) for n in ("COVID", "Other pneumonia", "Normal")] == [
+        "p_covid", "p_other_pneumonia", "p_normal"]
