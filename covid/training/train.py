@@ -90,23 +90,26 @@ def stage_of_epoch(stages: list[Stage], epoch: int) -> Stage:
     return stages[-1]
 
 
-def describe_init(path: Path | None) -> str:
-    """The starting weights as the recipe records them: which model, not only which path.
-
-    Recorded when a run starts, because the file at ``path`` (the shipped model, say)
-    may be replaced before the run ends.
+def initialise(model: keras.Model, path: Path | None) -> str:
+    """Copies the matching layers of the ``--init`` model into a new run's model.
 
     Args:
-        path: The ``--init`` model file, or None.
+        model: The freshly built classifier.
+        path: The ``--init`` model file, or None (random weights stay).
 
     Returns:
-        ``"random"``, or the model's name, version and SHA-256 with the path.
+        The starting weights as the recipe records them: ``"random"``, or the
+        model's name, version and SHA-256 with the path. It is recorded when the
+        run starts, because the file at ``path`` (the shipped model, say) may be
+        replaced before the run ends.
     """
     if path is None:
         return "random"
-    from covid.model.network import read_metadata
+    from covid.model.network import load_model
 
-    meta = read_metadata(path)
+    source, meta = load_model(path)
+    skipped = copy_matching_weights(source, model)
+    LOG.info("initialised from %s (not copied: %s)", path, skipped)
     return f"{meta.name} version {meta.version}, sha256 {meta.sha256} ({path})"
 
 
@@ -212,11 +215,6 @@ def build_training(args: argparse.Namespace, total_steps: int):
         sharing its weights, compiled with the classification and map losses.
     """
     model = build_model(len(CLASS_NAMES), bn_momentum=args.bn_momentum)
-    if args.init:
-        from covid.model.network import load_model
-
-        skipped = copy_matching_weights(load_model(args.init)[0], model)
-        LOG.info("initialised from %s (not copied: %s)", args.init, skipped)
     trainer = guided_model(model, CAM_LAYER)
     optimizer = keras.optimizers.AdamW(
         lr_schedule(args.lr, total_steps, args.warmup_steps), weight_decay=args.weight_decay,
@@ -445,10 +443,12 @@ def train(args: argparse.Namespace) -> Path:
     keras.utils.set_random_seed(args.seed)
     keras.mixed_precision.set_global_policy(_precision_policy(args.precision))
     data = prepare_data(args, stages[-1].size)
+    resuming = (args.resume or args.export_now) and (args.run / "state.json").exists()
     with choose_strategy().scope():
         model, trainer = build_training(args, total_epochs * args.steps_per_epoch)
-    state = TrainState(initialised_from=describe_init(args.init))
-    if (args.resume or args.export_now) and (args.run / "state.json").exists():
+        # A checkpoint replaces every weight, so a resumed run does not load --init.
+        state = TrainState(initialised_from="" if resuming else initialise(model, args.init))
+    if resuming:
         state = load_checkpoint(args.run, trainer)
         LOG.info("resumed after epoch %d (%d images seen)", state.epoch, state.images_seen)
     if args.export_now:

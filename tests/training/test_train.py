@@ -82,9 +82,9 @@ def test_training_end_to_end_and_resume(tmp_path):
     assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 2
 
 
-def test_describe_init_names_the_model_not_only_its_path(tiny_model_file):
+def test_initialise_names_the_model_not_only_its_path(tiny_model_file, tiny_cnn_factory):
     meta = read_metadata(tiny_model_file)
-    described = train.describe_init(tiny_model_file)
+    described = train.initialise(tiny_cnn_factory(), tiny_model_file)
     assert meta.sha256 in described and f"version {meta.version}" in described
     assert described.startswith(meta.name) and str(tiny_model_file) in described
-    assert train.describe_init(None) == "random"
+    assert train.initialise(tiny_cnn_factory(), None) == "random"
