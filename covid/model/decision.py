@@ -6,6 +6,13 @@ operating point therefore decides admit against home on the probability of any
 finding, ``1 - P(Normal)``; among findings the label is the likelier one. For a
 two-class COVID/Normal model this is the familiar threshold on P(COVID).
 
+The out-of-distribution gates raise one of two flags, and this rule alone says
+what each means. A film that is plainly not a chest X-ray (``not_chest``) is
+refused: no label, no advice. A chest X-ray unlike the training films
+(``unusual``) keeps its probabilities and label but is always admitted for a
+radiologist to read: the sickest patients' films (devices, severe disease) are
+the ones most unlike the training films, and must never be sent home or silenced.
+
 Every caller (pipeline, table, session threshold, CLI, report, evaluation) uses
 :func:`decide` or, for whole arrays, :func:`decide_labels`. Pure functions.
 """
@@ -22,6 +29,19 @@ from covid import DISCLAIMER
 NORMAL = "Normal"
 """The class that means "no finding"."""
 
+FLAG_NONE = "none"
+"""The film looks like the chest X-rays the model was trained on."""
+FLAG_UNUSUAL = "unusual"
+"""A chest X-ray unlike the training films (only the feature distance is high)."""
+FLAG_NOT_CHEST = "not_chest"
+"""Plainly not a chest X-ray (a DICOM tag, the pixel checks or missing lung fields)."""
+FLAGS: tuple[str, ...] = (FLAG_NONE, FLAG_UNUSUAL, FLAG_NOT_CHEST)
+"""Every flag, as written in each output's ``flag`` column or field."""
+
+ADMIT_CODE = "admit"
+HOME_CODE = "home"
+"""The ``advice`` column's values; a refused film's advice is empty."""
+
 ADVICE = {
     "COVID": "Findings suggestive of COVID-19: admit for further diagnosis.",
     "Other pneumonia": "Pathological findings not typical of COVID-19: admit for further "
@@ -30,7 +50,10 @@ ADVICE = {
 }
 """Triage advice per label (a finding not listed here gets :data:`ADMIT`)."""
 ADMIT = "Pathological findings: admit for further diagnosis."
-NOT_A_CHEST_XRAY = "This does not look like a chest X-ray, so no triage advice is given."
+UNUSUAL_ADVICE = ("Unusual chest X-ray, unlike the films the model was trained on: admit, "
+                  "a radiologist must read this film.")
+NOT_A_CHEST_XRAY = ("This does not look like a chest X-ray, so it was not classified and no "
+                    "triage advice is given.")
 
 
 @dataclass(frozen=True)
@@ -38,18 +61,37 @@ class Decision:
     """What the rule decided for one film.
 
     Attributes:
-        label: The class name at the operating point.
+        label: The class name at the operating point; empty for a refused film
+            (flag ``not_chest``), which is never classified.
         p_finding: Calibrated probability of any finding, ``1 - P(Normal)``.
-        admit: Whether the advice is to admit (a finding, and a chest X-ray).
-        ood: Whether the film was flagged as not a chest X-ray (then no advice).
-        triage: The advice, ending with the research-tool disclaimer.
+        flag: One of :data:`FLAGS`.
+        admit: Whether the advice is to admit: a finding, or an unusual chest
+            X-ray whatever its label. False for a normal film and a refused one.
+        triage: The advice in words, ending with the research-tool disclaimer.
     """
 
     label: str
     p_finding: float
+    flag: str
     admit: bool
-    ood: bool
     triage: str
+
+    @property
+    def refused(self) -> bool:
+        """Whether the film was refused as not a chest X-ray (no label, no advice)."""
+        return self.flag == FLAG_NOT_CHEST
+
+    @property
+    def ood(self) -> bool:
+        """Whether either kind of flag was raised (the CLI's ``ood`` column)."""
+        return self.flag != FLAG_NONE
+
+    @property
+    def advice(self) -> str:
+        """The ``advice`` column: ``admit``, ``home``, or empty for a refused film."""
+        if self.refused:
+            return ""
+        return ADMIT_CODE if self.admit else HOME_CODE
 
 
 def p_finding(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
@@ -93,27 +135,43 @@ def decide_labels(probs: np.ndarray, class_names: Sequence[str], threshold: floa
     return np.where(p_finding(probs, class_names) >= threshold, findings.argmax(axis=1), normal)
 
 
-def triage_text(label: str, ood: bool = False) -> str:
-    """The advice for a label (or the not-a-chest-X-ray warning), with the disclaimer."""
-    advice = NOT_A_CHEST_XRAY if ood else ADVICE.get(label, ADMIT)
+def triage_text(label: str, flag: str = FLAG_NONE) -> str:
+    """The advice for a label under a flag, in words, with the disclaimer."""
+    if flag == FLAG_NOT_CHEST:
+        advice = NOT_A_CHEST_XRAY
+    elif flag == FLAG_UNUSUAL:
+        advice = UNUSUAL_ADVICE
+    else:
+        advice = ADVICE.get(label, ADMIT)
     return f"{advice} {DISCLAIMER}"
 
 
 def decide(probs: np.ndarray, class_names: Sequence[str], threshold: float,
-           ood: bool = False) -> Decision:
+           flag: str = FLAG_NONE) -> Decision:
     """Label and triage for one film.
 
     Args:
         probs: (C,) calibrated probabilities summing to 1.
         class_names: The C classes, one of them :data:`NORMAL`.
         threshold: Operating point on P(any finding).
-        ood: Whether the film was flagged as not a chest X-ray.
+        flag: One of :data:`FLAGS`, from the out-of-distribution gates.
 
     Returns:
-        The decision; a flagged film keeps its label but gets no advice.
+        The decision. A refused film gets no label and no advice; an unusual one
+        keeps its label and is always admitted, so that it is never sent home.
+
+    Raises:
+        ValueError: ``flag`` is not one of :data:`FLAGS`.
     """
+    if flag not in FLAGS:
+        raise ValueError(f"unknown flag {flag!r}: expected one of {', '.join(FLAGS)}")
     probs = np.asarray(probs, np.float64)
+    finding = float(p_finding(probs, class_names))
+    if flag == FLAG_NOT_CHEST:
+        return Decision(label="", p_finding=finding, flag=flag, admit=False,
+                        triage=triage_text("", flag))
     index = int(decide_labels(probs[np.newaxis], class_names, threshold)[0])
     label = list(class_names)[index]
-    return Decision(label=label, p_finding=float(p_finding(probs, class_names)),
-                    admit=label != NORMAL and not ood, ood=ood, triage=triage_text(label, ood))
+    admit = label != NORMAL or flag == FLAG_UNUSUAL
+    return Decision(label=label, p_finding=finding, flag=flag, admit=admit,
+                    triage=triage_text(label, flag))

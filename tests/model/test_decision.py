@@ -6,7 +6,12 @@ import pytest
 from covid import DISCLAIMER
 from covid.model.decision import (
     ADVICE,
+    FLAG_NONE,
+    FLAG_NOT_CHEST,
+    FLAG_UNUSUAL,
+    FLAGS,
     NOT_A_CHEST_XRAY,
+    UNUSUAL_ADVICE,
     decide,
     decide_labels,
     finding_name,
@@ -30,17 +35,45 @@ def test_the_operating_point_is_on_the_probability_of_any_finding():
     ([0.7, 0.2, 0.1], "COVID"), ([0.2, 0.7, 0.1], "Other pneumonia"), ([0.1, 0.1, 0.8], "Normal")])
 def test_each_label_gets_the_prototypes_advice_with_the_disclaimer(probs, label):
     decision = decide(np.array(probs), THREE, 0.5)
-    assert decision.label == label
+    assert decision.label == label and decision.flag == FLAG_NONE and not decision.ood
     assert decision.triage == f"{ADVICE[label]} {DISCLAIMER}"
     assert decision.admit == (label != "Normal")
+    assert decision.advice == ("home" if label == "Normal" else "admit")
     assert ("admit" in decision.triage) == decision.admit
     assert ("go home" in decision.triage) == (label == "Normal")
 
 
-def test_a_film_that_is_not_a_chest_xray_keeps_its_label_but_gets_no_advice():
-    decision = decide(np.array([0.9, 0.05, 0.05]), THREE, 0.5, ood=True)
-    assert decision.label == "COVID" and decision.ood and not decision.admit
+def test_a_film_that_is_not_a_chest_xray_is_refused_without_label_or_advice():
+    decision = decide(np.array([0.9, 0.05, 0.05]), THREE, 0.5, flag=FLAG_NOT_CHEST)
+    assert decision.label == "" and decision.refused and decision.ood
+    assert not decision.admit and decision.advice == ""
     assert decision.triage == f"{NOT_A_CHEST_XRAY} {DISCLAIMER}"
+
+
+@pytest.mark.parametrize("probs", [[0.9, 0.05, 0.05], [0.01, 0.01, 0.98]])
+def test_an_unusual_chest_xray_keeps_its_label_and_is_always_admitted(probs):
+    decision = decide(np.array(probs), THREE, 0.5, flag=FLAG_UNUSUAL)
+    assert decision.label == decide(np.array(probs), THREE, 0.5).label  # label unchanged
+    assert decision.admit and decision.advice == "admit" and decision.ood
+    assert not decision.refused
+    assert decision.triage == f"{UNUSUAL_ADVICE} {DISCLAIMER}"
+    assert "go home" not in decision.triage and "radiologist" in decision.triage
+
+
+def test_no_flag_ever_sends_a_finding_home():
+    rng = np.random.default_rng(0)
+    for probs in rng.dirichlet(np.ones(3), size=200):
+        for flag in FLAGS:
+            decision = decide(probs, THREE, 0.3, flag=flag)
+            if decision.label and decision.label != "Normal":
+                assert decision.advice == "admit"
+            if flag != FLAG_NONE:
+                assert decision.advice != "home"
+
+
+def test_an_unknown_flag_is_an_error():
+    with pytest.raises(ValueError, match="unknown flag"):
+        decide(np.array([0.5, 0.2, 0.3]), THREE, 0.5, flag="maybe")
 
 
 def test_a_two_class_model_thresholds_p_covid():
