@@ -6,7 +6,8 @@ traces the graphs before the first request; :meth:`Classifier.warm_up_in_backgro
 does it in a thread whenever the network is idle, while calls run eagerly, so that a
 server answers at once.
 Calls from several threads (sessions) are safe: they take turns through the
-network, one batch at a time. The wrapped Keras model is never modified.
+network, one batch at a time (a server runs them together instead, through
+:mod:`covid.explain.batching`). The wrapped Keras model is never modified.
 """
 
 from __future__ import annotations
@@ -159,13 +160,62 @@ class Classifier:
 
         return explain_step
 
-    def _check_batch(self, x: np.ndarray) -> np.ndarray:
-        """Validates a (N, S, S, 1) batch and returns it as float32."""
+    def check_batch(self, x: np.ndarray) -> np.ndarray:
+        """Validates a (N, S, S, 1) batch and returns it as float32.
+
+        Public so that a caller batching several requests together
+        (:mod:`covid.explain.batching`) refuses a bad one before it joins a batch.
+
+        Raises:
+            ValueError: ``x`` is not (N, S, S, 1) with S the model's input size.
+        """
         x = np.asarray(x, dtype=np.float32)
         size = self.metadata.input_size
         if x.ndim != 4 or x.shape[1:] != (size, size, 1):
             raise ValueError(f"expected a (N, {size}, {size}, 1) batch, got shape {x.shape}")
         return x
+
+    def check_targets(self, n: int, targets: np.ndarray | None, method: str) -> np.ndarray:
+        """Validates an explanation request's method and classes.
+
+        Args:
+            n: Images in the request.
+            targets: (n,) class indices, -1 entries (or None) for the predicted class.
+            method: ``"gradcam"`` or ``"gradcam++"``.
+
+        Returns:
+            (n,) int32 class indices, -1 for the predicted class.
+
+        Raises:
+            ValueError: Unknown method, or targets of another length or out of range.
+        """
+        if method not in self._explainers:
+            raise ValueError(f"unknown CAM method {method!r}; expected one of {METHODS}")
+        wanted = np.full(n, -1, np.int32) if targets is None else np.asarray(targets, np.int32)
+        if wanted.shape != (n,) or wanted.max(initial=-1) >= self.n_classes:
+            raise ValueError(f"targets must be {n} class indices below {self.n_classes}")
+        return wanted
+
+    def check_one(self, x: np.ndarray, target: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Validates one image and its class for :meth:`explain`.
+
+        Args:
+            x: (S, S, 1) or (1, S, S, 1) raw intensities in [0, 255].
+            target: The class index to explain; None for the predicted class.
+
+        Returns:
+            The (1, S, S, 1) float32 batch and its (1,) int32 target (None: predicted).
+
+        Raises:
+            ValueError: Wrong shape, more than one image, or target out of range.
+        """
+        if target is not None and not 0 <= target < self.n_classes:
+            raise ValueError(f"target must be in [0, {self.n_classes}), got {target}")
+        x = np.asarray(x, dtype=np.float32)
+        batch = self.check_batch(x[np.newaxis] if x.ndim == 3 else x)
+        if len(batch) != 1:
+            raise ValueError(f"explain takes one image, got a batch of {len(batch)}")
+        return batch, None if target is None else np.array([target], np.int32)
 
     def forward_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw logits and pooled features for a batch, in one pass per chunk.
@@ -179,7 +229,7 @@ class Classifier:
         Raises:
             ValueError: ``x`` is not (N, S, S, 1) with S the model's input size.
         """
-        x = self._check_batch(x)
+        x = self.check_batch(x)
         logits = [np.zeros((0, self.n_classes), np.float32)]
         features = [np.zeros((0, self.n_features), np.float32)]
         for start in range(0, len(x), self.batch_size):
@@ -246,17 +296,13 @@ class Classifier:
         Raises:
             ValueError: Wrong shape, unknown method or target out of range.
         """
-        return self._explain_chunks(self._check_batch(x), targets, method)
+        return self._explain_chunks(self.check_batch(x), targets, method)
 
     def _explain_chunks(
         self, x: np.ndarray, targets: np.ndarray | None, method: str
     ) -> list[Explanation]:
         """:meth:`explain_batch` on a checked batch."""
-        if method not in self._explainers:
-            raise ValueError(f"unknown CAM method {method!r}; expected one of {METHODS}")
-        wanted = np.full(len(x), -1, np.int32) if targets is None else np.asarray(targets, np.int32)
-        if wanted.shape != (len(x),) or wanted.max(initial=-1) >= self.n_classes:
-            raise ValueError(f"targets must be {len(x)} class indices below {self.n_classes}")
+        wanted = self.check_targets(len(x), targets, method)
         out: list[Explanation] = []
         for start in range(0, len(x), self.batch_size):
             stop = start + self.batch_size
@@ -265,10 +311,12 @@ class Classifier:
                                                  tf.constant(wanted[start:stop]))
                 cams, logits, features, used = (t.numpy() for t in outputs)
             probs = calibrated_probs(logits, self.metadata.temperature)
+            # each image's arrays are copies, not views of the batch's: a batch may hold
+            # several sessions' films (covid.explain.batching), which share nothing
             for i, cam in enumerate(cams):
-                out.append(Explanation(probs=probs[i], cam=cam.astype(np.float32),
+                out.append(Explanation(probs=probs[i].copy(), cam=cam.astype(np.float32),
                                        target=int(used[i]), method=method,
-                                       logits=logits[i], features=features[i]))
+                                       logits=logits[i].copy(), features=features[i].copy()))
         return out
 
     def explain(
@@ -287,13 +335,7 @@ class Classifier:
         Raises:
             ValueError: Wrong shape, unknown method or target out of range.
         """
-        if target is not None and not 0 <= target < self.n_classes:
-            raise ValueError(f"target must be in [0, {self.n_classes}), got {target}")
-        x = np.asarray(x, dtype=np.float32)
-        batch = self._check_batch(x[np.newaxis] if x.ndim == 3 else x)
-        if len(batch) != 1:
-            raise ValueError(f"explain takes one image, got a batch of {len(batch)}")
-        targets = None if target is None else np.array([target], np.int32)
+        batch, targets = self.check_one(x, target)
         return self._explain_chunks(batch, targets, method)[0]
 
     @contextlib.contextmanager
