@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,11 @@ ACCESSIONS = ("ACC001", "ACC002", "ACC003", "ACC004")
 """The chest studies' accession numbers, one film each (the last one RLE-compressed)."""
 PATIENT_NAME = "Doe^Jane^Secret"
 """Every instance's patient name: it must never be printed."""
+BARE_DATES = ("20240301", "20240302")
+"""The study dates of the two films whose headers lack Type 2 attributes (see :func:`bare_film`)."""
+LEFT_OUT = ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+            "ReferringPhysicianName", "StudyTime")
+"""The Type 2 attributes an anonymised film often lacks."""
 
 
 # ------------------------------------------------------------------------ the server
@@ -243,6 +249,26 @@ def dx_film(pixels: np.ndarray, accession: str, date: str, **fields) -> object:
                     ViewPosition="PA", PresentationIntentType="FOR PRESENTATION", **fields)
 
 
+def bare_film(pixels: np.ndarray, date: str, odd: bool = False) -> object:
+    """A chest DX film whose header lacks birth date, sex, accession number and the
+    other attributes of :data:`LEFT_OUT`, as anonymised studies often do.
+
+    With ``odd``, they are present but empty or invalid instead (sex ``U``, a birth
+    date that is no date), and the patient name has a single component, which
+    highdicom would print in a warning.
+    """
+    ds = dx_film(pixels, "", date)
+    for keyword in LEFT_OUT:
+        delattr(ds, keyword)
+    if odd:
+        ds.PatientBirthDate, ds.PatientSex, ds.AccessionNumber, ds.StudyID = "", "U", "", ""
+        with warnings.catch_warnings():  # pydicom warns of the invalid time, as it should
+            warnings.simplefilter("ignore")
+            ds.StudyTime = "25"
+        ds.PatientName = PATIENT_NAME.split("^")[-1]
+    return ds
+
+
 def to_bytes(ds, compress: str | None = None) -> bytes:
     """A data set as DICOM file bytes, compressed with ``compress`` (a transfer syntax)."""
     if compress is not None:
@@ -257,21 +283,26 @@ class Stored:
     """What the loaded server holds.
 
     Attributes:
-        films: SOP Instance UID -> the film's (H, W) uint8 pixels, for each chest film.
+        films: SOP Instance UID -> the film's (H, W) uint8 pixels, for each chest film
+            (the bare ones among them).
         disguised: The SOP Instance UID of the DX instance holding a CT slice.
         ct_study: The CT study's Study Instance UID.
         compressed: The SOP Instance UID of the RLE-compressed film.
+        bare: The SOP Instance UIDs of the films whose headers lack (or hold empty or
+            invalid) birth date, sex and accession number (:func:`bare_film`).
     """
 
     films: dict[str, np.ndarray]
     disguised: str
     ct_study: str
     compressed: str
+    bare: tuple[str, ...] = ()
 
 
 def load_studies(server: OrthancServer, films: list[np.ndarray]) -> Stored:
-    """Stores the films (one DX study each, dated one day apart), a CT study and a
-    DX instance whose pixels are a CT slice."""
+    """Stores the films (one DX study each, dated one day apart), a CT study, a
+    DX instance whose pixels are a CT slice, and two bare films (:func:`bare_film`,
+    showing the first two films again, dated :data:`BARE_DATES`)."""
     from pydicom.uid import RLELossless, generate_uid
 
     stored = {}
@@ -292,7 +323,13 @@ def load_studies(server: OrthancServer, films: list[np.ndarray]) -> Stored:
                   RescaleIntercept=-1024, RescaleSlope=1, ImageType=["ORIGINAL", "PRIMARY",
                                                                       "AXIAL"])
     server.upload(to_bytes(ct))
-    return Stored(stored, disguised.SOPInstanceUID, ct_study, compressed)
+    bare = []
+    for pixels, date, odd in zip(films, BARE_DATES, (False, True), strict=False):
+        ds = bare_film(pixels, date, odd)
+        server.upload(to_bytes(ds))
+        stored[ds.SOPInstanceUID] = pixels
+        bare.append(ds.SOPInstanceUID)
+    return Stored(stored, disguised.SOPInstanceUID, ct_study, compressed, tuple(bare))
 
 
 # ------------------------------------------------------------------------ the fixtures
@@ -337,6 +374,78 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"https://127.0.0.1:{server.server_address[1]}/dicom-web", cert
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class QidoStub:
+    """A DICOMweb search server that pages as told, for what Orthanc cannot be made to do.
+
+    Attributes:
+        url: Its DICOMweb root (loopback).
+        total: How many DX studies it holds.
+        cap: The most studies one answer holds (then a ``Warning`` header says more
+            exist), or 0 for no cap.
+        reachable: How many of them any answer reaches (beyond, an empty answer that
+            still warns), or 0 for all.
+        honour_offset: False: every answer starts at the first study, whatever
+            ``offset`` says.
+        requests: How many searches it answered.
+    """
+
+    url: str = ""
+    total: int = 5
+    cap: int = 0
+    reachable: int = 0
+    honour_offset: bool = True
+    requests: int = 0
+
+    def answer(self, query: dict[str, list[str]]) -> tuple[list[dict], bool]:
+        """The studies for one search's query string, and whether to warn of more."""
+        offset = int(query.get("offset", ["0"])[0]) if self.honour_offset else 0
+        limit = int(query.get("limit", [str(self.total)])[0])
+        end = min(self.total, self.reachable or self.total)
+        count = min(limit, self.cap or limit, max(0, end - offset))
+        items = [{"0020000D": {"vr": "UI", "Value": [f"1.2.3.{n}"]},
+                  "00080050": {"vr": "SH", "Value": [f"STUB{n:03d}"]},
+                  "00080020": {"vr": "DA", "Value": [f"202401{n % 28 + 1:02d}"]},
+                  "00080061": {"vr": "CS", "Value": ["DX"]}}
+                 for n in range(offset, offset + count)]
+        return items, offset + count < self.total
+
+
+@pytest.fixture
+def qido_stub() -> Iterator[QidoStub]:
+    """A :class:`QidoStub` on a free loopback port (plain HTTP, no password)."""
+    import http.server
+    import threading
+    from urllib.parse import parse_qs, urlsplit
+
+    stub = QidoStub()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            stub.requests += 1
+            items, more = stub.answer(parse_qs(urlsplit(self.path).query))
+            body = json.dumps(items).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(body)))
+            if more and (stub.cap or stub.reachable):
+                self.send_header("Warning", "299 stub: There are additional results that "
+                                            "can be requested")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    stub.url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    yield stub
     server.shutdown()
     server.server_close()
 

@@ -9,20 +9,23 @@ Who sees it (:func:`pacs_access`):
 - with ``[auth]`` in ``.streamlit/secrets.toml`` (Streamlit's OpenID Connect
   login), only a signed-in user whose e-mail is in ``COVID_PACS_ALLOWED_EMAILS``
   or who belongs to a group in ``COVID_PACS_ALLOWED_GROUPS`` (secrets, or
-  comma-separated in the environment); a visitor gets a sign-in button only;
+  comma-separated in the environment); a visitor gets a sign-in button only,
+  and whoever is signed in a sign-out button;
 - without ``[auth]``, everybody, but only when the administrator sets
   ``COVID_PACS_ALLOW_ANONYMOUS=1`` for a trusted network, and the tab says so.
 
 The server comes from the secrets or the environment (``COVID_PACS_URL``,
 ``COVID_PACS_USER``, ``COVID_PACS_PASSWORD``); a visitor never types an address.
-With none configured, the tab says how to configure one.
+With none configured, the tab says how to configure one. A search the server
+answers only in part (it caps its results) lists what came and says so.
 
 Results go back to the PACS from the study view (:func:`send_study_ui`, "Send to
 PACS") and under the triage table (:func:`send_all_ui`, "Send all to PACS"): a
 Structured Report and a Secondary Capture of the map, built and stored by
 :mod:`covid.screening.pacs_results`. Only studies retrieved from the PACS in this
-session get the buttons, and only for a visitor who may use the PACS. Sending
-again stores nothing new (the results' UIDs are derived), and the page says so.
+session get the buttons, only for a visitor who may use the PACS, and never a
+film refused as not a chest X-ray. Sending again stores nothing new (the
+results' UIDs are derived), and the page says so.
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
-from covid.inputs.pacs import PacsClient, PacsConfig, PacsError, StudyQuery, StudyRecord
+from covid.inputs.pacs import (
+    PacsClient,
+    PacsConfig,
+    PacsError,
+    StudyQuery,
+    StudyRecord,
+    StudySearch,
+)
 from covid.screening.studies import Study, class_map, content_digest
 
 if TYPE_CHECKING:
@@ -45,6 +55,7 @@ _KEYS = ("COVID_PACS_URL", "COVID_PACS_USER", "COVID_PACS_PASSWORD", "COVID_PACS
          "COVID_PACS_ALLOWED_GROUPS")
 _FILES_KEY = "pacs_files"
 _SOURCES_KEY = "pacs_sources"
+_STUDIES_KEY, _SEARCH_NOTE_KEY = "pacs_studies", "pacs_search_note"
 NOT_CONFIGURED = ("Studies can also come from the hospital's PACS: an administrator sets "
                   "COVID_PACS_URL, COVID_PACS_USER and COVID_PACS_PASSWORD (environment or "
                   ".streamlit/secrets.toml) and who may use it (README, \"Connecting a PACS\").")
@@ -179,21 +190,33 @@ def _retrieve(client: PacsClient, studies: Sequence[StudyRecord]) -> list[tuple[
     return files
 
 
+def _sign_out_ui(user: Mapping[str, Any]) -> None:
+    """Who is signed in, and a button to sign out (Streamlit's ``st.logout``)."""
+    who = str(user.get("email") or user.get("name") or "")
+    if st.button("Sign out", icon=":material/logout:", key="pacs_sign_out",
+                 help=f"Signed in as {who}." if who else None):
+        st.logout()
+
+
 def _pacs_tab(config: PacsConfig) -> None:
     """Search, pick studies and retrieve them into the session."""
     client = PacsClient(config)
     query = _query_ui()
     if query is not None:
         try:
-            st.session_state["pacs_studies"] = client.search_studies(query)
+            search = client.search_studies(query)
         except PacsError as err:
-            st.session_state["pacs_studies"] = []
+            search = StudySearch(())
             st.error(str(err), icon=":material/error:")
-    studies: list[StudyRecord] = st.session_state.get("pacs_studies", [])
+        st.session_state[_STUDIES_KEY] = list(search.studies)
+        st.session_state[_SEARCH_NOTE_KEY] = search.note
+    studies: list[StudyRecord] = st.session_state.get(_STUDIES_KEY, [])
     if not studies:
         if query is not None:
             st.info("No chest radiograph study (CR or DX) matches.")
         return
+    if st.session_state.get(_SEARCH_NOTE_KEY):
+        st.warning(st.session_state[_SEARCH_NOTE_KEY], icon=":material/filter_list:")
     chosen = st.multiselect("Studies", studies, format_func=_study_label, key="pacs_chosen",
                             help="Accession number, date and description; no patient name.")
     if st.button("Retrieve and score", disabled=not chosen, icon=":material/download:"):
@@ -210,7 +233,10 @@ def pacs_source_ui() -> list[tuple[str, bytes]]:
         ``(name, DICOM bytes)`` pairs, to score with the uploads; [] without a PACS.
     """
     values = settings()
-    access = pacs_access(values, _auth_configured(), _current_user())
+    user = _current_user()
+    access = pacs_access(values, _auth_configured(), user)
+    if user is not None:
+        _sign_out_ui(user)
     if not access.allowed:
         if access.sign_in and st.button("Sign in", icon=":material/login:"):
             st.login()
@@ -259,8 +285,10 @@ def _send_client() -> PacsClient | None:
 
 
 def _sendable(study: Study, sources: Mapping[str, bytes]) -> bool:
-    """Whether a study came from the PACS and has results to send."""
-    return study.digest in sources and study.result.error is None and bool(study.result.label)
+    """Whether a study came from the PACS and has results to send (never a refused film)."""
+    from covid.screening.pacs_results import nothing_to_send
+
+    return study.digest in sources and nothing_to_send(study.result) is None
 
 
 def send_study(client: PacsClient, study: Study, source: bytes, classifier: Classifier,
@@ -284,13 +312,23 @@ def send_study(client: PacsClient, study: Study, source: bytes, classifier: Clas
 
     Raises:
         covid.inputs.pacs.PacsError: The PACS refused or failed.
-        covid.screening.pacs_results.ResultsError: The study has no results.
+        covid.screening.pacs_results.ResultsError: The study has no results, was
+            refused as not a chest X-ray, or its header cannot give results.
     """
     # Imported here: highdicom is needed only once something is sent (cold start).
-    from covid.screening.pacs_results import build_results, send_results, source_header
+    from covid.screening.pacs_results import (
+        ResultsError,
+        build_results,
+        nothing_to_send,
+        send_results,
+        source_header,
+    )
 
     meta = classifier.metadata
     result = study.result
+    reason = nothing_to_send(result)
+    if reason is not None:
+        raise ResultsError(f"{result.name}: {reason}.")
     target = list(meta.class_names).index(result.label)
     cam = class_map(study, classifier, target, SEND_METHOD, maps)
     result = replace(result, cam=cam, cam_target=target)

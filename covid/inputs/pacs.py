@@ -10,9 +10,11 @@ proxy, ``REQUESTS_CA_BUNDLE`` and ``~/.netrc`` settings are ignored on purpose.
 
 Searches return immutable records holding no patient name: accession number,
 date, description, modality and view are what a radiologist needs to pick a
-study. Instances are retrieved in memory, in the transfer syntax the server
-holds them in (``transfer-syntax=*``), so nothing is transcoded on the way and
-the bytes go through the same decoder as an uploaded ``.dcm`` file.
+study. Searches are paged by ``limit`` and ``offset`` and say when the server
+holds more matches than it gave (:attr:`StudySearch.complete`). Instances are
+retrieved in memory, in the transfer syntax the server holds them in
+(``transfer-syntax=*``), so nothing is transcoded on the way and the bytes go
+through the same decoder as an uploaded ``.dcm`` file.
 
 Every failure raises a :class:`PacsError` whose message says what failed in plain
 words (wrong password, server down or slow, TLS, refused request); messages
@@ -40,6 +42,11 @@ ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds to wait for a connection or an answer."""
+
+SEARCH_PAGE = 100
+"""Matches asked for per search request (QIDO-RS ``limit``)."""
+MAX_MATCHES = 1000
+"""The most studies one search gathers, and the most instances of one study."""
 
 _QIDO_FIELDS = ("StudyDescription", "SeriesDescription", "Modality", "ViewPosition",
                 "SOPClassUID", "SeriesNumber", "InstanceNumber")
@@ -225,6 +232,29 @@ class StudyRecord:
 
 
 @dataclass(frozen=True)
+class StudySearch:
+    """The chest radiograph studies a search found.
+
+    Attributes:
+        studies: The studies, oldest first.
+        complete: False when the server holds more matches than it gave (it
+            capped the results, or :data:`MAX_MATCHES` was reached).
+    """
+
+    studies: tuple[StudyRecord, ...]
+    complete: bool = True
+
+    @property
+    def note(self) -> str:
+        """What to tell the user about an incomplete search ('' when complete)."""
+        if self.complete:
+            return ""
+        return (f"Showing the first {len(self.studies)} chest studies: the PACS holds more "
+                "matches than it returned. Narrow the search (study dates, accession number "
+                "or patient ID) to see the others.")
+
+
+@dataclass(frozen=True)
 class InstanceRecord:
     """One chest radiograph instance (no patient name).
 
@@ -280,6 +310,17 @@ def _is_own_result(item: Mapping[str, Any]) -> bool:
     return _value(item, "SeriesDescription").startswith(RESULT_SERIES_PREFIX)
 
 
+def _may_hold_chest_films(item: Mapping[str, Any]) -> bool:
+    """Whether a study's answer names a CR or DX modality, or names none (unknown)."""
+    modalities = _values(item, "ModalitiesInStudy")
+    return not modalities or any(m in CHEST_MODALITIES for m in modalities)
+
+
+_MORE_RESULTS = "additional results"
+"""What a server's ``Warning: 299`` header says when it returned fewer matches than it
+holds (PS3.18 8.3.4.4); a client then asks for the next page."""
+
+
 # ------------------------------------------------------------------ the client
 
 
@@ -288,14 +329,20 @@ class PacsClient:
 
     Args:
         config: Where the server is and how to sign in.
+        page_size: Matches asked for per search request.
+        max_matches: The most matches one search gathers.
     """
 
-    def __init__(self, config: PacsConfig) -> None:
+    def __init__(self, config: PacsConfig, page_size: int = SEARCH_PAGE,
+                 max_matches: int = MAX_MATCHES) -> None:
         import requests
         from dicomweb_client.api import DICOMwebClient
 
         self.config = config
+        self.page_size, self.max_matches = page_size, max_matches
+        self._more_held = False
         session = requests.Session()
+        session.hooks["response"].append(self._note_warning)
         # Settings come from the config alone: no ~/.netrc credentials, and no
         # REQUESTS_CA_BUNDLE or proxy variables silently overriding the CA bundle.
         session.trust_env = False
@@ -306,6 +353,10 @@ class PacsClient:
                                    timeout=(min(10.0, config.timeout), config.timeout))
         # No silent retries with back-off: a failure is reported at once, and named.
         self._web.set_http_retry_params(retry=False)
+
+    def _note_warning(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        """Records whether the last answer said the server holds more matches."""
+        self._more_held = _MORE_RESULTS in response.headers.get("Warning", "").lower()
 
     def _call(self, what: str, action: Callable[[], _T]) -> _T:
         """Runs one request, turning every failure into a :class:`PacsError` naming it."""
@@ -334,30 +385,65 @@ class PacsClient:
 
     # -------------------------------------------------------------- search
 
-    def search_studies(self, query: StudyQuery) -> list[StudyRecord]:
-        """Chest radiograph studies (CR or DX in the study) matching a query.
+    def _search_all(self, what: str, search: Callable[[int, int], list[dict[str, Any]]],
+                    key: str) -> tuple[list[dict[str, Any]], bool]:
+        """Every match of a search, a page at a time, and whether the server gave them all.
 
-        One search per modality, merged: a list of modalities in one key is not
-        understood alike by every server.
+        Pages by ``limit`` and ``offset`` and never loops: dicomweb-client's own
+        paging asks forever of a server that ignores ``offset`` (Orthanc 1.10 does
+        for some keys). A short page ends the search, unless the server's
+        ``Warning`` header says it holds more; a page with nothing new (the server
+        repeats itself) ends it too, incomplete when that page was full, as does
+        reaching :attr:`max_matches`.
+
+        Args:
+            what: The search, in words, for error messages.
+            search: Runs one request: ``(limit, offset) -> DICOM JSON answers``.
+            key: The keyword naming each match uniquely (``StudyInstanceUID``...).
 
         Returns:
-            The studies, oldest first.
+            The matches in the server's order, and whether they are all it holds.
         """
-        found: dict[str, StudyRecord] = {}
-        for modality in CHEST_MODALITIES:
-            filters = {**query.filters(), "ModalitiesInStudy": modality}
-            answers = self._call(f"searching for {modality} studies",
-                                 lambda f=filters: self._web.search_for_studies(
-                                     search_filters=f, fields=["StudyDescription"]))
-            for item in answers:
-                record = StudyRecord(
-                    study_uid=_value(item, "StudyInstanceUID"),
-                    accession=_value(item, "AccessionNumber"), date=_value(item, "StudyDate"),
-                    description=_value(item, "StudyDescription"),
-                    modalities=_values(item, "ModalitiesInStudy"))
-                if record.study_uid:
-                    found.setdefault(record.study_uid, record)
-        return sorted(found.values(), key=lambda r: (r.date, r.accession, r.study_uid))
+        found: dict[str, dict[str, Any]] = {}
+        offset = 0
+        while len(found) < self.max_matches:
+            page = self._call(what, lambda start=offset: search(self.page_size, start))
+            fresh = {uid: item for item in page
+                     if (uid := _value(item, key)) and uid not in found}
+            if not fresh:  # an empty page, or one the server repeated
+                return list(found.values()), len(page) < self.page_size and not self._more_held
+            found.update(fresh)
+            offset += len(page)
+            if len(page) < self.page_size and not self._more_held:
+                return list(found.values()), True
+        return list(found.values())[: self.max_matches], False
+
+    def search_studies(self, query: StudyQuery) -> StudySearch:
+        """Chest radiograph studies (CR or DX in the study) matching a query.
+
+        The modality is matched here, not by the server: Orthanc 1.10 pages a
+        ``ModalitiesInStudy`` search wrongly (it ignores ``offset``, or answers
+        nothing past the first page). A study whose answer names no modality is
+        kept; its instance listing leaves out what is not a radiograph.
+
+        Returns:
+            The studies, oldest first, and whether the server gave every match.
+        """
+        filters = query.filters()
+        answers, complete = self._search_all(
+            "searching for studies",
+            lambda limit, offset: self._web.search_for_studies(
+                search_filters=filters, fields=["StudyDescription", "ModalitiesInStudy"],
+                limit=limit, offset=offset),
+            "StudyInstanceUID")
+        records = [StudyRecord(study_uid=_value(item, "StudyInstanceUID"),
+                               accession=_value(item, "AccessionNumber"),
+                               date=_value(item, "StudyDate"),
+                               description=_value(item, "StudyDescription"),
+                               modalities=_values(item, "ModalitiesInStudy"))
+                   for item in answers if _may_hold_chest_films(item)]
+        records.sort(key=lambda r: (r.date, r.accession, r.study_uid))
+        return StudySearch(tuple(records), complete)
 
     def study_instances(self, study: StudyRecord) -> tuple[list[InstanceRecord], list[str]]:
         """A study's chest radiograph instances, and notes on what was left out.
@@ -366,10 +452,13 @@ class PacsClient:
         out with a note naming them; the series this tool stored are left out
         silently.
         """
-        answers = self._call(
-            f"listing study {study.accession or study.study_uid}",
-            lambda: self._web.search_for_instances(
-                study_instance_uid=study.study_uid, fields=list(_QIDO_FIELDS)))
+        name = study.accession or study.study_uid
+        answers, complete = self._search_all(
+            f"listing study {name}",
+            lambda limit, offset: self._web.search_for_instances(
+                study_instance_uid=study.study_uid, fields=list(_QIDO_FIELDS), limit=limit,
+                offset=offset),
+            "SOPInstanceUID")
         kept, others = [], {}
         for item in sorted(answers, key=_instance_order):
             modality = _value(item, "Modality")
@@ -382,15 +471,18 @@ class PacsClient:
                 study_uid=study.study_uid, series_uid=_value(item, "SeriesInstanceUID"),
                 sop_instance_uid=_value(item, "SOPInstanceUID"), modality=modality,
                 view=_value(item, "ViewPosition"), accession=study.accession, date=study.date))
-        name = study.accession or study.study_uid
         notes = [f"study {name}: {count} {modality} instance{'s' if count > 1 else ''} left "
                  "out (not a chest radiograph)." for modality, count in sorted(others.items())]
+        if not complete:
+            notes.append(f"study {name}: only the first {len(answers)} instances were listed; "
+                         "the PACS holds more.")
         return kept, notes
 
     def find_instances(self, query: StudyQuery) -> Listing:
         """Every chest radiograph instance in the studies a query finds."""
-        instances, notes = [], []
-        for study in self.search_studies(query):
+        search = self.search_studies(query)
+        instances, notes = [], [search.note] if search.note else []
+        for study in search.studies:
             kept, left_out = self.study_instances(study)
             instances.extend(kept)
             notes.extend(left_out)

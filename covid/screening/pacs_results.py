@@ -3,15 +3,27 @@
 For every scored film the tool stores, in the film's own study:
 
 - a Comprehensive SR holding a TID 1500 Measurement Report: the finding at the
-  operating point, the calibrated probability of every class, the operating
-  point, the share of the map's evidence inside the lungs, whether the film was
-  flagged as not a chest X-ray, the model's name, version and SHA-256
-  (TID 4019 Algorithm Identification) and "research use only, not for
-  diagnosis" (a comment, the series description and Content Qualification
-  RESEARCH). Machine-readable results are what the AI Results profile asks for.
+  operating point, the decision's flag (``none``, ``unusual``, ``not_chest``)
+  and advice (``admit``, ``home``) and its triage text, the calibrated
+  probability of every class, the operating point, the share of the map's
+  evidence inside the lungs, the model's name, version and SHA-256 (TID 4019
+  Algorithm Identification) and "research use only, not for diagnosis" (a
+  comment, the series description and Content Qualification RESEARCH).
+  Machine-readable results are what the AI Results profile asks for.
 - a Secondary Capture of the map over the film, drawn by the same code as the
-  page and the PDF report, with "RESEARCH USE ONLY" burnt into the pixels, so
-  that every viewer shows it.
+  page and the PDF report, with "RESEARCH USE ONLY" and the same finding, advice
+  and flag burnt into the pixels, so that every viewer shows them.
+
+What is said comes from the film's :class:`~covid.model.decision.Decision`
+alone. A film refused as not a chest X-ray has nothing to send
+(:func:`nothing_to_send`); its SR, were one built, would code no finding.
+
+Anonymised films often lack Type 2 attributes (birth date, sex, accession
+number...) or hold invalid ones; the objects are built from a copy of the
+film's header in which each such attribute is present and empty, as the
+standard allows (:func:`evidence_header`). Patient names never pass through
+highdicom, which would print a name it finds odd in a warning: they are copied
+onto the finished objects instead.
 
 An SR and an image cannot share a series (Modality is a series attribute), so
 each gets a series of its own. Every UID is derived from the source instance, the
@@ -23,6 +35,7 @@ so the search never offers these objects as films.
 
 from __future__ import annotations
 
+import copy
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +45,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from covid.inputs.pacs import RESULT_SERIES_PREFIX, PacsClient, PacsError
+from covid.model.decision import (
+    ADMIT_CODE,
+    FLAG_NONE,
+    FLAG_NOT_CHEST,
+    FLAG_UNUSUAL,
+    HOME_CODE,
+    Decision,
+)
 from covid.screening.studies import DisplaySettings, render_map
 
 if TYPE_CHECKING:
@@ -55,6 +76,20 @@ _FINDINGS = {
 }
 _PLAIN_CHEST_XRAY = ("399208008", "SCT", "Plain chest X-ray")
 _NO_UNITS = ("1", "UCUM", "no units")
+_FLAG_MEANINGS = {FLAG_NONE: "Like the films the model was trained on",
+                  FLAG_UNUSUAL: "Unusual chest X-ray", FLAG_NOT_CHEST: "Not a chest X-ray"}
+"""The flag's coded values are the flags as every output writes them, in the private scheme."""
+_ADVICE_MEANINGS = {ADMIT_CODE: "Admit for further diagnosis",
+                    HOME_CODE: "Go home and wait for the PCR result"}
+
+_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+"""Type 1: the results reference the film by these; without them nothing can be built."""
+_TYPE_2 = ("PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+           "StudyDate", "StudyTime")
+"""Type 2 attributes highdicom copies from the film: present, but may be empty."""
+_NAMES = ("PatientName", "ReferringPhysicianName")
+"""Type 2 names: empty in the evidence copy, copied onto the finished objects."""
+_SEXES = frozenset({"M", "F", "O"})
 
 
 class ResultsError(ValueError):
@@ -115,6 +150,71 @@ def result_uids(source_uid: str, model_sha256: str, explained_class: str,
                         for part in ("sr-series", "sc-series", "sr", "sc")))
 
 
+# ------------------------------------------------------------------ the film's header
+
+
+def _usable(keyword: str, source: Dataset) -> bool:
+    """Whether the film holds one non-empty value for ``keyword`` that its VR allows."""
+    from pydicom import config
+    from pydicom.valuerep import validate_value
+
+    if keyword not in source:
+        return False
+    element = source.data_element(keyword)
+    if element.is_empty or element.VM != 1:
+        return False
+    try:
+        validate_value(element.VR, element.value, config.RAISE)
+    except (ValueError, TypeError):
+        return False
+    return keyword != "PatientSex" or str(element.value) in _SEXES
+
+
+def evidence_header(source: Dataset) -> Dataset:
+    """A copy of the film's header that the result objects can be built from.
+
+    Each Type 2 attribute highdicom copies (birth date, sex, accession number,
+    study ID, date and time, patient ID) that the film lacks, leaves empty or
+    holds in a form its VR does not allow (a sex ``U``, a date that is no date)
+    is present and empty in the copy, as the standard allows; the names are
+    empty too (see :func:`_copy_names`). The film's own header is untouched.
+
+    Args:
+        source: The film's header.
+
+    Returns:
+        The copy.
+
+    Raises:
+        ResultsError: A UID the results must reference is missing.
+    """
+    missing = [k for k in _UIDS if not str(source.get(k, "") or "").strip()]
+    if missing:
+        raise ResultsError(f"the film's header lacks {', '.join(missing)}, which the results "
+                           "must reference.")
+    header = copy.deepcopy(source)
+    for keyword in (*_TYPE_2, *_NAMES):
+        if keyword in _NAMES or not _usable(keyword, header):
+            setattr(header, keyword, "")
+    return header
+
+
+def _copy_names(target: Dataset, source: Dataset) -> None:
+    """Copies the film's names, as they are, onto a finished result object."""
+    for keyword in _NAMES:
+        if keyword in source:
+            target.add(copy.deepcopy(source.data_element(keyword)))
+
+
+def _without_names(text: str, source: Dataset) -> str:
+    """A message with every part of the patient's name blotted out."""
+    name = str(source.get("PatientName", "") or "")
+    for part in {p.strip() for p in name.replace("=", "^").split("^")}:
+        if len(part) > 1:
+            text = text.replace(part, "…")
+    return text
+
+
 # ------------------------------------------------------------------ the report
 
 
@@ -149,33 +249,49 @@ def _measurements(result: StudyResult, meta: ModelMetadata, threshold: float) ->
     return items
 
 
+def _decision_items(decision: Decision) -> list[Any]:
+    """The flag and, for a film not refused, the advice, as TID 1501 qualitative evaluations."""
+    from highdicom.sr import QualitativeEvaluation
+
+    items = [QualitativeEvaluation(_local("Flag"), _code(decision.flag, _SCHEME,
+                                                         _FLAG_MEANINGS[decision.flag]))]
+    if decision.advice:
+        items.append(QualitativeEvaluation(_local("Advice"), _code(
+            decision.advice, _SCHEME, _ADVICE_MEANINGS[decision.advice])))
+    return items
+
+
 def _group(source: Dataset, result: StudyResult, meta: ModelMetadata, threshold: float,
            uids: ResultUids, method: str) -> Any:
-    """The TID 1501 measurement group: finding, flag, measurements, algorithm, source image."""
+    """The TID 1501 measurement group: finding, flag, advice, measurements, algorithm, image.
+
+    A refused film (not a chest X-ray) codes no finding and no advice.
+    """
     from highdicom.sr import (
         AlgorithmIdentification,
         MeasurementsAndQualitativeEvaluations,
-        QualitativeEvaluation,
         SourceImageForMeasurementGroup,
         TextContentItem,
         TrackingIdentifier,
     )
     from pydicom.sr.codedict import codes
 
-    flagged = codes.SCT.Yes if result.ood else codes.SCT.No
+    decision = result.decision
     group = MeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=uids.sr, identifier="COVID screening"),
         algorithm_id=AlgorithmIdentification(
             name=meta.name[:64], version=meta.version[:64],
             parameters=[f"SHA-256 {meta.sha256}", f"method {method}",
-                        f"explained class {result.label}"]),
-        finding_type=finding_code(result.label),  # TID 1501's "Finding" row
+                        f"explained class {decision.label}"]),
+        # TID 1501's "Finding" row; none for a film that was never classified.
+        finding_type=None if decision.refused else finding_code(decision.label),
         measurements=_measurements(result, meta, threshold),
-        qualitative_evaluations=[QualitativeEvaluation(_local("Not a chest X-ray"), flagged)],
+        qualitative_evaluations=_decision_items(decision),
         source_images=[SourceImageForMeasurementGroup.from_source_image(source)])
-    # TID 1501 has no free-text row; the comment rides in the group's content.
-    group[0].ContentSequence.append(TextContentItem(
-        name=codes.DCM.Comment, value=RESEARCH_ONLY, relationship_type="CONTAINS"))
+    # TID 1501 has no free-text row; the triage text and the comment ride in the group.
+    for name, text in ((_local("Triage"), decision.triage), (codes.DCM.Comment, RESEARCH_ONLY)):
+        group[0].ContentSequence.append(TextContentItem(
+            name=name, value=text, relationship_type="CONTAINS"))
     return group
 
 
@@ -184,7 +300,8 @@ def build_sr(source: Dataset, result: StudyResult, meta: ModelMetadata, threshol
     """The film's results as a Comprehensive SR (TID 1500 Measurement Report).
 
     Args:
-        source: The film's header (patient and study are copied from it).
+        source: The film's header, as :func:`evidence_header` gives it (patient and
+            study are copied from it; the names are copied by :func:`build_results`).
         result: Its scored result.
         meta: The classifier's metadata.
         threshold: The operating point that gave ``result.label``.
@@ -226,22 +343,36 @@ def build_sr(source: Dataset, result: StudyResult, meta: ModelMetadata, threshol
 # ------------------------------------------------------------------ the picture
 
 
-def burn_in(rgb: np.ndarray, text: str = BURNT_IN) -> np.ndarray:
-    """The image with a black banner across the top holding ``text`` in white.
+def decision_line(decision: Decision) -> str:
+    """The finding, advice and flag in one short line, as the picture shows them."""
+    return f"{decision.label or 'no finding'} | {decision.advice or 'no advice'} | " \
+           f"flag {decision.flag}"
+
+
+def burn_in(rgb: np.ndarray, lines: Sequence[str] = (BURNT_IN,)) -> np.ndarray:
+    """The image with a black banner across the top holding ``lines`` in white.
+
+    The text is made smaller, down to 8 px, until the longest line fits the width.
 
     Args:
         rgb: (H, W, 3) uint8 image.
-        text: What to write.
+        lines: What to write, one line each.
 
     Returns:
         A new (H, W, 3) uint8 image (the banner covers the top rows).
     """
     image = Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8))
+    draw = ImageDraw.Draw(image)
     size = max(12, image.width // 24)
     font = ImageFont.load_default(size=size)
-    draw = ImageDraw.Draw(image)
-    draw.rectangle((0, 0, image.width, int(size * 1.6)), fill=(0, 0, 0))
-    draw.text((size // 2, size // 4), text, fill=(255, 255, 255), font=font)
+    while size > 8 and max(draw.textlength(line, font=font) for line in lines) > (
+            image.width - size):
+        size -= 1
+        font = ImageFont.load_default(size=size)
+    step = int(size * 1.4)
+    draw.rectangle((0, 0, image.width, step * len(lines) + size // 2), fill=(0, 0, 0))
+    for n, line in enumerate(lines):
+        draw.text((size // 2, size // 4 + n * step), line, fill=(255, 255, 255), font=font)
     return np.asarray(image)
 
 
@@ -250,14 +381,20 @@ def overlay_picture(result: StudyResult) -> np.ndarray:
 
     Returns:
         (H, W, 3) uint8: the label's map over the film with the lung outline,
-        "RESEARCH USE ONLY" burnt in across the top.
+        "RESEARCH USE ONLY" and :func:`decision_line` burnt in across the top.
     """
     return burn_in(render_map(result.pixels, result.cam, DisplaySettings(outline=True),
-                              result.lungs))
+                              result.lungs), (BURNT_IN, decision_line(result.decision)))
 
 
 def build_sc(source: Dataset, result: StudyResult, meta: ModelMetadata, uids: ResultUids) -> Any:
     """The map overlay as a Secondary Capture image in the film's study.
+
+    Args:
+        source: The film's header, as :func:`evidence_header` gives it.
+        result: Its scored result.
+        meta: The classifier's metadata.
+        uids: The derived UIDs.
 
     Returns:
         The ``highdicom.sc.SCImage`` data set.
@@ -287,20 +424,60 @@ def source_header(data: bytes) -> Dataset:
     return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
 
 
+def nothing_to_send(result: StudyResult) -> str | None:
+    """Why a result has nothing to send to the PACS, or None when it has something.
+
+    A failed or unscored film has no results; a film refused as not a chest X-ray
+    is never sent (the decision gave it no label and no advice).
+    """
+    if result.error is not None or result.probs is None or result.decision is None:
+        return f"there are no results to send ({result.error or 'the film was not scored'})"
+    if result.decision.refused:
+        return "it was refused as not a chest X-ray, so nothing is sent"
+    return None
+
+
 def build_results(source: Dataset, result: StudyResult, meta: ModelMetadata,
                   threshold: float, method: str = "gradcam") -> ResultObjects:
     """Both result objects for one scored film.
 
+    Args:
+        source: The film's header as read (:func:`source_header`); missing or
+            invalid Type 2 attributes are emptied in a copy (:func:`evidence_header`).
+        result: Its scored result.
+        meta: The classifier's metadata.
+        threshold: The operating point that gave ``result.decision``.
+        method: The explanation method of ``result.cam``.
+
+    Returns:
+        The SR and the Secondary Capture, with their UIDs.
+
     Raises:
-        ResultsError: The film failed or was not scored.
+        ResultsError: The film failed, was not scored or was refused, or its
+            header cannot give results (the message names the film, and no part
+            of the patient's name).
     """
-    if result.error is not None or result.probs is None or result.cam is None:
-        raise ResultsError(f"{result.name}: there are no results to send "
-                           f"({result.error or 'the film was not scored'}).")
-    uids = result_uids(str(source.SOPInstanceUID), meta.sha256, result.label, method)
-    return ResultObjects(str(source.StudyInstanceUID), uids,
-                         build_sr(source, result, meta, threshold, uids, method),
-                         build_sc(source, result, meta, uids))
+    reason = nothing_to_send(result)
+    if reason is None and result.cam is None:
+        reason = "it has no map to send"
+    if reason is not None:
+        raise ResultsError(f"{result.name}: {reason}.")
+    try:
+        header = evidence_header(source)
+        uids = result_uids(str(header.SOPInstanceUID), meta.sha256, result.decision.label,
+                           method)
+        sr = build_sr(header, result, meta, threshold, uids, method)
+        sc = build_sc(header, result, meta, uids)
+    except ResultsError as err:
+        raise ResultsError(f"{result.name}: {_without_names(str(err), source)}") from err
+    except (ValueError, TypeError, AttributeError, KeyError) as err:
+        # highdicom refuses what it cannot encode; say so without a traceback.
+        raise ResultsError(f"{result.name}: the results could not be built "
+                           f"({type(err).__name__}: {_without_names(str(err), source)})."
+                           ) from err
+    for built in (sr, sc):
+        _copy_names(built, source)
+    return ResultObjects(str(header.StudyInstanceUID), uids, sr, sc)
 
 
 def send_results(client: PacsClient, objects: ResultObjects) -> bool:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pydicom.uid import RLELossless, generate_uid
 
+from covid.inputs import pacs
 from covid.inputs.decode import ImageDecodeError, decode_image
 from covid.inputs.pacs import (
     InstanceRecord,
@@ -28,11 +29,13 @@ orthanc = pacs_server.orthanc
 film_pixels = pacs_server.film_pixels
 loaded_orthanc = pacs_server.loaded_orthanc
 tls_server = pacs_server.tls_server
+qido_stub = pacs_server.qido_stub
 
 
-def client_for(server, **overrides) -> PacsClient:
+def client_for(server, page_size=pacs.SEARCH_PAGE, max_matches=pacs.MAX_MATCHES,
+               **overrides) -> PacsClient:
     settings = {"url": server.url, "user": USER, "password": PASSWORD, **overrides}
-    return PacsClient(PacsConfig(**settings))
+    return PacsClient(PacsConfig(**settings), page_size=page_size, max_matches=max_matches)
 
 
 # ------------------------------------------------------------------ configuration
@@ -91,11 +94,13 @@ def test_query_filters_use_a_dicom_date_range():
 def test_search_finds_chest_studies_by_date_range_and_leaves_the_ct_study_out(loaded_orthanc):
     server, stored = loaded_orthanc
     client = client_for(server)
-    everything = client.search_studies(StudyQuery())
+    search = client.search_studies(StudyQuery())
+    everything = search.studies
+    assert search.complete and search.note == ""
     assert [s.accession for s in everything] == ["ACC001", "ACC002", "ACC003", "ACC004",
-                                                 "ACC-CT-DX"]
+                                                 "ACC-CT-DX", "", ""]  # the bare films last
     assert stored.ct_study not in {s.study_uid for s in everything}
-    ranged = client.search_studies(StudyQuery(since="20240102", until="20240103"))
+    ranged = client.search_studies(StudyQuery(since="20240102", until="20240103")).studies
     assert [(s.accession, s.date) for s in ranged] == [("ACC002", "20240102"),
                                                        ("ACC003", "20240103")]
     assert ranged[0].modalities == ("DX",) and ranged[0].description == "XR CHEST"
@@ -103,10 +108,65 @@ def test_search_finds_chest_studies_by_date_range_and_leaves_the_ct_study_out(lo
 
 def test_search_by_accession_and_by_patient_id(loaded_orthanc):
     client = client_for(loaded_orthanc[0])
-    assert [s.accession for s in client.search_studies(StudyQuery(accession="ACC003"))] == [
-        "ACC003"]
-    assert len(client.search_studies(StudyQuery(patient_id="PID-1"))) == 5
-    assert client.search_studies(StudyQuery(patient_id="nobody")) == []
+    found = client.search_studies(StudyQuery(accession="ACC003")).studies
+    assert [s.accession for s in found] == ["ACC003"]
+    assert len(client.search_studies(StudyQuery(patient_id="PID-1")).studies) == 7
+    assert client.search_studies(StudyQuery(patient_id="nobody")).studies == ()
+
+
+def test_a_search_pages_through_orthanc_and_finds_every_study(loaded_orthanc):
+    server, _ = loaded_orthanc
+    whole = client_for(server).search_studies(StudyQuery())
+    paged = client_for(server, page_size=2).search_studies(StudyQuery())
+    assert paged == whole and len(paged.studies) == 7 and paged.complete
+
+
+def test_a_search_that_reaches_its_limit_says_it_shows_the_first_studies(loaded_orthanc):
+    server, _ = loaded_orthanc
+    client = client_for(server, page_size=2, max_matches=3)
+    search = client.search_studies(StudyQuery())
+    shown = len(search.studies)  # of the first three studies, the chest ones
+    assert 0 < shown <= 3 and not search.complete
+    assert search.note.startswith(f"Showing the first {shown} chest studies: the PACS holds")
+    assert client.find_instances(StudyQuery()).notes[0] == search.note
+
+
+def test_a_study_s_instances_are_paged_too(orthanc, film_pixels):
+    study, series = generate_uid(), generate_uid()
+    for number in (1, 2, 3):
+        orthanc.upload(to_bytes(instance(film_pixels[0], study, series, "DX",
+                                         pacs_server.DX_SOP_CLASS, InstanceNumber=number,
+                                         AccessionNumber="THREE")))
+    record = client_for(orthanc).search_studies(StudyQuery()).studies[0]
+    kept, notes = client_for(orthanc, page_size=2).study_instances(record)
+    assert len({r.sop_instance_uid for r in kept}) == 3 and notes == []
+    kept, notes = client_for(orthanc, page_size=2, max_matches=2).study_instances(record)
+    assert len(kept) == 2
+    assert notes == ["study THREE: only the first 2 instances were listed; the PACS holds more."]
+
+
+def test_a_server_that_warns_of_more_results_is_asked_for_them(qido_stub):
+    qido_stub.total, qido_stub.cap = 7, 3  # three per answer, then "Warning: 299"
+    search = PacsClient(PacsConfig(qido_stub.url)).search_studies(StudyQuery())
+    assert len(search.studies) == 7 and search.complete
+    assert qido_stub.requests == 3
+
+
+def test_a_server_that_caps_its_results_is_shown_as_the_first_n(qido_stub):
+    qido_stub.total, qido_stub.cap, qido_stub.reachable = 9, 3, 3  # warns, never gives more
+    search = PacsClient(PacsConfig(qido_stub.url)).search_studies(StudyQuery())
+    assert len(search.studies) == 3 and not search.complete
+    assert "Showing the first 3 chest studies" in search.note
+
+
+def test_a_server_that_ignores_offset_never_loops(qido_stub):
+    qido_stub.total, qido_stub.honour_offset = 6, False  # dicomweb-client's paging loops here
+    search = PacsClient(PacsConfig(qido_stub.url), page_size=4).search_studies(StudyQuery())
+    assert len(search.studies) == 4 and not search.complete  # a full page, then repeats
+    assert qido_stub.requests == 2
+    qido_stub.requests = 0
+    whole = PacsClient(PacsConfig(qido_stub.url), page_size=10).search_studies(StudyQuery())
+    assert len(whole.studies) == 6 and whole.complete and qido_stub.requests == 1
 
 
 def test_records_hold_no_patient_name(loaded_orthanc):
@@ -234,4 +294,4 @@ def test_tls_certificates_are_verified_by_default(tls_server):
         PacsClient(PacsConfig(url)).search_studies(StudyQuery())
     trusting = PacsConfig.from_settings({"COVID_PACS_URL": url,
                                          "COVID_PACS_CA_BUNDLE": str(certificate)})
-    assert PacsClient(trusting).search_studies(StudyQuery()) == []
+    assert PacsClient(trusting).search_studies(StudyQuery()).studies == ()

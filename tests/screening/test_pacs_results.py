@@ -11,13 +11,19 @@ from pydicom.sr.codedict import codes
 
 from covid.explain.inference import Classifier
 from covid.inputs.pacs import InstanceRecord, PacsClient, PacsConfig, StudyQuery
+from covid.model.decision import FLAG_NOT_CHEST, FLAG_UNUSUAL, decide
 from covid.model.lungs import LungSegmenter
+from covid.screening import pacs_results
 from covid.screening.pacs_results import (
     BURNT_IN,
     RESEARCH_ONLY,
     ResultsError,
     build_results,
+    build_sr,
     burn_in,
+    decision_line,
+    evidence_header,
+    nothing_to_send,
     overlay_picture,
     result_uids,
     send_results,
@@ -25,7 +31,15 @@ from covid.screening.pacs_results import (
 )
 from covid.screening.pipeline import StudyResult, analyse
 from covid.screening.studies import DisplaySettings, render_map
-from tests.pacs_server import PASSWORD, USER, dx_film, to_bytes
+from tests.pacs_server import (
+    LEFT_OUT,
+    PASSWORD,
+    PATIENT_NAME,
+    USER,
+    bare_film,
+    dx_film,
+    to_bytes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +47,43 @@ def classifier(tiny_model_file):
     return Classifier.from_file(tiny_model_file)
 
 
-@pytest.fixture
-def scored(orthanc, film_pixels, classifier, tiny_lung_file, plant_lungs):
-    """One film stored in Orthanc, retrieved, scored: (client, header, result)."""
-    orthanc.upload(to_bytes(dx_film(film_pixels[0], "ACC001", "20240101")))
+def score_stored(orthanc, film, classifier, tiny_lung_file):
+    """Stores a film in Orthanc, retrieves and scores it: (client, header, result)."""
+    orthanc.upload(to_bytes(film))
     client = PacsClient(PacsConfig(orthanc.url, user=USER, password=PASSWORD))
-    record = client.find_instances(StudyQuery()).instances[0]
+    record = next(r for r in client.find_instances(StudyQuery()).instances
+                  if r.sop_instance_uid == film.SOPInstanceUID)
     data = client.retrieve(record)
     result = analyse([(record.sop_instance_uid, data)], classifier,
                      segmenter=LungSegmenter.from_file(tiny_lung_file))[0]
     assert result.error is None
     return client, source_header(data), result
+
+
+@pytest.fixture
+def scored(orthanc, film_pixels, classifier, tiny_lung_file, plant_lungs):
+    """One film stored in Orthanc, retrieved, scored: (client, header, result)."""
+    return score_stored(orthanc, dx_film(film_pixels[0], "ACC001", "20240101"), classifier,
+                        tiny_lung_file)
+
+
+def read_sr(client, objects):
+    return hd.sr.srread(io.BytesIO(client.retrieve(InstanceRecord(
+        objects.study_uid, objects.uids.sr_series, objects.uids.sr, "SR", ""))))
+
+
+def evaluations(group) -> dict[str, str]:
+    """The group's qualitative evaluations: concept name -> coded value."""
+    return {e.name.meaning: e.value.value for e in group.get_qualitative_evaluations()}
+
+
+def texts(group) -> list[str]:
+    return [item.TextValue for item in group[0].ContentSequence if "TextValue" in item]
+
+
+def with_flag(result, flag, threshold):
+    """The result as the decision rule decides it under another flag."""
+    return replace(result, decision=decide(result.probs, result.class_names, threshold, flag))
 
 
 def test_uids_are_derived_from_source_model_class_and_method():
@@ -64,6 +104,13 @@ def test_a_failed_film_has_no_results(scored, classifier):
                       classifier.metadata, 0.5)
 
 
+def test_a_header_without_the_uids_to_reference_gives_no_results(scored):
+    _, header, _ = scored
+    del header.SOPInstanceUID
+    with pytest.raises(ResultsError, match="lacks SOPInstanceUID, which the results must"):
+        evidence_header(header)
+
+
 def test_the_burnt_in_banner_marks_research_use():
     image = np.full((200, 300, 3), 128, np.uint8)
     marked = burn_in(image)
@@ -72,6 +119,10 @@ def test_the_burnt_in_banner_marks_research_use():
     assert (banner == 0).mean() > 0.5
     np.testing.assert_array_equal(marked[60:], image[60:])
     assert "RESEARCH USE ONLY" in BURNT_IN
+    narrow = np.full((200, 160, 3), 128, np.uint8)  # the text shrinks to fit, two lines
+    two = burn_in(narrow, (BURNT_IN, "Other pneumonia | admit | flag unusual"))
+    rows = np.flatnonzero((two == 0).all(axis=(1, 2)))
+    assert 20 < rows.max() < 60 and (two[:, -4:] == 0).all(axis=2).sum() > 0
 
 
 def test_sr_and_sc_are_stored_in_the_study_and_read_back(scored, classifier, orthanc):
@@ -79,16 +130,16 @@ def test_sr_and_sc_are_stored_in_the_study_and_read_back(scored, classifier, ort
     meta = replace(classifier.metadata, sha256="0f" * 32)
     objects = build_results(header, result, meta, meta.threshold)
     assert send_results(client, objects) is True
-    sr = hd.sr.srread(io.BytesIO(client.retrieve(InstanceRecord(
-        objects.study_uid, objects.uids.sr_series, objects.uids.sr, "SR", ""))))
+    sr = read_sr(client, objects)
     assert sr.StudyInstanceUID == header.StudyInstanceUID
     assert sr.PatientID == header.PatientID and sr.ContentQualification == "RESEARCH"
     assert "research use only" in sr.SeriesDescription
     group = sr.content.get_image_measurement_groups()[0]
     assert group.finding_type.meaning.startswith(
         "Disease caused by severe" if result.label == "COVID" else "Normal")
-    flag = group.get_qualitative_evaluations()[0]
-    assert (flag.name.meaning, flag.value) == ("Not a chest X-ray", codes.SCT.No)
+    assert evaluations(group) == {"Flag": "none", "Advice": result.decision.advice}
+    assert result.decision.advice in ("admit", "home")
+    assert result.decision.triage in texts(group)
     values = {m.name.meaning: m.value for m in group.get_measurements()}
     assert values["P(COVID)"] == pytest.approx(result.probs[0], abs=1e-6)
     assert values["P(Normal)"] == pytest.approx(result.probs[1], abs=1e-6)
@@ -100,8 +151,7 @@ def test_sr_and_sc_are_stored_in_the_study_and_read_back(scored, classifier, ort
     assert texts_named(codes.DCM.AlgorithmName) == [meta.name]
     assert texts_named(codes.DCM.AlgorithmVersion) == [meta.version]
     assert f"SHA-256 {'0f' * 32}" in texts_named(codes.DCM.AlgorithmParameters)
-    texts = [item.TextValue for item in group[0].ContentSequence if "TextValue" in item]
-    assert RESEARCH_ONLY in texts
+    assert RESEARCH_ONLY in texts(group)
     assert group.source_images[0].referenced_sop_instance_uid == header.SOPInstanceUID
 
     sc = hd.imread(io.BytesIO(client.retrieve(InstanceRecord(
@@ -127,3 +177,72 @@ def test_sending_again_stores_nothing_and_results_are_never_listed(scored, class
     assert orthanc.instance_count() == count == 3
     listed = client.find_instances(StudyQuery()).instances
     assert [i.sop_instance_uid for i in listed] == [header.SOPInstanceUID]
+
+
+@pytest.mark.parametrize("odd", [False, True], ids=["absent", "empty-or-invalid"])
+def test_a_film_without_birth_date_sex_or_accession_gets_its_results(
+        odd, orthanc, film_pixels, classifier, tiny_lung_file, plant_lungs, recwarn, caplog):
+    film = bare_film(film_pixels[0], "20240301", odd)
+    client, header, result = score_stored(orthanc, film, classifier, tiny_lung_file)
+    objects = build_results(header, result, classifier.metadata, 0.5)
+    assert send_results(client, objects) is True
+    sr = read_sr(client, objects)
+    for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                    "ReferringPhysicianName"):
+        assert keyword in sr and sr.data_element(keyword).is_empty  # Type 2: present, empty
+    assert str(sr.PatientName) == str(film.PatientName)  # copied, never through highdicom
+    assert sr.PatientID == film.PatientID and sr.StudyDate == film.StudyDate
+    assert sr.content.get_image_measurement_groups()[0].finding_type is not None
+    assert orthanc.instance_count() == 3
+    if not odd:
+        assert not any(keyword in header for keyword in LEFT_OUT)  # as the PACS sent it
+    shown = " ".join([str(w.message) for w in recwarn] + [caplog.text])
+    for part in PATIENT_NAME.split("^"):
+        assert part not in shown
+
+
+def test_a_build_failure_names_the_film_but_not_the_patient(scored, classifier, monkeypatch):
+    _, header, result = scored
+
+    def refuse(*args, **kwargs):
+        raise ValueError(f"odd name {PATIENT_NAME}")
+
+    monkeypatch.setattr(pacs_results, "build_sc", refuse)
+    with pytest.raises(ResultsError) as err:
+        build_results(header, result, classifier.metadata, 0.5)
+    message = str(err.value)
+    assert message.startswith(f"{result.name}: the results could not be built (ValueError:")
+    for part in PATIENT_NAME.split("^"):
+        assert part not in message
+
+
+def test_an_unusual_film_keeps_its_finding_and_is_admitted_in_the_sr_and_the_picture(
+        scored, classifier):
+    client, header, result = scored
+    meta = classifier.metadata
+    unusual = with_flag(result, FLAG_UNUSUAL, 1.0)  # Normal at this operating point
+    assert unusual.decision.label == "Normal" and unusual.decision.advice == "admit"
+    objects = build_results(header, unusual, meta, 1.0)
+    assert send_results(client, objects) is True
+    group = read_sr(client, objects).content.get_image_measurement_groups()[0]
+    assert group.finding_type.meaning == "Normal"
+    assert evaluations(group) == {"Flag": "unusual", "Advice": "admit"}
+    assert unusual.decision.triage in texts(group) and "radiologist" in unusual.decision.triage
+    assert decision_line(unusual.decision) == "Normal | admit | flag unusual"
+    assert not np.array_equal(overlay_picture(unusual), overlay_picture(result))
+
+
+def test_a_refused_film_is_never_sent_and_its_sr_would_code_no_finding(scored, classifier):
+    _, header, result = scored
+    meta = classifier.metadata
+    refused = replace(with_flag(result, FLAG_NOT_CHEST, meta.threshold), cam=None)
+    assert nothing_to_send(refused) == "it was refused as not a chest X-ray, so nothing is sent"
+    with pytest.raises(ResultsError, match="refused as not a chest X-ray"):
+        build_results(header, refused, meta, meta.threshold)
+    uids = result_uids(str(header.SOPInstanceUID), meta.sha256, "", "gradcam")
+    sr = build_sr(evidence_header(header), refused, meta, meta.threshold, uids)
+    group = hd.sr.srread(io.BytesIO(to_bytes(sr))).content.get_image_measurement_groups()[0]
+    assert group.finding_type is None
+    assert evaluations(group) == {"Flag": "not_chest"}  # and no advice
+    assert refused.decision.triage in texts(group)
+    assert nothing_to_send(result) is None

@@ -11,7 +11,10 @@ from streamlit.testing.v1 import AppTest
 
 from covid.app.pacs_ui import pacs_access
 from covid.inputs.pacs import RESULT_SERIES_PREFIX
-from tests.pacs_server import PASSWORD, PATIENT_NAME, USER, dx_film, to_bytes
+from tests import pacs_server
+from tests.pacs_server import PASSWORD, PATIENT_NAME, USER, ct_slice, dx_film, to_bytes
+
+qido_stub = pacs_server.qido_stub  # registered here: the conftest is shared
 
 TIMEOUT = 60
 
@@ -91,6 +94,17 @@ def test_search_pick_and_retrieve_from_orthanc(loaded_orthanc, pacs_settings):
     assert at.text[0].value == "files: ['ACC003-PA-1.dcm']"
 
 
+def test_a_search_the_server_caps_lists_what_came_and_says_so(qido_stub, pacs_settings):
+    qido_stub.total, qido_stub.cap, qido_stub.reachable = 9, 3, 3  # warns, never gives more
+    pacs_settings.setenv("COVID_PACS_ALLOW_ANONYMOUS", "1")
+    pacs_settings.setenv("COVID_PACS_URL", qido_stub.url)
+    at = AppTest.from_function(source_page, default_timeout=TIMEOUT).run()
+    next(b for b in at.button if b.label == "Search").click().run()
+    assert not at.exception and not at.error
+    assert len(at.multiselect(key="pacs_chosen").options) == 3
+    assert at.warning[0].value.startswith("Showing the first 3 chest studies: the PACS holds")
+
+
 def test_a_wrong_password_is_shown_without_a_traceback(orthanc, pacs_settings):
     pacs_settings.setenv("COVID_PACS_ALLOW_ANONYMOUS", "1")
     pacs_settings.setenv("COVID_PACS_URL", orthanc.url)
@@ -106,7 +120,7 @@ def test_a_wrong_password_is_shown_without_a_traceback(orthanc, pacs_settings):
 # ------------------------------------------------------------------ sending the results
 
 
-def send_page(classifier, uploads=(), threshold=None):
+def send_page(classifier, uploads=(), threshold=None, ood=None):
     import streamlit as st
 
     from covid.app.pacs_ui import pacs_source_ui, send_all_ui, send_study_ui
@@ -120,7 +134,7 @@ def send_page(classifier, uploads=(), threshold=None):
     threshold = classifier.metadata.threshold if threshold is None else threshold
     maps = st.session_state.setdefault("maps", {})
     studies = at_threshold(score_files(files, classifier, st.session_state.setdefault(
-        "studies", {})), threshold)
+        "studies", {}), ood=ood), threshold)
     send_all_ui(studies, classifier, maps, threshold)  # as under the triage table
     for study in studies:  # as in each study's view
         st.text(f"study: {study.result.name}")
@@ -257,3 +271,31 @@ def test_a_study_relabelled_at_another_operating_point_sends_its_new_label(
         for uid in (uids.sr, uids.sc):
             assert client.has_instance(str(film.StudyInstanceUID), uid)
     assert orthanc.instance_count() == 5  # the film, and an SR and a map for each label
+
+
+class RefuseCtSlices:
+    """An OOD gate that refuses the 256-px CT slice as not a chest X-ray, and nothing else."""
+
+    def assess(self, decoded, features, lungs=None):
+        from covid.model.decision import FLAG_NONE, FLAG_NOT_CHEST
+        from covid.screening.ood import OODResult
+
+        if decoded.pixels.shape == (256, 256):
+            return OODResult(FLAG_NOT_CHEST, float("nan"), "it is a CT slice.")
+        return OODResult(FLAG_NONE, float("nan"))
+
+
+def test_a_film_refused_as_not_a_chest_x_ray_is_never_sent(orthanc, film_pixels, classifier,
+                                                            pacs_settings):
+    orthanc.upload(to_bytes(dx_film(film_pixels[0], "ACC001", "20240101")))
+    orthanc.upload(to_bytes(dx_film(ct_slice(), "ACC-CT-DX", "20240102",
+                                    RescaleIntercept=-1024, RescaleSlope=1)))
+    _open_pacs(pacs_settings, orthanc)
+    at = AppTest.from_function(send_page, args=(classifier,), kwargs={"ood": RefuseCtSlices()},
+                               default_timeout=TIMEOUT).run()
+    _retrieve_every_study(at)
+    assert len(at.text) == 2 and len(_buttons(at, "Send to PACS")) == 1
+    _buttons(at, "Send all to PACS (1)")[0].click().run()
+    assert not at.exception and not at.error
+    assert at.success[0].value == "Stored the results of 1 study on the PACS."
+    assert orthanc.instance_count() == 4  # two films, and the chest film's SR and map
