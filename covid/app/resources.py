@@ -1,6 +1,8 @@
 """The ``st.cache_resource`` loaders: the models and the detector, once per process.
 
-Every session shares what they return. The server starts loading them in a
+Every session shares what they return; the classifier comes wrapped in one
+batching worker, which runs the films of every session together
+(:mod:`covid.explain.batching`). The server starts loading them in a
 thread as it starts (:func:`preload`, from ``streamlit_app``'s lifespan), so that
 the first visitor finds them loaded or loading; a page that asks meanwhile waits
 for that same load. The lung segmenter is traced before it is returned; the
@@ -42,7 +44,7 @@ import streamlit as st
 from streamlit.runtime.scriptrunner import script_runner
 
 if TYPE_CHECKING:
-    from covid.explain.inference import Classifier
+    from covid.explain.batching import BatchingClassifier
     from covid.model.lungs import LungSegmenter
     from covid.screening.ood import OODDetector
 
@@ -212,16 +214,26 @@ def file_stamp(path: Path) -> tuple[int, int]:
     return (stat.st_size, stat.st_mtime_ns)
 
 
-@st.cache_resource(show_spinner=False, max_entries=2)
-def load_classifier(path: str, stamp: tuple[int, int]) -> Classifier:
+def _stop_batching(classifier: BatchingClassifier) -> None:
+    """Stops a dropped classifier's worker once its queued films are answered."""
+    classifier.close()
+
+
+@st.cache_resource(show_spinner=False, max_entries=2, on_release=_stop_batching)
+def load_classifier(path: str, stamp: tuple[int, int]) -> BatchingClassifier:
     """Loads and verifies the classifier once per process (per file version).
+
+    Every session gets the same :class:`covid.explain.batching.BatchingClassifier`:
+    one worker thread runs the films of every session together, in batches, and
+    hands each session its own results (a crowd's films take a few passes of the
+    network instead of one each). Its worker stops when the cache drops it.
 
     Args:
         path: The ``.keras`` file.
         stamp: The file's (size, mtime_ns), so that a re-shipped model is reloaded.
 
     Returns:
-        The :class:`covid.explain.inference.Classifier`; shared by every session, never mutated.
+        The batching classifier; shared by every session, never mutated.
 
     Raises:
         ModelFileError: The model or its metadata is missing, or the SHA-256 differs.
@@ -229,13 +241,14 @@ def load_classifier(path: str, stamp: tuple[int, int]) -> Classifier:
     del stamp  # part of the cache key only
     import tensorflow as tf
 
-    from covid.explain.inference import Classifier  # deferred: imports TensorFlow
+    from covid.explain.batching import BatchingClassifier  # deferred: imports TensorFlow
+    from covid.explain.inference import Classifier
 
     tf.config.optimizer.set_experimental_options(SERVING_GRAPH_OPTIONS)
     start = time.perf_counter()
     classifier = Classifier.from_file(path)
     LOG.info("classifier %s loaded in %.2f s", path, time.perf_counter() - start)
-    return classifier
+    return BatchingClassifier(classifier)
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
@@ -256,8 +269,8 @@ def load_ood_detector(path: str, stamp: tuple[int, int]) -> OODDetector:
     return load_detector(path)
 
 
-def load_model(path: Path) -> tuple[Classifier, OODDetector]:
-    """The cached classifier and detector for a model file.
+def load_model(path: Path) -> tuple[BatchingClassifier, OODDetector]:
+    """The cached (batching) classifier and detector for a model file.
 
     Raises:
         ModelFileError: The model or its metadata is missing, or the SHA-256 differs.
@@ -282,7 +295,7 @@ def load_lung_segmenter(path: str, stamp: tuple[int, int]) -> LungSegmenter:
     return segmenter
 
 
-def segmenter_for(classifier: Classifier) -> LungSegmenter | None:
+def segmenter_for(classifier: BatchingClassifier) -> LungSegmenter | None:
     """The cached lung segmenter to run beside a classifier, or None.
 
     None when no segmenter file is there and the classifier reads whole films
@@ -302,7 +315,7 @@ def segmenter_for(classifier: Classifier) -> LungSegmenter | None:
     return segmenter
 
 
-def warm_up_when_idle(classifier: Classifier) -> None:
+def warm_up_when_idle(classifier: BatchingClassifier) -> None:
     """Starts the classifier's background warm-up, once per process, with every model loaded.
 
     Each graph is traced when no film is being answered (see

@@ -278,3 +278,16 @@ def test_streamlit_run_finds_the_app_and_its_lifespan_preloads_the_models(tiny_m
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[('forward', 1), ('gradcam', 1), ('gradcam++', 1)]" in done.stdout
+
+
+def test_every_session_shares_one_batching_classifier_whose_worker_stops_when_dropped(
+    tiny_served
+):
+    from covid.explain.batching import BatchingClassifier
+
+    first, _ = resources.load_model(resources.model_path())
+    again, _ = resources.load_model(resources.model_path())  # another session's call
+    assert isinstance(first, BatchingClassifier) and again is first
+    assert first._worker.is_alive()
+    st.cache_resource.clear()  # as when a re-shipped model replaces it
+    assert not first._worker.is_alive()
