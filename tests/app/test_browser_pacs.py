@@ -5,8 +5,9 @@ Three real servers on loopback ports, driven by headless Chromium through Playwr
 * Orthanc holding real chest films from ``../shared`` wrapped as DX studies
   (``tests/pacs_server.py``);
 * ``oidc-provider`` (a certified OpenID Connect implementation) run by Node.js
-  (``tests/oidc/provider.mjs``), with the dashboard as its client and two
-  accounts: a radiologist whose e-mail the administrator allows, and a clerk;
+  (``tests/oidc/provider.mjs``), with the dashboard as its client and three
+  accounts: a radiologist whose e-mail the administrator allows, a nurse in an
+  allowed group (the ID token's ``groups`` claim), and a clerk in another group;
 * ``streamlit run`` with a secrets file of its own (``--secrets.files``), holding
   ``[auth]`` and the PACS settings, so that the repository's ``.streamlit``
   folder is never written. It serves the tiny test model: what is checked is
@@ -14,7 +15,8 @@ Three real servers on loopback ports, driven by headless Chromium through Playwr
 
 A visitor sees "Sign in" and no PACS; the radiologist signs in at the provider's
 login form, comes back signed in, searches the PACS, picks a study and sees its
-map and probability bars; the clerk signs in and still sees no PACS. The tests
+map and probability bars; the nurse signs in, sees the PACS through her group,
+and signs out again; the clerk signs in and still sees no PACS. The tests
 fail (never skip) when Node.js, the npm packages, Orthanc or Chromium are
 missing (``scripts/test.sh`` installs them); they skip only without the shared
 films. Run with ``pytest -m browser``.
@@ -65,11 +67,15 @@ RESULT_S = 300
 
 CLIENT_ID = "covid-dashboard"
 ALLOWED_EMAIL = "radiologist@hospital.test"
+ALLOWED_GROUP = "radiology"
 ACCOUNTS = {
     "radiologist": {"email": ALLOWED_EMAIL, "name": "Test Radiologist"},
-    "clerk": {"email": "clerk@hospital.test", "name": "Test Clerk"},
+    "nurse": {"email": "nurse@hospital.test", "name": "Test Nurse",
+              "groups": ["ward-7", ALLOWED_GROUP]},
+    "clerk": {"email": "clerk@hospital.test", "name": "Test Clerk", "groups": ["finance"]},
 }
-"""The provider's accounts (login -> claims); only the radiologist's e-mail is allowed."""
+"""The provider's accounts (login -> claims): the radiologist is allowed by e-mail, the
+nurse by group, the clerk not at all."""
 CHOSEN = "ACC003"
 """The study the radiologist picks (one native DX film)."""
 
@@ -186,7 +192,8 @@ def write_secrets(path: Path, port: int, provider: Provider, pacs_url: str) -> N
     The provider offers no ``select_account`` prompt, so the login asks for ``login``.
     """
     values = {"COVID_PACS_URL": pacs_url, "COVID_PACS_USER": USER,
-              "COVID_PACS_PASSWORD": PASSWORD, "COVID_PACS_ALLOWED_EMAILS": [ALLOWED_EMAIL]}
+              "COVID_PACS_PASSWORD": PASSWORD, "COVID_PACS_ALLOWED_EMAILS": [ALLOWED_EMAIL],
+              "COVID_PACS_ALLOWED_GROUPS": [ALLOWED_GROUP]}
     auth = {"redirect_uri": f"http://127.0.0.1:{port}/oauth2callback",
             "cookie_secret": secrets.token_urlsafe(32), "client_id": CLIENT_ID,
             "client_secret": provider.client_secret,
@@ -275,6 +282,21 @@ def _sign_in(page, url: str, login: str) -> None:
         timeout=RESULT_S * 1000)
 
 
+def _sign_out(page, url: str) -> None:
+    """Clicks "Sign out", confirms at the provider, and waits for the page."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name="Sign out").click()
+    # Streamlit ends the provider's session too (its end_session_endpoint), which
+    # asks for a confirmation before sending the browser back.
+    page.wait_for_url(lambda at: "/session/end" in at, timeout=RESULT_S * 1000)
+    page.get_by_role("button", name="Yes, sign me out").click()
+    page.wait_for_url(lambda at: at.startswith(f"{url}/") and "oauth2callback" not in at,
+                      timeout=RESULT_S * 1000)
+    expect(page.locator('[data-testid="stFileUploaderDropzone"]')).to_be_visible(
+        timeout=RESULT_S * 1000)
+
+
 def _no_secret_shown(page, log: Path, provider: Provider) -> None:
     """No credential, patient name or traceback on the page or in the server's log."""
     text = page.locator("body").inner_text()
@@ -332,6 +354,39 @@ def test_a_signed_in_radiologist_picks_a_study_from_the_pacs_and_sees_its_map(se
             browser.close()
 
 
+def test_a_user_allowed_by_group_sees_the_pacs_and_signs_out(server, provider):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, log = server
+    with sync_playwright() as playwright:
+        browser = _launch(playwright)
+        try:
+            page = _open_page(browser, url)
+            _sign_in(page, url, "nurse")
+            panel = _pacs_panel(page)
+            expect(panel).to_be_visible(timeout=RESULT_S * 1000)
+            panel.get_by_label("Accession number").fill(CHOSEN)
+            panel.get_by_role("button", name="Search").click()
+            panel.locator('[data-testid="stMultiSelect"]').click()
+            expect(page.get_by_role("option").filter(has_text=CHOSEN)).to_have_count(
+                1, timeout=RESULT_S * 1000)
+            page.keyboard.press("Escape")
+
+            _sign_out(page, url)
+            expect(page.get_by_text("Sign in to search the hospital PACS.")).to_be_visible(
+                timeout=RESULT_S * 1000)
+            expect(page.get_by_role("button", name="Sign in")).to_have_count(1)
+            expect(page.get_by_role("button", name="Sign out")).to_have_count(0)
+            expect(_pacs_panel(page)).to_have_count(0)
+            page.reload(wait_until="domcontentloaded")  # the sign-out outlives a reload
+            expect(page.get_by_text("Sign in to search the hospital PACS.")).to_be_visible(
+                timeout=RESULT_S * 1000)
+            expect(_pacs_panel(page)).to_have_count(0)
+            _no_secret_shown(page, log, provider)
+        finally:
+            browser.close()
+
+
 def test_a_signed_in_user_who_is_not_allowed_sees_no_pacs(server, provider):
     from playwright.sync_api import expect, sync_playwright
 
@@ -345,6 +400,7 @@ def test_a_signed_in_user_who_is_not_allowed_sees_no_pacs(server, provider):
                 timeout=RESULT_S * 1000)
             expect(_pacs_panel(page)).to_have_count(0)
             expect(page.get_by_role("button", name="Sign in")).to_have_count(0)
+            expect(page.get_by_role("button", name="Sign out")).to_have_count(1)  # to switch
             _no_secret_shown(page, log, provider)
         finally:
             browser.close()
