@@ -24,6 +24,7 @@ from covid.app.navigation import MODEL, SCREENING, go_to
 from covid.app.resources import model_path
 from covid.explain.localisation import CAUTION_SHARE
 from covid.model.decision import finding_name
+from covid.model.figure_names import figure_name
 from covid.model.network import ModelMetadata
 from covid.screening.table import by_column
 from covid.training.comparison import comparison_rows, with_previous_sent_home
@@ -41,6 +42,7 @@ from covid.training.plots import (
     lung_share_figure,
     reliability_figure,
     roc_figure,
+    trade_figure,
 )
 from covid.training.results import (
     ClassScores,
@@ -54,6 +56,8 @@ from covid.training.results import (
     read_evaluation,
     roc_marker,
     split_table,
+    trade_curve,
+    trade_thresholds,
 )
 
 LOG = logging.getLogger(__name__)
@@ -178,9 +182,13 @@ def comparison_ui(meta: ModelMetadata) -> None:
     )
     gate = metrics.get("ship_gate")
     if isinstance(gate, dict) and gate.get("ship") and gate.get("shipped"):
-        st.caption(f"Shipped because it beat {gate['shipped'].get('model', 'the model before')} "
-                   "on the validation split in the AUC of P(COVID) and all three map figures, "
-                   "sending home few enough of its other pneumonias.")
+        before = gate["shipped"].get("model", "the model before")
+        if gate.get("summary"):
+            st.caption(f"Ship gate against {before}, on the validation split: {gate['summary']}")
+        else:  # recorded by the gate before issue 27, which asked for more than this
+            st.caption(f"Shipped because it beat {before} on the validation split in the AUC "
+                       "of P(COVID) and all three map figures, sending home few enough of its "
+                       "other pneumonias.")
 
 
 def threshold_ui(meta: ModelMetadata) -> float:
@@ -205,12 +213,17 @@ def _metric_ui(column, title: str, value: float | None, reference: float | None,
                   delta_arrow="off" if same else "auto")
 
 
-def metrics_ui(point: dict[str, Any], shipped: dict[str, Any] | None, of: str = "") -> None:
-    """Sensitivity, specificity, PPV and NPV, with the change from the shipped point."""
-    names = ((f"Sensitivity{of}", "sensitivity"), ("Specificity", "specificity"),
-             ("PPV", "ppv"), ("NPV", "npv"))
-    for column, (title, key) in zip(st.columns(4), names, strict=True):
-        _metric_ui(column, title, point.get(key), None if shipped is None else shipped.get(key))
+POINT_FIGURES = (("admitted_findings", "sensitivity"), ("specificity", "specificity"),
+                 ("ppv", "ppv"), ("npv", "npv"))
+"""The live point's figures: each one's name (:func:`figure_name`), then its key in
+:func:`covid.training.metrics.operating_point`, whose positive class is any finding."""
+
+
+def metrics_ui(point: dict[str, Any], shipped: dict[str, Any] | None) -> None:
+    """Findings admitted, specificity, PPV and NPV, with the change from the shipped point."""
+    for column, (name, key) in zip(st.columns(4), POINT_FIGURES, strict=True):
+        _metric_ui(column, figure_name(name), point.get(key),
+                   None if shipped is None else shipped.get(key))
 
 
 def sent_home_ui(scores: ClassScores, threshold: float, shipped: float | None) -> None:
@@ -257,7 +270,7 @@ def operating_point_ui(meta: ModelMetadata, evaluation: Evaluation) -> dict[str,
     st.markdown(f"**In force on the screening page (this session):** "
                 f"{operating_point_words(meta, threshold)}.")
     classes = evaluation.classes
-    metrics_ui(point, shipped, "" if classes is None else " (any finding)")
+    metrics_ui(point, shipped)
     if classes is not None:
         sent_home_ui(classes, threshold, None if shipped is None else meta.threshold)
     positive = "" if classes is None else "; positive: any finding, negative: Normal"
@@ -266,7 +279,29 @@ def operating_point_ui(meta: ModelMetadata, evaluation: Evaluation) -> dict[str,
         f"FN {point['fn']} · FP {point['fp']} · TN {point['tn']}. PPV and NPV at a "
         f"prevalence of {prevalence:.1f}%."
     )
+    if classes is not None:
+        trade_ui(meta, classes, threshold)
     return point
+
+
+def trade_ui(meta: ModelMetadata, scores: ClassScores, threshold: float) -> None:
+    """What the operating point costs: normals labelled Normal against findings sent home."""
+    st.subheader("What the operating point costs", anchor=False)
+    marks = {"shipped": trade_curve(scores, [meta.threshold])}
+    if not state.is_shipped(meta, threshold):
+        marks["this session"] = trade_curve(scores, [threshold])
+    st.pyplot(trade_figure(trade_curve(scores, trade_thresholds(scores)), marks),
+              alt="Normal films labelled Normal, by age group, against the share of each "
+              "finding sent home, as the threshold moves")
+    shipped = marks["shipped"]
+    kept = ", ".join(f"{group} {values[0]:.1%}" for group, values in shipped.specificity.items())
+    lost = ", ".join(f"{name} {values[0]:.1%}" for name, values in shipped.sent_home.items())
+    st.caption(
+        f"Each point is one threshold on {finding_name(meta.class_names)}, on the test split: "
+        "moving right sends more films with a finding home, moving up labels more normal "
+        f"films Normal. At the shipped point (≥ {meta.threshold:.3f}) the normals labelled "
+        f"Normal are {kept}; sent home: {lost}. The axis stops at 25% sent home."
+    )
 
 
 def _reliability(meta: ModelMetadata, summary: dict[str, Any], event: str):
@@ -439,16 +474,22 @@ def lung_localisation_ui(meta: ModelMetadata, evaluation: Evaluation) -> None:
         else:
             st.markdown(f"**{localisation_verdict(loc)}**")
             percent = st.column_config.NumberColumn(format="%.0f%%")
-            st.dataframe(by_column(rows, ("measure", "model", "uniform map")), hide_index=True,
+            st.dataframe(by_column(rows, list(rows[0])), hide_index=True,
                          width="content", placeholder="",
-                         column_config={"model": percent, "uniform map": percent})
+                         column_config={"model": percent, "constant map": percent,
+                                        "uniform map": percent})
             n, infected = loc.get("n"), loc.get("n_with_infection")
             st.caption(
                 f"{loc.get('split') or 'Test split'}: {n if n is not None else '?'} "
                 f"{meta.positive_class} films"
                 + (f" ({infected} with an infection mask)" if infected is not None else "")
-                + f"; {loc.get('map') or 'Grad-CAM of ' + meta.positive_class}. A uniform map "
-                "spreads its evidence evenly: it scores the masks' share of the film."
+                + f"; {loc.get('map') or 'Grad-CAM of ' + meta.positive_class}. The constant "
+                "map is the same for every film (the average infection mask): it knows where "
+                "infections usually are and nothing of the film. A uniform map spreads its "
+                "evidence evenly: it scores the masks' share of the film. Another film's "
+                "infection: the peak placed on each other film. The busiest sixteenth: the "
+                "cell of a 4 x 4 grid over the film that holds the most peaks. Empty: not "
+                "measured."
             )
     with share_col:
         st.subheader("Share per film, by class", anchor=False)

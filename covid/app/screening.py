@@ -30,6 +30,7 @@ from covid.app.resources import lung_model_path, model_path, segmenter_for, warm
 from covid.app.study import safe_detail_ui
 from covid.explain.overlay import colormap_names
 from covid.model.decision import finding_name
+from covid.model.figure_names import figure_name
 from covid.model.network import ModelFileError, ModelMetadata
 from covid.screening.studies import (
     DEFAULT_COLORMAP,
@@ -207,8 +208,8 @@ def model_card_ui(meta: ModelMetadata, threshold: float) -> None:
             st.markdown(markdown_table([
                 ("ROC AUC" if "auc" in m else "ROC AUC, any finding", fmt(auc)),
                 ("AUC 95% CI", f"{fmt(ci[0])}-{fmt(ci[1])}"),
-                ("Sensitivity", fmt(m.get("sensitivity"), "{:.1%}")),
-                ("Specificity", fmt(m.get("specificity"), "{:.1%}")),
+                (figure_name("sensitivity"), fmt(m.get("sensitivity"), "{:.1%}")),
+                (figure_name("specificity"), fmt(m.get("specificity"), "{:.1%}")),
                 ("PPV", fmt(m.get("ppv"), "{:.1%}")),
                 ("NPV", fmt(m.get("npv"), "{:.1%}")),
                 ("ECE (calibrated)", fmt(m.get("ece_after_scaling"))),

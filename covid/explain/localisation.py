@@ -6,9 +6,19 @@ where the classifier saw nothing. The map is never masked, cropped or reweighted
 to look better: :func:`energy_inside` and :func:`peak_inside` measure the
 unaltered map against a mask, and :func:`lung_outline` only draws the lungs'
 edge for display.
+
+A map's peak is also a position on the film as a share of its height and width
+(:func:`peak_position`), so that it can be looked up in any film's mask, whatever
+its resolution (:func:`inside_own`, :func:`inside_each`): a map that follows the
+film lands in its own film's infection far more often than in other films'. The
+baselines a map must beat are a map that is the same for every film
+(:func:`constant_map`, the average infection mask) and peaks that pile up in one
+sixteenth of the film (:func:`busiest_cell`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -32,11 +42,7 @@ def cam_to_film(cam: np.ndarray, box: LungBox, shape: tuple[int, int]) -> np.nda
         (H, W) float32 map in [0, 1]; zero outside the box.
     """
     height, width = shape
-    resized = np.asarray(
-        Image.fromarray(np.asarray(cam, np.float32), mode="F").resize(
-            (box.side, box.side), Image.Resampling.BILINEAR
-        )
-    )
+    resized = resize_map(cam, (box.side, box.side))
     out = np.zeros((height, width), np.float32)
     top, left = max(box.top, 0), max(box.left, 0)
     bottom, right = min(box.top + box.side, height), min(box.left + box.side, width)
@@ -71,13 +77,140 @@ def energy_inside(cam: np.ndarray, mask: np.ndarray) -> float:
     return float(cam[_resize_mask(mask, cam.shape)].sum() / total)
 
 
-def peak_inside(cam: np.ndarray, mask: np.ndarray) -> bool:
-    """Whether the map's highest point lies inside a mask (False for an empty map)."""
+def resize_map(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A float map resized (bilinear) to ``shape`` (H, W); returns (H, W) float32."""
+    image = Image.fromarray(np.asarray(cam, np.float32), mode="F")
+    return np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+
+
+def peak_position(cam: np.ndarray) -> np.ndarray:
+    """Where a map's highest point lies, as shares of the film's height and width.
+
+    Args:
+        cam: (H, W) map.
+
+    Returns:
+        (2,) float64 (row, column) of the peak pixel's centre, each in (0, 1); NaN
+        for a map with no positive value (it has no peak to place).
+    """
     cam = np.asarray(cam)
-    if cam.max() <= 0:
-        return False
+    if cam.size == 0 or cam.max() <= 0:
+        return np.full(2, np.nan)
     row, col = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    return bool(_resize_mask(mask, cam.shape)[row, col])
+    return np.array([(row + 0.5) / cam.shape[0], (col + 0.5) / cam.shape[1]])
+
+
+def _sample(mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """(N,) bool: the mask at each (row, column) share; False for a NaN position.
+
+    The pixel whose span holds the position answers, which is what a nearest-neighbour
+    resize of the mask to any map's resolution would give there.
+    """
+    mask = np.asarray(mask, bool)
+    positions = np.asarray(positions, np.float64).reshape(-1, 2)
+    out = np.zeros(len(positions), bool)
+    valid = np.isfinite(positions).all(axis=1)
+    rows = np.minimum((positions[valid, 0] * mask.shape[0]).astype(int), mask.shape[0] - 1)
+    cols = np.minimum((positions[valid, 1] * mask.shape[1]).astype(int), mask.shape[1] - 1)
+    out[valid] = mask[rows, cols]
+    return out
+
+
+def peak_inside(cam: np.ndarray, mask: np.ndarray) -> bool:
+    """Whether the map's highest point lies inside a mask (False for an empty map).
+
+    Args:
+        cam: (H, W) map.
+        mask: (h, w) bool mask over the same film, at any resolution.
+    """
+    return bool(_sample(mask, peak_position(cam))[0])
+
+
+def inside_own(positions: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Whether each film's peak lies inside its own film's mask.
+
+    Args:
+        positions: (N, 2) peak positions (:func:`peak_position`; NaN: no peak).
+        masks: N (h, w) bool masks, one per film, each at any resolution.
+
+    Returns:
+        (N,) bool.
+    """
+    return np.array([_sample(mask, position)[0]
+                     for position, mask in zip(positions, masks, strict=True)], bool)
+
+
+def inside_each(positions: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Whether each film's peak, placed on every film, lies inside that film's mask.
+
+    Args:
+        positions: (N, 2) peak positions (:func:`peak_position`; NaN: no peak).
+        masks: M (h, w) bool masks, each at any resolution.
+
+    Returns:
+        (N, M) bool: [i, j] is film i's peak inside film j's mask. The diagonal of
+        a square result is :func:`inside_own`; the rest says how often a peak lands
+        in an infection that is not its film's (what a prior, blind to the film, gets).
+    """
+    positions = np.asarray(positions, np.float64).reshape(-1, 2)
+    out = np.zeros((len(positions), len(masks)), bool)
+    for j, mask in enumerate(masks):
+        out[:, j] = _sample(mask, positions)
+    return out
+
+
+def own_and_others(hits: np.ndarray) -> tuple[float | None, float | None]:
+    """Mean of the diagonal and of the rest of a square (N, N) :func:`inside_each`.
+
+    Returns:
+        ``(own, others)``: how often a peak lies in its own film's mask, and in
+        another film's; None where there is nothing to average (others: one film).
+    """
+    hits = np.asarray(hits, bool)
+    n = len(hits)
+    if n == 0:
+        return None, None
+    own = float(np.diag(hits).mean())
+    others = float((hits.sum() - np.trace(hits)) / (n * n - n)) if n > 1 else None
+    return own, others
+
+
+def busiest_cell(positions: np.ndarray, cells: int = 4) -> tuple[float | None, tuple[int, int]]:
+    """The share of peaks in the busiest cell of a cells x cells grid over the film.
+
+    Args:
+        positions: (N, 2) peak positions (:func:`peak_position`); a map without a
+            peak counts among the N but in no cell.
+        cells: Cells along each side (4: sixteenths of the film).
+
+    Returns:
+        ``(share, (row, column))`` of the busiest cell; ``(None, (-1, -1))`` for no film.
+    """
+    positions = np.asarray(positions, np.float64).reshape(-1, 2)
+    valid = positions[np.isfinite(positions).all(axis=1)]
+    if not len(positions):
+        return None, (-1, -1)
+    index = np.minimum((valid * cells).astype(int), cells - 1)
+    counts = np.zeros((cells, cells), np.int64)
+    np.add.at(counts, (index[:, 0], index[:, 1]), 1)
+    row, col = np.unravel_index(int(np.argmax(counts)), counts.shape)
+    return float(counts[row, col] / len(positions)), (int(row), int(col))
+
+
+def constant_map(masks: Sequence[np.ndarray], shape: tuple[int, int] = (64, 64)) -> np.ndarray:
+    """The average of masks over a common grid: a map that is the same for every film.
+
+    Args:
+        masks: N (h, w) bool masks (e.g. radiologists' infection masks), any resolution.
+        shape: The grid (H, W) they are averaged on (nearest resize).
+
+    Returns:
+        (H, W) float32 in [0, 1]; zeros for no mask.
+    """
+    total = np.zeros(shape, np.float64)
+    for mask in masks:
+        total += _resize_mask(np.asarray(mask, bool), shape)
+    return (total / max(len(masks), 1)).astype(np.float32)
 
 
 def lung_outline(mask: np.ndarray, width: int | None = None) -> np.ndarray:

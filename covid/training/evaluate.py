@@ -42,7 +42,7 @@ from covid.model.decision import decide_labels, p_finding
 from covid.model.network import ModelMetadata, metadata_path, read_metadata, write_metadata
 from covid.model.ood_stats import mahalanobis_score, ood_path, read_model_stats
 from covid.training.catalogue import Catalogue, catalogue_side, data_dir
-from covid.training.comparison import FIGURES, ship_verdict
+from covid.training.comparison import ship_verdict
 from covid.training.lung_data import FocusedSet, MaskSet, focused_dataset, match_masks
 from covid.training.metrics import flagged_by_class, roc_points, screening_figures
 
@@ -161,35 +161,25 @@ def localisation(classifier, focused: FocusedSet, masks: MaskSet) -> dict:
     (:func:`covid.explain.localisation.cam_to_film`) and compared with the masks.
 
     Returns:
-        Means of the energy share inside the lungs, of the peak inside the lungs
-        and inside the infection, each beside what a uniform map scores (the
-        masks' mean area share), and ``n``.
+        :func:`covid.training.map_checks.localisation_summary` (energy and peak in
+        the lungs, peak in the film's own infection and in other films', the
+        busiest sixteenth, with 95% CIs and a uniform map's figures), the same
+        figures for the constant map (``<key>_constant``), and the map's name.
     """
-    from covid.explain.localisation import cam_to_film, energy_inside, peak_inside
+    from covid.explain.localisation import cam_to_film, energy_inside, peak_position
+    from covid.training.map_checks import localisation_summary, with_constant_map
 
     target = classifier.metadata.class_names.index("COVID")
-    share, peak_lungs, peak_infection, lung_area, infection_area = [], [], [], [], []
+    energies, peaks = [], []
     for j, i in enumerate(masks.index):
         cam = classifier.explain(focused.x[i].astype(np.float32), target=target).cam
         film_cam = cam_to_film(cam, focused.box(i), tuple(int(v) for v in focused.shapes[i]))
-        share.append(energy_inside(film_cam, masks.lungs[j]))
-        peak_lungs.append(peak_inside(film_cam, masks.lungs[j]))
-        lung_area.append(masks.lungs[j].mean())
-        if masks.infection[j].any():
-            peak_infection.append(peak_inside(film_cam, masks.infection[j]))
-            infection_area.append(masks.infection[j].mean())
-
-    def _mean(values) -> float | None:
-        return float(np.mean(values)) if len(values) else None
-
-    return {
-        "n": len(masks.index), "n_with_infection": len(peak_infection),
-        "energy_in_lungs": _mean(share), "energy_in_lungs_uniform": _mean(lung_area),
-        "peak_in_lungs": _mean(peak_lungs), "peak_in_lungs_uniform": _mean(lung_area),
-        "peak_in_infection": _mean(peak_infection),
-        "peak_in_infection_uniform": _mean(infection_area),
-        "map": f"Grad-CAM of COVID at {classifier.gradcam_layer}",
-    }
+        energies.append(energy_inside(film_cam, masks.lungs[j]))
+        peaks.append(peak_position(film_cam))
+    figures = localisation_summary(np.asarray(energies), np.asarray(peaks).reshape(-1, 2),
+                                   masks.lungs, masks.infection)
+    return {**with_constant_map(figures, masks.lungs, masks.infection),
+            "map": f"Grad-CAM of COVID at {classifier.gradcam_layer}"}
 
 
 def covid_masks(test: Scored, mask_root: Path, cache_dir: Path | None) -> MaskSet:
@@ -412,7 +402,10 @@ def gate(classifier, val: Scored, temperature: float, threshold: float, shipped:
     own, on the same films (:func:`covid.training.comparison.ship_verdict`).
 
     Returns:
-        ``split``, ``ship``, ``reasons`` and both models' gate figures.
+        ``split``, ``ship``, ``reasons``, ``summary`` (the verdict in a sentence),
+        ``figures`` (each gate figure: ``key``, ``title``, ``candidate``, ``ci95``,
+        ``shipped``, ``worse``) and both models' values by key (the shipped
+        model's with its name under ``model``; None where nothing is shipped).
     """
     candidate, _, _ = test_figures(classifier, val, temperature, threshold, opts.mask_root,
                                    opts.cache_dir, per_film_maps=False)
@@ -420,11 +413,16 @@ def gate(classifier, val: Scored, temperature: float, threshold: float, shipped:
     if shipped.is_file():
         previous = compare_with(shipped, val.films, opts, per_film_maps=False)
     verdict = ship_verdict(candidate, previous)
+    judged = verdict.figures
     return {
         "split": "val", "ship": verdict.ship, "reasons": list(verdict.reasons),
-        "candidate": {f.key: f.value(candidate) for f in FIGURES},
+        "summary": verdict.summary,
+        "figures": [{"key": j.figure.key, "title": j.figure.title, "candidate": j.candidate,
+                     "ci95": None if j.ci is None else list(j.ci), "shipped": j.shipped,
+                     "worse": j.worse} for j in judged],
+        "candidate": {j.figure.key: j.candidate for j in judged},
         "shipped": None if previous is None else {
-            "model": previous["model"], **{f.key: f.value(previous) for f in FIGURES}},
+            "model": previous["model"], **{j.figure.key: j.shipped for j in judged}},
     }
 
 
@@ -479,8 +477,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path,
                         default=Path.home() / ".cache" / "covid-runs" / "cache")
     parser.add_argument("--ship", type=Path, default=None,
-                        help="then copy the model and its artefacts here if it beats the "
-                             "model there on validation (covid.training.comparison)")
+                        help="then copy the model and its artefacts here if it loses no "
+                             "headline figure beyond its 95%% CI against the model there, on "
+                             "validation (covid.training.comparison)")
     parser.add_argument("--val-only", action="store_true",
                         help="print validation figures to compare candidates; write nothing")
     parser.add_argument("--val-limit", type=int, default=0, help="with --val-only: films/class")
@@ -501,9 +500,10 @@ def main(argv: list[str] | None = None) -> None:
     metrics = evaluate(args.model, opts)
     print(json.dumps(metrics, indent=1, default=str))
     if args.ship:
-        if not metrics["ship_gate"]["ship"]:
-            LOG.warning("not shipped, the candidate is not better on validation:\n- %s",
-                        "\n- ".join(metrics["ship_gate"]["reasons"]))
+        verdict = metrics["ship_gate"]
+        if not verdict["ship"]:
+            LOG.warning("not shipped: the candidate loses what the shipped model had on "
+                        "validation:\n- %s", "\n- ".join(verdict["reasons"]))
             raise SystemExit(1)
         ship(args.model, args.ship)
-        LOG.info("shipped to %s", args.ship)
+        LOG.info("shipped to %s. %s", args.ship, verdict["summary"])

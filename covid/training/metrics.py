@@ -1,7 +1,7 @@
-"""Screening metrics: ROC AUC with a bootstrap CI, and operating-point statistics.
+"""Screening metrics: AUC and shares with their CIs, and operating-point statistics.
 
-scikit-learn is imported inside the functions: the model page imports this module, and
-the server should not pay for scikit-learn before the first film.
+scikit-learn and SciPy are imported inside the functions: the model page imports this
+module, and the server should not pay for them before the first film.
 """
 
 from __future__ import annotations
@@ -97,6 +97,48 @@ def roc_points(scores: np.ndarray, is_positive: np.ndarray) -> dict[str, list[fl
     }
 
 
+def proportion_ci(hits: np.ndarray, level: float = 0.95) -> list[float] | None:
+    """Wilson score interval of a share (SciPy's ``binomtest``).
+
+    Args:
+        hits: (N,) booleans, true where a film counts (e.g. sent home).
+        level: Confidence level.
+
+    Returns:
+        ``[lower, upper]``, or None for no films.
+    """
+    from scipy.stats import binomtest
+
+    hits = np.asarray(hits, bool)
+    if not len(hits):
+        return None
+    ci = binomtest(int(hits.sum()), len(hits)).proportion_ci(level, method="wilson")
+    return [float(ci.low), float(ci.high)]
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+            ) -> list[float] | None:
+    """Percentile bootstrap interval of a mean (SciPy's ``bootstrap``).
+
+    Args:
+        values: (N,) per-film values (e.g. each map's share of energy in the lungs).
+        level: Confidence level.
+        n_boot: Bootstrap resamples.
+        seed: Resampling seed.
+
+    Returns:
+        ``[lower, upper]``; the value itself for a single film; None for none.
+    """
+    from scipy.stats import bootstrap
+
+    values = np.asarray(values, np.float64)
+    if len(values) < 2 or np.ptp(values) == 0:
+        return None if not len(values) else [float(values.mean())] * 2
+    ci = bootstrap((values,), np.mean, confidence_level=level, n_resamples=n_boot,
+                   method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    return [float(ci.low), float(ci.high)]
+
+
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
@@ -153,6 +195,11 @@ def _share(mask: np.ndarray) -> float | None:
     return float(mask.mean()) if len(mask) else None
 
 
+def _share_and_ci(out: dict, key: str, mask: np.ndarray) -> None:
+    """Writes a share and, beside it under ``<key>_ci95``, its Wilson interval."""
+    out[key], out[f"{key}_ci95"] = _share(mask), proportion_ci(mask)
+
+
 def flagged_by_class(flagged: np.ndarray, true_names: np.ndarray) -> dict[str, float]:
     """Share of each true class's films flagged out of distribution.
 
@@ -178,13 +225,13 @@ def group_figures(true_names: np.ndarray, decided: np.ndarray, flagged: np.ndarr
 
     Returns:
         ``n``, ``label_shares`` (label -> share), ``sent_home`` (share labelled
-        Normal) and, with flags, ``ood_flagged``.
+        Normal) with its 95% interval ``sent_home_ci95`` and, with flags, ``ood_flagged``.
     """
     labels, counts = np.unique(decided, return_counts=True)
     out = {"n": len(decided),
            "label_shares": {str(k): float(c / len(decided)) for k, c in zip(labels, counts,
-                                                                          strict=True)},
-           "sent_home": _share(decided == "Normal")}
+                                                                          strict=True)}}
+    _share_and_ci(out, "sent_home", decided == "Normal")
     if flagged is not None:
         out["ood_flagged"] = _share(np.asarray(flagged, bool))
     return out
@@ -207,7 +254,8 @@ def screening_figures(probs: np.ndarray, true_names: np.ndarray, class_names: li
         one-vs-rest AUCs (classes the model has), sensitivity (COVID films labelled
         COVID), admitted share of all findings, specificity (Normal films labelled
         Normal), the share of each true class sent home and labelled COVID, the
-        3 x 3 confusion matrix and the group breakdowns.
+        3 x 3 confusion matrix and the group breakdowns. Each share the ship gate
+        compares has its 95% Wilson interval beside it (``sensitivity_ci95``...).
     """
     from covid.model.decision import decide_labels, p_finding
 
@@ -221,11 +269,12 @@ def screening_figures(probs: np.ndarray, true_names: np.ndarray, class_names: li
     out["auc_finding"] = _auc_dict(p_finding(probs, class_names), finding)
     out["auc_per_class"] = {name: _auc_dict(probs[:, c], true_names == name)
                             for c, name in enumerate(class_names) if (true_names == name).any()}
-    out["sensitivity"] = _share(decided[true_names == "COVID"] == "COVID")
-    out["admitted_findings"] = _share(decided[finding] != "Normal")
-    out["specificity"] = _share(decided[~finding] == "Normal")
-    out["sent_home"] = {n: _share(decided[true_names == n] == "Normal")
-                        for n in ("COVID", "Other pneumonia")}
+    _share_and_ci(out, "sensitivity", decided[true_names == "COVID"] == "COVID")
+    _share_and_ci(out, "admitted_findings", decided[finding] != "Normal")
+    _share_and_ci(out, "specificity", decided[~finding] == "Normal")
+    home = {n: decided[true_names == n] == "Normal" for n in ("COVID", "Other pneumonia")}
+    out["sent_home"] = {n: _share(hits) for n, hits in home.items()}
+    out["sent_home_ci95"] = {n: proportion_ci(hits) for n, hits in home.items()}
     out["labelled_covid"] = {n: _share(decided[true_names == n] == "COVID")
                              for n in ("Other pneumonia", "Normal")}
     order = ["COVID", "Other pneumonia", "Normal"]

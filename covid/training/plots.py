@@ -6,10 +6,21 @@ Built with the object-oriented API (``Figure``), so no global backend or pyplot 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from matplotlib.figure import Figure
+
+
+class TradeLike(Protocol):
+    """A trade curve: :class:`covid.training.results.TradeCurve`.
+
+    A protocol rather than an import: that module imports this module's caller.
+    """
+
+    thresholds: np.ndarray
+    specificity: Mapping[str, np.ndarray]
+    sent_home: Mapping[str, np.ndarray]
 
 
 def _finish_roc(fig: Figure, ax, operating: tuple[float, float] | None, title: str,
@@ -156,5 +167,51 @@ def lung_share_figure(groups: dict[str, np.ndarray], caution: float = 0.5) -> Fi
            xlim=(0, 1))
     ax.xaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
     ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def trade_figure(curve: TradeLike, marks: Mapping[str, TradeLike], max_home: float = 0.25
+                 ) -> Figure:
+    """Specificity against the share of each finding sent home, as the threshold moves.
+
+    One panel per finding: its share sent home across, and the share of Normal
+    films labelled Normal up (the first group, all normals, dashed; then each age
+    group), each point one threshold. A reader sees what sending fewer findings
+    home costs the normals.
+
+    Args:
+        curve: :func:`covid.training.results.trade_curve` over many thresholds.
+        marks: Named operating points to mark (e.g. ``"shipped"``), each a curve at
+            one threshold; the first is drawn in red.
+        max_home: The right end of the share-sent-home axis.
+
+    Returns:
+        The figure.
+    """
+    findings = list(curve.sent_home)
+    fig = Figure(figsize=(4.2 * max(len(findings), 1), 3.9))
+    axes = np.atleast_1d(fig.subplots(1, max(len(findings), 1), sharey=True))
+    colours = dict(zip(curve.specificity, ("black", "tab:blue", "tab:orange", "tab:green",
+                                           "tab:purple"), strict=False))
+    for ax, finding in zip(axes, findings, strict=False):
+        home = curve.sent_home[finding]
+        # the age groups first, so that the dashed overall curve stays visible over them
+        for k, (group, specificity) in reversed(list(enumerate(curve.specificity.items()))):
+            ax.plot(home, specificity, color=colours.get(group, "grey"), zorder=2 + (k == 0),
+                    linestyle="--" if k == 0 else "-", label=f"{group} normals")
+        for (name, mark), colour in zip(marks.items(), ("tab:red", "tab:olive"), strict=False):
+            threshold = float(mark.thresholds[0])
+            for k, (group, specificity) in enumerate(mark.specificity.items()):
+                ax.plot(mark.sent_home[finding][0], specificity[0], "o", color=colour,
+                        markeredgecolor=colours.get(group, "grey"),
+                        label=f"{name} (≥ {threshold:.3f})" if k == 0 else None)
+        ax.set(xlabel=f"{finding} films sent home", xlim=(0, max_home), ylim=(0, 1.01),
+               title=finding)
+        ax.xaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
+        ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Normal films labelled Normal")
+    axes[0].legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     return fig

@@ -10,7 +10,8 @@ and the split sizes (:func:`split_table`). Where the maps' evidence lies, in
 table rows and words, is :mod:`covid.training.map_checks`.
 
 More classes: :func:`class_scores_from_csv`, :func:`confusion_matrix_at`,
-:func:`finding_rates`, :func:`finding_roc` and the figures by group (:func:`group_rows`).
+:func:`finding_rates`, :func:`finding_roc`, the figures by group (:func:`group_rows`)
+and what the operating point costs as it moves (:func:`trade_curve`).
 
 No Streamlit and no TensorFlow: everything takes and returns plain values.
 """
@@ -46,11 +47,14 @@ class ClassScores:
         class_names: The model's C classes, in output order.
         probs: (N, C) float64 calibrated probabilities (read-only).
         truth: (N,) str true class names (read-only); may hold a class the model lacks.
+        ages: (N,) str age groups (``adult``, ``child``...; read-only), or None where
+            the scores CSV has no ``age`` column.
     """
 
     class_names: tuple[str, ...]
     probs: np.ndarray
     truth: np.ndarray
+    ages: np.ndarray | None = None
 
 
 @dataclass
@@ -191,18 +195,20 @@ def class_scores_from_csv(text: str, class_names: Sequence[str]) -> ClassScores:
         class_names: The model's C classes, in output order.
 
     Returns:
-        The scores: (N, C) probabilities and (N,) true names.
+        The scores: (N, C) probabilities, (N,) true names and, where the CSV has
+        an ``age`` column, (N,) age groups.
 
     Raises:
         ValueError: A column is missing, a probability is not a number in
             [0, 1], or there are no rows.
     """
     columns = [score_column(name) for name in class_names]
-    _, rows = _rows(text, ("true", *columns))
+    fields, rows = _rows(text, ("true", *columns))
     probs = [[_probability(row, column, line) for column in columns]
              for line, row in enumerate(rows, start=2)]
+    ages = _read_only([row["age"] for row in rows], str) if "age" in fields else None
     return ClassScores(tuple(class_names), _read_only(probs, np.float64),
-                       _read_only([row["true"] for row in rows], str))
+                       _read_only([row["true"] for row in rows], str), ages)
 
 
 def lung_evidence_from_csv(text: str) -> dict[str, np.ndarray] | None:
@@ -385,6 +391,67 @@ def finding_roc(summary: Mapping[str, Any]
         curve, auc, ci = curves["roc_finding"], finding["auc"], finding["ci95"]
     points = {key: tuple(float(v) for v in curve[key]) for key in ("fpr", "tpr")}
     return MappingProxyType(points), float(auc), (float(ci[0]), float(ci[1]))
+
+
+ALL_NORMALS = "all"
+"""The trade curve's specificity over every Normal film, beside each age group's."""
+
+
+@dataclass(frozen=True)
+class TradeCurve:
+    """What each operating point costs: normals kept home against findings sent home.
+
+    Attributes:
+        thresholds: (K,) increasing thresholds on P(any finding).
+        specificity: :data:`ALL_NORMALS`, then each age group with Normal films, in
+            name order -> (K,) share of its Normal films labelled Normal (sent home).
+        sent_home: Each true class with a finding -> (K,) share of its films sent home.
+    """
+
+    thresholds: np.ndarray
+    specificity: Mapping[str, np.ndarray]
+    sent_home: Mapping[str, np.ndarray]
+
+
+def trade_thresholds(scores: ClassScores, points: int = 201) -> np.ndarray:
+    """(K,) thresholds for a trade curve: 0, 1 and quantiles of the films' P(any finding).
+
+    Quantiles put the points where the films are, so the curve is as fine where
+    a few findings are sent home as where most normals are.
+    """
+    finding = p_finding(scores.probs, scores.class_names)
+    return np.unique(np.concatenate([[0.0, 1.0],
+                                     np.quantile(finding, np.linspace(0.0, 1.0, points))]))
+
+
+def trade_curve(scores: ClassScores, thresholds: Sequence[float] | np.ndarray) -> TradeCurve:
+    """Specificity overall and per age group, and each finding sent home, at each threshold.
+
+    Args:
+        scores: The test split's scores (with ``ages`` for the age groups).
+        thresholds: (K,) operating points on P(any finding) (e.g. :func:`trade_thresholds`,
+            or one shipped threshold to mark).
+
+    Returns:
+        The curve; a film is sent home where :func:`covid.model.decision.decide_labels`
+        labels it Normal, as everywhere else.
+    """
+    thresholds = np.asarray(thresholds, np.float64).reshape(-1)
+    normal = scores.class_names.index(NORMAL)
+    home = np.stack([decide_labels(scores.probs, scores.class_names, t) == normal
+                     for t in thresholds]).reshape(len(thresholds), len(scores.truth))
+    normals = scores.truth == NORMAL
+    groups = {ALL_NORMALS: normals}
+    if scores.ages is not None:
+        groups.update({str(age): normals & (scores.ages == age)
+                       for age in sorted(set(scores.ages[normals].tolist()))})
+    findings = [n for n in dict.fromkeys(scores.truth.tolist()) if n != NORMAL]
+    return TradeCurve(
+        _read_only(thresholds, np.float64),
+        MappingProxyType({g: _read_only(home[:, m].mean(axis=1), np.float64)
+                          for g, m in groups.items() if m.any()}),
+        MappingProxyType({f: _read_only(home[:, scores.truth == f].mean(axis=1), np.float64)
+                          for f in findings}))
 
 
 def group_rows(groups: Mapping[str, Any], class_names: Sequence[str]) -> list[dict[str, Any]]:

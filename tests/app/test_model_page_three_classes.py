@@ -4,7 +4,8 @@ A tiny untrained three-class CNN is evaluated on tiny random films from every so
 (:func:`covid.training.evaluate.evaluate`, as the shipped model would be) and served
 with ``COVID_MODEL_PATH``. The page must follow the model's metadata and artefacts:
 the matrix of every true class against the labels at the live operating point, a
-one-vs-rest ROC per class, admit against home, and the figures by source and age.
+one-vs-rest ROC per class, admit against home, what the operating point costs, and the
+figures by source and age.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from covid.model.figure_names import figure_name
 from covid.model.network import read_metadata, save_model
 from covid.training.catalogue import CLASS_NAMES, SOURCES
 from covid.training.comparison import comparison_rows
@@ -25,6 +27,7 @@ from covid.training.results import (
     confusion_matrix_at,
     finding_rates,
     lung_evidence_from_csv,
+    trade_curve,
 )
 from tests.app.pages import open_model_page
 from tests.films import three_class_split
@@ -63,7 +66,13 @@ def test_the_page_shows_three_classes_at_the_live_operating_point(serve, three_c
     paths = artefact_paths(three_class_model)
     summary = json.loads(paths["evaluation"].read_text())
     scores = class_scores_from_csv(paths["scores"].read_text(), meta.class_names)
-    at = open_model_page(serve(three_class_model).run())
+    at = serve(three_class_model).run()
+    # the sidebar and the model page name each figure alike: COVID films labelled COVID in
+    # the sidebar, findings admitted at the live point
+    sidebar = "\n".join(m.value for m in at.sidebar.markdown)
+    assert f"| {figure_name('sensitivity')} | {meta.metrics['sensitivity']:.1%} |" in sidebar
+    assert "Sensitivity" not in sidebar
+    at = open_model_page(at)
     assert [h.value for h in at.header] == [
         "Model card", "Against the previous model", "Operating point", "Test-split charts",
         "By source and age", "Explanation sanity", "Evidence inside the lungs"]
@@ -81,8 +90,8 @@ def test_the_page_shows_three_classes_at_the_live_operating_point(serve, three_c
     assert [shipped[name] for name in CLASS_NAMES] == np.array(
         summary["metrics"]["confusion3"]["matrix"]).T.tolist()
     rates = finding_rates(confusion_matrix_at(scores, meta.threshold))
-    assert _metric(at, "Sensitivity (any finding)") == f"{rates.sensitivity:.1%}"
-    assert _metric(at, "Specificity") == f"{rates.specificity:.1%}"
+    assert _metric(at, figure_name("admitted_findings")) == f"{rates.sensitivity:.1%}"
+    assert _metric(at, figure_name("specificity")) == f"{rates.specificity:.1%}"
     for name in ("COVID", "Other pneumonia"):
         assert _metric(at, f"{name} sent home") == f"{rates.sent_home[name]:.1%}"
         assert rates.sent_home[name] == pytest.approx(summary["metrics"]["sent_home"][name])
@@ -91,8 +100,18 @@ def test_the_page_shows_three_classes_at_the_live_operating_point(serve, three_c
     caption = next(c.value for c in at.caption if c.value.startswith("One-vs-rest AUC"))
     for name in CLASS_NAMES:
         assert f"{name} {summary['metrics']['auc_per_class'][name]['auc']:.3f}" in caption
-    # ROC, confusion matrix, reliability (and the lung share histogram when measured)
-    assert len(at.image) == 3 + (lung_evidence_from_csv(paths["scores"].read_text()) is not None)
+    # the trade, ROC, confusion matrix, reliability (and the lung share histogram when measured)
+    assert len(at.image) == 4 + (lung_evidence_from_csv(paths["scores"].read_text()) is not None)
+    # what the operating point costs: normals by age against findings sent home, the shipped
+    # point in words
+    cost = next(c.value for c in at.caption if c.value.startswith("Each point is one threshold"))
+    shipped_point = trade_curve(scores, [meta.threshold])
+    assert list(shipped_point.specificity) == ["all", "adult", "child"]
+    assert shipped_point.specificity["all"][0] == pytest.approx(rates.specificity)
+    for group, values in shipped_point.specificity.items():
+        assert f"{group} {values[0]:.1%}" in cost
+    for name in ("COVID", "Other pneumonia"):
+        assert f"{name} {rates.sent_home[name]:.1%}" in cost
 
     # per source and per age group, from the evaluation's figures
     by_source = next(d.value for d in at.dataframe if "group" in d.value.columns)
@@ -112,7 +131,7 @@ def test_the_page_shows_three_classes_at_the_live_operating_point(serve, three_c
     assert admitted["Normal"] == [0, 0, 0] and admitted != shipped
     assert _metric(at, "COVID sent home") == "0.0%"
     assert _metric(at, "Other pneumonia sent home") == "0.0%"
-    assert _metric(at, "Sensitivity (any finding)") == "100.0%"
+    assert _metric(at, figure_name("admitted_findings")) == "100.0%"
     at.slider(key="op_threshold").set_value(1.0).run()
     home = _matrix(at)
     assert home["COVID"] == home["Other pneumonia"] == [0, 0, 0]

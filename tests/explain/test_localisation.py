@@ -5,13 +5,19 @@ import pytest
 
 from covid.explain.localisation import (
     CAUTION_SHARE,
+    busiest_cell,
     cam_to_film,
+    constant_map,
     draw_outline,
     energy_inside,
     evidence_caution,
     evidence_sentence,
+    inside_each,
+    inside_own,
     lung_outline,
+    own_and_others,
     peak_inside,
+    peak_position,
     share_percent,
 )
 from covid.inputs.preprocess import LungBox, lung_focus
@@ -54,6 +60,74 @@ def test_peak_inside():
     mask[2, 7] = True
     assert peak_inside(cam, mask)
     assert not peak_inside(np.zeros((10, 10)), mask)
+
+
+def test_a_peak_is_found_in_a_mask_at_any_resolution():
+    cam = np.zeros((10, 10))
+    cam[2, 7] = 1.0
+    assert peak_position(cam) == pytest.approx([0.25, 0.75])
+    mask = np.zeros((10, 10), bool)
+    mask[2, 7] = True
+    coarse = np.zeros((5, 5), bool)
+    coarse[1, 3] = True  # the same pixel's span at half the resolution
+    fine = np.repeat(np.repeat(mask, 4, axis=0), 4, axis=1)
+    assert peak_inside(cam, coarse) and peak_inside(cam, fine)
+    assert not peak_inside(cam, np.roll(fine, 4, axis=1))
+    assert np.isnan(peak_position(np.zeros((4, 4)))).all()
+
+
+def _films(n: int = 4, side: int = 16) -> list[np.ndarray]:
+    """n infection masks, each a square in another quarter of the film."""
+    masks = []
+    for k in range(n):
+        mask = np.zeros((side, side), bool)
+        top, left = (k // 2) * side // 2, (k % 2) * side // 2
+        mask[top + 2:top + side // 2 - 2, left + 2:left + side // 2 - 2] = True
+        masks.append(mask)
+    return masks
+
+
+def _peak_at(mask: np.ndarray) -> np.ndarray:
+    """A map whose peak is the middle of a mask's region."""
+    rows, cols = np.nonzero(mask)
+    cam = np.zeros(mask.shape)
+    cam[int(rows.mean()), int(cols.mean())] = 1.0
+    return cam
+
+
+def test_a_map_that_follows_each_film_lands_in_its_own_infection_not_in_others():
+    infections = _films()
+    peaks = np.array([peak_position(_peak_at(m)) for m in infections])
+    hits = inside_each(peaks, infections)
+    assert hits.tolist() == np.eye(4, dtype=bool).tolist()
+    assert inside_own(peaks, infections).all()
+    assert own_and_others(hits) == (1.0, 0.0)
+    # a map that peaks in the first film's infection whatever the film
+    same = np.repeat(peaks[:1], 4, axis=0)
+    own, others = own_and_others(inside_each(same, infections))
+    assert (own, others) == (0.25, 0.25)  # it cannot tell one film from another
+    assert own_and_others(np.zeros((0, 0), bool)) == (None, None)
+    assert own_and_others(np.ones((1, 1), bool)) == (1.0, None)
+
+
+def test_the_busiest_sixteenth_counts_peaks_per_cell_of_a_4_by_4_grid():
+    spread = np.array([[(r + 0.5) / 4, (c + 0.5) / 4] for r in range(4) for c in range(4)])
+    assert busiest_cell(spread)[0] == pytest.approx(1 / 16)
+    piled = np.array([[0.8, 0.1], [0.9, 0.2], [0.76, 0.01], [0.1, 0.9]])
+    assert busiest_cell(piled) == (0.75, (3, 0))
+    # a map without a peak counts among the films but in no cell
+    assert busiest_cell(np.vstack([piled, [[np.nan, np.nan]] * 4]))[0] == pytest.approx(3 / 8)
+    assert busiest_cell(np.zeros((0, 2)))[0] is None
+
+
+def test_the_constant_map_is_the_average_mask_at_any_resolution():
+    small, large = np.zeros((4, 4), bool), np.zeros((8, 8), bool)
+    small[:2, :2] = True
+    large[:4, :] = True
+    prior = constant_map([small, large], shape=(4, 4))
+    assert prior.dtype == np.float32
+    assert prior.tolist() == [[1.0, 1.0, 0.5, 0.5]] * 2 + [[0.0] * 4] * 2
+    assert not constant_map([], shape=(2, 2)).any()
 
 
 def test_outline_of_a_known_square():

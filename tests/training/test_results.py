@@ -10,7 +10,7 @@ import pytest
 from covid.model.decision import decide_labels, p_finding
 from covid.training.evaluate import artefact_paths
 from covid.training.metrics import operating_point
-from covid.training.plots import class_roc_figure, confusion_figure
+from covid.training.plots import class_roc_figure, confusion_figure, trade_figure
 from covid.training.results import (
     change_from,
     class_scores_from_csv,
@@ -24,6 +24,8 @@ from covid.training.results import (
     roc_marker,
     scores_from_csv,
     split_table,
+    trade_curve,
+    trade_thresholds,
 )
 
 SCORES = ("file,label,p_covid,logit_covid,logit_normal\r\n"
@@ -288,3 +290,40 @@ def test_three_class_figures_draw_every_class():
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == CLASSES
     assert sorted(t.get_text() for t in ax.texts) == sorted(map(str, confusion.matrix.ravel()))
+
+
+def test_the_trade_curve_follows_the_decision_rule_per_age_group():
+    scores = class_scores_from_csv(SCORES3, CLASSES)
+    assert scores.ages.tolist() == ["adult", "adult", "child", "child", "adult", "child"]
+    curve = trade_curve(scores, [0.5, 0.75])
+    assert list(curve.specificity) == ["all", "adult", "child"]
+    assert {g: v.tolist() for g, v in curve.specificity.items()} == {
+        "all": [0.5, 1.0], "adult": [1.0, 1.0], "child": [0.0, 1.0]}
+    assert {f: v.tolist() for f, v in curve.sent_home.items()} == {
+        "COVID": [0.5, 0.5], "Other pneumonia": [0.0, 1.0]}
+    thresholds = trade_thresholds(scores, points=11)
+    assert thresholds[0] == 0.0 and thresholds[-1] == 1.0 and (np.diff(thresholds) > 0).all()
+    full = trade_curve(scores, thresholds)
+    for k, threshold in enumerate(thresholds):  # the same rates as the live operating point
+        rates = finding_rates(confusion_matrix_at(scores, threshold))
+        assert full.specificity["all"][k] == pytest.approx(rates.specificity)
+        assert {f: v[k] for f, v in full.sent_home.items()} == pytest.approx(
+            dict(rates.sent_home))
+    assert not full.specificity["child"].flags.writeable
+    # a scores file without ages gives the specificity over all normals only
+    no_age = SCORES3.replace(",age,", ",group,")
+    assert list(trade_curve(class_scores_from_csv(no_age, CLASSES), [0.5]).specificity) == [
+        "all"]
+
+
+def test_the_trade_figure_draws_a_panel_per_finding_and_marks_the_shipped_point():
+    scores = class_scores_from_csv(SCORES3, CLASSES)
+    curve = trade_curve(scores, trade_thresholds(scores))
+    fig = trade_figure(curve, {"shipped": trade_curve(scores, [0.5]),
+                               "this session": trade_curve(scores, [0.75])})
+    assert [ax.get_title() for ax in fig.axes] == ["COVID", "Other pneumonia"]
+    labels = [text.get_text() for text in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["child normals", "adult normals", "all normals", "shipped (≥ 0.500)",
+                      "this session (≥ 0.750)"]
+    shipped = [line for line in fig.axes[1].lines if line.get_label() == "shipped (≥ 0.500)"]
+    assert shipped[0].get_xydata().tolist() == [[0.0, 0.5]]  # no pneumonia home, half normals
