@@ -28,7 +28,7 @@ ROOT = "covid"
 """The package itself (``covid/__init__.py``): below every stage, importable by all."""
 
 ENTRY_MODULES = frozenset({"covid.__main__", "covid.train", "covid.evaluate", "covid.train_lungs",
-                           "covid.fit_ood"})
+                           "covid.train_opacity", "covid.fit_ood"})
 """Command-line entry points at the package's top: above every stage but the app."""
 
 CHILD_PROCESSES = frozenset({"covid.training.backend"})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import keras
 import numpy as np
@@ -65,18 +65,26 @@ def _conv_block(x, filters: int, name: str):
 
 
 def build_unet(
-    input_size: int | None = None, filters: tuple[int, ...] = UNET_FILTERS
+    input_size: int | None = None,
+    filters: tuple[int, ...] = UNET_FILTERS,
+    name: str = "lung_unet",
+    output: str = "lungs",
 ) -> keras.Model:
-    """Builds the lung U-Net (Ronneberger et al., MICCAI 2015), small enough for a CPU.
+    """Builds a U-Net (Ronneberger et al., MICCAI 2015) small enough for a CPU.
+
+    The lung segmenter and the opacity segmenter (:mod:`covid.model.opacity`) are
+    both this network; only their names and training differ.
 
     Args:
         input_size: Square input side (a multiple of ``2 ** (len(filters) - 1)``), or
             None for any such size.
         filters: Channels per level, from the finest to the bottleneck.
+        name: The model's name.
+        output: The name of its last (sigmoid) layer.
 
     Returns:
         A model mapping (B, S, S, 1) intensities in [0, 255] to (B, S, S, 1) float32
-        lung probabilities.
+        probabilities.
     """
     inputs = keras.Input((input_size, input_size, 1), name="xray")
     x = PerImageStandardize(name="standardize")(inputs)
@@ -90,8 +98,8 @@ def build_unet(
         x = keras.layers.UpSampling2D(interpolation="bilinear", name=f"up{level}")(x)
         x = keras.layers.Concatenate(name=f"skip{level}")([x, skips[level]])
         x = _conv_block(x, filters[level], f"dec{level}")
-    probs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="lungs")(x)
-    return keras.Model(inputs, probs, name="lung_unet")
+    probs = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name=output)(x)
+    return keras.Model(inputs, probs, name=name)
 
 
 @dataclass
@@ -121,6 +129,9 @@ class LungModelMetadata(JsonMetadata):
     recipe: dict[str, Any] = field(default_factory=dict)
 
 
+_SegMeta = TypeVar("_SegMeta", bound=JsonMetadata)
+
+
 def save_lung_model(
     model: keras.Model, metadata: LungModelMetadata, path: str | Path
 ) -> LungModelMetadata:
@@ -136,10 +147,26 @@ def load_lung_model(
     Raises:
         ModelFileError: A file is missing or malformed, or the SHA-256 differs.
     """
+    return load_verified(path, LungModelMetadata, "lung model")
+
+
+def load_verified(
+    path: str | Path, kind: type[_SegMeta], what: str
+) -> tuple[keras.Model, _SegMeta]:
+    """Loads a segmenter's ``.keras`` file after checking its SHA-256 against its metadata.
+
+    Args:
+        path: The ``.keras`` file; its metadata JSON lies beside it.
+        kind: The metadata class.
+        what: The model in words, for the error message ("lung model").
+
+    Raises:
+        ModelFileError: A file is missing or malformed, or the SHA-256 differs.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"lung model not found: {path}")
-    metadata = read_metadata_as(LungModelMetadata, path)
+        raise ModelFileError(f"{what} not found: {path}")
+    metadata = read_metadata_as(kind, path)
     check_sha256(path, metadata.sha256)
     return keras.saving.load_model(path, compile=False), metadata
 
@@ -148,9 +175,26 @@ WORK_SIDE = 256
 """Longest side at which masks are thresholded and cleaned before going to film size."""
 
 
-def _resize(values: np.ndarray, height: int, width: int) -> np.ndarray:
+def resize_map(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resizes a 2-D map bilinearly.
+
+    Args:
+        values: (h, w) numbers (bool masks become 0/1).
+        height: Rows wanted.
+        width: Columns wanted.
+
+    Returns:
+        (height, width) float32 map.
+    """
     image = Image.fromarray(values.astype(np.float32), mode="F")
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+
+
+def work_shape(shape: tuple[int, int]) -> tuple[int, int]:
+    """The (h, w) at which masks of a film of ``shape`` are cleaned: at most :data:`WORK_SIDE`."""
+    height, width = shape
+    scale = min(1.0, WORK_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def mask_from_probs(probs: np.ndarray, shape: tuple[int, int], threshold: float) -> np.ndarray:
@@ -169,15 +213,12 @@ def mask_from_probs(probs: np.ndarray, shape: tuple[int, int], threshold: float)
     Returns:
         (H, W) bool mask.
     """
-    return _to_film(_clean_mask(probs, shape, threshold), shape)
+    return to_film(_clean_mask(probs, shape, threshold), shape)
 
 
 def _clean_mask(probs: np.ndarray, shape: tuple[int, int], threshold: float) -> np.ndarray:
     """The thresholded, cleaned mask at the working size of a film of ``shape``."""
-    height, width = shape
-    scale = min(1.0, WORK_SIDE / max(height, width))
-    work = (max(1, round(height * scale)), max(1, round(width * scale)))
-    mask = _resize(probs, *work) > threshold
+    mask = resize_map(probs, *work_shape(shape)) > threshold
     labels, count = ndimage.label(mask)
     if count > 2:
         sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
@@ -186,11 +227,11 @@ def _clean_mask(probs: np.ndarray, shape: tuple[int, int], threshold: float) -> 
     return ndimage.binary_fill_holes(mask)
 
 
-def _to_film(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """A working-size mask resized smoothly to the film."""
+def to_film(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A working-size (h, w) bool mask resized smoothly to the film's (H, W)."""
     if mask.shape == tuple(shape):
         return mask
-    return _resize(mask.astype(np.float32), *shape) > 0.5
+    return resize_map(mask, *shape) > 0.5
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -273,38 +314,32 @@ class LungSegmentation:
     problem: str | None
 
 
-class LungSegmenter:
-    """A loaded lung U-Net with one compiled forward pass.
+class CompiledUNet:
+    """A loaded U-Net with one compiled forward pass, safe to share between threads.
 
     Attributes:
         model: The wrapped Keras model (never modified).
-        metadata: Its metadata (input size, threshold, metrics).
+        input_size: Its square input side.
     """
 
-    def __init__(self, model: keras.Model, metadata: LungModelMetadata):
+    def __init__(self, model: keras.Model, input_size: int):
         import tensorflow as tf
 
         self.model = model
-        self.metadata = metadata
-        size = metadata.input_size
-        spec = tf.TensorSpec((None, size, size, 1), tf.float32)
+        self.input_size = input_size
+        spec = tf.TensorSpec((None, input_size, input_size, 1), tf.float32)
         self._forward = tf.function(
             lambda x: model(x, training=False), input_signature=[spec], reduce_retracing=True
         )
         self._lock = threading.Lock()  # one batch at a time, whatever the thread (session)
 
-    @classmethod
-    def from_file(cls, path: str | Path = DEFAULT_LUNG_MODEL_PATH) -> LungSegmenter:
-        """Loads a verified segmenter (see :func:`load_lung_model`)."""
-        return cls(*load_lung_model(path))
-
     def warm_up(self) -> None:
         """Traces the compiled graph once, so that the first real film pays nothing."""
-        size = self.metadata.input_size
+        size = self.input_size
         self.probs_batch(np.zeros((1, size, size, 1), np.float32))
 
     def probs_batch(self, x: np.ndarray) -> np.ndarray:
-        """Lung probabilities for a batch.
+        """Probabilities for a batch.
 
         Args:
             x: (N, S, S, 1) intensities in [0, 255].
@@ -314,10 +349,28 @@ class LungSegmenter:
         """
         x = np.asarray(x, np.float32)
         if len(x) == 0:
-            size = self.metadata.input_size
+            size = self.input_size
             return np.zeros((0, size, size), np.float32)
         with self._lock:
             return self._forward(x).numpy()[..., 0]
+
+
+class LungSegmenter(CompiledUNet):
+    """A loaded lung U-Net with one compiled forward pass.
+
+    Attributes:
+        model: The wrapped Keras model (never modified).
+        metadata: Its metadata (input size, threshold, metrics).
+    """
+
+    def __init__(self, model: keras.Model, metadata: LungModelMetadata):
+        super().__init__(model, metadata.input_size)
+        self.metadata = metadata
+
+    @classmethod
+    def from_file(cls, path: str | Path = DEFAULT_LUNG_MODEL_PATH) -> LungSegmenter:
+        """Loads a verified segmenter (see :func:`load_lung_model`)."""
+        return cls(*load_lung_model(path))
 
     def segment_batch(self, films: list[np.ndarray]) -> list[LungSegmentation]:
         """Segments films of any sizes.
@@ -342,5 +395,5 @@ class LungSegmenter:
 
     def _finish(self, probs: np.ndarray, shape: tuple[int, int]) -> LungSegmentation:
         work = _clean_mask(probs, shape, self.metadata.threshold)
-        mask = _to_film(work, shape)
+        mask = to_film(work, shape)
         return LungSegmentation(mask, lung_box(mask), lung_field_problem(work))

@@ -7,14 +7,8 @@ import pytest
 from PIL import Image
 
 from covid.model.lungs import LungSegmenter
-from covid.training.train_lungs import (
-    AUGMENTATION,
-    FOLDERS,
-    augment_pairs,
-    find_mask_dataset,
-    parse_args,
-    train,
-)
+from covid.training.train_lungs import FOLDERS, find_mask_dataset, parse_args, train
+from covid.training.unet_training import AUGMENTATION, augment_pairs
 
 PER_FOLDER = 20
 """Films per class folder: the split's 20 folds need 20 of a class."""
