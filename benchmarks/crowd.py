@@ -92,7 +92,8 @@ class Crowd:
     cpu: str = ""
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     problems: list[str] = field(default_factory=list)
-    rows: dict[str, list[list[str]]] = field(default_factory=dict)
+    rows: dict[str, list[str]] = field(default_factory=dict)
+    labels_checked: int = 0
 
     @property
     def slowest(self) -> float:
@@ -225,7 +226,10 @@ def check_labels(crowd: Crowd, batches: list[list[Path]]) -> None:
                     ood=models.ood, segmenter=models.segmenter)
     for result in alone:
         row = crowd.rows.get(result.name)
-        if row is not None and result.label and result.label not in row:
+        if row is None or not result.label:  # not in a table, or refused (no label)
+            continue
+        crowd.labels_checked += 1
+        if result.label not in row:
             crowd.problems.append(f"{result.name}: the page shows {row}, not its label "
                                   f"{result.label!r} alone")
 
@@ -283,9 +287,11 @@ def report(crowd: Crowd) -> str:
         f"core-seconds): server {crowd.server_cpu_s:.1f} s, Chromium {crowd.chromium_cpu_s:.1f}"
         f" s, whole machine {crowd.machine_cpu_s:.1f} s",
     ]
+    lines.append(f"labels checked against the same models run here: {crowd.labels_checked} of "
+                 f"{crowd.sessions * crowd.films} films")
     lines += [f"PROBLEM: {p}" for p in crowd.problems] or [
-        "no cross-talk: every page shows its own films only, each with the label the same "
-        "models give it alone; no traceback"]
+        "no cross-talk: every page shows its own films only, and each table row the label "
+        "the same models give its film alone; no traceback"]
     return "\n".join(lines)
 
 
