@@ -54,6 +54,7 @@ from benchmarks.browser import (
 from benchmarks.server import (
     CHROMIUM,
     CHROMIUM_ARGS,
+    STUDY_SHOWN,
     free_port,
     start_server,
     stop_server,
@@ -86,7 +87,7 @@ class Crowd:
     rss_after_mib: float = float("nan")
     peak_rss_mib: float = float("nan")
     server_cpu_s: float = float("nan")
-    chromium_cpu_s: float = float("nan")
+    chromium_cpu_s: dict[str, float] = field(default_factory=dict)
     machine_cpu_s: float = float("nan")
     cores: int = os.cpu_count() or 1
     cpu: str = ""
@@ -94,6 +95,7 @@ class Crowd:
     problems: list[str] = field(default_factory=list)
     rows: dict[str, list[str]] = field(default_factory=dict)
     labels_checked: int = 0
+    poll_ms: float = float("nan")
 
     @property
     def slowest(self) -> float:
@@ -114,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--films", type=int, default=4, help="films each session drops")
     parser.add_argument("--settle", type=float, default=8.0,
                         help="seconds between the first film and the crowd (graphs traced)")
+    parser.add_argument("--poll-ms", type=float, default=100.0,
+                        help="how often each page is checked for its answer, in ms")
     parser.add_argument("--no-labels", action="store_true",
                         help="skip the labels' check against the same models run here")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
@@ -137,20 +141,28 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
-def chromium_cpu_s() -> float:
-    """CPU seconds of every Chromium process now running (browser, renderers, GPU, utility)."""
+def chromium_cpu_s() -> dict[str, float]:
+    """CPU seconds of every Chromium process now running, by kind.
+
+    Kinds are Chromium's ``--type`` (``renderer``, ``gpu-process``, ``utility``, ...),
+    and ``browser`` for the main process.
+    """
     binary = str(Path(CHROMIUM).resolve().parent)
-    total = 0.0
+    by_kind: dict[str, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             exe = os.readlink(entry / "exe")
+            args = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if "chromium" in Path(exe).name or exe.startswith(f"{binary}/chromium"):
-            total += process_cpu_s(int(entry.name))
-    return total
+        if "chromium" not in Path(exe).name and not exe.startswith(f"{binary}/chromium"):
+            continue
+        kind = next((a.decode().partition("=")[2] for a in args if a.startswith(b"--type=")),
+                    "browser")
+        by_kind[kind] = by_kind.get(kind, 0.0) + process_cpu_s(int(entry.name))
+    return by_kind
 
 
 def machine_cpu_s() -> float:
@@ -168,28 +180,36 @@ async def warm_server(browser: Any, url: str, film: Path, crowd: Crowd, start: f
     await first.close()
 
 
-async def answered(session: Session, names: list[str]) -> float:
-    """Waits for a session's answer to its drop: the table with every row, or one film's map."""
+async def answered(session: Session, names: list[str], poll_ms: float) -> float:
+    """Waits for a session's answer to its drop: the table with every row, or one film's map.
+
+    The page is polled every ``poll_ms``: sixteen pages polled every 20 ms (as
+    ``benchmarks.browser`` polls its few) would cost Chromium more CPU than the
+    pages themselves.
+    """
     if len(names) == 1:
-        return await session.study_shown(names[0])
-    await session.page.wait_for_function(TABLE_SHOWN, arg=[len(names), ""],
-                                         timeout=TIMEOUT_S * 1000, polling=20)
+        shown, arg = STUDY_SHOWN, names[0]
+    else:
+        shown, arg = TABLE_SHOWN, [len(names), ""]
+    await session.page.wait_for_function(shown, arg=arg, timeout=TIMEOUT_S * 1000,
+                                         polling=poll_ms)
     return time.perf_counter()
 
 
 async def drop_all(crowd: Crowd, sessions: list[Session], batches: list[list[Path]],
-                   server_pid: int) -> None:
+                   server_pid: int, poll_ms: float) -> None:
     """Every session drops its films at once; records the times, CPU and memory around it."""
     crowd.rss_before_mib = memory_mib(server_pid)[0]
     cpu = (process_cpu_s(server_pid), chromium_cpu_s(), machine_cpu_s())
     t0 = time.perf_counter()
     await asyncio.gather(*(s.drop([file_payload(p) for p in batch])
                            for s, batch in zip(sessions, batches, strict=True)))
-    done = await asyncio.gather(*(answered(s, [p.name for p in batch])
+    done = await asyncio.gather(*(answered(s, [p.name for p in batch], poll_ms)
                                   for s, batch in zip(sessions, batches, strict=True)))
     crowd.seconds = [d - t0 for d in done]
     crowd.server_cpu_s = process_cpu_s(server_pid) - cpu[0]
-    crowd.chromium_cpu_s = chromium_cpu_s() - cpu[1]
+    after = chromium_cpu_s()
+    crowd.chromium_cpu_s = {kind: after[kind] - cpu[1].get(kind, 0.0) for kind in after}
     crowd.machine_cpu_s = machine_cpu_s() - cpu[2]
     crowd.rss_after_mib, crowd.peak_rss_mib = memory_mib(server_pid)
 
@@ -240,7 +260,7 @@ async def measure(args: argparse.Namespace) -> Crowd:
 
     pool = films(args.data, 1 + args.sessions * args.films)
     batches = [pool[1 + i * args.films : 1 + (i + 1) * args.films] for i in range(args.sessions)]
-    crowd = Crowd(args.sessions, args.films, cpu=cpu_model())
+    crowd = Crowd(args.sessions, args.films, cpu=cpu_model(), poll_ms=args.poll_ms)
     port, log = free_port(), Path(tempfile.mkdtemp(prefix="crowd-bench-")) / "server.log"
     url = f"http://127.0.0.1:{port}"
     async with async_playwright() as playwright:
@@ -255,7 +275,7 @@ async def measure(args: argparse.Namespace) -> Crowd:
             await warm_server(browser, url, pool[0], crowd, start)
             await asyncio.sleep(args.settle)
             await asyncio.gather(*(s.open() for s in sessions))
-            await drop_all(crowd, sessions, batches, proc.pid)
+            await drop_all(crowd, sessions, batches, proc.pid, args.poll_ms)
             await check_pages(crowd, sessions, batches, log)
         except Exception as err:  # report what was measured, and where it stopped
             crowd.problems.append(f"stopped: {type(err).__name__}: {str(err).splitlines()[0]}"
@@ -284,14 +304,18 @@ def report(crowd: Crowd) -> str:
         f"server resident memory: {crowd.rss_before_mib:.0f} MiB before, "
         f"{crowd.rss_after_mib:.0f} MiB after (peak {crowd.peak_rss_mib:.0f} MiB)",
         f"CPU during the crowd ({crowd.cores} cores x {wall:.1f} s = {crowd.cores * wall:.1f} "
-        f"core-seconds): server {crowd.server_cpu_s:.1f} s, Chromium {crowd.chromium_cpu_s:.1f}"
-        f" s, whole machine {crowd.machine_cpu_s:.1f} s",
+        f"core-seconds): server {crowd.server_cpu_s:.1f} s, Chromium "
+        f"{sum(crowd.chromium_cpu_s.values()):.1f} s ("
+        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(crowd.chromium_cpu_s.items()))
+        + f"; each page polled every {crowd.poll_ms:.0f} ms), whole machine "
+        f"{crowd.machine_cpu_s:.1f} s",
     ]
     lines.append(f"labels checked against the same models run here: {crowd.labels_checked} of "
                  f"{crowd.sessions * crowd.films} films")
     lines += [f"PROBLEM: {p}" for p in crowd.problems] or [
-        "no cross-talk: every page shows its own films only, and each table row the label "
-        "the same models give its film alone; no traceback"]
+        "no cross-talk: every page shows its own films only"
+        + (", and each table row the label the same models give its film alone"
+           if crowd.labels_checked else "") + "; no traceback"]
     return "\n".join(lines)
 
 
