@@ -1,4 +1,4 @@
-"""The model page: the model card, a live operating point, test-split charts, CAM checks.
+"""The model page: the model card, a live operating point, test-split charts, map checks.
 
 Everything shown is read from the model's metadata and the evaluation artefacts
 beside the model (:func:`covid.training.results.read_evaluation`); the operating
@@ -29,8 +29,6 @@ from covid.model.network import ModelMetadata
 from covid.screening.table import by_column
 from covid.training.comparison import comparison_rows, with_previous_sent_home
 from covid.training.map_checks import (
-    cam_energy_rows,
-    cam_energy_verdict,
     localisation_rows,
     localisation_verdict,
     lung_evidence_rows,
@@ -425,31 +423,6 @@ def groups_ui(meta: ModelMetadata, evaluation: Evaluation) -> None:
                "sent home at its own operating point.")
 
 
-def cam_energy_ui(evaluation: Evaluation) -> None:
-    """Explanation sanity: where the test split's Grad-CAM maps put their energy."""
-    st.header("Explanation sanity", anchor=False)
-    energy = (evaluation.summary or {}).get("cam_energy")
-    if not isinstance(energy, dict):
-        st.info("Not measured yet: where the Grad-CAM maps put their energy (chest centre, "
-                "border, corners) has not been measured for this model. Re-run "
-                "`python -m covid.evaluate` to measure it.", icon=":material/info:")
-        return
-    st.markdown(f"**{cam_energy_verdict(energy)}**")
-    percent = st.column_config.NumberColumn(format="%.0f%%")
-    st.dataframe(
-        by_column(cam_energy_rows(energy), ("group", "images", "central", "border", "corners")),
-        hide_index=True, width="content", placeholder="",
-        column_config={"central": percent, "border": percent, "corners": percent,
-                       "group": st.column_config.TextColumn("maps")},
-    )
-    st.caption(
-        "Share of each map's energy (the sum of its values) in the central chest box (70% of "
-        "the width, 80% of the height), the rest of the film (border) and the four 15% "
-        "corners (part of the border, where text markers usually are); mean over the test "
-        "split, Grad-CAM of the predicted class. A uniform map would give the last row."
-    )
-
-
 def _localisation(meta: ModelMetadata, evaluation: Evaluation) -> dict[str, Any] | None:
     """The localisation figures: from the metadata, else from the evaluation JSON."""
     found = (meta.metrics or {}).get("localisation")
@@ -541,5 +514,4 @@ def page() -> None:
     charts_ui(meta, evaluation, point)
     if evaluation.classes is not None:
         groups_ui(meta, evaluation)
-    cam_energy_ui(evaluation)
     lung_localisation_ui(meta, evaluation)

@@ -1,10 +1,8 @@
 """Where the maps' evidence lies, as table rows and one honest sentence each.
 
-Three checks of the evaluation's Grad-CAM maps, each against what a uniform
-(uninformative) map would score: the energy on the central chest box, borders
-and corners (:func:`cam_energy_rows`, :func:`cam_energy_verdict`); each test
-film's share inside its lungs, per true class (:func:`lung_evidence_rows`, read
-by :func:`covid.training.results.lung_evidence_from_csv`); and the localisation
+Two checks of the evaluation's Grad-CAM maps: each test film's share inside its
+lungs, per true class (:func:`lung_evidence_rows`, read by
+:func:`covid.training.results.lung_evidence_from_csv`); and the localisation
 figures on the radiologists' masks, beside a constant map's (the same map for
 every film) and a uniform map's (:func:`localisation_summary`,
 :func:`constant_map_figures`, :func:`localisation_rows`, :func:`localisation_verdict`).
@@ -19,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from covid.explain.cam_stats import REGIONS, area_shares
 from covid.explain.localisation import (
     busiest_cell,
     constant_map,
@@ -160,8 +157,8 @@ def localisation_rows(loc: Mapping[str, Any] | None) -> list[dict[str, Any]]:
 
     Returns:
         Dicts with ``measure``, ``model`` (percent), ``95% CI`` (text),
-        ``constant map`` and ``uniform map`` (percent; None where missing); empty
-        when no figure is there.
+        ``constant map`` and ``uniform map`` (percent; None where missing), one per
+        figure measured for the model (an older evaluation lacks the newer ones).
     """
     if not isinstance(loc, Mapping):
         return []
@@ -173,7 +170,7 @@ def localisation_rows(loc: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     rows = [{"measure": name, "model": _pct(key), "95% CI": _ci_text(loc.get(f"{key}_ci95")),
              "constant map": _pct(f"{key}{CONSTANT}"), "uniform map": _pct(f"{key}{UNIFORM}")}
             for key, name in LOCALISATION_MEASURES]
-    return rows if any(row["model"] is not None for row in rows) else []
+    return [row for row in rows if row["model"] is not None]
 
 
 def localisation_verdict(loc: Mapping[str, Any]) -> str:
@@ -203,87 +200,4 @@ def localisation_verdict(loc: Mapping[str, Any]) -> str:
         text += (f" Its peak lies in the film's own infection {own:.0%} of the time and in "
                  f"another film's {others:.0%}: what the map adds over a prior blind to the "
                  f"film is the {own - others:.2f} between them.")
-    return text
-
-
-def _area(energy: Mapping[str, Any]) -> dict[str, float]:
-    """Each region's share of the image (what a uniform map would get)."""
-    area = energy.get("area")
-    if isinstance(area, Mapping) and all(area.get(r) is not None for r in REGIONS):
-        return {r: float(area[r]) for r in REGIONS}
-    return area_shares(224, 224)
-
-
-def cam_energy_rows(energy: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The Grad-CAM energy shares as table rows: overall, per true class, and by area.
-
-    Args:
-        energy: The evaluation's ``cam_energy`` (``overall`` and ``per_class``
-            groups of ``n, central, border, corners``; optionally ``area``).
-
-    Returns:
-        Dicts with ``group``, ``images`` and one percentage per region (None
-        where a group has no map with energy); the last row is what a uniform
-        map would give.
-    """
-    groups = [("All test images", energy.get("overall") or {})]
-    per_class = energy.get("per_class") or {}
-    groups += [(f"True {name}", group or {}) for name, group in per_class.items()]
-    rows = []
-    for name, group in groups:
-        row: dict[str, Any] = {"group": name, "images": group.get("n")}
-        for region in REGIONS:
-            value = group.get(region)
-            row[region] = None if value is None else 100.0 * float(value)
-        rows.append(row)
-    area = _area(energy)
-    rows.append({"group": "Uniform map (area)", "images": None,
-                 **{region: 100.0 * area[region] for region in REGIONS}})
-    return rows
-
-
-CLEAR_MARGIN = 0.10
-"""How far above its area share the central energy must be to call it a lean toward the chest."""
-
-
-def cam_energy_verdict(energy: Mapping[str, Any]) -> str:
-    """One honest sentence on where the maps put their energy.
-
-    Compares the central chest box's share of the Grad-CAM energy with its
-    share of the image (what a uniform, uninformative map would give): below
-    it, the maps favour the film's borders; less than :data:`CLEAR_MARGIN`
-    above it, the check shows little; further above, the maps lean toward the
-    chest, which is necessary but not sufficient evidence that the model reads
-    the lungs. Classes whose maps fall below the uniform share are named, and
-    the corners (where text markers sit) when they get more than their area.
-
-    Args:
-        energy: The evaluation's ``cam_energy``.
-
-    Returns:
-        The sentence.
-    """
-    overall = energy.get("overall") or {}
-    central, corners = overall.get("central"), overall.get("corners")
-    if central is None:
-        return "No map had any energy, so this check says nothing about what the model uses."
-    area = _area(energy)
-    share = (f"{central:.0%} of the Grad-CAM energy falls on the central chest region, which "
-             f"covers {area['central']:.0%} of the image")
-    if central <= area["central"]:
-        text = (f"Only {share}: no more than an uninformative map, so the model may be reading "
-                "the film's borders rather than the lungs.")
-    elif central - area["central"] < CLEAR_MARGIN:
-        text = (f"{share}: barely more than an uninformative map, so this check does not show "
-                "that the model reads the lungs.")
-    else:
-        text = (f"{share}: the maps lean toward the chest, which is necessary but not "
-                "sufficient; it does not rule out shortcuts.")
-    below = [(name, group["central"]) for name, group in (energy.get("per_class") or {}).items()
-             if (group or {}).get("central") is not None and group["central"] < area["central"]]
-    if below and central > area["central"]:
-        text += " For true " + " and ".join(f"{n} films it is {v:.0%}" for n, v in below) + "."
-    if corners is not None and corners > area["corners"]:
-        text += (f" The corners, where text markers sit, get {corners:.0%} of it for "
-                 f"{area['corners']:.0%} of the area, a possible source shortcut.")
     return text

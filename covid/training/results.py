@@ -62,8 +62,7 @@ class Evaluation:
     """The evaluation artefacts beside a model, as far as they could be read.
 
     Attributes:
-        summary: The evaluation JSON (metrics, temperature, threshold, curves,
-            optionally ``cam_energy``), or None.
+        summary: The evaluation JSON (metrics, temperature, threshold, curves), or None.
         scores: The test split's calibrated P(positive) and truth, or None.
         problems: Plain-words reasons for what is missing or unreadable.
         lung_evidence: Per true class, each test film's share of Grad-CAM

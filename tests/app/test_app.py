@@ -402,7 +402,8 @@ def _metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
 
-def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, evaluated_model):
+def test_model_page_shows_card_charts_operating_point_and_map_checks(serve, evaluated_model):
+    from covid.model.figure_names import figure_name
     from covid.training.evaluate import artefact_paths
     from covid.training.metrics import operating_point
     from covid.training.results import scores_from_csv
@@ -410,8 +411,7 @@ def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, eval
     meta = read_metadata(evaluated_model)
     at = open_model_page(serve(evaluated_model).run())
     assert [h.value for h in at.header] == [
-        "Model card", "Operating point", "Test-split charts", "Explanation sanity",
-        "Evidence inside the lungs"]
+        "Model card", "Operating point", "Test-split charts", "Evidence inside the lungs"]
     text = _texts(at)
     assert "DeGrave" in text and "shortcut" in text.lower()
     assert "Not for clinical use" in text and meta.trained_on in text
@@ -423,8 +423,8 @@ def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, eval
     prevalence = at.number_input(key="op_prevalence")
     assert prevalence.value == pytest.approx(100 * truth.mean(), abs=0.05)
     expected = operating_point(scores, truth, meta.threshold, prevalence=prevalence.value / 100)
-    assert _metric(at, "Sensitivity") == f"{expected['sensitivity']:.1%}"
-    assert _metric(at, "Specificity") == f"{expected['specificity']:.1%}"
+    assert _metric(at, figure_name("admitted_findings")) == f"{expected['sensitivity']:.1%}"
+    assert _metric(at, figure_name("specificity")) == f"{expected['specificity']:.1%}"
 
     prevalence.set_value(1.0).run()
     expected = operating_point(scores, truth, meta.threshold, prevalence=0.01)
@@ -432,13 +432,11 @@ def test_model_page_shows_card_charts_operating_point_and_cam_energy(serve, eval
     assert _metric(at, "NPV") == f"{expected['npv']:.1%}"
     at.slider(key="op_threshold").set_value(0.0).run()
     assert not at.exception
-    assert _metric(at, "Sensitivity") == "100.0%" and _metric(at, "Specificity") == "0.0%"
+    assert _metric(at, figure_name("admitted_findings")) == "100.0%"
+    assert _metric(at, figure_name("specificity")) == "0.0%"
     # ROC, confusion matrix, reliability (and the lung share histogram when measured)
     assert len(at.image) == 3 + _has_lung_evidence(at)
-
-    # the evaluation measures the share inside the lungs, not the older energy check
-    assert "cam_energy" not in json.loads(artefact_paths(evaluated_model)["evaluation"].read_text())
-    assert "Not measured yet" in _texts(at)
+    assert "Not measured yet" in _texts(at)  # no radiologists' masks for these films
 
 
 def test_model_page_without_artefacts_says_so(serve, tiny_model_file):
@@ -450,21 +448,6 @@ def test_model_page_without_artefacts_says_so(serve, tiny_model_file):
     assert "DeGrave" in text  # the model card needs only the metadata
     assert not [s for s in at.slider if s.key == "op_threshold"]  # nothing to judge it on
     assert not at.image
-
-
-def test_model_page_without_cam_energy_says_it_was_not_measured(serve, evaluated_model, tmp_path):
-    from covid.training.evaluate import artefact_paths, ship
-
-    copy = tmp_path / "copy.keras"
-    ship(evaluated_model, copy)
-    path = artefact_paths(copy)["evaluation"]
-    evaluation = json.loads(path.read_text())
-    evaluation.pop("cam_energy", None)
-    path.write_text(json.dumps(evaluation))
-    at = open_model_page(serve(copy).run())
-    assert "Not measured yet" in _texts(at)
-    # ROC, confusion matrix, reliability (and the lung share histogram when measured)
-    assert len(at.image) == 3 + _has_lung_evidence(at)
 
 
 def _has_lung_evidence(at: AppTest) -> bool:
@@ -534,7 +517,7 @@ def test_model_page_shows_the_lung_share_per_class_and_the_localisation_figures(
     assert "72% of the Grad-CAM energy lies inside the lungs, which cover 27%" in text
     assert "12 COVID films (11 with an infection mask)" in text
     figures = at.dataframe[-2].value
-    assert figures["measure"].tolist()[2] == "Map's peak inside the infection"
+    assert figures["measure"].tolist()[2] == "Map's peak inside the film's own infection"
     assert figures["model"].tolist() == pytest.approx([72.0, 93.0, 55.0])
     assert figures["uniform map"].tolist() == pytest.approx([27.0, 27.0, 8.0])
     per_class = at.dataframe[-1].value

@@ -75,7 +75,7 @@ def test_the_page_shows_three_classes_at_the_live_operating_point(serve, three_c
     at = open_model_page(at)
     assert [h.value for h in at.header] == [
         "Model card", "Against the previous model", "Operating point", "Test-split charts",
-        "By source and age", "Explanation sanity", "Evidence inside the lungs"]
+        "By source and age", "Evidence inside the lungs"]
     assert not at.error and "Evaluation artefacts missing" not in _texts(at)
     assert at.slider(key="op_threshold").label == "Threshold on calibrated P(any finding)"
 
