@@ -62,6 +62,11 @@ FOCUS_MODES = ("full", "crop", "attenuate", "crop+attenuate", "crop+mask")
 the outside of the lungs attenuated, both together, or the box with the outside
 of the (slightly grown, softened) lungs blacked out."""
 
+CONTRASTS = ("none", "equalise")
+"""How the input's grey levels are standardised: kept as the film has them (v3 and
+earlier), or histogram-equalised over the film inside the lung box, so that a film's
+exposure, contrast and processing say nothing about its class (DeGrave et al. 2021)."""
+
 OUTSIDE_WEIGHT = 0.3
 """Intensity kept outside the (dilated, softened) lung fields by ``attenuate``."""
 
@@ -133,6 +138,26 @@ def _resize_float(values: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR))
 
 
+def equalise(x: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Histogram-equalises an input, the histogram taken over the film inside its box.
+
+    Padding where the box reaches past the film stays black, so it neither
+    shifts the histogram nor takes a grey level.
+
+    Args:
+        x: (S, S) uint8 input.
+        inside: (S, S) bool, True where the input shows the film.
+
+    Returns:
+        (S, S) uint8 equalised input.
+    """
+    from PIL import ImageOps
+
+    mask = Image.fromarray(inside.astype(np.uint8) * 255, mode="L")
+    out = np.asarray(ImageOps.equalize(Image.fromarray(x, mode="L"), mask=mask))
+    return np.where(inside, out, 0).astype(np.uint8)
+
+
 def _soft_weight(mask: np.ndarray, outside: float) -> np.ndarray:
     """Per-pixel weights: 1 in the (slightly dilated) lungs, ``outside`` far from them."""
     from scipy import ndimage
@@ -149,6 +174,7 @@ def lung_focus(
     size: int,
     mode: str = "crop+attenuate",
     outside: float = OUTSIDE_WEIGHT,
+    contrast: str = "none",
 ) -> tuple[np.ndarray, LungBox]:
     """The one lung-focused preprocessing path, shared by training and serving.
 
@@ -158,6 +184,8 @@ def lung_focus(
         size: The classifier's input side.
         mode: One of :data:`FOCUS_MODES`.
         outside: Intensity weight outside the lungs for the ``attenuate`` modes.
+        contrast: One of :data:`CONTRASTS`, applied to the box (the whole film
+            for ``full``) before any attenuation.
 
     Returns:
         ``(x, box)``: the (size, size, 1) uint8 model input, and the film region
@@ -169,16 +197,25 @@ def lung_focus(
     """
     if mode not in FOCUS_MODES:
         raise ValueError(f"unknown focus mode {mode!r}; expected one of {FOCUS_MODES}")
+    if contrast not in CONTRASTS:
+        raise ValueError(f"unknown contrast {contrast!r}; expected one of {CONTRASTS}")
     if pixels.ndim != 2 or pixels.dtype != np.uint8:
         raise ValueError(f"expected a (H, W) uint8 image, got {pixels.shape} {pixels.dtype}")
     if mode == "full":
-        return to_model_input(pixels, size), LungBox.whole(pixels.shape)
+        x = to_model_input(pixels, size)
+        if contrast == "equalise":
+            x = equalise(x[..., 0], np.ones((size, size), bool))[..., np.newaxis]
+        return x, LungBox.whole(pixels.shape)
     if mask is None or mask.shape != pixels.shape or not mask.any():
         raise ValueError(f"mode {mode!r} needs a non-empty lung mask of the film's shape")
     box = lung_box(mask) if mode.startswith("crop") else LungBox.whole(pixels.shape)
     film = crop_to_box(pixels, box).astype(np.float32)
     lungs = crop_to_box(mask.astype(bool), box)
     film = _resize_float(film, size)
+    if contrast == "equalise":
+        on_film = _resize_float(crop_to_box(np.ones(pixels.shape, np.float32), box), size) > 0.5
+        film = equalise(np.clip(np.rint(film), 0, 255).astype(np.uint8), on_film)
+        film = film.astype(np.float32)
     if mode.endswith(("attenuate", "mask")):
         lungs_small = _resize_float(lungs.astype(np.float32), size) > 0.5
         film = film * _soft_weight(lungs_small, 0.0 if mode.endswith("mask") else outside)

@@ -43,6 +43,7 @@ def focus_films(
     size: int,
     mode: str,
     segmenter: LungSegmenter | None,
+    contrast: str = "none",
 ) -> list[FocusedFilm]:
     """Segments and focuses a batch of films.
 
@@ -51,6 +52,7 @@ def focus_films(
         size: The classifier's input side.
         mode: The classifier's input mode (see ``covid.inputs.preprocess.FOCUS_MODES``).
         segmenter: The lung segmenter; required unless ``mode == "full"``.
+        contrast: The classifier's ``input_contrast`` (``none`` for v3 and earlier).
 
     Returns:
         One :class:`FocusedFilm` per film (a whole-film ``fallback`` where the
@@ -62,11 +64,12 @@ def focus_films(
     if mode != "full" and segmenter is None:
         raise ValueError(f"input mode {mode!r} needs the lung segmenter")
     lungs = segmenter.segment_batch(films) if segmenter is not None else [None] * len(films)
-    return [focus_film(f, seg, size, mode) for f, seg in zip(films, lungs, strict=True)]
+    return [focus_film(f, seg, size, mode, contrast) for f, seg in zip(films, lungs, strict=True)]
 
 
 def focus_film(
-    film: np.ndarray, lungs: LungSegmentation | None, size: int, mode: str
+    film: np.ndarray, lungs: LungSegmentation | None, size: int, mode: str,
+    contrast: str = "none",
 ) -> FocusedFilm:
     """Focuses one film given its lung segmentation (see :func:`focus_films`).
 
@@ -75,13 +78,15 @@ def focus_film(
         lungs: Its segmentation, or None where no segmenter ran (``full`` only).
         size: The classifier's input side.
         mode: The classifier's input mode.
+        contrast: The classifier's ``input_contrast``.
 
     Returns:
         The focused film; the whole film, marked ``fallback``, where the mode
         needs lungs and none were found.
     """
     if mode != "full" and (lungs is None or lungs.box is None):
-        x, box = lung_focus(film, None, size, "full")
+        x, box = lung_focus(film, None, size, "full", contrast=contrast)
         return FocusedFilm(x, box, lungs, fallback=True)
-    x, box = lung_focus(film, None if lungs is None else lungs.mask, size, mode)
+    x, box = lung_focus(film, None if lungs is None else lungs.mask, size, mode,
+                        contrast=contrast)
     return FocusedFilm(x, box, lungs)

@@ -93,7 +93,12 @@ class ModelMetadata(JsonMetadata):
             ``covid.inputs.preprocess.lung_focus``), which needs the lung segmenter.
         lung_model_sha256: SHA-256 of the lung segmenter the classifier was trained
             with (empty for ``full``).
+        input_contrast: How the input's grey levels are standardised
+            (``covid.inputs.preprocess.CONTRASTS``): ``none`` (v3 and earlier) or
+            ``equalise`` (histogram equalisation over the lung box).
         gradcam_layer: Name of the layer Grad-CAM explains.
+        map_grid: ``[rows, cols]`` of the Grad-CAM grid over the input at
+            ``input_size`` (empty for models that predate the field).
         temperature: Calibration temperature dividing the logits.
         threshold: Operating point on the calibrated positive-class probability.
         sha256: SHA-256 of the ``.keras`` file.
@@ -111,7 +116,9 @@ class ModelMetadata(JsonMetadata):
     input_size: int = 224
     input_mode: str = "full"
     lung_model_sha256: str = ""
+    input_contrast: str = "none"
     gradcam_layer: str = GRADCAM_LAYER
+    map_grid: list[int] = field(default_factory=list)
     temperature: float = 1.0
     threshold: float = 0.5
     sha256: str = ""
@@ -133,6 +140,7 @@ def build_model(
     weights: str | None = None,
     bn_momentum: float = 0.9,
     dropout: float = 0.2,
+    output_stride: int = 32,
 ) -> keras.Model:
     """Builds the ResNet-50 classifier as one flat functional model.
 
@@ -146,11 +154,20 @@ def build_model(
             the moving statistics far behind the weights in a short from-scratch
             run, and the model then scores at chance in inference mode.
         dropout: Dropout rate before the classifier.
+        output_stride: 32 (ResNet-50 as published), or 16: the last stage keeps
+            the resolution of the one before and dilates its 3 x 3 convolutions
+            by 2 (:func:`_dilate_last_stage`), so ``conv5_block3_out`` is a
+            10 x 10 grid at 160 px; every weight keeps its shape.
 
     Returns:
         A model mapping (B, H, W, 1) intensities in [0, 255] to (B, n_classes)
         probabilities, with a ``logits`` layer before the softmax.
+
+    Raises:
+        ValueError: ``output_stride`` is neither 32 nor 16.
     """
+    if output_stride not in (32, 16):
+        raise ValueError(f"output_stride must be 32 or 16, got {output_stride}")
     inputs = keras.Input((input_size, input_size, 1), name="xray")
     x = ResNetGrayPreprocess(name="resnet_preprocess")(inputs)
     base = keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=x)
@@ -161,7 +178,39 @@ def build_model(
     x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     logits = keras.layers.Dense(n_classes, name=LOGITS_LAYER, dtype="float32")(x)
     probs = keras.layers.Activation("softmax", name="probs", dtype="float32")(logits)
-    return keras.Model(inputs, probs, name="covid_resnet50")
+    model = keras.Model(inputs, probs, name="covid_resnet50")
+    return model if output_stride == 32 else _dilate_last_stage(model)
+
+
+_STRIDED_LAST_STAGE = ("conv5_block1_1_conv", "conv5_block1_0_conv")
+"""ResNet-50's (v1) stride-2 layers entering the last stage: the first 1 x 1
+convolution and the shortcut's."""
+
+
+def _dilate_last_stage(model: keras.Model) -> keras.Model:
+    """The same network with a stride-16 last stage (DeepLab's dilated ResNet).
+
+    The last stage's stride-2 convolutions take stride 1, and its 3 x 3
+    convolutions a dilation of 2, so that each sees the same neighbourhood of
+    the (now twice as fine) grid. The copy's weights are those of ``model``.
+    """
+    def _clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        if layer.name in _STRIDED_LAST_STAGE:
+            config["strides"] = (1, 1)
+        elif layer.name.startswith("conv5_") and layer.name.endswith("_2_conv"):
+            config["dilation_rate"] = (2, 2)
+        return layer.__class__.from_config(config)
+
+    dilated = keras.models.clone_model(model, clone_function=_clone)
+    dilated.set_weights(model.get_weights())
+    return dilated
+
+
+def output_stride_of(model: keras.Model) -> int:
+    """The input pixels per Grad-CAM cell of a model built by :func:`build_model`."""
+    stride = model.get_layer(_STRIDED_LAST_STAGE[0]).strides
+    return 32 if tuple(stride) == (2, 2) else 16
 
 
 def file_sha256(path: str | Path) -> str:

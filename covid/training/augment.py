@@ -1,10 +1,12 @@
 """Training-time augmentation that suits chest X-rays.
 
-Small rotations, shifts and zooms, brightness and contrast changes, and JPEG
-re-compression, so that the model cannot lean on the training files' encoding.
-Never a left-right flip: the heart's side is anatomy. The geometric part moves
-every channel of a stack alike (a film and its masks); the photometric part
-touches the film only.
+Small rotations, shifts and zooms; strong exposure, contrast, gamma, blur and
+noise changes on every film of every class, so that a film's grey level and
+sharpness say nothing about its class; and JPEG re-compression of every film at
+a random quality, so that PNG against JPEG (the children's pneumonias are PNG,
+their normals JPEG) is no cue. Never a left-right flip: the heart's side is
+anatomy. The geometric part moves every channel of a stack alike (a film and its
+masks); the photometric part touches the film only.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ SHIFT = 0.06
 """Largest shift, as a share of the side."""
 ZOOM = 0.12
 """Largest zoom in or out, as a share of the side."""
-BRIGHTNESS = 0.15
-"""Largest brightness change, as a share of the intensity range."""
-CONTRAST = 0.25
+BRIGHTNESS = 0.2
+"""Largest brightness (exposure) change, as a share of the intensity range."""
+CONTRAST = 0.4
 """Largest contrast change factor."""
-JPEG_QUALITY = (40, 95)
-"""Range of the JPEG re-compression quality (applied to half the films)."""
+GAMMA = 1.6
+"""Largest gamma factor: gamma is drawn log-uniformly in [1/GAMMA, GAMMA]."""
+BLUR_SIGMA = 1.5
+"""Largest Gaussian blur, in input pixels (drawn uniformly from 0)."""
+NOISE_STD = 8.0
+"""Largest standard deviation of added Gaussian noise, in grey levels (drawn uniformly from 0)."""
+JPEG_QUALITY = (30, 95)
+"""Range of the JPEG re-compression quality (every film is re-compressed)."""
 
 _GEOMETRIC: dict[int, keras.Sequential] = {}
 _PHOTOMETRIC: dict[int, keras.Sequential] = {}
@@ -32,8 +40,9 @@ _PHOTOMETRIC: dict[int, keras.Sequential] = {}
 def describe() -> str:
     """The augmentation in words, for a model's recipe (from the constants above)."""
     return (f"rotation +-{ROTATION * 360:.1f} deg, shift {SHIFT:.0%}, zoom {ZOOM:.0%}, "
-            f"brightness {BRIGHTNESS:.0%}, contrast {CONTRAST:.0%}, JPEG quality "
-            f"{JPEG_QUALITY[0]}-{JPEG_QUALITY[1]} on half the films; masks follow the "
+            f"brightness {BRIGHTNESS:.0%}, contrast {CONTRAST:.0%}, gamma 1/{GAMMA:g}-{GAMMA:g}, "
+            f"blur sigma 0-{BLUR_SIGMA:g} px, noise sd 0-{NOISE_STD:g}, JPEG quality "
+            f"{JPEG_QUALITY[0]}-{JPEG_QUALITY[1]} on every film; masks follow the "
             "geometric part; no flips")
 
 
@@ -60,12 +69,28 @@ def _photometric(seed: int) -> keras.Sequential:
     return _PHOTOMETRIC[seed]
 
 
-def _random_jpeg(image: tf.Tensor) -> tf.Tensor:
-    """Re-encodes one (H, W, 1) float image as JPEG at a random quality, half the time."""
+def _random_gamma(films: tf.Tensor) -> tf.Tensor:
+    """(B, H, W, 1) films in [0, 255], each under its own gamma, log-uniform in [1/GAMMA, GAMMA]."""
+    log_gamma = tf.random.uniform((tf.shape(films)[0], 1, 1, 1), -1.0, 1.0) * tf.math.log(GAMMA)
+    return 255.0 * tf.pow(films / 255.0 + 1e-6, tf.exp(log_gamma))
+
+
+def _blur(image: tf.Tensor, sigma: tf.Tensor) -> tf.Tensor:
+    """One (H, W, 1) image under a 7-tap separable Gaussian of width ``sigma`` (0: unchanged)."""
+    taps = tf.range(-3.0, 4.0)
+    kernel = tf.exp(-(taps**2) / (2.0 * tf.maximum(sigma, 1e-3) ** 2))
+    kernel = kernel / tf.reduce_sum(kernel)
+    padded = tf.pad(image[tf.newaxis], [[0, 0], [3, 3], [3, 3], [0, 0]], mode="SYMMETRIC")
+    rows = tf.nn.conv2d(padded, tf.reshape(kernel, (7, 1, 1, 1)), 1, "VALID")
+    return tf.nn.conv2d(rows, tf.reshape(kernel, (1, 7, 1, 1)), 1, "VALID")[0]
+
+
+def _degrade(image: tf.Tensor) -> tf.Tensor:
+    """Blurs, adds noise to and JPEG-recompresses one (H, W, 1) float image, all at random."""
+    image = _blur(image, tf.random.uniform((), 0.0, BLUR_SIGMA))
+    image = image + tf.random.normal(tf.shape(image)) * tf.random.uniform((), 0.0, NOISE_STD)
     pixels = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-    recompressed = tf.image.random_jpeg_quality(pixels, *JPEG_QUALITY)
-    keep = tf.random.uniform(()) < 0.5
-    return tf.cast(tf.where(keep, pixels, recompressed), tf.float32)
+    return tf.cast(tf.image.random_jpeg_quality(pixels, *JPEG_QUALITY), tf.float32)
 
 
 def augment_batch(images: tf.Tensor, seed: int = 0) -> tf.Tensor:
@@ -95,4 +120,5 @@ def augment_stack(stack: tf.Tensor, seed: int = 0) -> tuple[tf.Tensor, tf.Tensor
     moved = _geometric(seed)(stack, training=True)
     films, masks = moved[..., :1], moved[..., 1:]
     films = tf.clip_by_value(_photometric(seed)(films, training=True), 0.0, 255.0)
-    return tf.map_fn(_random_jpeg, films, fn_output_signature=tf.float32), masks
+    films = _random_gamma(films)
+    return tf.map_fn(_degrade, films, fn_output_signature=tf.float32), masks

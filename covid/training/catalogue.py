@@ -6,10 +6,12 @@ Films come from three shared folders:
   films numbered up to :data:`PAEDIATRIC_MAX_NUMBER`, adult films above);
 - ``other-pneumonia/viral/``: children's viral pneumonias (Kermany);
 - ``covid-qu-ex-masks/Non-COVID/images/``: pneumonias that are not COVID-19
-  (RSNA adults and Kermany children, mixed and not told apart by name).
+  (RSNA adults and Kermany children, mixed and not told apart by name);
+- ``other-pneumonia/covid-qu-ex-test/``: 240 more of them, from COVID-QU-Ex's Test
+  subset (images only: the U-Net supplies their lungs), also of mixed ages.
 
-The COVID-19 and Normal films keep the side of the earlier two-class split, so
-that models are compared on the same held-out films. Near-duplicate groups
+Every film of an earlier split (the shipped model's ``split.json``) keeps its
+side, so that models are compared on the same held-out films. Near-duplicate groups
 (256-bit pHash) are formed over all films together; a new film joins the side of
 any old film in its group, a group of new films only is split 70/15/15
 (stratified), and a new film whose group already straddles two sides is left out.
@@ -73,6 +75,7 @@ SOURCES: tuple[Source, ...] = (
     Source("kermany-viral", "other-pneumonia/viral", 1, "child"),
     Source("quex-non-covid", "covid-qu-ex-masks/Non-COVID/images", 1, "mixed"),
     Source("radiography-normal", "covid19-radiography/Normal", 2, "by-number"),
+    Source("quex-test-non-covid", "other-pneumonia/covid-qu-ex-test", 1, "mixed"),
 )
 
 
@@ -149,7 +152,8 @@ def base_sides(names: tuple[str, ...], base_split: dict | None) -> np.ndarray:
     Args:
         names: Film names relative to the data root.
         base_split: A split record (``root`` and ``files`` per side) whose names are
-            relative to its own root, e.g. the two-class model's ``split.json``.
+            relative to its own root: the data root itself (the three-class
+            models' ``split.json``), or one folder of it (the two-class model's).
 
     Returns:
         (N,) array of ``train``/``val``/``test``/``""``.
@@ -158,7 +162,12 @@ def base_sides(names: tuple[str, ...], base_split: dict | None) -> np.ndarray:
     if not base_split:
         return sides
     prefix = Path(base_split["root"]).name
-    lookup = {f"{prefix}/{f}": side for side, files in base_split["files"].items() for f in files}
+    lookup = {}
+    for side, files in base_split["files"].items():
+        if side not in SIDES:  # an excluded film is new again: its group decides
+            continue
+        for f in files:
+            lookup[f] = lookup[f"{prefix}/{f}"] = side
     for i, name in enumerate(names):
         sides[i] = lookup.get(name, "")
     return sides

@@ -4,7 +4,8 @@
 them, makes every model input through the serving path
 (:func:`covid.training.lung_data.focused_dataset`) and stacks each with its lung
 and infection masks in the input's frame (:mod:`covid.training.guided`).
-:func:`balanced_batches` then draws class-balanced batches from the stacks.
+:func:`sampling_weights` says how often each training film is drawn, and
+:func:`balanced_batches` draws batches from the stacks with those weights.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ from covid.training.guided import film_masks, training_stack
 from covid.training.lung_data import focused_dataset
 
 LOG = logging.getLogger("covid.training.inputs")
+NORMAL = CLASS_NAMES.index("Normal")
+AGES = ("adult", "child")
+MIXED_AGE = "mixed"
+ADULT_SHARE = 2 / 3
+"""Share of the draws that go to the adults' strata; the children's take the rest."""
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,54 @@ def stratified_subset(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def _stack(films: Catalogue, size: int, mode: str, segmenter, mask_root, cache_dir):
-    focused = focused_dataset(films.paths, size, mode, segmenter, cache_dir=cache_dir)
+def sampling_weights(films: Catalogue, adult_share: float = ADULT_SHARE) -> np.ndarray:
+    """How often each training film is drawn: strata of (age, class) that leave no age prior.
+
+    v3's class-balanced batches made a child's film mostly a pneumonia (half the
+    training pneumonias were children's, against one normal in seven), and it
+    learnt age as a prior: most children's normals were labelled pneumonia. Here
+    every age group gives Normal the same share of its draws, ``1 / len(CLASS_NAMES)``
+    (a third, as if every class were present), so that P(Normal | child) =
+    P(Normal | adult) and the admit-or-home prior carries no age. The rest of an
+    age group's draws go equally to the pathological classes it has: adults a
+    third each to COVID-19 and other pneumonia, children (who have no COVID-19
+    films) two thirds to pneumonia. That P(COVID | child) is zero is a fact of
+    the data, not of sampling; it cannot send a sick child home.
+
+    Films of mixed age (COVID-QU-Ex's non-COVID pneumonias, adults and children
+    not told apart) are pneumonias whatever their age, so they serve the
+    pneumonia stratum of both age groups. Within a stratum every film is drawn
+    equally often (COVID-QU-Ex's two folders are one database, so sources are
+    not balanced against each other).
+
+    Args:
+        films: The training films, with ``labels``, ``ages`` and ``sources``.
+        adult_share: Share of the draws for the adults' strata (the children's
+            take the rest; an age group without films gives its share away).
+
+    Returns:
+        (N,) float64 probabilities summing to 1.
+    """
+    ages = np.asarray(films.ages)
+    weights = np.zeros(len(films.names))
+    present = [a for a in AGES if (ages == a).any()]
+    for age in present:
+        share = (adult_share if age == "adult" else 1 - adult_share) if len(present) > 1 else 1.0
+        own = (ages == age) | ((ages == MIXED_AGE) & (films.labels != NORMAL))
+        classes = np.unique(films.labels[own])
+        sick = [c for c in classes if c != NORMAL]
+        normal = 1 / len(CLASS_NAMES) if NORMAL in classes and sick else float(NORMAL in classes)
+        for c in classes:
+            stratum = own & (films.labels == c)
+            per_class = normal if c == NORMAL else (1 - normal) / len(sick)
+            weights[stratum] += share * per_class / stratum.sum()
+    return weights / weights.sum()
+
+
+def _stack(films: Catalogue, size: int, mode: str, segmenter, mask_root, cache_dir,
+           contrast: str = "none"):
+    focused = focused_dataset(films.paths, size, mode, segmenter, cache_dir=cache_dir,
+                              contrast=contrast)
     masks = film_masks(films.paths, films.labels, focused, mask_root, cache_dir)
     counts = {"radiologists_lungs": int(masks.radiologist.sum()),
               "infection": int(sum(m is not None for m in masks.infection)),
@@ -74,7 +126,7 @@ def prepare_data(args, size: int) -> TrainingData:
     """Lists, splits, focuses and stacks the films for a run.
 
     Args:
-        args: The trainer's options (``data``, ``base_split``, ``focus``,
+        args: The trainer's options (``data``, ``base_split``, ``focus``, ``contrast``,
             ``lung_model``, ``cache_dir``, ``val_limit``, ``max_images``, ``seed``).
         size: The final input side (inputs are made at this size and shrunk per stage).
 
@@ -94,24 +146,28 @@ def prepare_data(args, size: int) -> TrainingData:
     LOG.info("train %s, val %s (per class)", np.bincount(train.labels), np.bincount(val.labels))
     segmenter = LungSegmenter.from_file(args.lung_model)
     mask_root = args.data / "covid-qu-ex-masks"
-    train_stack, counts = _stack(train, size, args.focus, segmenter, mask_root, args.cache_dir)
-    val_stack, _ = _stack(val, size, args.focus, segmenter, mask_root, args.cache_dir)
+    stack_args = (size, args.focus, segmenter, mask_root, args.cache_dir, args.contrast)
+    train_stack, counts = _stack(train, *stack_args)
+    val_stack, _ = _stack(val, *stack_args)
     LOG.info("training masks: %s", counts)
     totals = np.bincount(films.labels, minlength=len(CLASS_NAMES))
     description = (f"{len(films.names)} films: " + ", ".join(
         f"{int(n)} {c}" for c, n in zip(CLASS_NAMES, totals, strict=True))
-        + " (COVID-19 Radiography Database, its Viral Pneumonia films, COVID-QU-Ex Non-COVID)")
+        + " (COVID-19 Radiography Database, its Viral Pneumonia films, COVID-QU-Ex Non-COVID "
+          "with its Test subset's)")
     return TrainingData(train, val, train_stack, val_stack, record, counts,
                         segmenter.metadata.sha256, description)
 
 
-def balanced_batches(stack: np.ndarray, labels: np.ndarray, batch_size: int, steps: int,
+def balanced_batches(stack: np.ndarray, labels: np.ndarray, weights: np.ndarray,
+                     batch_size: int, steps: int,
                      seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Class-balanced random batches: every film's class drawn uniformly, then a film of it.
+    """Random batches, each film drawn with its weight (:func:`sampling_weights`).
 
     Args:
         stack: (N, S, S, k) uint8 inputs and masks.
         labels: (N,) class indices.
+        weights: (N,) probabilities of drawing each film.
         batch_size: Films per batch.
         steps: Batches to yield.
         seed: Sampling seed.
@@ -120,8 +176,6 @@ def balanced_batches(stack: np.ndarray, labels: np.ndarray, batch_size: int, ste
         ``(stack[idx], labels[idx])`` for ``steps`` batches.
     """
     rng = np.random.default_rng(seed)
-    by_class = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     for _ in range(steps):
-        classes = rng.integers(0, len(by_class), size=batch_size)
-        idx = np.sort([rng.choice(by_class[c]) for c in classes])
+        idx = np.sort(rng.choice(len(labels), size=batch_size, p=weights))
         yield stack[idx], labels[idx]

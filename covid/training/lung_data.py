@@ -97,6 +97,7 @@ def focused_dataset(
     segmenter,
     cache_dir: Path | None = Path(".cache"),
     chunk: int = 64,
+    contrast: str = "none",
 ) -> FocusedSet:
     """Decodes, segments and focuses files exactly as serving does, with a cache.
 
@@ -111,6 +112,7 @@ def focused_dataset(
         segmenter: A :class:`covid.model.lungs.LungSegmenter` (None only for ``full``).
         cache_dir: Where to keep the segmentations between runs (None: no cache).
         chunk: Films segmented per batch.
+        contrast: The classifier's ``input_contrast``.
 
     Returns:
         The inputs; a film without lungs falls back to the whole film (``ok`` False).
@@ -125,7 +127,7 @@ def focused_dataset(
         films, segs = _segmentations(paths, segmenter, cache_dir, chunk)
     xs, boxes, areas, oks = [], [], [], []
     for film, seg in zip(films, segs, strict=True):
-        done = focus_film(film, seg, size, mode)
+        done = focus_film(film, seg, size, mode, contrast)
         xs.append(done.x)
         boxes.append((done.box.top, done.box.left, done.box.side))
         areas.append(float(seg.mask.mean()) if seg is not None else 0.0)

@@ -2,13 +2,21 @@
 
 Usage::
 
-    python -m covid.train --run ~/.cache/covid-runs/v3 --init models/covid_resnet50.keras
+    python -m covid.train --run ~/.cache/covid-runs/v4 --init models/covid_resnet50.keras
 
 One learning-rate schedule (linear warm-up, cosine decay) spans every stage of
 progressive resizing; AdamW keeps an exponential moving average of the weights,
-and the average is what is validated and exported. Batches are class-balanced.
+and the average is what is validated and exported. Batches are drawn by strata
+of age and class that leave no age prior (:func:`covid.training.inputs.sampling_weights`).
 With ``--cam-weight`` above zero the loss adds the share of each class's map
-outside the lungs (:mod:`covid.training.guided`). A checkpoint (weights,
+outside the lungs (:mod:`covid.training.guided`). With ``--output-stride 16``
+(the default) the last stage is dilated, so that the map is a 10 x 10 grid at
+160 px instead of 5 x 5; the map loss and Grad-CAM stay at the last block, where
+the class activation map the loss shapes is exactly Grad-CAM, every weight keeps
+v3's shape (so v3 initialises the run), and serving stays one pass (about 1.6
+times the arithmetic). A map loss at ``conv4_block6_out`` would need Grad-CAM's
+gradient inside the loss (a second derivative through the last stage), and a
+larger input four times the arithmetic. A checkpoint (weights,
 optimizer state with the average, and the run's state) is written after every
 epoch, atomically, so that ``--resume`` continues a run that a session's end
 killed, and ``--export-now`` exports an unfinished run's checkpoint. Model
@@ -22,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +47,14 @@ from covid.training.inputs import TrainingData, balanced_batches, prepare_data
 from covid.training.metrics import validation_record
 
 LOG = logging.getLogger("covid.training.train")
+VERSION = "4"
+"""The version this recipe trains (``-interim`` for an export of an unfinished run)."""
 CAM_LAYER = "conv5_block3_out"
 """The last convolutional block: its Grad-CAM is the class activation map the loss shapes."""
 RUNS_DIR = Path.home() / ".cache" / "covid-runs"
 """Run folders live outside the work tree, so that they survive into the next session."""
-DEFAULT_RUN = RUNS_DIR / "v3"
+DEFAULT_RUN = RUNS_DIR / "v4"
+"""The run a command without ``--run`` starts; it refuses to touch one already there."""
 CACHE_DIR = RUNS_DIR / "cache"
 
 
@@ -63,6 +75,23 @@ class TrainState:
     train_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     initialised_from: str = ""
+    invocations: list[dict] = field(default_factory=list)
+
+
+def note_invocation(state: TrainState, argv: list[str]) -> None:
+    """Appends this command to the run's invocations: its flags and first epoch.
+
+    :func:`note_epoch` extends the last entry as each epoch finishes, so the
+    recipe says which command trained which epochs.
+    """
+    state.invocations.append({"argv": list(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                              "epochs": [state.epoch + 1, state.epoch]})
+
+
+def note_epoch(state: TrainState) -> None:
+    """Records that the last invocation trained up to the (1-based) current epoch."""
+    if state.invocations:
+        state.invocations[-1]["epochs"][1] = state.epoch
 
 
 def parse_stages(text: str) -> list[Stage]:
@@ -173,12 +202,12 @@ def reestimate_batchnorm(model: keras.Model, images: np.ndarray, size: int, batc
         _forward(x)
 
 
-def _to_float32(model: keras.Model, n_classes: int) -> keras.Model:
+def _to_float32(model: keras.Model, n_classes: int, output_stride: int) -> keras.Model:
     """Copies a mixed-precision model's weights into a float32 one for serving."""
     policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        clean = build_model(n_classes=n_classes)
+        clean = build_model(n_classes=n_classes, output_stride=output_stride)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     clean.set_weights(model.get_weights())
@@ -214,7 +243,8 @@ def build_training(args: argparse.Namespace, total_steps: int):
         ``(model, trainer)``: the serving classifier and the two-output model
         sharing its weights, compiled with the classification and map losses.
     """
-    model = build_model(len(CLASS_NAMES), bn_momentum=args.bn_momentum)
+    model = build_model(len(CLASS_NAMES), bn_momentum=args.bn_momentum,
+                        output_stride=args.output_stride)
     trainer = guided_model(model, CAM_LAYER)
     optimizer = keras.optimizers.AdamW(
         lr_schedule(args.lr, total_steps, args.warmup_steps), weight_decay=args.weight_decay,
@@ -276,10 +306,12 @@ class averaged_weights:  # noqa: N801 (a context manager read as a phrase)
 
 
 def _training_dataset(data: TrainingData, args, size: int, epoch: int):
-    """One epoch's augmented, class-balanced batches with their map targets."""
+    """One epoch's augmented batches, drawn by age and class, with their map targets."""
     from covid.training.augment import augment_stack
+    from covid.training.inputs import sampling_weights
 
-    cells, side = size // 32, data.train_stack.shape[1]
+    cells, side = size // args.output_stride, data.train_stack.shape[1]
+    weights = sampling_weights(data.train, args.adult_share)
 
     def _prepare(stack, labels):
         x = tf.cast(stack, tf.float32)
@@ -293,20 +325,21 @@ def _training_dataset(data: TrainingData, args, size: int, epoch: int):
     spec = (tf.TensorSpec((args.batch_size, side, side, 3), tf.uint8),
             tf.TensorSpec((args.batch_size,), tf.int64))
     ds = tf.data.Dataset.from_generator(
-        lambda: balanced_batches(data.train_stack, data.train.labels, args.batch_size,
+        lambda: balanced_batches(data.train_stack, data.train.labels, weights, args.batch_size,
                                  args.steps_per_epoch, args.seed * 1000 + epoch),
         output_signature=spec)
     return ds.map(_prepare, num_parallel_calls=2).prefetch(2)
 
 
-def validate(model, trainer, data: TrainingData, size: int, bn_batches: int) -> dict:
-    """Validation figures with the averaged weights, at ``size``."""
+def validate(model, trainer, data: TrainingData, size: int, bn_batches: int,
+             stride: int = 32) -> dict:
+    """Validation figures with the averaged weights, at ``size`` (``stride`` pixels a cell)."""
     stack = data.val_stack
     x = tf.image.resize(tf.cast(stack[..., :1], tf.float32), (size, size), antialias=True)
     with averaged_weights(model, trainer, data.train_stack[..., :1], size, bn_batches):
         out = trainer.predict(x.numpy(), batch_size=32, verbose=0)
     masks = tf.image.resize(tf.cast(stack[..., 1:], tf.float32), (size, size), antialias=True)
-    shares = cell_shares(np.clip(masks.numpy(), 0, 255).astype(np.uint8), size // 32)
+    shares = cell_shares(np.clip(masks.numpy(), 0, 255).astype(np.uint8), size // stride)
     return validation_record(out["probs"], out["cams"], shares, data.val)
 
 
@@ -327,7 +360,7 @@ def run_epoch(model, trainer, data: TrainingData, args, stages, state: TrainStat
               **{k: float(v[-1]) for k, v in fit.history.items()}}
     last = state.epoch + 1 == sum(s.epochs for s in stages)
     if (state.epoch + 1) % args.val_every == 0 or last:
-        record.update(validate(model, trainer, data, size, args.bn_batches))
+        record.update(validate(model, trainer, data, size, args.bn_batches, args.output_stride))
     return record
 
 
@@ -371,14 +404,15 @@ def export(model, trainer, data: TrainingData, args, state: TrainState, final_si
     finished = state.epoch >= sum(s.epochs for s in parse_stages(args.stages))
     metadata = ModelMetadata(
         name="Chest X-ray ResNet-50: COVID-19, other pneumonia, normal (lung-guided)",
-        version="3" if finished else "3-interim", class_names=list(CLASS_NAMES),
-        positive_class="COVID",
-        input_size=final_size, input_mode=args.focus, gradcam_layer=CAM_LAYER,
+        version=VERSION if finished else f"{VERSION}-interim", class_names=list(CLASS_NAMES),
+        positive_class="COVID", input_size=final_size, input_mode=args.focus,
+        input_contrast=args.contrast, gradcam_layer=CAM_LAYER,
+        map_grid=[final_size // args.output_stride] * 2,
         lung_model_sha256=data.lung_model_sha256, trained_on=data.description,
         splits=data.split_record["counts"], recipe=recipe(args, state, data),
     )
     exported = args.run / "model.keras"
-    save_model(_to_float32(model, len(CLASS_NAMES)), metadata, exported)
+    save_model(_to_float32(model, len(CLASS_NAMES), args.output_stride), metadata, exported)
     (args.run / "split.json").write_text(json.dumps(data.split_record))
     return exported
 
@@ -397,9 +431,15 @@ def recipe(args, state: TrainState, data: TrainingData) -> dict:
         "optimizer": "AdamW", "peak_lr": args.lr, "weight_decay": args.weight_decay,
         "lr_schedule": "linear warm-up + one cosine decay over the whole budget",
         "warmup_steps": args.warmup_steps, "ema_momentum": args.ema,
-        "bn_momentum": args.bn_momentum, "sampling": "class-balanced",
+        "bn_momentum": args.bn_momentum,
+        "sampling": f"strata of (age, class): Normal a third of each age group's draws, "
+                    f"the rest equally to its pathological classes; adults "
+                    f"{args.adult_share:.0%} of the draws; mixed-age pneumonias in both "
+                    f"age groups' pneumonia strata; films equally within a stratum",
         "precision": keras.mixed_precision.global_policy().name,
         "augmentation": describe(), "input_mode": args.focus,
+        "input_contrast": args.contrast, "output_stride": args.output_stride,
+        "invocations": state.invocations,
         "label_smoothing": args.label_smoothing,
         "lung_guidance": {
             "cam_weight": args.cam_weight, "infection_weight": args.infection_weight,
@@ -437,6 +477,7 @@ def train(args: argparse.Namespace) -> Path:
     Returns:
         The exported ``model.keras`` path inside the run folder.
     """
+    check_run_folder(args)
     args.run.mkdir(parents=True, exist_ok=True)
     stages = parse_stages(args.stages)
     total_epochs = sum(s.epochs for s in stages)
@@ -457,10 +498,12 @@ def train(args: argparse.Namespace) -> Path:
         # The size the weights last trained at: a jump to the final size would not fit them.
         size = stage_of_epoch(stages, state.epoch - 1).size
         return export(model, trainer, data, args, state, size)
+    note_invocation(state, args.argv)
     while state.epoch < total_epochs:
         record = run_epoch(model, trainer, data, args, stages, state)
         state.history.append(record)
         state.epoch += 1
+        note_epoch(state)
         state.images_seen = record["images_seen"]
         state.train_seconds += record["seconds"]
         LOG.info("epoch %d/%d %s", state.epoch, total_epochs, json.dumps(record))
@@ -471,15 +514,36 @@ def train(args: argparse.Namespace) -> Path:
     return exported
 
 
+def check_run_folder(args: argparse.Namespace) -> None:
+    """Refuses a command that would touch a run it did not name.
+
+    Without ``--run`` the trainer starts :data:`DEFAULT_RUN`, and only while no
+    run is there: resuming, exporting or overwriting a run needs its folder named.
+
+    Raises:
+        SystemExit: No ``--run``, and the default folder already holds a run.
+    """
+    if args.run_named or not (args.run / "state.json").exists():
+        return
+    raise SystemExit(f"{args.run} already holds a run; name it with --run {args.run} "
+                     "(and --resume to continue it) or choose another folder")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line."""
     p = argparse.ArgumentParser(prog="python -m covid.train", description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=None, help="shared data folder (COVID_DATA_DIR)")
     p.add_argument("--base-split", type=Path, default=Path("models/covid_resnet50.split.json"),
                    help="earlier split whose films keep their sides")
-    p.add_argument("--run", type=Path, default=DEFAULT_RUN, help="run folder (checkpoints)")
-    p.add_argument("--stages", default="128:64,160:22,224:8", help="SIZE:EPOCHS,...")
+    p.add_argument("--run", type=Path, default=None,
+                   help=f"run folder (checkpoints); without it, {DEFAULT_RUN} if no run is there")
+    p.add_argument("--stages", default="160:94", help="SIZE:EPOCHS,...")
     p.add_argument("--steps-per-epoch", type=int, default=100)
+    p.add_argument("--output-stride", type=int, default=16, choices=(16, 32),
+                   help="input pixels per map cell: 16 dilates the last stage")
+    p.add_argument("--contrast", default="equalise", help="input contrast: none or equalise")
+    p.add_argument("--adult-share", type=float, default=2 / 3,
+                   help="share of the draws from the adults' strata")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--weight-decay", type=float, default=1e-2)
@@ -510,6 +574,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "at, without training further (to evaluate a run that has not finished)")
     p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="hashes, segmentations")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.run_named = args.run is not None
+    args.run = args.run or DEFAULT_RUN
     args.data = args.data or data_dir()
     return args
 

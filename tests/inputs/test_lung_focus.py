@@ -5,7 +5,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from covid.inputs.preprocess import LungBox, crop_to_box, lung_box, lung_focus
+from covid.inputs.preprocess import LungBox, crop_to_box, equalise, lung_box, lung_focus
 
 
 def synthetic_film() -> tuple[np.ndarray, np.ndarray]:
@@ -83,6 +83,12 @@ GOLDEN_SHA256 = {
 }
 
 
+GOLDEN_EQUALISED_SHA256 = {
+    "full": "7d7fd5bcc32e95ed960a0c81251b0577d078bb941dd55d583f1e774f2d06a37c",
+    "crop": "3d44ed4da4fa0e6404b22899c05cc4ea77650a013a52955d485a7bed4de95208",
+}
+
+
 @pytest.mark.parametrize("mode", sorted(GOLDEN_SHA256))
 def test_golden_image(mode):
     """The shipped classifier was trained on exactly these bytes; any change retrains it."""
@@ -90,3 +96,43 @@ def test_golden_image(mode):
     x, _ = lung_focus(film, mask, 160, mode)
     digest = hashlib.sha256(x.tobytes()).hexdigest()
     assert digest == GOLDEN_SHA256[mode], digest
+    assert np.array_equal(lung_focus(film, mask, 160, mode, contrast="none")[0], x)
+
+
+@pytest.mark.parametrize("mode", sorted(GOLDEN_EQUALISED_SHA256))
+def test_golden_equalised_image(mode):
+    """v4 trains on exactly these bytes (contrast ``equalise``); any change retrains it."""
+    film, mask = synthetic_film()
+    x, _ = lung_focus(film, mask, 160, mode, contrast="equalise")
+    digest = hashlib.sha256(x.tobytes()).hexdigest()
+    assert digest == GOLDEN_EQUALISED_SHA256[mode], digest
+
+
+def test_equalised_grey_level_says_nothing_of_exposure():
+    """A darker, flatter copy of a film (another exposure and gamma) gives nearly the same input."""
+    film, mask = synthetic_film()
+    noise = np.random.default_rng(0).normal(0, 6, film.shape)
+    film = np.clip(film + noise, 0, 255).astype(np.uint8)
+    grey = np.clip(40 + 0.5 * 255 * (film / 255.0) ** 1.5, 0, 255).astype(np.uint8)
+    plain = [lung_focus(f, mask, 96, "crop")[0].astype(int) for f in (film, grey)]
+    equal = [lung_focus(f, mask, 96, "crop", contrast="equalise")[0].astype(int)
+             for f in (film, grey)]
+    assert abs(plain[0].mean() - plain[1].mean()) > 30
+    assert abs(equal[0].mean() - equal[1].mean()) < 3
+    assert np.abs(equal[0] - equal[1]).mean() < 4
+
+
+def test_equalisation_spreads_the_levels_and_keeps_padding_black():
+    x = np.tile(np.arange(100, 132, dtype=np.uint8), (32, 1))
+    inside = np.ones_like(x, bool)
+    inside[:, :4] = False
+    out = equalise(x, inside)
+    assert (out[:, :4] == 0).all()
+    assert out[:, 4:].min() < 20 and out[:, 4:].max() > 230
+    assert (np.diff(out[0, 4:].astype(int)) >= 0).all()  # order kept
+
+
+def test_unknown_contrast_is_refused():
+    film, mask = synthetic_film()
+    with pytest.raises(ValueError, match="unknown contrast"):
+        lung_focus(film, mask, 64, "crop", contrast="clahe")

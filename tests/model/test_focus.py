@@ -57,3 +57,15 @@ def test_a_batch_is_segmented_then_focused_one_result_per_film(tiny_lung_file, p
     with pytest.raises(ValueError, match="needs the lung segmenter"):
         focus_films(films, 32, "crop", None)
     assert [d.lungs for d in focus_films(films, 32, "full", None)] == [None, None]
+
+
+def test_the_contrast_travels_with_the_film_and_its_fallback(plant_lungs):
+    film = _film()
+    lungs = _segmentation(plant_lungs.mask(film.shape))
+    done = focus_film(film, lungs, 32, "crop", contrast="equalise")
+    np.testing.assert_array_equal(
+        done.x, lung_focus(film, lungs.mask, 32, "crop", contrast="equalise")[0])
+    assert not np.array_equal(done.x, focus_film(film, lungs, 32, "crop").x)
+    fallback = focus_film(film, None, 32, "crop", contrast="equalise")
+    np.testing.assert_array_equal(
+        fallback.x, lung_focus(film, None, 32, "full", contrast="equalise")[0])

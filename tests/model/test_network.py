@@ -11,6 +11,7 @@ from covid.model.network import (
     file_sha256,
     load_model,
     metadata_path,
+    output_stride_of,
     read_metadata,
 )
 
@@ -75,3 +76,26 @@ def test_metadata_ignores_unknown_keys(tmp_path):
     (tmp_path / "m.json").write_text(text)
     loaded = read_metadata(tmp_path / "m.keras")
     assert (loaded.threshold, loaded.temperature, loaded.positive_index) == (0.3, 1.7, 0)
+
+
+def test_a_stride_16_last_stage_doubles_the_map_grid_with_the_same_weights(resnet):
+    dilated = build_model(input_size=None, output_stride=16)
+    assert [w.shape for w in dilated.weights] == [w.shape for w in resnet.weights]
+    x = np.zeros((1, 160, 160, 1), "float32")
+    grid = {}
+    for model in (resnet, dilated):
+        cam = keras.Model(model.input, model.get_layer(GRADCAM_LAYER).output)
+        grid[output_stride_of(model)] = tuple(cam(x).shape[1:3])
+    assert grid == {32: (5, 5), 16: (10, 10)}
+    with pytest.raises(ValueError, match="output_stride"):
+        build_model(output_stride=8)
+
+
+def test_older_metadata_reads_as_no_contrast_and_no_recorded_grid(tmp_path):
+    text = ModelMetadata(version="3").to_json()
+    old = "\n".join(line for line in text.splitlines()
+                    if "input_contrast" not in line and "map_grid" not in line)
+    meta = ModelMetadata.from_json(old)
+    assert meta.input_contrast == "none" and meta.map_grid == []
+    meta = ModelMetadata(input_contrast="equalise", map_grid=[10, 10])
+    assert ModelMetadata.from_json(meta.to_json()).map_grid == [10, 10]

@@ -22,4 +22,29 @@ def test_masks_move_with_their_film():
 
 def test_description_comes_from_the_constants():
     text = describe()
-    assert "10.8 deg" in text and "no flips" in text
+    assert "10.8 deg" in text and "no flips" in text and "on every film" in text
+    assert "gamma" in text and "blur" in text and "noise" in text
+
+
+def test_every_film_is_recompressed(monkeypatch):
+    """The JPEG step's output is what every film of a batch becomes (none keeps its PNG pixels)."""
+    calls = []
+
+    def marked(pixels, low, high):
+        calls.append((low, high))
+        return tf.fill(tf.shape(pixels), tf.constant(7, tf.uint8))
+
+    monkeypatch.setattr(tf.image, "random_jpeg_quality", marked)
+    stack = tf.constant(np.random.default_rng(1).uniform(0, 255, (6, 32, 32, 2)), tf.float32)
+    films, _ = augment_stack(stack, seed=5)
+    assert calls and (films.numpy() == 7).all()
+
+
+def test_photometric_changes_are_strong_on_every_film():
+    flat = np.full((16, 48, 48, 2), 128.0, "float32")
+    flat[..., 1] = 255.0
+    films, _ = augment_stack(tf.constant(flat), seed=9)
+    centre = films.numpy()[:, 16:32, 16:32, 0]
+    means = centre.mean(axis=(1, 2))
+    assert means.max() - means.min() > 25  # exposure, contrast and gamma differ per film
+    assert (centre.std(axis=(1, 2)) > 0).mean() > 0.5  # noise on most films

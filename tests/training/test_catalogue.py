@@ -19,8 +19,8 @@ def _films(root, n=6):
 def test_find_films_labels_sources_and_ages(tmp_path):
     _films(tmp_path)
     films = cat.find_films(tmp_path)
-    assert len(films.names) == 24
-    assert np.bincount(films.labels).tolist() == [6, 12, 6]
+    assert len(films.names) == 30
+    assert np.bincount(films.labels).tolist() == [6, 18, 6]
     names = dict(zip(films.names, films.ages, strict=True))
     assert names["covid19-radiography/Normal/Normal-1.jpg"] == "child"
     assert names["covid19-radiography/Normal/Normal-2801.jpg"] == "adult"
@@ -51,6 +51,25 @@ def test_base_sides_reads_a_two_class_record():
     sides = cat.base_sides(("covid19-radiography/COVID/a.jpg", "covid19-radiography/Normal/b.jpg",
                             "other-pneumonia/viral/c.png"), base)
     assert sides.tolist() == ["train", "test", ""]
+
+
+def test_covid_qu_ex_test_films_are_other_pneumonias_of_mixed_age(tmp_path):
+    _films(tmp_path)
+    films = cat.find_films(tmp_path)
+    new = [i for i, n in enumerate(films.names)
+           if n.startswith("other-pneumonia/covid-qu-ex-test/")]
+    assert len(new) == 6
+    assert {films.sources[i] for i in new} == {"quex-test-non-covid"}
+    assert {films.ages[i] for i in new} == {"mixed"} and set(films.labels[new]) == {1}
+
+
+def test_base_sides_reads_a_three_class_record_and_new_films_are_new():
+    base = {"root": "/somewhere/shared/data",
+            "files": {"train": ["covid19-radiography/COVID/a.jpg"],
+                      "val": ["other-pneumonia/viral/c.png"], "excluded": ["x/d.png"]}}
+    sides = cat.base_sides(("covid19-radiography/COVID/a.jpg", "other-pneumonia/viral/c.png",
+                            "other-pneumonia/covid-qu-ex-test/e.jpg", "x/d.png"), base)
+    assert sides.tolist() == ["train", "val", "", ""]
 
 
 def test_new_films_follow_their_group_and_bridges_are_left_out():

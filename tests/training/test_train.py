@@ -51,8 +51,9 @@ def test_training_end_to_end_and_resume(tmp_path):
     _data(tmp_path / "data")
     exported = train.train(_args(tmp_path, "64:1"))
     model, meta = load_model(exported)
-    assert meta.class_names == list(CLASS_NAMES) and meta.version == "3"
+    assert meta.class_names == list(CLASS_NAMES) and meta.version == "4"
     assert meta.input_size == 64 and meta.gradcam_layer == train.CAM_LAYER
+    assert meta.map_grid == [4, 4] and meta.input_contrast == "equalise"  # stride 16
     assert meta.recipe["images_seen"] == 8 and meta.recipe["initialised_from"] == "random"
     assert meta.recipe["lung_guidance"]["cam_weight"] == 1.0
     assert meta.recipe["lung_guidance"]["map_loss_by_epoch"] == ["1-1: absolute + peak x0.5"]
@@ -73,12 +74,14 @@ def test_training_end_to_end_and_resume(tmp_path):
     history = meta.recipe["history"]
     assert [h["epoch"] for h in history] == [0, 1]
     assert meta.recipe["images_seen"] == 16
+    runs = meta.recipe["invocations"]
+    assert [r["epochs"] for r in runs] == [[1, 1], [2, 2]] and "--resume" in runs[1]["argv"]
 
     # an unfinished run exports its checkpoint at the size it last trained at
     exported = train.train(_args(tmp_path, "64:1,64:1,96:1", "--export-now"))
     _, meta = load_model(exported)
     assert meta.input_size == 64 and meta.recipe["images_seen"] == 16
-    assert meta.recipe["images_planned"] == 24 and meta.version == "3-interim"
+    assert meta.recipe["images_planned"] == 24 and meta.version == "4-interim"
     assert json.loads((tmp_path / "run" / "state.json").read_text())["epoch"] == 2
 
 
@@ -88,3 +91,26 @@ def test_initialise_names_the_model_not_only_its_path(tiny_model_file, tiny_cnn_
     assert meta.sha256 in described and f"version {meta.version}" in described
     assert described.startswith(meta.name) and str(tiny_model_file) in described
     assert train.initialise(tiny_cnn_factory(), None) == "random"
+
+
+def test_without_run_the_trainer_starts_only_a_new_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "DEFAULT_RUN", tmp_path / "v4")
+    args = train.parse_args(["--resume"])
+    assert args.run == tmp_path / "v4" and not args.run_named
+    train.check_run_folder(args)  # nothing there yet: a new run may start
+    args.run.mkdir()
+    (args.run / "state.json").write_text("{}")
+    with pytest.raises(SystemExit, match="already holds a run; name it with --run"):
+        train.check_run_folder(args)
+    named = train.parse_args(["--run", str(args.run), "--resume"])
+    train.check_run_folder(named)  # named: it may resume
+
+
+def test_each_invocation_records_its_flags_and_epochs():
+    state = train.TrainState(epoch=3)
+    train.note_invocation(state, ["--run", "r", "--resume"])
+    for _ in range(2):
+        state.epoch += 1
+        train.note_epoch(state)
+    assert state.invocations[0]["argv"] == ["--run", "r", "--resume"]
+    assert state.invocations[0]["epochs"] == [4, 5]
