@@ -108,7 +108,7 @@ def predict_command(args: argparse.Namespace, paths: list[Path]) -> list[str]:
 
 def ray_run(args: argparse.Namespace, paths: list[Path], actors: int) -> dict[str, Any]:
     """One ``--engine ray`` run into a temporary folder: wall time, start-up, memory, rows."""
-    from covid.screening.archive import read_rows
+    from covid.screening.archive_parts import read_rows
 
     with tempfile.TemporaryDirectory() as out:
         command = [*predict_command(args, paths), "--engine", "ray", "--out", out,

@@ -2,12 +2,20 @@
 
 A named pipe (FIFO) among the films stalls a run at a known point: reading it
 blocks, inside an actor's batch, until the test writes into it. The driver or
-the actor is killed there, so that "mid-run" is a place, not a time.
+the actor is killed there, so that "mid-run" is a place, not a time. A film
+named ``crash-*`` ends its actor's process with a segmentation fault whenever the actor
+scores it (:func:`crashing_score_chunk`, the in-process engine's scoring with
+that one difference, run by the real actors).
 """
 
 import contextlib
+import ctypes
+import dataclasses
 import errno
 import fcntl
+import hashlib
+import importlib.util
+import ipaddress
 import os
 import signal
 import subprocess
@@ -21,8 +29,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from covid.__main__ import main
-from covid.screening import archive
-from covid.screening.predict import COLUMNS, archive_scoring, predict_paths
+from covid.screening import archive, archive_parts
+from covid.screening.archive_parts import PartWriter, read_parts, read_rows, row_schema
+from covid.screening.archive_workers import TryLedger, crash_message
+from covid.screening.predict import COLUMNS, archive_scoring, predict_paths, score_chunk
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_PER_CLASS = 20
@@ -32,14 +42,38 @@ WAIT = 300.0
 """Seconds any one wait may take before the test fails: a liveness bound, not a speed goal.
 Under ``nice`` beside a training run, a driver and its actors take minutes to import
 TensorFlow and load the model."""
+CRASH = "crash-"
+"""Films named so end the process that scores them (see :func:`crashing_score_chunk`)."""
+
+
+def crashing_score_chunk(paths, contents, models):
+    """predict's ``score_chunk``, except that a ``crash-*`` film's bytes crash the process.
+
+    Each try is noted, before the process dies, as a line of the hidden file
+    ``.NAME.tries`` beside the film (hidden files are not films). A message in
+    place of the bytes (an error row) is scored as usual.
+    """
+    for path, content in zip(paths, contents, strict=True):
+        if path.name.startswith(CRASH) and isinstance(content, bytes):
+            with open(path.with_name(f".{path.name}.tries"), "a") as tries:
+                tries.write(f"{os.getpid()}\n")
+            ctypes.string_at(0)  # a real segmentation fault, as in a native decoder
+    return score_chunk(paths, contents, models)
 
 
 @pytest.fixture(scope="module")
 def ray_address():
-    """A local Ray on 2 logical CPUs, no dashboard; its address, for drivers in subprocesses."""
-    ray = pytest.importorskip("ray")
+    """A local Ray on 2 logical CPUs, no dashboard; its address, for drivers in subprocesses.
+
+    Ray is first imported by :func:`archive.connect`, as in the command, which sets
+    the switch that keeps it on loopback before the import.
+    """
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("Ray is not installed")
     saved = os.environ.pop("RAY_ADDRESS", None)  # start our own, never join someone's
     assert archive.connect(None, cpus=2)
+    import ray
+
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
     if saved is not None:
@@ -76,6 +110,53 @@ def many_films(real_films, tmp_path_factory) -> Path:
 
 def _paths(rows):
     return Counter(r["path"] for r in rows)
+
+
+def _films(folder: Path) -> Counter:
+    """Each film of a folder once (hidden files are not films)."""
+    return Counter(str(p) for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def _donors(real_films: Path, n: int) -> list[Path]:
+    """The first ``n`` real films, COVID and Normal alternating."""
+    links = sorted(p.resolve() for p in real_films.iterdir() if p.is_symlink())
+    covid = [p for p in links if "COVID" in p.parent.name]
+    normal = [p for p in links if p not in covid]
+    return [film for pair in zip(covid, normal, strict=False) for film in pair][:n]
+
+
+def _listening(pids: set[int]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses the TCP sockets of ``pids`` listen on (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):  # gone meanwhile
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
+                continue
+            words = fields[1].split(":")[0]
+            raw = b"".join(bytes.fromhex(words[i:i + 8])[::-1] for i in range(0, len(words), 8))
+            found.append(ipaddress.ip_address(raw))
+    return found
+
+
+def _ray_processes() -> set[int]:
+    """This process and Ray's own (GCS, raylet, workers) on this machine."""
+    pids = {os.getpid()}
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            name = (proc / "comm").read_text().strip()
+            if proc.name.isdigit() and (name in ("gcs_server", "raylet")
+                                        or name.startswith("ray::")):
+                pids.add(int(proc.name))
+    return pids
 
 
 def _text(value) -> str:
@@ -146,6 +227,12 @@ def _cli(address, out, model, *sources, actors=1):
             "--actors", str(actors), "--batch-size", "4", "--out", str(out),
             "--model", str(model), "--lung-model", str(out.parent / "none.keras"),
             *map(str, sources)]
+
+
+def _model_sha(model: Path) -> str:
+    from covid.model.network import read_metadata
+
+    return read_metadata(model).sha256
 
 
 def _env():
@@ -234,16 +321,64 @@ def test_a_folder_holding_another_models_rows_is_refused(tmp_path, tiny_model_fi
     out.mkdir()
     scoring = archive_scoring()
     row = dict.fromkeys(COLUMNS, "")
-    archive.PartWriter(out, archive.row_schema(COLUMNS), "0" * 64, set()).add(
+    PartWriter(out, row_schema(COLUMNS), "0" * 64, []).add(
         row, ("/films/a.png", "1" * 64))  # pending: not written yet
     assert not list(out.glob("part-*.parquet"))
-    writer = archive.PartWriter(out, archive.row_schema(COLUMNS), "0" * 64, set())
+    writer = PartWriter(out, row_schema(COLUMNS), "0" * 64, [])
     writer.add(row, ("/films/a.png", "1" * 64))
     writer.flush()
-    assert archive.read_keys(out, "0" * 64) == {("/films/a.png", "1" * 64)}
+    (part,) = read_parts(out, "0" * 64, COLUMNS)
+    assert part.films == (("/films/a.png", "1" * 64),) and part.seq == 1
     job = archive.Job([tmp_path], out, tiny_model_file, tmp_path / "none.keras", scoring)
     with pytest.raises(archive.ArchiveError, match="another model"):
         archive.score_archive(job)
+
+
+def test_a_folder_holding_rows_with_other_columns_is_refused(tmp_path):
+    older = COLUMNS[:-1]  # as an earlier version of the command wrote them
+    writer = PartWriter(tmp_path, row_schema(older), "0" * 64, [])
+    writer.add(dict.fromkeys(older, ""), ("/films/a.png", "1" * 64))
+    writer.flush()
+    with pytest.raises(archive.ArchiveError, match="other columns"):
+        read_parts(tmp_path, "0" * 64, COLUMNS)
+
+
+def _write(out: Path, films: dict[str, str], parts: list) -> None:
+    """Writes one Parquet file whose rows are ``path -> sha`` (the path doubles as the label)."""
+    writer = PartWriter(out, row_schema(COLUMNS), "0" * 64, parts)
+    for path, sha in films.items():
+        writer.add({**dict.fromkeys(COLUMNS, ""), "path": path, "label": sha}, (path, sha))
+    writer.flush()
+
+
+def test_the_row_written_last_for_a_path_replaces_the_older_ones(tmp_path):
+    # As a run killed between writing a changed film's new row and removing its old one
+    # leaves the folder: /a and /b in the first file, /a's new row in a later one.
+    _write(tmp_path, {"/a": "old", "/b": "b"}, [])
+    first = read_parts(tmp_path, "0" * 64, COLUMNS)
+    _write(tmp_path, {"/c": "c", "/a": "new"}, first)
+    parts = read_parts(tmp_path, "0" * 64, COLUMNS)
+    assert archive_parts.stale_rows(parts) == {first[0].path: {0}}
+
+    assert archive_parts.drop_replaced(tmp_path, "0" * 64, COLUMNS) == 1
+    assert sorted((r["path"], r["label"]) for r in read_rows(tmp_path)) == [
+        ("/a", "new"), ("/b", "b"), ("/c", "c")]
+    kept = read_parts(tmp_path, "0" * 64, COLUMNS)
+    assert [(p.path, p.seq) for p in kept] == [(p.path, p.seq) for p in parts]  # same files
+    assert kept[0].films == (("/b", "b"),)
+    assert archive_parts.drop_replaced(tmp_path, "0" * 64, COLUMNS) == 0  # nothing left to do
+    _write(tmp_path, {"/b": "b2"}, kept)  # the first file's last row: the file goes
+    assert archive_parts.drop_replaced(tmp_path, "0" * 64, COLUMNS) == 1
+    assert not first[0].path.exists() and len(read_rows(tmp_path)) == 3
+
+
+def test_the_ledger_counts_only_tries_that_never_ended():
+    ledger = TryLedger()
+    assert ledger.begin([("/a", "1"), ("/b", "2")]) == [1, 1]
+    ledger.end([("/a", "1")])  # /b's try never ended: its process died
+    assert ledger.begin([("/a", "1"), ("/b", "2")]) == [1, 2]
+    ledger.end([("/a", "1"), ("/b", "2")])
+    assert ledger.begin([("/b", "2")]) == [1]
 
 
 def test_rows_equal_the_in_process_engines(
@@ -253,9 +388,9 @@ def test_rows_equal_the_in_process_engines(
     job = archive.Job(sources, tmp_path / "out", tiny_model_file, tiny_lung_file,
                       archive_scoring(), actors=2, batch_size=8)
     summary = archive.score_archive(job)
-    got = {r["path"]: r for r in archive.read_rows(job.out)}
+    got = {r["path"]: r for r in read_rows(job.out)}
     want = {r["path"]: r for r in predict_paths(sources, tiny_model_file, tiny_lung_file)}
-    assert len(archive.read_rows(job.out)) == len(got) == len(want) == 2 * REAL_PER_CLASS + 4
+    assert len(read_rows(job.out)) == len(got) == len(want) == 2 * REAL_PER_CLASS + 4
     assert got.keys() == want.keys()
     for path, row in want.items():
         _same_row(got[path], row)
@@ -263,10 +398,14 @@ def test_rows_equal_the_in_process_engines(
     assert {Path(r["path"]).name for r in errors} == {
         "corrupt.png", "notes.txt", "empty.png", "missing.png"}
     assert summary.scored == len(want) and summary.errors == len(errors)
-    assert summary.flagged == sum(r["label"] == "COVID" for r in want.values())
+    assert summary.admitted == sum(r["advice"] == "admit" for r in want.values())
+    assert summary.unusual == sum(r["flag"] == "unusual" for r in want.values())
+    assert summary.not_chest == sum(r["flag"] == "not_chest" for r in want.values())
+    assert summary.admitted + summary.not_chest > 0  # the counts count something
+    assert summary.replaced == 0
     for part in job.out.glob("part-*.parquet"):
         assert pq.read_schema(part).names == list(COLUMNS)
-        assert pq.read_metadata(part).num_rows <= archive.FLUSH_ROWS
+        assert pq.read_metadata(part).num_rows <= archive_parts.FLUSH_ROWS
 
 
 def test_driver_killed_mid_run_then_resumed_scores_every_film_exactly_once(
@@ -277,14 +416,14 @@ def test_driver_killed_mid_run_then_resumed_scores_every_film_exactly_once(
                       tmp_path / "first.log") as first:
         os.killpg(first.pid, signal.SIGKILL)  # the driver's whole process group
         first.wait()
-    before = archive.read_rows(out)
+    before = read_rows(out)
     assert 0 < len(before) < total and max(_paths(before).values()) == 1
 
     resumed = subprocess.run(_cli(ray_address, out, tiny_model_file, many_films), cwd=ROOT,
                              env=_env(), capture_output=True, text=True, timeout=WAIT)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{total - len(before)} films scored" in resumed.stderr
-    after = archive.read_rows(out)
+    after = read_rows(out)
     assert _paths(after) == Counter(str(p) for p in many_films.iterdir())  # each once
     kept = {r["path"]: r for r in after}
     assert all(kept[r["path"]] == r for r in before)  # the first run's rows, untouched
@@ -294,7 +433,7 @@ def test_driver_killed_mid_run_then_resumed_scores_every_film_exactly_once(
                            env=_env(), capture_output=True, text=True, timeout=WAIT)
     assert third.returncode == 0, third.stderr[-2000:]
     assert "0 films scored" in third.stderr and f"{total} already had rows" in third.stderr
-    assert sorted(out.glob("part-*.parquet")) == parts and archive.read_rows(out) == after
+    assert sorted(out.glob("part-*.parquet")) == parts and read_rows(out) == after
 
 
 def test_ctrl_c_writes_every_row_scored_so_far_and_exits_130(
@@ -306,7 +445,7 @@ def test_ctrl_c_writes_every_row_scored_so_far_and_exits_130(
         assert run.wait(WAIT) == 130
     summary = [line for line in log.read_text().splitlines()
                if line.startswith("archive interrupted: ")]
-    rows = archive.read_rows(out)
+    rows = read_rows(out)
     assert summary[0].startswith(f"archive interrupted: {len(rows)} films scored")  # none lost
     assert max(_paths(rows).values()) == 1 and str(fifo) not in _paths(rows)
 
@@ -347,10 +486,77 @@ def test_an_actor_killed_mid_batch_is_replaced_and_the_job_completes(
             os.close(held)
         driver.join(WAIT)
     assert not driver.is_alive() and not done["summary"].interrupted
-    rows = archive.read_rows(job.out)
+    rows = read_rows(job.out)
     assert _paths(rows) == Counter(
         [str(p) for p in real_films.iterdir()] + [str(fifo)])  # every film once
     by_path = {r["path"]: r for r in rows}
     late, original = by_path[str(fifo)], by_path[str(donor)]
     assert late["error"] == "" and late["label"] == original["label"]
     assert float(late["p_covid"]) == pytest.approx(float(original["p_covid"]), abs=1e-3)
+
+
+def test_a_local_ray_listens_on_loopback_only(ray_address):
+    import ray
+
+    assert ray_address.startswith("127.0.0.1:")
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+    pids = _ray_processes()
+    assert len(pids) >= 3  # this driver, the GCS and the raylet at least
+    bound = _listening(pids)
+    assert bound and all(a.is_loopback or (a.version == 6 and a.ipv4_mapped is not None
+                                           and a.ipv4_mapped.is_loopback) for a in bound), bound
+
+
+def test_a_film_that_kills_its_actor_is_tried_max_tries_times_then_gets_an_error_row(
+    ray_address, real_films, tiny_model_file, tmp_path
+):
+    folder = tmp_path / "films"
+    folder.mkdir()
+    donors = _donors(real_films, 4)
+    for film in donors:
+        (folder / film.name).symlink_to(film)
+    crash = folder / f"{CRASH}{donors[0].name}"  # a real film: only its name kills
+    crash.symlink_to(donors[0])
+    scoring = dataclasses.replace(archive_scoring(), score_chunk=crashing_score_chunk)
+    job = archive.Job([folder], tmp_path / "out", tiny_model_file, tmp_path / "none.keras",
+                      scoring, actors=1, batch_size=4, max_tries=2)
+    summary = archive.score_archive(job)
+
+    tries = (folder / f".{crash.name}.tries").read_text().split()
+    assert len(tries) == 2 and len(set(tries)) == 2  # two tries, each in a process it ended
+    listed = read_rows(job.out)
+    assert _paths(listed) == _films(folder)  # every film once; the run went on
+    rows = {r["path"]: r for r in listed}
+    assert rows[str(crash)]["error"] == crash_message(crash, 2)
+    assert rows[str(crash)]["label"] == rows[str(crash)]["flag"] == ""
+    assert all(r["error"] == "" for path, r in rows.items() if path != str(crash))
+    assert summary.scored == len(donors) + 1 and summary.errors == 1
+
+
+def test_a_film_whose_bytes_changed_replaces_its_row(
+    ray_address, real_films, tiny_model_file, tmp_path
+):
+    folder, none = tmp_path / "films", tmp_path / "none.keras"
+    folder.mkdir()
+    first, second, *others = _donors(real_films, 4)
+    for film in others:
+        (folder / film.name).symlink_to(film)
+    changing = folder / "changing.png"
+    changing.write_bytes(first.read_bytes())
+    job = archive.Job([folder], tmp_path / "out", tiny_model_file, none, archive_scoring(),
+                      actors=1, batch_size=4)
+    assert archive.score_archive(job).scored == 3
+    before = {r["path"]: r for r in read_rows(job.out)}
+
+    changing.write_bytes(second.read_bytes())
+    summary = archive.score_archive(job)
+    assert (summary.scored, summary.replaced, summary.already) == (1, 1, 2)
+    rows = read_rows(job.out)
+    assert _paths(rows) == _films(folder)  # one row for the changed film: the new one
+    after = {r["path"]: r for r in rows}
+    _same_row(after[str(changing)], next(predict_paths([changing], tiny_model_file, none)))
+    assert after[str(changing)] != before[str(changing)]
+    assert all(after[path] == before[path] for path in before if path != str(changing))
+    keys = {a: sha for part in read_parts(job.out, _model_sha(tiny_model_file), COLUMNS)
+            for a, sha in part.films}
+    assert keys[str(changing.absolute())] == hashlib.sha256(second.read_bytes()).hexdigest()
