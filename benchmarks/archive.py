@@ -13,7 +13,7 @@ classes, alternating) with the shipped classifier and lung segmenter, and prints
 * films/s of ``python -m covid predict --engine ray`` with each actor count, timed
   the same way, each on a fresh local Ray (Ray's start-up, the actors loading the
   models and the Parquet files included), and the ratio to in-process (the goal
-  is 0.8x or better on this machine);
+  is 0.9x or better on a 2-core machine, issue 30);
 * Ray's start-up time as the command reports it, and each actor's peak resident
   memory;
 * whether the Ray rows match the in-process rows (same labels and errors,
@@ -38,7 +38,7 @@ from typing import Any
 
 from benchmarks.common import ROOT, model_parser, pick_images, run_and_print
 
-GOAL = 0.8
+GOAL = 0.9
 """Ray's throughput, start-up included, as a fraction of the in-process engine's."""
 
 
