@@ -140,6 +140,12 @@ class Severity:
     left_score: int
     score: int
 
+    def summary(self) -> str:
+        """The figures in words, e.g. ``right lung 35% · left lung 10% · score 3/8``."""
+        sides = [f"{name} lung {'not found' if share is None else f'{share:.0%}'}"
+                 for name, share in (("right", self.right), ("left", self.left))]
+        return " · ".join([*sides, f"score {self.score}/{MAX_SCORE}"])
+
 
 def lung_score(share: float | None) -> int:
     """One lung's modified RALE score (0-4) from the share of it covered (None: no lung)."""
