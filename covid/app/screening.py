@@ -46,11 +46,12 @@ from covid.screening.studies import (
     score_files,
 )
 from covid.screening.table import (
+    ADVICE,
     ERROR,
     FILE,
+    FLAG,
     LABEL,
     LUNGS,
-    OOD,
     TRIAGE,
     by_column,
     csv_bytes,
@@ -284,8 +285,9 @@ def batch_table_ui(studies: Sequence[Study], meta: ModelMetadata) -> Study | Non
     st.subheader("Batch triage", anchor=False)
     st.caption(
         f"{len(studies)} files, most suspicious first (highest probability of any finding; "
-        "files that could not be read last). Click a column header to sort by it; tick a row "
-        f"to open its study. All triage advice: {DISCLAIMER}"
+        "then images refused as not chest X-rays, then files that could not be read). Click a "
+        f"column header to sort by it; tick a row to open its study. All triage advice: "
+        f"{DISCLAIMER}"
     )
     keys = [s.key for s in ranked]
     kept = state.chosen_study()
@@ -305,9 +307,14 @@ def batch_table_ui(studies: Sequence[Study], meta: ModelMetadata) -> Study | Non
                 help=f"Calibrated probability of {column.removesuffix(' %')}.",
             ) for column in finding_columns(meta.class_names)},
             LABEL: st.column_config.TextColumn(LABEL, width=70),
-            OOD: st.column_config.TextColumn(
-                OOD, width=125,
-                help="Flagged as not looking like a chest X-ray (then no triage advice).",
+            FLAG: st.column_config.TextColumn(
+                FLAG, width=80,
+                help="unusual: a chest X-ray unlike the training films, always admitted for a "
+                "radiologist to read; not_chest: not a chest X-ray, refused (no label, no "
+                "advice); none: neither.",
+            ),
+            ADVICE: st.column_config.TextColumn(
+                ADVICE, width=70, help="admit or home; empty for a refused image.",
             ),
             LUNGS: st.column_config.NumberColumn(
                 LUNGS, format="%.0f%%", width=120,

@@ -2,7 +2,10 @@
 
 With a lung segmenter, the lung outline can be drawn over the X-ray and the map,
 and beside the bars the share of the shown map's evidence inside the lung
-fields is given, with a caution when less than half of it lies there.
+fields is given, with a caution when less than half of it lies there. What is
+shown is what the decision says: an unusual chest X-ray keeps its bars and map
+with a caution and is always admitted; an image refused as not a chest X-ray
+shows the refusal and its reason, and no scores or map.
 """
 
 from __future__ import annotations
@@ -42,17 +45,14 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 
-def probability_bars_ui(
-    result: StudyResult, class_names: Sequence[str], emphasise: bool = True
-) -> list[float]:
+def probability_bars_ui(result: StudyResult, class_names: Sequence[str]) -> list[float]:
     """One bar per class with its percentage; the predicted label in bold.
 
     The percentages are rounded so that they sum to exactly 100.
 
     Args:
-        result: A scored study.
+        result: A classified study (not a refused one).
         class_names: The model's classes, in output order.
-        emphasise: Whether to mark the predicted class (not for rejected images).
 
     Returns:
         The percentages shown, in class order.
@@ -61,15 +61,17 @@ def probability_bars_ui(
     st.caption("Calibrated probabilities")
     for name, pct in zip(class_names, shown, strict=True):
         text = f"{name} {pct:.1f}%"
-        if emphasise and name == result.label:
+        if name == result.label:
             text = f"**{text}** · prediction"
         st.progress(min(max(pct / 100.0, 0.0), 1.0), text=text)
     return shown
 
 
 def triage_ui(result: StudyResult, meta: ModelMetadata, threshold: float) -> None:
-    """The prediction and its triage advice: red to admit, else green."""
+    """The prediction, an unusual film's caution and the advice: red to admit, else green."""
     st.markdown(f"**Prediction: {result.label}**")
+    if result.flag_note:  # an unusual chest X-ray: why a radiologist must read it
+        st.warning(result.flag_note, icon=":material/report:")
     which = "shipped" if state.is_shipped(meta, threshold) else "this session's choice"
     st.caption(
         f"{finding_name(meta.class_names)} {result.p_finding:.1%} against the "
@@ -154,8 +156,10 @@ def report_ui(
     the map, drawn with the current method, display, colour map and opacity,
     of the evidence for the reported label.
     """
-    target = classifier.metadata.class_names.index(study.result.label)
-    cam = known_map(study, target, settings.method, maps)  # read here, never written later
+    cam = None  # a refused film has no label, so no map: its report gives the refusal
+    if not study.result.refused:
+        target = classifier.metadata.class_names.index(study.result.label)
+        cam = known_map(study, target, settings.method, maps)  # read here, never written later
     st.download_button(
         "PDF report",
         data=functools.partial(report_pdf, study, classifier, settings, threshold, cam),
@@ -176,33 +180,28 @@ def study_detail_ui(
     maps: MutableMapping,
     threshold: float,
 ) -> None:
-    """One scored X-ray: image, Grad-CAM, probabilities, triage and its PDF, side by side."""
+    """One scored X-ray: image, Grad-CAM, probabilities, triage and its PDF, side by side.
+
+    An image refused as not a chest X-ray was never classified: beside it, the
+    refusal with its reason, and its PDF; no scores, map or advice.
+    """
     result, meta = study.result, classifier.metadata
-    target = target_index(result, settings.target, meta.class_names)
-    cam = class_map(study, classifier, target, settings.method, maps)
-    explained = meta.class_names[target]
     with st.container(border=True):
         st.subheader(result.name, anchor=False)
         image_col, map_col, score_col = st.columns([1, 1, 1.15], gap="medium")
         with image_col:
             xray_ui(result, settings)
-        if result.ood:
+        if result.refused:
             with map_col:
-                reason = f"Flagged: {result.ood_reason}\n\n" if result.ood_reason else ""
-                st.warning(f"{reason}{result.triage}", icon=":material/warning:")
+                note = f"{result.flag_note}\n\n" if result.flag_note else ""
+                st.warning(f"{note}{result.triage}", icon=":material/warning:")
             with score_col:
-                with st.expander("Raw model scores (not a chest X-ray)"):
-                    st.warning(
-                        "Not a chest X-ray: these scores are not meaningful and are shown "
-                        "for transparency only."
-                    )
-                    probability_bars_ui(result, meta.class_names, emphasise=False)
-                    lung_evidence_ui(result, cam, settings, explained)
-                    map_ui(study, cam, settings, explained)
-                report_ui(study, classifier, settings, maps, threshold)
-            with image_col:
                 info_ui(result.info)
+                report_ui(study, classifier, settings, maps, threshold)
             return
+        target = target_index(result, settings.target, meta.class_names)
+        cam = class_map(study, classifier, target, settings.method, maps)
+        explained = meta.class_names[target]
         with map_col:
             map_ui(study, cam, settings, explained)
         with score_col:

@@ -1,15 +1,27 @@
-"""Out-of-distribution gates: is this image like the chest X-rays the model knows?
+"""Out-of-distribution gates: is this image a chest X-ray, and one like the model knows?
 
-A film is judged, first reason found wins, by
+The gates raise one of two flags (:data:`covid.model.decision.FLAGS`); the
+decision rule alone says what each means. A film is **not a chest X-ray**
+(``not_chest``), first reason found wins, when
 
-* its DICOM tags (:func:`dicom_tag_problem`): a modality that is never a chest
-  radiograph, or a body part other than the chest;
-* cheap checks on the decoded pixels (:func:`cheap_checks`): a colour image, a
-  shape far from a chest film, a nearly blank image;
-* its segmented lung fields, when a segmenter ran (:func:`lung_problem`);
-* the Mahalanobis distance of the model's pooled features to the training
-  split's (:mod:`covid.model.ood_stats`, fitted by ``python -m covid.fit_ood``),
-  above the threshold recorded with the statistics.
+* its DICOM tags say so (:func:`dicom_tag_problem`): a modality that is never a
+  chest radiograph, or a body part other than the chest;
+* cheap checks on the decoded pixels say so (:func:`cheap_checks`): a colour
+  image, a shape far from a chest film, a nearly blank image;
+* the lung segmenter, when one ran, finds no lung field at all
+  (:func:`has_lung_field`).
+
+Otherwise it is an **unusual chest X-ray** (``unusual``) when
+
+* the segmenter found lung fields but no plausible pair (:func:`lung_problem`):
+  what opacities, devices, a child's film or poor contrast do to a segmenter;
+* or the Mahalanobis distance of the model's pooled features to the training
+  split's (:mod:`covid.model.ood_stats`, fitted by ``python -m covid.fit_ood``)
+  is above the threshold recorded with the statistics.
+
+Neither can tell a photograph from a chest film with lines, tubes or severe
+disease, so neither alone says "not a chest X-ray": the sickest patients' films
+are the ones most unlike the training films.
 
 The pipeline takes any :class:`OODGate`; :func:`load_detector` builds the one a
 model ships with.
@@ -23,8 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+from scipy import ndimage
 
 from covid.inputs.decode import DecodedImage
+from covid.model.decision import FLAG_NONE, FLAG_NOT_CHEST, FLAG_UNUSUAL
 from covid.model.ood_stats import OODStats, mahalanobis_score, read_model_stats
 
 if TYPE_CHECKING:
@@ -41,6 +55,12 @@ NON_CHEST_MODALITIES = {"CT": "CT", "MR": "MR", "US": "ultrasound", "NM": "nucle
                         "PT": "PET"}
 """DICOM Modality values that are never a chest radiograph, with plain names."""
 
+MIN_LUNG_FIELD = 0.03
+"""Smallest share of the film one lung field covers. The largest field the shipped
+segmenter finds in real films covers at least 3.9% of the film (2,936 training films,
+11 of them without a plausible pair); in the non-chest test images (photos, text,
+noise, an MR slice) at most 2.5%."""
+
 CHEST_BODY_PARTS = frozenset({
     "CHEST", "THORAX", "LUNG", "LUNGS", "CHEST_LAT", "TORAX", "PORT CHEST", "CHEST PA",
     "CHEST AP", "PECHO", "THORAX PA",
@@ -53,12 +73,13 @@ class OODResult:
     """The verdict on one image.
 
     Attributes:
-        flagged: Whether the image looks unlike the training X-rays.
+        flag: One of :data:`covid.model.decision.FLAGS`.
         score: Mahalanobis score (NaN when no statistics or features were used).
-        reason: Why it was flagged, in plain words; None when not flagged.
+        reason: Why it was flagged, in plain words (a sentence after "Not a chest
+            X-ray:" or "Caution:"); None when not flagged.
     """
 
-    flagged: bool
+    flag: str
     score: float
     reason: str | None = None
 
@@ -128,14 +149,52 @@ def lung_problem(lungs: LungSegmentation | None) -> str | None:
     return f"no plausible pair of lung fields: {lungs.problem}."
 
 
+def has_lung_field(mask: np.ndarray) -> bool:
+    """Whether a lung mask holds at least one field the size of a lung.
+
+    Args:
+        mask: (H, W) bool lung mask.
+
+    Returns:
+        True when its largest connected field covers :data:`MIN_LUNG_FIELD` of the film.
+    """
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return False
+    largest = int(np.bincount(labels.ravel())[1:].max())
+    return largest >= MIN_LUNG_FIELD * mask.size
+
+
+def lung_verdict(lungs: LungSegmentation | None) -> tuple[str, str] | None:
+    """The flag and reason the lung fields give, or None when they pass (or none were segmented).
+
+    No lung field at all: not a chest X-ray. Fields that make no plausible
+    pair: an unusual chest X-ray, as severe disease or devices can make them.
+    """
+    problem = lung_problem(lungs)
+    if problem is None:
+        return None
+    if not has_lung_field(lungs.mask):
+        return FLAG_NOT_CHEST, problem
+    return FLAG_UNUSUAL, (f"its lung fields could not be outlined as a pair ({lungs.problem}), "
+                          "as severe disease, devices, a child's film or poor contrast can cause.")
+
+
+def distance_caution(score: float, threshold: float) -> str:
+    """The reason given for an unusual chest X-ray: only its feature distance is high."""
+    return (f"it is unlike the chest X-rays the model was trained on (feature distance "
+            f"{score:.0f}, above the limit {threshold:.0f}), as films with devices, other "
+            "equipment or severe disease can be.")
+
+
 class OODDetector:
-    """Flags images unlike the training X-rays: tags, cheap checks, lungs, then Mahalanobis.
+    """Flags films: not a chest X-ray (tags, pixels, lungs), else unusual (Mahalanobis).
 
     An :class:`OODGate`.
 
     Attributes:
         stats: Fitted statistics, or None for the tag, pixel and lung checks only.
-        threshold: Scores above it are flagged (NaN: never flagged by score).
+        threshold: Scores above it flag an unusual chest X-ray (NaN: never).
     """
 
     def __init__(self, stats: OODStats | None = None, threshold: float | None = None) -> None:
@@ -168,16 +227,26 @@ class OODDetector:
             lungs: Its lung segmentation, or None.
 
         Returns:
-            Flagged with the first reason found, or not flagged.
+            ``not_chest`` with the first reason found by the tags, pixels or
+            lungs (none found); else ``unusual`` with every reason found (lung
+            fields that make no pair, a feature distance above the threshold);
+            else ``none``.
         """
         score = math.nan
         if features is not None and self.stats is not None:
             score = float(self.score(np.asarray(features).reshape(1, -1))[0])
-        reason = dicom_tag_problem(decoded.info) or cheap_checks(decoded) or lung_problem(lungs)
-        if reason is None and score > self.threshold:  # False when either is NaN
-            reason = ("it does not look like the chest X-rays the model was trained on "
-                      f"(feature distance {score:.0f}, above the limit {self.threshold:.0f}).")
-        return OODResult(flagged=reason is not None, score=score, reason=reason)
+        reason = dicom_tag_problem(decoded.info) or cheap_checks(decoded)
+        if reason is not None:
+            return OODResult(FLAG_NOT_CHEST, score, reason)
+        flag, reason = lung_verdict(lungs) or (FLAG_NONE, None)
+        if flag == FLAG_NOT_CHEST:
+            return OODResult(flag, score, reason)
+        cautions = [reason] if reason else []
+        if score > self.threshold:  # False when either is NaN
+            cautions.append(distance_caution(score, self.threshold))
+        if cautions:
+            return OODResult(FLAG_UNUSUAL, score, " Also, ".join(cautions))
+        return OODResult(FLAG_NONE, score)
 
 
 def load_detector(model_path: str | Path) -> OODDetector:

@@ -16,18 +16,28 @@ import numpy as np
 from covid.explain.localisation import cam_to_film, energy_inside
 from covid.inputs.decode import DecodedImage, ImageDecodeError, decode_image
 from covid.inputs.preprocess import LungBox, fit_within
-from covid.model.decision import Decision, decide, decide_labels
+from covid.model.decision import (
+    FLAG_NONE,
+    FLAG_NOT_CHEST,
+    FLAG_UNUSUAL,
+    Decision,
+    decide,
+    decide_labels,
+)
 from covid.model.focus import focus_films
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier, Explanation
     from covid.model.lungs import LungSegmenter
     from covid.model.network import ModelMetadata
-    from covid.screening.ood import OODGate
+    from covid.screening.ood import OODGate, OODResult
 
 
 DISPLAY_MAX_SIDE = 1024
 """Longest side of the X-ray kept for display and reports."""
+
+FLAG_HEADINGS = {FLAG_UNUSUAL: "Caution", FLAG_NOT_CHEST: "Not a chest X-ray"}
+"""What each flag's reason is introduced with, in every output that shows it."""
 
 
 @dataclass(frozen=True)
@@ -43,17 +53,21 @@ class StudyResult:
         probs: (C,) calibrated class probabilities summing to 1, or None.
         class_names: The C classes ``probs`` refers to, in output order.
         p_positive: Calibrated probability of the positive (COVID) class.
-        decision: Label and triage at the operating point
+        decision: Label, flag and triage at the operating point
             (:func:`covid.model.decision.decide`), or None for a failed file.
-        ood: Whether the image was flagged as not a chest X-ray (None: no detector ran).
-        ood_reason: Why it was flagged.
+            Every output shows what it says, never its own reading of the rest.
+        flag: The out-of-distribution gates' verdict, one of
+            :data:`covid.model.decision.FLAGS` (None: no detector ran, and the
+            film was decided as ``none``).
+        flag_reason: Why it was flagged, in plain words (None when not flagged).
         pixels: (H, W) uint8 upright X-ray for display (at most 1024 px a side on
             the page; the film's own resolution for the command line).
         model_input: (S, S, 1) uint8 model input.
         box: The region of ``pixels`` that ``model_input`` shows.
         lungs: (H, W) bool lung mask over ``pixels``, or None without a segmenter.
-        cam: (H, W) float32 Grad-CAM over ``pixels`` for the explained class, in [0, 1].
-        cam_target: The class index ``cam`` explains (the label's class).
+        cam: (H, W) float32 Grad-CAM over ``pixels`` for the explained class, in [0, 1];
+            None for a film refused as not a chest X-ray (nothing was classified).
+        cam_target: The class index ``cam`` explains (the label's class), or None.
         lung_evidence: Share of ``cam``'s energy inside ``lungs``, in [0, 1], or
             None (no lungs, or the label changed and its map was not measured).
         info: Safe, non-identifying DICOM fields.
@@ -65,8 +79,8 @@ class StudyResult:
     class_names: tuple[str, ...] = ()
     p_positive: float | None = None
     decision: Decision | None = None
-    ood: bool | None = None
-    ood_reason: str | None = None
+    flag: str | None = None
+    flag_reason: str | None = None
     pixels: np.ndarray | None = None
     model_input: np.ndarray | None = None
     box: LungBox | None = None
@@ -78,8 +92,25 @@ class StudyResult:
 
     @property
     def label(self) -> str | None:
-        """The class name at the operating point (None for a failed file)."""
+        """The class name at the operating point (None for a failed file, "" for a refused one)."""
         return None if self.decision is None else self.decision.label
+
+    @property
+    def ood(self) -> bool | None:
+        """Whether either flag was raised (None when no detector ran)."""
+        return None if self.flag is None else self.flag != FLAG_NONE
+
+    @property
+    def refused(self) -> bool:
+        """Whether the film was refused as not a chest X-ray: scored, never classified."""
+        return self.decision is not None and self.decision.refused
+
+    @property
+    def flag_note(self) -> str | None:
+        """The flag's reason as shown, e.g. "Caution: it is unlike..." (None if not flagged)."""
+        if self.decision is None or not self.decision.ood or not self.flag_reason:
+            return None
+        return f"{FLAG_HEADINGS[self.decision.flag]}: {self.flag_reason}"
 
     @property
     def triage(self) -> str | None:
@@ -104,6 +135,7 @@ def relabel(result: StudyResult, threshold: float) -> StudyResult:
     When the label changes, the film map (which explains the old label) no longer
     describes it, so its share inside the lungs is cleared; the caller may
     measure the new label's map (:func:`covid.screening.studies.measure_relabelled`).
+    A refused film stays refused at every operating point.
 
     Args:
         result: A scored result (a failed one is returned as it is).
@@ -114,11 +146,11 @@ def relabel(result: StudyResult, threshold: float) -> StudyResult:
     """
     if result.error is not None or result.probs is None:
         return result
-    decision = decide(result.probs, result.class_names, threshold, bool(result.ood))
+    decision = decide(result.probs, result.class_names, threshold, result.flag or FLAG_NONE)
     if decision == result.decision:
         return result
     evidence = result.lung_evidence
-    if result.class_names.index(decision.label) != result.cam_target:
+    if decision.refused or result.class_names.index(decision.label) != result.cam_target:
         evidence = None
     return replace(result, decision=decision, lung_evidence=evidence)
 
@@ -198,18 +230,25 @@ def lung_share(result: StudyResult, cam: np.ndarray) -> float | None:
 
 
 def _scored(result: StudyResult, explained: Explanation, meta: ModelMetadata,
-            threshold: float, verdict: Any | None) -> StudyResult:
-    """A focused result completed with its probabilities, decision and map."""
-    ood = None if verdict is None else bool(verdict.flagged)
+            threshold: float, verdict: OODResult | None) -> StudyResult:
+    """A focused result completed with its probabilities, decision and map.
+
+    A film refused as not a chest X-ray keeps its probabilities (the decision
+    needs them at another operating point) but no map: nothing was classified.
+    """
     names = tuple(meta.class_names)
-    cam = film_map(result, explained)
-    return replace(
+    flag = None if verdict is None else verdict.flag
+    decision = decide(explained.probs, names, threshold, flag or FLAG_NONE)
+    result = replace(
         result, probs=explained.probs, class_names=names,
-        p_positive=float(explained.probs[meta.positive_index]),
-        decision=decide(explained.probs, names, threshold, bool(ood)),
-        ood=ood, ood_reason=None if verdict is None else verdict.reason,
-        cam=cam, cam_target=explained.target, lung_evidence=lung_share(result, cam),
+        p_positive=float(explained.probs[meta.positive_index]), decision=decision,
+        flag=flag, flag_reason=None if verdict is None else verdict.reason,
     )
+    if decision.refused:
+        return result
+    cam = film_map(result, explained)
+    return replace(result, cam=cam, cam_target=explained.target,
+                   lung_evidence=lung_share(result, cam))
 
 
 def analyse(
@@ -282,15 +321,18 @@ def _explain_labels(classifier: Classifier, x: np.ndarray, threshold: float) -> 
 
 
 def rank_by_suspicion(results: Sequence[StudyResult]) -> list[StudyResult]:
-    """Orders results most suspicious first; errors last, in upload order.
+    """Orders results most suspicious first; refused films, then errors, last in upload order.
 
     Args:
         results: Results from :func:`analyse`.
 
     Returns:
-        The same results, sorted by descending probability of any finding.
+        The same results: the classified ones by descending probability of any
+        finding, then the films refused as not chest X-rays (never classified,
+        so never ranked), then the failed files.
     """
-    scored = [r for r in results if r.decision is not None]
+    classified = [r for r in results if r.decision is not None and not r.refused]
+    refused = [r for r in results if r.refused]
     failed = [r for r in results if r.decision is None]
     # P(any finding) first; P(COVID) orders films equally likely to hold a finding
-    return sorted(scored, key=lambda r: (-r.p_finding, -r.p_positive)) + failed
+    return sorted(classified, key=lambda r: (-r.p_finding, -r.p_positive)) + refused + failed

@@ -1,12 +1,19 @@
 """``python -m covid predict``: one row per image, as CSV or JSON, on stdout.
 
 Columns, in order: ``path, label, p_covid, p_normal, error, ood, lung_evidence,
-p_other_pneumonia`` (empty for a model without that class).
-``label`` is the class at the shipped operating point; probabilities are
-calibrated and sum to 1. ``lung_evidence`` is the share of the predicted class's
-Grad-CAM energy inside the segmented lungs, in [0, 1] (empty for a file that
-could not be scored). A file that cannot be read gets its row with the reason in ``error``, and
-the run goes on. The exit status is 0 whenever the run completed.
+p_other_pneumonia, flag, advice`` (``p_other_pneumonia`` empty for a model
+without that class). ``label`` is the class at the shipped operating point;
+probabilities are calibrated and sum to 1. ``lung_evidence`` is the share of the
+predicted class's Grad-CAM energy inside the segmented lungs, in [0, 1].
+``flag`` is ``none``, ``unusual`` (a chest X-ray unlike the training films: kept,
+always admitted) or ``not_chest`` (refused: label, probabilities, lung evidence
+and advice empty); ``ood`` is ``true`` for either flag. ``advice`` is ``admit``,
+``home`` or empty. Every one of them is what the decision rule
+(:func:`covid.model.decision.decide`) said. A file that cannot be read gets its
+row with the reason in ``error`` (everything else empty), and the run goes on.
+Text cells of the CSV are guarded against formula injection
+(:func:`covid.screening.table.spreadsheet_safe`). The exit status is 0 whenever
+the run completed.
 
 ``--engine ray --out DIR`` scores a whole archive on a Ray cluster instead and writes
 the same rows as Parquet files into DIR, resumably (see :mod:`covid.screening.archive`).
@@ -18,22 +25,23 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
 from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError
 from covid.screening.engine import missing_model_message
 from covid.screening.pipeline import StudyResult, analyse
+from covid.screening.table import spreadsheet_safe
 
 if TYPE_CHECKING:
     from covid.screening.archive import Scoring
     from covid.screening.engine import ScreeningModels
 
 COLUMNS = ("path", "label", "p_covid", "p_normal", "error", "ood", "lung_evidence",
-           "p_other_pneumonia")
-"""The output columns: the two-class model's first, so that readers of them keep working."""
+           "p_other_pneumonia", "flag", "advice")
+"""The output columns: the earlier ones first, so that readers of them keep working."""
 PROBABILITY_COLUMNS = {"p_covid": "COVID", "p_normal": "Normal",
                        "p_other_pneumonia": "Other pneumonia"}
 """Each probability column's class (empty where the model has no such class)."""
@@ -83,19 +91,29 @@ def row(path: Path, result: StudyResult, class_names: list[str]) -> dict[str, An
         class_names: The model's classes (COVID, Normal and perhaps Other pneumonia).
 
     Returns:
-        A dict with the keys of :data:`COLUMNS`.
+        A dict with the keys of :data:`COLUMNS`; a refused film's probabilities
+        are empty, as it was never classified.
     """
-    probs = {} if result.probs is None else dict(zip(class_names, result.probs, strict=True))
+    shown = result.probs is not None and not result.refused
+    probs = dict(zip(class_names, result.probs, strict=True)) if shown else {}
     values = {
         "path": str(path),
-        "label": result.label or "",
         **{column: round(float(probs[name]), 6) if name in probs else ""
            for column, name in PROBABILITY_COLUMNS.items()},
         "error": result.error or "",
-        "ood": "" if result.ood is None else str(result.ood).lower(),
         "lung_evidence": "" if result.lung_evidence is None else round(result.lung_evidence, 4),
+        **_decided(result),
     }
     return {column: values[column] for column in COLUMNS}
+
+
+def _decided(result: StudyResult) -> dict[str, str]:
+    """The decision's own columns: label, ood, flag and advice (all empty for a failed file)."""
+    decision = result.decision
+    if decision is None:
+        return {"label": "", "ood": "", "flag": "", "advice": ""}
+    return {"label": decision.label, "ood": str(decision.ood).lower(), "flag": decision.flag,
+            "advice": decision.advice}
 
 
 def predict_paths(
@@ -148,6 +166,22 @@ def score_chunk(
     return rows
 
 
+def write_csv(rows: Iterable[dict[str, Any]], out: TextIO) -> None:
+    """Writes rows as CSV with a header, each flushed as soon as it is scored.
+
+    Text cells are guarded against formula injection (:func:`spreadsheet_safe`).
+
+    Args:
+        rows: Dicts with the keys of :data:`COLUMNS` (see :func:`row`).
+        out: The text stream, e.g. ``sys.stdout``.
+    """
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({key: spreadsheet_safe(value) for key, value in r.items()})
+        out.flush()
+
+
 def archive_scoring() -> Scoring:
     """This engine's pieces, for the archive engine to run (it does not import this module)."""
     from covid.screening.archive import Scoring
@@ -191,11 +225,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         rows = predict_paths(args.paths, args.model, args.lung_model)
         if args.format == "csv":
-            writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
-            writer.writeheader()
-            for r in rows:
-                writer.writerow(r)
-                sys.stdout.flush()
+            write_csv(rows, sys.stdout)
         else:
             json.dump(list(rows), sys.stdout, indent=1)
             sys.stdout.write("\n")

@@ -2,10 +2,12 @@
 
 The report holds the X-ray and its Grad-CAM overlay (with the lung outline)
 side by side, the class probabilities as bars, the share of the map's evidence
-inside the lung fields with what it means, the triage message (or, for an image
-flagged as not a chest X-ray, the warning instead), the operating point, the model's
-identity (name, version, SHA-256 prefix), the date and time and the research-tool
-disclaimer. It names the file but never the patient: of the DICOM header only the
+inside the lung fields with what it means, the decision's label and triage
+message (for an unusual chest X-ray, with the caution saying why), the operating
+point, the model's identity (name, version, SHA-256 prefix), the date and time
+and the research-tool disclaimer. A film refused as not a chest X-ray was never
+classified: its report shows the X-ray and the refusal with its reason, and no
+probabilities, map or label. It names the file but never the patient: of the DICOM header only the
 safe fields the pipeline keeps (modality, body part, view...) are shown, and
 keys that look like identifiers are dropped even if they ever got there.
 
@@ -39,7 +41,7 @@ from covid.explain.localisation import (
 )
 from covid.explain.overlay import DEFAULT_OPACITY
 from covid.inputs.decode import MAX_FILE_BYTES, ImageDecodeError
-from covid.model.decision import NORMAL, NOT_A_CHEST_XRAY, decide, finding_name
+from covid.model.decision import FLAG_NONE, NORMAL, decide, finding_name
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
 from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
 from covid.screening.engine import missing_model_message
@@ -137,24 +139,32 @@ class _Doc:
 # --------------------------------------------------------------------------- content
 
 
-def _check_inputs(result: StudyResult, overlay: np.ndarray, threshold: float) -> None:
-    """Refuses failed studies, malformed overlays and bad thresholds."""
+def _check_inputs(result: StudyResult, overlay: np.ndarray | None, threshold: float) -> None:
+    """Refuses failed studies, malformed or missing overlays and bad thresholds."""
     if result.error is not None:
         raise ReportError(f"cannot report on a study that failed: {result.error}")
     if result.probs is None or result.pixels is None or result.decision is None:
         raise ReportError(f"{result.name}: the study has not been scored.")
+    if not result.refused:  # a refused film was never classified: it has no map
+        _check_overlay(overlay)
+    if not 0.0 <= threshold <= 1.0:
+        raise ReportError(f"the threshold must be in [0, 1], got {threshold}")
+
+
+def _check_overlay(overlay: np.ndarray | None) -> None:
+    """Refuses a missing overlay, or one that is not (H, W, 3) uint8."""
+    if overlay is None:
+        raise ReportError("the report of a classified study needs its Grad-CAM overlay")
     overlay = np.asarray(overlay)
     if overlay.ndim != 3 or overlay.shape[2] != 3 or overlay.dtype != np.uint8:
         raise ReportError(
             f"expected a (H, W, 3) uint8 overlay, got {overlay.shape} {overlay.dtype}"
         )
-    if not 0.0 <= threshold <= 1.0:
-        raise ReportError(f"the threshold must be in [0, 1], got {threshold}")
 
 
 def _check_label(result: StudyResult, threshold: float) -> None:
     """Refuses a threshold that would not have produced the result's label."""
-    decided = decide(result.probs, result.class_names, threshold, bool(result.ood))
+    decided = decide(result.probs, result.class_names, threshold, result.flag or FLAG_NONE)
     if decided.label != result.label:
         raise ReportError(
             f"{result.name}: the label {result.label!r} was not produced at the threshold "
@@ -183,17 +193,19 @@ def _study_lines(doc: _Doc, result: StudyResult, when: datetime) -> None:
     doc.line(f"Report date: {when.strftime('%Y-%m-%d %H:%M %Z').strip()}")
 
 
-def _images(doc: _Doc, pixels: np.ndarray, overlay: np.ndarray, outlined: bool) -> None:
-    """The X-ray and the overlay side by side, each fitted in its box, with captions."""
+def _images(doc: _Doc, pixels: np.ndarray, overlay: np.ndarray | None, outlined: bool) -> None:
+    """The X-ray and the overlay (if any) side by side, each fitted in its box, with captions."""
     pdf = doc.pdf
     width = (_CONTENT_W - _IMAGE_GAP) / 2
     if pdf.will_page_break(_IMAGE_H + 8):
         pdf.add_page()
     top = pdf.get_y() + 1
-    pictures = (Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)),
-                Image.fromarray(np.ascontiguousarray(overlay, dtype=np.uint8)))
-    captions = ("X-ray", "Grad-CAM overlay (evidence for the label)"
-                + (", lung outline in white" if outlined else ""))
+    pictures = [Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8))]
+    captions = ["X-ray"]
+    if overlay is not None:
+        pictures.append(Image.fromarray(np.ascontiguousarray(overlay, dtype=np.uint8)))
+        captions.append("Grad-CAM overlay (evidence for the label)"
+                        + (", lung outline in white" if outlined else ""))
     doc.font(9)
     for i, (picture, caption) in enumerate(zip(pictures, captions, strict=True)):
         x = _MARGIN + i * (width + _IMAGE_GAP)
@@ -225,16 +237,18 @@ def _bars(doc: _Doc, result: StudyResult, metadata: ModelMetadata) -> None:
         pdf.set_xy(_MARGIN, y + _BAR_H + 1)
 
 
-def _verdict(doc: _Doc, result: StudyResult, metadata: ModelMetadata) -> None:
-    """The label and triage advice, or the not-a-chest-X-ray notice instead."""
-    if result.ood:
-        doc.line(NOT_A_CHEST_XRAY, size=11, bold=True)
-        if result.ood_reason:
-            doc.line(f"Reason: {result.ood_reason}")
-        doc.line("The scores above are not meaningful for this image.")
+def _verdict(doc: _Doc, result: StudyResult) -> None:
+    """What the decision says: the refusal with its reason, or the label, caution and advice."""
+    decision, note = result.decision, result.flag_note
+    if decision.refused:
+        doc.line(decision.triage, size=11, bold=True)
+        if note:
+            doc.line(note)
         return
-    doc.line(f"Result at the operating point: {result.label}", size=11, bold=True)
-    doc.line(result.triage)
+    doc.line(f"Result at the operating point: {decision.label}", size=11, bold=True)
+    if note:  # an unusual chest X-ray: why a radiologist must read it
+        doc.line(note, bold=True)
+    doc.line(decision.triage)
 
 
 def _lung_evidence(doc: _Doc, share: float | None) -> None:
@@ -273,7 +287,7 @@ def _model_lines(doc: _Doc, metadata: ModelMetadata) -> None:
 
 def build_report(
     result: StudyResult,
-    overlay: np.ndarray,
+    overlay: np.ndarray | None,
     metadata: ModelMetadata,
     threshold: float,
     when: datetime | None = None,
@@ -285,7 +299,8 @@ def build_report(
         result: A scored study (from :func:`covid.screening.pipeline.analyse`); its
             ``pixels`` (H, W) uint8 are shown as the X-ray.
         overlay: (h, w, 3) uint8 Grad-CAM overlay of the same film, with the lung
-            outline drawn when ``result.lungs`` is known.
+            outline drawn when ``result.lungs`` is known; None (or ignored) for
+            a film refused as not a chest X-ray.
         metadata: The model's metadata.
         threshold: The operating point on P(any finding) that produced
             ``result.label``; compared with ``metadata.threshold`` to say whether
@@ -311,13 +326,16 @@ def build_report(
     doc.pdf.ln(1)
     _study_lines(doc, result, when)
     doc.pdf.ln(2)
-    _images(doc, result.pixels, np.asarray(overlay), result.lungs is not None)
-    doc.heading("Class probabilities (calibrated)")
-    _bars(doc, result, metadata)
-    doc.heading("Evidence inside the lungs")
-    _lung_evidence(doc, lung_evidence)
+    if result.refused:  # never classified: no map, bars or share of evidence
+        _images(doc, result.pixels, None, False)
+    else:
+        _images(doc, result.pixels, np.asarray(overlay), result.lungs is not None)
+        doc.heading("Class probabilities (calibrated)")
+        _bars(doc, result, metadata)
+        doc.heading("Evidence inside the lungs")
+        _lung_evidence(doc, lung_evidence)
     doc.heading("Triage")
-    _verdict(doc, result, metadata)
+    _verdict(doc, result)
     doc.heading("Operating point and model")
     doc.line(operating_point_text(metadata, threshold))
     _model_lines(doc, metadata)
@@ -406,6 +424,9 @@ def report_for_file(
                      segmenter=segmenter)[0]
     _raise_for_error(result)
     meta = classifier.metadata
+    used = meta.threshold if threshold is None else threshold
+    if result.refused:
+        return build_report(result, None, meta, used, when=when)
     cam = result.cam  # the Grad-CAM of the label at this threshold
     if method != "gradcam" or cam is None:
         target = meta.class_names.index(result.label)
@@ -414,7 +435,6 @@ def report_for_file(
     overlay = overlay_heatmap(result.pixels, cam, colormap=colormap, opacity=opacity)
     if result.lungs is not None:
         overlay = draw_outline(overlay, result.lungs, OUTLINE_RGB)
-    used = meta.threshold if threshold is None else threshold
     return build_report(result, overlay, meta, used, when=when,
                         lung_evidence=lung_share(result, cam))
 

@@ -329,7 +329,8 @@ def report_pdf(
 
     The report's map explains the study's label with the current method; the
     lung outline is always drawn over it (when the lungs were segmented), and
-    the share of its evidence inside the lungs is printed.
+    the share of its evidence inside the lungs is printed. A film refused as not
+    a chest X-ray has no label, so no map: its report gives the refusal.
 
     Args:
         study: A scored study, re-labelled at ``threshold`` (:func:`at_threshold`).
@@ -338,12 +339,14 @@ def report_pdf(
             display, colour map and opacity.
         threshold: The operating point in force (shipped or this session's).
         cam: The film map of the evidence for the study's label, when already
-            computed (see :func:`known_map`).
+            computed (see :func:`known_map`); unused for a refused film.
 
     Returns:
         The PDF's bytes (see :func:`covid.screening.report.build_report`).
     """
     meta, result = classifier.metadata, study.result
+    if result.refused:
+        return build_report(result, None, meta, threshold)
     if cam is None:
         target = meta.class_names.index(result.label)
         cam = class_map(study, classifier, target, settings.method, {})

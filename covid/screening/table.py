@@ -1,7 +1,9 @@
 """The batch triage table: pure helpers behind the screening page's table and its CSV.
 
 The suspicion order (:func:`suspicion_order`), one table row per study
-(:func:`table_rows`) and the same rows as CSV (:func:`csv_bytes`).
+(:func:`table_rows`) and the same rows as CSV (:func:`csv_bytes`), whose text
+cells are guarded against formula injection by :func:`spreadsheet_safe`, the
+one guard of every CSV the project writes.
 
 No Streamlit, no TensorFlow, no file access: everything takes and returns plain
 values, so the page stays layout only.
@@ -21,13 +23,14 @@ from covid import DISCLAIMER
 from covid.model.decision import NORMAL
 from covid.screening.pipeline import StudyResult, percentages, rank_by_suspicion
 
-FILE, LABEL, OOD, TRIAGE, ERROR = "file", "label", "out-of-distribution", "triage", "error"
-"""Table column names (the probability columns are named after the findings)."""
+FILE, LABEL, FLAG, ADVICE, TRIAGE, ERROR = "file", "label", "flag", "advice", "triage", "error"
+"""Table column names (the probability columns are named after the findings). ``flag``
+holds :data:`covid.model.decision.FLAGS`, ``advice`` ``admit``, ``home`` or nothing."""
 LUNGS = "evidence in lungs %"
 """The share of the predicted class's Grad-CAM energy inside the lung fields, in percent."""
 
 YES, NO = "yes", "no"
-"""The out-of-distribution flag's values (empty when no detector ran or the file failed)."""
+"""How a CSV writes a true or false cell."""
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 """Cell prefixes a spreadsheet would run as a formula (CSV injection)."""
@@ -51,9 +54,9 @@ def table_columns(class_names: Sequence[str]) -> list[str]:
 
     Returns:
         ``file``, one ``<finding> %`` per finding (``COVID %``...), ``label``,
-        ``out-of-distribution``, ``evidence in lungs %``, ``triage``, ``error``.
+        ``flag``, ``advice``, ``evidence in lungs %``, ``triage``, ``error``.
     """
-    return [FILE, *finding_columns(class_names), LABEL, OOD, LUNGS, TRIAGE, ERROR]
+    return [FILE, *finding_columns(class_names), LABEL, FLAG, ADVICE, LUNGS, TRIAGE, ERROR]
 
 
 def suspicion_order(results: Sequence[StudyResult]) -> list[int]:
@@ -72,18 +75,20 @@ def suspicion_order(results: Sequence[StudyResult]) -> list[int]:
     return [position[id(result)] for result in rank_by_suspicion(results)]
 
 
-def _ood_flag(result: StudyResult) -> str:
-    """``"yes"``, ``"no"``, or ``""`` when no detector ran or the file failed."""
-    if result.error is not None or result.ood is None:
-        return ""
-    return YES if result.ood else NO
-
-
 def _lung_percent(result: StudyResult) -> float | None:
     """The share of evidence inside the lungs in percent, one decimal (None if unknown)."""
     if result.error is not None or result.lung_evidence is None:
         return None
     return round(100.0 * float(result.lung_evidence), 1)
+
+
+def _decided(result: StudyResult, disclaimer: bool) -> dict[str, str]:
+    """The decision's own cells: label, flag, advice code and triage (empty if failed)."""
+    decision = result.decision
+    if result.error is not None or decision is None:
+        return {LABEL: "", FLAG: "", ADVICE: "", TRIAGE: ""}
+    return {LABEL: decision.label, FLAG: decision.flag, ADVICE: decision.advice,
+            TRIAGE: _advice(decision.triage, disclaimer)}
 
 
 def _advice(triage: str | None, disclaimer: bool) -> str:
@@ -107,49 +112,64 @@ def table_rows(
 
     Returns:
         Dicts keyed by :func:`table_columns`: the file name, each finding's
-        percentage as shown on the bars (one decimal, None for a failed file),
-        the label (empty for an image flagged as not a chest X-ray, whose raw
-        scores are not meaningful), the out-of-distribution flag, the share of
-        the label's Grad-CAM energy inside the lungs in percent (None for a
-        failed file, without a lung segmenter, or while a changed label's map
-        is not measured), the triage message (the not-a-chest-X-ray warning for
-        a flagged image) and the error (empty strings where not applicable).
+        percentage as shown on the bars (one decimal; None for a failed file and
+        for a film refused as not a chest X-ray, which was never classified),
+        then what the decision says: the label (empty when refused), the flag
+        (``none``, ``unusual`` or ``not_chest``), the advice (``admit``, ``home``,
+        empty when refused), then the share of the label's Grad-CAM energy
+        inside the lungs in percent (None for a failed or refused file, without
+        a lung segmenter, or while a changed label's map is not measured), the
+        decision's triage message and the error (empty strings where not
+        applicable).
     """
     findings = [(i, probability_column(name)) for i, name in enumerate(class_names)
                 if name != NORMAL]
-    rows = []
+    columns, rows = table_columns(class_names), []
     for result in results:
-        failed = result.error is not None or result.probs is None
-        shown = None if failed else percentages(result.probs, decimals=1)
-        rows.append({
-            FILE: result.name,
-            **{column: None if failed else shown[i] for i, column in findings},
-            LABEL: "" if failed or result.ood else (result.label or ""),
-            OOD: _ood_flag(result),
-            LUNGS: _lung_percent(result),
-            TRIAGE: "" if failed else _advice(result.triage, disclaimer),
-            ERROR: result.error or "",
-        })
+        hidden = result.error is not None or result.probs is None or result.refused
+        shown = None if hidden else percentages(result.probs, decimals=1)
+        cells = {FILE: result.name, **{column: None if hidden else shown[i]
+                                       for i, column in findings},
+                 **_decided(result, disclaimer), LUNGS: _lung_percent(result),
+                 ERROR: result.error or ""}
+        rows.append({column: cells[column] for column in columns})
     return rows
 
 
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text, never runs as a formula (CSV injection).
+
+    The one guard of every CSV the project writes (the page's table, ``predict``,
+    ``pacs``): text starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+    return (e.g. a crafted file name) gets a leading apostrophe.
+
+    Args:
+        value: A cell's value.
+
+    Returns:
+        The text, guarded; anything that is not text (a number, None), unchanged.
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return f"'{value}"
+    return value
+
+
 def _csv_cell(value: Any) -> str:
-    """A value as CSV text: one decimal for numbers, text neutralised against formulas."""
+    """A value as CSV text: one decimal for numbers, text guarded against formulas."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return YES if value else NO
     if isinstance(value, (int, float, np.floating, np.integer)):
         return f"{float(value):.1f}"
-    text = str(value)
-    return f"'{text}" if text.startswith(_FORMULA_START) else text
+    return spreadsheet_safe(str(value))
 
 
 def csv_bytes(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> bytes:
     """The table as UTF-8 CSV, with a header row, in the rows' order.
 
-    Text that a spreadsheet would run as a formula (starting with ``=``, ``+``,
-    ``-`` or ``@``, e.g. a crafted file name) is prefixed with an apostrophe.
+    Text that a spreadsheet would run as a formula is guarded
+    (:func:`spreadsheet_safe`).
 
     Args:
         rows: Dicts from :func:`table_rows`.

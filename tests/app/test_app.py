@@ -4,9 +4,10 @@ The pages serve the tiny test model (``COVID_MODEL_PATH``), or a copy of it with
 evaluation artefacts made on tiny random data for the model page; uploads are
 synthetic PNGs held in memory. The out-of-distribution detector is the one the
 served model ships with: none but the tag, pixel and lung gates (which the
-synthetic films pass), or, to flag every film, statistics recorded in a copy of
-the model's metadata with a threshold below any distance. A row of the batch
-table is chosen by writing its selection state, as a click would.
+synthetic grey films pass and a colour one fails: refused as not a chest X-ray),
+or, to flag every chest film as unusual, statistics recorded in a copy of the
+model's metadata with a threshold below any distance. A row of the batch table is
+chosen by writing its selection state, as a click would.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from covid import DISCLAIMER
 from covid.explain.inference import Classifier
 from covid.inputs.decode import decode_image
 from covid.inputs.preprocess import to_model_input
+from covid.model.decision import UNUSUAL_ADVICE
 from covid.model.network import read_metadata
 from tests.app.pages import APP, TIMEOUT, open_model_page
 
@@ -40,8 +42,16 @@ def _png(seed: int = 0, size: int = 128) -> bytes:
     return buffer.getvalue()
 
 
+def _colour_png(seed: int = 0, size: int = 128) -> bytes:
+    """A colour photograph-like image: the pixel checks refuse it as not a chest X-ray."""
+    pixels = np.random.default_rng(seed).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _flagging_copy(model: Path, directory: Path) -> Path:
-    """A copy of a model shipped with statistics that flag every film by its features."""
+    """A copy of a model shipped with statistics that flag every chest film as unusual."""
     from covid.model.ood_stats import OODStats, write_model_stats
 
     copy = directory / "flagging.keras"
@@ -55,7 +65,7 @@ def _flagging_copy(model: Path, directory: Path) -> Path:
 
 @pytest.fixture
 def make_app(tiny_model_file, monkeypatch, tmp_path):
-    """Returns a factory of AppTests serving the tiny model (flagging every film, or none).
+    """Returns a factory of AppTests serving the tiny model (every film unusual, or none).
 
     No lung segmenter is served unless a test sets ``COVID_LUNG_MODEL_PATH``.
     """
@@ -230,7 +240,7 @@ def test_batch_shows_a_table_sorted_by_suspicion_with_the_broken_file_last(make_
     errors = [e.value for e in at.error if "broken.png" in e.value]
     assert len(errors) == 1 and errors[0].startswith("broken.png")
     rows = _table(at)
-    assert list(rows[0]) == ["file", "COVID %", "label", "out-of-distribution",
+    assert list(rows[0]) == ["file", "COVID %", "label", "flag", "advice",
                              "evidence in lungs %", "triage", "error"]
     assert [r["file"] for r in rows][-1] == "broken.png"
     assert rows[-1]["error"].startswith("broken.png: ") and rows[-1]["label"] == ""
@@ -330,16 +340,29 @@ def test_a_control_change_with_no_results_reruns_the_page_and_brings_back_no_stu
     assert not at.session_state["_covid_studies"] and not at.session_state["_covid_cams"]
 
 
-def test_out_of_distribution_image_gets_warning_and_no_triage(make_app, meta):
+def test_an_unusual_chest_xray_keeps_bars_and_map_with_a_caution_and_is_admitted(make_app,
+                                                                                   meta):
     at = make_app(flagged=True).run()
-    at.file_uploader(key="uploads").set_value(("cat.png", _png(4), "image/png")).run()
+    at.file_uploader(key="uploads").set_value(("icu.png", _png(4), "image/png")).run()
     assert not at.exception
-    assert any("does not look like a chest X-ray" in w.value for w in at.warning)
+    assert any(w.value.startswith("Caution: it is unlike the chest X-rays") for w in at.warning)
+    assert [a.value for a in at.error if a.value.startswith(UNUSUAL_ADVICE)]  # red: admit
+    assert not at.success and "does not look like a chest X-ray" not in _texts(at)
+    assert round(sum(_percentages(at, meta.class_names).values()), 6) == 100.0
+    assert any("prediction" in bar.text for bar in at.progress)
+    assert any(c.startswith("Grad-CAM") for c in _captions(at)) and not at.expander
+
+
+def test_an_image_that_is_not_a_chest_xray_is_refused_without_scores_or_map(make_app):
+    at = make_app().run()
+    at.file_uploader(key="uploads").set_value(("cat.png", _colour_png(), "image/png")).run()
+    assert not at.exception
+    refusal = [w.value for w in at.warning if "does not look like a chest X-ray" in w.value]
+    assert refusal and refusal[0].startswith("Not a chest X-ray: it is a colour image")
     assert not [a for a in (*at.success, *at.error) if DISCLAIMER in a.value]
-    assert at.expander and "Raw model scores" in at.expander[0].label
-    pct = _percentages(at, meta.class_names)
-    assert round(sum(pct.values()), 6) == 100.0
-    assert not any("prediction" in bar.text for bar in at.progress)
+    assert not at.progress and not at.expander and "Prediction" not in _texts(at)
+    assert _captions(at) == ["X-ray"]  # no map
+    assert at.get("download_button")  # its PDF gives the refusal
 
 
 def test_a_failing_map_only_hides_its_own_panel(make_app, meta, monkeypatch):
@@ -647,15 +670,22 @@ def test_a_batch_is_scored_behind_a_progress_bar(make_app, monkeypatch):
     assert len(_table(at)) == 5
 
 
-def test_flagged_images_in_a_batch_get_no_label_and_no_advice(make_app):
+def test_in_a_batch_unusual_films_are_admitted_and_refused_images_have_no_label(make_app):
     at = make_app(flagged=True).run()
     at.file_uploader(key="uploads").set_value(
-        [("cat.png", _png(4), "image/png"), ("dog.png", _png(8), "image/png")]).run()
+        [("cat.png", _colour_png(), "image/png"), ("icu.png", _png(4), "image/png"),
+         ("icu2.png", _png(8), "image/png")]).run()
     assert not at.exception
-    for row in _table(at):
-        assert row["out-of-distribution"] == "yes" and row["label"] == ""
-        assert row["triage"].startswith("This does not look like a chest X-ray")
-    _select_row(at, 0)
+    rows = _table(at)
+    assert [r["file"] for r in rows][-1] == "cat.png"  # refused: after every classified film
+    for row in rows[:-1]:
+        assert row["flag"] == "unusual" and row["label"] in ("COVID", "Normal")
+        assert row["advice"] == "admit" and row["triage"].startswith(UNUSUAL_ADVICE)
+    cat = rows[-1]
+    assert cat["flag"] == "not_chest" and cat["label"] == "" and cat["advice"] == ""
+    assert cat["triage"].startswith("This does not look like a chest X-ray")
+    assert np.isnan(cat["COVID %"])
+    _select_row(at, len(rows) - 1)
     assert any("does not look like a chest X-ray" in w.value for w in at.warning)
     assert not [a for a in (*at.success, *at.error) if DISCLAIMER in a.value]
 
@@ -716,15 +746,26 @@ def test_the_share_is_measured_on_the_map_shown(lungs_app, plant_lungs, meta, ca
                if "segmented lung fields" in c.value)
 
 
-@pytest.mark.parametrize(("inside", "shown", "cautioned"),
-                         [(True, "100%", False), (False, "0%", True)])
-def test_the_caution_appears_below_half_and_not_above(lungs_app, plant_lungs, inside, shown,
+def _bottom_strip(shape: tuple[int, int]) -> np.ndarray:
+    """A lung-sized field along the film's bottom edge, where little of the map lies."""
+    mask = np.zeros(shape, bool)
+    mask[-max(1, shape[0] // 25) :, :] = True  # 4% of the film: a field, though no pair
+    return mask
+
+
+@pytest.mark.parametrize(("mask_for", "cautioned"),
+                         [(lambda shape: np.ones(shape, bool), False), (_bottom_strip, True)])
+def test_the_caution_appears_below_half_and_not_above(lungs_app, plant_lungs, mask_for,
                                                       cautioned):
-    plant_lungs.mask_for = lambda shape: np.full(shape, inside)
+    from covid.explain.localisation import evidence_sentence
+
+    plant_lungs.mask_for = mask_for  # no plausible pair either way: unusual, still classified
     at = lungs_app().run()
     at.file_uploader(key="uploads").set_value(("chest.png", _png(1), "image/png")).run()
     assert not at.exception
-    assert _shares(at) == [f"**{shown} {SHARE_TEXT}**"]
+    result = next(iter(at.session_state["_covid_studies"].values()))
+    assert result.flag == "unusual" and (result.lung_evidence < 0.5) == cautioned
+    assert _shares(at) == [f"**{evidence_sentence(result.lung_evidence)}**"]
     assert len(_cautions(at)) == int(cautioned)
     if cautioned:
         assert "treat this result with suspicion" in _cautions(at)[0]
@@ -782,13 +823,15 @@ def test_the_batch_table_has_a_numeric_evidence_in_lungs_column(lungs_app):
     assert at.dataframe[0].value["evidence in lungs %"].dtype.kind == "f"  # sorts as numbers
 
 
-def test_a_flagged_film_shows_the_share_only_beside_its_raw_scores(lungs_app):
+def test_an_unusual_film_shows_its_share_and_a_refused_one_none(lungs_app):
     at = lungs_app(flagged=True).run()
-    at.file_uploader(key="uploads").set_value(("cat.png", _png(4), "image/png")).run()
+    at.file_uploader(key="uploads").set_value(("icu.png", _png(4), "image/png")).run()
+    assert not at.exception
+    assert any(w.value.startswith("Caution:") for w in at.warning) and _shares(at)
+    at.file_uploader(key="uploads").set_value(("cat.png", _colour_png(), "image/png")).run()
     assert not at.exception
     assert any("does not look like a chest X-ray" in w.value for w in at.warning)
-    assert not [a for a in (*at.success, *at.error) if DISCLAIMER in a.value]
-    assert at.expander and _shares(at)  # inside "Raw model scores"
+    assert not _shares(at) and not at.expander
 
 
 def test_a_lung_focused_model_without_its_segmenter_explains_why(

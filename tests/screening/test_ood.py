@@ -73,18 +73,21 @@ def test_detector_combines_cheap_checks_and_score(fitted):
     stats, threshold, val = fitted
     detector = OODDetector(stats, threshold)
     ok = detector.assess(_film(), val[0])
-    assert not ok.flagged and ok.reason is None and 0 <= ok.score <= threshold
-    far = detector.assess(_film(), val[0] + 10.0)
-    assert far.flagged and far.score > threshold
-    assert far.reason.startswith("it does not look like the chest X-rays")
+    assert ok.flag == "none" and ok.reason is None and 0 <= ok.score <= threshold
+    far = detector.assess(_film(), val[0] + 10.0)  # a chest film, only far in features
+    assert far.flag == "unusual" and far.score > threshold
+    assert far.reason.startswith("it is unlike the chest X-rays the model was trained on")
+    assert f"feature distance {far.score:.0f}, above the limit {threshold:.0f}" in far.reason
+    assert "not a chest" not in far.reason.lower()
     colour = DecodedImage(_film().pixels, "c.png", "PNG", is_color=True)
-    verdict = detector.assess(colour, val[0])
-    assert verdict.flagged and verdict.reason.startswith("it is a colour image")
+    for features in (val[0], val[0] + 10.0):  # the pixels decide, whatever the distance
+        verdict = detector.assess(colour, features)
+        assert verdict.flag == "not_chest" and verdict.reason.startswith("it is a colour image")
 
 
 def test_detector_without_statistics_uses_cheap_checks_only():
     detector = OODDetector()
     verdict = detector.assess(_film(), np.ones(2048, np.float32))
-    assert not verdict.flagged and math.isnan(verdict.score)
+    assert verdict.flag == "none" and math.isnan(verdict.score)
     blank = DecodedImage(np.zeros((128, 128), np.uint8), "b.png", "PNG")
-    assert detector.assess(blank, None).flagged
+    assert detector.assess(blank, None).flag == "not_chest"

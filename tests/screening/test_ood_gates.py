@@ -1,12 +1,13 @@
 """The out-of-distribution gates a film passes before it gets triage advice.
 
 * From the DICOM tags: a Modality of CT, MR, US, NM or PT, or a BodyPartExamined
-  other than the chest, is flagged with the tag in the message.
-* From the pixels: colour, odd shapes and blank images (cheap checks), and,
-  with the shipped lung segmenter, films without a plausible pair of lung fields.
+  other than the chest, refuses the film with the tag in the message.
+* From the pixels: colour, odd shapes and blank images (cheap checks) refuse it;
+  with the shipped lung segmenter, a film without any lung field is refused, and
+  one whose lung fields make no plausible pair is flagged unusual (admitted).
 
 pydicom's ``CT_small.dcm`` and ``MR_small.dcm``, a photo and a blank image are
-flagged; real chest X-rays from ``../shared`` pass (skipped when absent). The
+refused; real chest X-rays from ``../shared`` pass (skipped when absent). The
 pixel lung gate is tested with the shipped segmenter once it exists; without it
 those tests skip, saying so.
 """
@@ -26,8 +27,15 @@ from covid.explain.inference import Classifier
 from covid.inputs.decode import decode_image
 from covid.model.decision import NOT_A_CHEST_XRAY
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH, LungSegmenter
-from covid.screening.ood import OODDetector, dicom_tag_problem, lung_problem
+from covid.screening.ood import (
+    MIN_LUNG_FIELD,
+    OODDetector,
+    dicom_tag_problem,
+    has_lung_field,
+    lung_problem,
+)
 from covid.screening.pipeline import analyse
+from tests.conftest import planted_lungs
 from tests.films import dicom_bytes, dicom_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +100,7 @@ def test_pydicom_ct_and_mr_slices_are_flagged_by_their_modality_tag(name, modali
     reason = dicom_tag_problem(decoded.info)
     assert reason and f"Modality is {modality}" in reason
     verdict = OODDetector().assess(decoded, None)
-    assert verdict.flagged and f"Modality is {modality}" in verdict.reason
+    assert verdict.flag == "not_chest" and f"Modality is {modality}" in verdict.reason
 
 
 @pytest.mark.parametrize(("part", "flagged"), [("KNEE", True), ("SKULL", True), ("CHEST", False),
@@ -115,16 +123,17 @@ def test_other_non_radiograph_modalities_are_flagged(modality):
 # ------------------------------------------------------- the whole gate, no segmenter
 
 
-def test_ct_mr_a_photo_and_a_blank_image_get_the_warning_not_triage_advice(classifier):
+def test_ct_mr_a_photo_and_a_blank_image_are_refused_without_label_map_or_advice(classifier):
     files = [("CT_small.dcm", _dicom("CT_small.dcm")), ("MR_small.dcm", _dicom("MR_small.dcm")),
              ("photo.jpg", _photo()), ("blank.png", _blank())]
     results = analyse(files, classifier, ood=OODDetector())
     for result in results:
         assert result.error is None, result.error
-        assert result.ood, result.name
+        assert result.flag == "not_chest" and result.refused and result.ood, result.name
+        assert result.label == "" and result.cam is None and result.lung_evidence is None
         assert result.triage.startswith(NOT_A_CHEST_XRAY)
         assert "admit" not in result.triage.lower() and "go home" not in result.triage.lower()
-    reasons = {r.name: r.ood_reason for r in results}
+    reasons = {r.name: r.flag_reason for r in results}
     assert "Modality is CT" in reasons["CT_small.dcm"]
     assert "Modality is MR" in reasons["MR_small.dcm"]
     assert "colour" in reasons["photo.jpg"] and "blank" in reasons["blank.png"]
@@ -136,16 +145,39 @@ def test_real_xrays_pass_the_tag_and_pixel_checks(classifier, shared_data_dir):
     assert [r.name for r in results if r.ood] == []
 
 
-def test_implausible_lungs_flag_a_film_and_plausible_ones_do_not(classifier, tiny_lung_file,
-                                                                 plant_lungs):
+def _one_lung(shape: tuple[int, int]) -> np.ndarray:
+    """The left field of a planted pair only, as when an opacity hides the other lung."""
+    mask = planted_lungs(shape)
+    mask[:, shape[1] // 2 :] = False
+    return mask
+
+
+def test_no_lung_field_refuses_a_film_and_an_implausible_pair_flags_it_unusual(
+    classifier, tiny_lung_file, plant_lungs
+):
     segmenter = LungSegmenter.from_file(tiny_lung_file)
     film = [("film.png", _grey_photo())]
     passed = analyse(film, classifier, ood=OODDetector(), segmenter=segmenter)[0]
-    assert not passed.ood  # two planted elliptical fields
+    assert passed.flag == "none"  # two planted elliptical fields
     plant_lungs.mask_for = lambda shape: np.zeros(shape, bool)
-    flagged = analyse(film, classifier, ood=OODDetector(), segmenter=segmenter)[0]
-    assert flagged.ood and "no plausible pair of lung fields" in flagged.ood_reason
-    assert flagged.triage.startswith(NOT_A_CHEST_XRAY)
+    refused = analyse(film, classifier, ood=OODDetector(), segmenter=segmenter)[0]
+    assert refused.flag == "not_chest" and "no lung fields found" in refused.flag_reason
+    assert refused.triage.startswith(NOT_A_CHEST_XRAY) and refused.label == ""
+    plant_lungs.mask_for = _one_lung
+    unusual = analyse(film, classifier, ood=OODDetector(), segmenter=segmenter)[0]
+    assert unusual.flag == "unusual" and "only one lung field found" in unusual.flag_reason
+    assert unusual.label and unusual.decision.advice == "admit" and unusual.cam is not None
+
+
+def test_a_lung_field_is_one_that_covers_a_lungs_share_of_the_film():
+    mask = np.zeros((100, 100), bool)
+    assert not has_lung_field(mask)
+    side = int(np.ceil(np.sqrt(MIN_LUNG_FIELD * mask.size)))
+    mask[10 : 10 + side, 10 : 10 + side] = True
+    assert has_lung_field(mask)
+    mask[10 : 10 + side, 10 + side // 2] = False  # two halves, each too small
+    assert not has_lung_field(mask)
+    assert has_lung_field(planted_lungs((120, 100))) and has_lung_field(_one_lung((120, 100)))
 
 
 # ------------------------------------------------------- the shipped segmenter
@@ -164,30 +196,40 @@ def shipped_segmenter():
 
 
 def non_chest_pixels() -> list:
-    """Grey non-chest images with no tag to give them away: only the pixels can."""
+    """Grey non-chest images with no tag to give them away: only the pixels can.
+
+    Each comes with the flag the lungs give it: no lung field at all refuses it;
+    an untagged CT slice (the air beside the body) and a gradient hold one or two
+    lung-sized 'fields' that make no pair, which is also what severe disease can
+    do to a real film, so they are flagged unusual and admitted, never sent home.
+    """
     rng = np.random.default_rng(0)
     rows, cols = np.mgrid[:256, :256]
     return [
-        pytest.param("CT_small.png", _untagged("CT_small.dcm"), id="CT_small.png"),
-        pytest.param("MR_small.png", _untagged("MR_small.dcm"), id="MR_small.png"),
-        pytest.param("grey_photo.png", _grey_photo(), id="grey_photo.png"),
+        pytest.param("CT_small.png", _untagged("CT_small.dcm"), "unusual", id="CT_small.png"),
+        pytest.param("MR_small.png", _untagged("MR_small.dcm"), "not_chest", id="MR_small.png"),
+        pytest.param("grey_photo.png", _grey_photo(), "not_chest", id="grey_photo.png"),
         pytest.param("noise.png", _png(rng.integers(0, 256, (256, 256), dtype=np.uint8)),
-                     id="noise.png"),
-        pytest.param("gradient.png", _png(((rows + cols) / 2).astype(np.uint8)),
+                     "not_chest", id="noise.png"),
+        pytest.param("gradient.png", _png(((rows + cols) / 2).astype(np.uint8)), "unusual",
                      id="gradient.png"),
     ]
 
 
 @shipped
-@pytest.mark.parametrize(("name", "data"), non_chest_pixels())
+@pytest.mark.parametrize(("name", "data", "flag"), non_chest_pixels())
 def test_the_shipped_segmenter_finds_no_lungs_in_grey_non_chest_images(
-    name, data, shipped_segmenter, classifier
+    name, data, flag, shipped_segmenter, classifier
 ):
     seg = shipped_segmenter.segment(decode_image(data, name).pixels)
     assert lung_problem(seg), f"{name}: the segmenter found a plausible pair of lungs"
     result = analyse([(name, data)], classifier, ood=OODDetector(),
                      segmenter=shipped_segmenter)[0]
-    assert result.ood and result.triage.startswith(NOT_A_CHEST_XRAY)
+    assert result.flag == flag
+    if flag == "not_chest":
+        assert result.refused and result.triage.startswith(NOT_A_CHEST_XRAY)
+    else:
+        assert result.label and result.decision.advice == "admit"
 
 
 @shipped
@@ -195,7 +237,8 @@ def test_the_shipped_segmenter_passes_real_xrays(shipped_segmenter, classifier, 
     results = analyse(_real_films(shared_data_dir), classifier, ood=OODDetector(),
                       segmenter=shipped_segmenter)
     assert all(r.error is None for r in results)
-    flagged = [(r.name, r.ood_reason) for r in results if r.ood]
+    assert [r.name for r in results if r.refused] == []
+    flagged = [(r.name, r.flag_reason) for r in results if r.ood]
     rate = len(flagged) / len(results)
     print(f"real X-rays flagged by the tag, pixel and lung gates: {rate:.3f} "
           f"({len(flagged)}/{len(results)}) {flagged}")

@@ -11,6 +11,9 @@ from PIL import Image
 from covid.__main__ import main
 from covid.screening.predict import COLUMNS
 
+NO_LUNGS = ["--lung-model", "/nonexistent/lungs.keras"]
+"""No segmenter: the shipped one finds no lungs in noise, and such a film is refused."""
+
 
 def _png(path, seed):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,7 +32,7 @@ def folder(tmp_path):
 
 
 def test_csv_rows_columns_and_error_row(folder, tiny_model_file, capsys):
-    status = main(["predict", "--model", str(tiny_model_file), str(folder),
+    status = main(["predict", *NO_LUNGS, "--model", str(tiny_model_file), str(folder),
                    str(folder / "missing.png")])
     assert status == 0
     out = capsys.readouterr().out
@@ -46,7 +49,7 @@ def test_csv_rows_columns_and_error_row(folder, tiny_model_file, capsys):
 
 
 def test_json_format(folder, tiny_model_file, capsys):
-    assert main(["predict", "--format", "json", "--model", str(tiny_model_file),
+    assert main(["predict", *NO_LUNGS, "--format", "json", "--model", str(tiny_model_file),
                  str(folder / "a.png")]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert list(rows[0]) == list(COLUMNS)
@@ -70,7 +73,7 @@ def test_usage_error_is_non_zero():
 
 def test_csv_header_is_exactly_the_documented_columns_in_order():
     assert ",".join(COLUMNS) == ("path,label,p_covid,p_normal,error,ood,lung_evidence,"
-                                 "p_other_pneumonia")
+                                 "p_other_pneumonia,flag,advice")
 
 
 def test_lung_evidence_is_a_share_for_every_scored_film_and_empty_for_failed_ones(
@@ -80,27 +83,39 @@ def test_lung_evidence_is_a_share_for_every_scored_film_and_empty_for_failed_one
                    str(tiny_lung_file), str(folder)])
     assert status == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0] == ("path,label,p_covid,p_normal,error,ood,lung_evidence,"
-                                   "p_other_pneumonia")
+    assert out.splitlines()[0] == ",".join(COLUMNS)
     rows = list(csv.DictReader(io.StringIO(out)))
     scored = [r for r in rows if not r["error"]]
     assert len(scored) == 2
     for r in scored:
         assert 0.0 <= float(r["lung_evidence"]) <= 1.0
-        assert r["ood"] == "false"  # planted lungs are a plausible pair
+        assert r["ood"] == "false" and r["flag"] == "none"  # planted lungs: a plausible pair
+        assert r["advice"] == ("home" if r["label"] == "Normal" else "admit")
     failed = next(r for r in rows if r["error"])
-    assert failed["lung_evidence"] == "" and failed["ood"] == ""
+    assert failed["lung_evidence"] == "" and failed["ood"] == "" and failed["flag"] == ""
+    assert failed["advice"] == ""
 
 
-def test_a_film_without_plausible_lungs_is_flagged_in_the_csv(
+def test_a_film_without_lungs_is_refused_in_the_csv(
     folder, tiny_model_file, tiny_lung_file, plant_lungs, capsys
 ):
     plant_lungs.mask_for = lambda shape: np.zeros(shape, bool)  # no lungs at all
     assert main(["predict", "--model", str(tiny_model_file), "--lung-model",
                  str(tiny_lung_file), str(folder / "a.png")]) == 0
     row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
-    assert row["ood"] == "true" and row["error"] == ""
-    assert row["lung_evidence"] == "0.0"  # still a value: no evidence lies in no lungs
+    assert row["ood"] == "true" and row["flag"] == "not_chest" and row["error"] == ""
+    assert row["label"] == row["advice"] == row["p_covid"] == row["lung_evidence"] == ""
+
+
+def test_csv_text_cells_are_guarded_against_formulas(tmp_path, tiny_model_file, capsys,
+                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths, so that a cell starts with the name
+    _png(tmp_path / "=cmd.png", 3)
+    assert main(["predict", *NO_LUNGS, "--model", str(tiny_model_file), "=cmd.png",
+                 "@gone.png"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0]["path"] == "'=cmd.png" and rows[0]["error"] == ""
+    assert rows[1]["path"] == "'@gone.png" and rows[1]["error"] == "'@gone.png: no such file."
 
 
 def test_without_a_segmenter_lung_evidence_is_empty(folder, tiny_model_file, tmp_path, capsys):
@@ -117,7 +132,7 @@ def test_a_three_class_model_fills_p_other_pneumonia(folder, tmp_path, tiny_cnn_
     tiny_metadata.class_names = ["COVID", "Other pneumonia", "Normal"]
     model = tmp_path / "three.keras"
     save_model(tiny_cnn_factory(n_classes=3), tiny_metadata, model)
-    assert main(["predict", "--model", str(model), str(folder / "a.png")]) == 0
+    assert main(["predict", *NO_LUNGS, "--model", str(model), str(folder / "a.png")]) == 0
     row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     total = sum(float(row[c]) for c in ("p_covid", "p_other_pneumonia", "p_normal"))
     assert total == pytest.approx(1.0, abs=3e-6)
@@ -125,6 +140,7 @@ def test_a_three_class_model_fills_p_other_pneumonia(folder, tmp_path, tiny_cnn_
 
 
 def test_a_two_class_model_leaves_p_other_pneumonia_empty(folder, tiny_model_file, capsys):
-    assert main(["predict", "--model", str(tiny_model_file), str(folder / "a.png")]) == 0
+    assert main(["predict", *NO_LUNGS, "--model", str(tiny_model_file),
+                 str(folder / "a.png")]) == 0
     row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert row["p_other_pneumonia"] == "" and row["p_covid"] != ""

@@ -15,7 +15,7 @@ from covid import DISCLAIMER
 from covid.__main__ import main
 from covid.explain.localisation import EVIDENCE_MEANING, energy_inside, lung_outline
 from covid.inputs.decode import ImageDecodeError
-from covid.model.decision import ADVICE
+from covid.model.decision import ADVICE, FLAG_NOT_CHEST, FLAG_UNUSUAL, UNUSUAL_ADVICE
 from covid.model.network import ModelMetadata
 from covid.screening.pipeline import StudyResult, percentages
 from covid.screening.report import ReportError, build_report, report_for_file
@@ -59,11 +59,14 @@ def metadata():
     return ModelMetadata(name="tiny test CNN", version="test-7", sha256=SHA, threshold=0.5)
 
 
-def _result(p_covid=0.8766, ood=False, info=None, threshold=0.5, **fields):
+REASONS = {FLAG_NOT_CHEST: "it is a colour image; chest X-rays are grey.",
+           FLAG_UNUSUAL: "it is unlike the chest X-rays the model was trained on."}
+
+
+def _result(p_covid=0.8766, flag=None, info=None, threshold=0.5, **fields):
     rng = np.random.default_rng(1)
     return scored(
-        "study_01.png", p_covid, threshold=threshold, ood=ood,
-        ood_reason="the intensities are unlike a chest film" if ood else None,
+        "study_01.png", p_covid, threshold=threshold, flag=flag, flag_reason=REASONS.get(flag),
         pixels=rng.integers(0, 255, (90, 70), dtype=np.uint8),
         model_input=np.zeros((32, 32, 1), np.uint8), info=info or {"Modality": "CR"},
         **fields)
@@ -110,12 +113,29 @@ def test_a_three_class_report_has_three_bars_and_the_finding_advice():
         build_report(result, _overlay(), metadata, 0.7)  # 0.65 < 0.7 would be Normal
 
 
-def test_ood_study_gets_no_triage_advice(metadata):
-    text = _text(build_report(_result(ood=True), _overlay(), metadata, 0.5, when=WHEN))
+def test_a_refused_study_gets_the_refusal_and_no_label_bars_map_or_advice(metadata):
+    pdf = build_report(_result(flag=FLAG_NOT_CHEST), None, metadata, 0.5, when=WHEN)
+    text = _flat(_text(pdf))
     assert "This does not look like a chest X-ray" in text
+    assert f"Not a chest X-ray: {REASONS[FLAG_NOT_CHEST]}" in text
     assert ADMIT not in text and GO_HOME not in text
     assert "Result at the operating point" not in text
-    assert DISCLAIMER in text
+    assert " %" not in text and "Grad-CAM" not in text  # no bars, no map
+    assert DISCLAIMER in text and _n_images(pdf) == 1
+
+
+def test_an_unusual_study_keeps_its_label_and_bars_with_a_caution_and_is_admitted(metadata):
+    result = _result(p_covid=0.1, flag=FLAG_UNUSUAL)  # Normal, yet admitted
+    text = _flat(_text(build_report(result, _overlay(), metadata, 0.5, when=WHEN)))
+    assert "Result at the operating point: Normal" in text
+    assert f"Caution: {REASONS[FLAG_UNUSUAL]}" in text
+    assert UNUSUAL_ADVICE in text and GO_HOME not in text
+    assert "COVID 10.0 %" in text and "Normal 90.0 %" in text
+
+
+def test_a_classified_study_needs_its_overlay(metadata):
+    with pytest.raises(ReportError, match="overlay"):
+        build_report(_result(flag=FLAG_UNUSUAL), None, metadata, 0.5)
 
 
 def test_identifier_like_info_keys_are_never_printed(metadata):
@@ -135,9 +155,9 @@ def _flat(text: str) -> str:
     return " ".join(text.split())
 
 
-@pytest.mark.parametrize("ood", [False, True])
-def test_the_share_of_evidence_in_the_lungs_and_its_meaning_are_reported(metadata, ood):
-    result = _result(ood=ood, lungs=np.zeros((90, 70), bool))
+@pytest.mark.parametrize("flag", [None, FLAG_UNUSUAL])
+def test_the_share_of_evidence_in_the_lungs_and_its_meaning_are_reported(metadata, flag):
+    result = _result(flag=flag, lungs=np.zeros((90, 70), bool))
     low = build_report(result, _overlay(), metadata, 0.5, when=WHEN, lung_evidence=0.3)
     text = _flat(_text(low))
     assert "30% of the evidence lies inside the lung fields" in text
@@ -147,10 +167,10 @@ def test_the_share_of_evidence_in_the_lungs_and_its_meaning_are_reported(metadat
     assert _pages(low) == 1
     high = _flat(_text(build_report(result, _overlay(), metadata, 0.5, when=WHEN,
                                     lung_evidence=0.81)))
-    assert "81% of the evidence lies inside the lung fields" in high and "Caution" not in high
-    if ood:  # a flagged film still gets the warning, never triage advice
-        assert ADMIT not in high and GO_HOME not in high
-        assert "This does not look like a chest X-ray" in high
+    assert "81% of the evidence lies inside the lung fields" in high
+    assert ("Caution" in high) == (flag == FLAG_UNUSUAL)  # the lungs' caution is gone
+    if flag:  # an unusual film is admitted, whatever its label
+        assert UNUSUAL_ADVICE in high and GO_HOME not in high
 
 
 def test_without_lungs_the_share_is_said_to_be_unmeasured(metadata):
@@ -213,6 +233,18 @@ def test_report_for_file_outlines_the_lungs_and_reports_the_share(
         in text
 
 
+def test_report_for_file_refuses_a_colour_photograph_without_a_map(classifier, tmp_path):
+    from covid.screening.ood import OODDetector
+
+    path = tmp_path / "photo.png"
+    colour = np.random.default_rng(8).integers(0, 255, (80, 90, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(path)
+    pdf = report_for_file(path, classifier, ood=OODDetector(), when=WHEN)
+    text = _flat(_text(pdf))
+    assert "Not a chest X-ray: it is a colour image" in text and _n_images(pdf) == 1
+    assert "Result at the operating point" not in text and " %" not in text
+
+
 def test_report_for_file_on_a_broken_file(classifier, tmp_path):
     path = tmp_path / "broken.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
@@ -266,7 +298,9 @@ def test_cli_writes_a_valid_pdf(tiny_model_file, tmp_path, capsys):
     image, out = tmp_path / "a.png", tmp_path / "out" / "report.pdf"
     image.write_bytes(_png_bytes(4))
     out.parent.mkdir()
-    assert main(["report", str(image), "-o", str(out), "--model", str(tiny_model_file)]) == 0
+    # no segmenter: the shipped one finds no lungs in noise, which would be refused
+    assert main(["report", str(image), "-o", str(out), "--model", str(tiny_model_file),
+                 "--lung-model", str(tmp_path / "none.keras")]) == 0
     text = _text(out.read_bytes())
     assert "a.png" in text and DISCLAIMER in text and _n_images(out.read_bytes()) >= 2
 

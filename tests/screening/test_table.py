@@ -4,11 +4,19 @@ import csv
 import io
 
 from covid import DISCLAIMER
-from covid.model.decision import ADVICE, NOT_A_CHEST_XRAY
+from covid.model.decision import (
+    ADVICE,
+    FLAG_NONE,
+    FLAG_NOT_CHEST,
+    FLAG_UNUSUAL,
+    NOT_A_CHEST_XRAY,
+    UNUSUAL_ADVICE,
+)
 from covid.screening.pipeline import StudyResult, relabel
 from covid.screening.table import (
     by_column,
     csv_bytes,
+    spreadsheet_safe,
     suspicion_order,
     table_columns,
     table_key,
@@ -18,14 +26,14 @@ from tests.results import THREE_CLASSES, scored
 from tests.results import failed as _failed
 
 CLASSES = ["COVID", "Normal"]
-HEADER = ["file", "COVID %", "label", "out-of-distribution", "evidence in lungs %", "triage",
+HEADER = ["file", "COVID %", "label", "flag", "advice", "evidence in lungs %", "triage",
           "error"]
 ADMIT, GO_HOME = ADVICE["COVID"], ADVICE["Normal"]
 
 
-def _scored(name: str, p: float, ood: bool | None = None, threshold: float = 0.5,
+def _scored(name: str, p: float, flag: str | None = None, threshold: float = 0.5,
             lungs: float | None = None) -> StudyResult:
-    return scored(name, p, threshold=threshold, ood=ood, lung_evidence=lungs)
+    return scored(name, p, threshold=threshold, flag=flag, lung_evidence=lungs)
 
 
 def test_table_columns_are_fixed_and_ordered():
@@ -43,7 +51,7 @@ def test_a_three_class_row_has_a_column_per_finding_and_the_finding_advice():
 
 def test_csv_has_the_table_columns_in_order_and_the_rows_in_order():
     results = [_scored("b.png", 0.2), _failed("broken.png"),
-               _scored("a.png", 0.9, ood=False, lungs=0.73456)]
+               _scored("a.png", 0.9, flag=FLAG_NONE, lungs=0.73456)]
     ranked = [results[i] for i in suspicion_order(results)]
     rows = table_rows(ranked, CLASSES)
     assert [list(row) for row in rows] == [HEADER] * 3
@@ -53,22 +61,29 @@ def test_csv_has_the_table_columns_in_order_and_the_rows_in_order():
     assert parsed[0] == HEADER
     assert [r[0] for r in parsed[1:]] == ["a.png", "b.png", "broken.png"]
     a, b, broken = parsed[1:]
-    assert a == ["a.png", "90.0", "COVID", "no", "73.5", f"{ADMIT} {DISCLAIMER}", ""]
-    # no detector and no segmenter ran
-    assert b[1:6] == ["20.0", "Normal", "", "", f"{GO_HOME} {DISCLAIMER}"]
-    assert broken[:6] == ["broken.png", "", "", "", "", ""]
-    assert broken[6].startswith("broken.png: ")
+    assert a == ["a.png", "90.0", "COVID", "none", "admit", "73.5", f"{ADMIT} {DISCLAIMER}", ""]
+    # no detector ran (decided as unflagged) and no segmenter ran
+    assert b[1:7] == ["20.0", "Normal", "none", "home", "", f"{GO_HOME} {DISCLAIMER}"]
+    assert broken[:7] == ["broken.png", "", "", "", "", "", ""]
+    assert broken[7].startswith("broken.png: ")
     assert text.endswith("\r\n") and len(text.splitlines()) == 4
 
 
-def test_flagged_image_gets_no_label_and_no_triage_advice():
-    row = table_rows([_scored("cat.png", 0.99, ood=True, lungs=0.1)], CLASSES)[0]
-    assert row["label"] == "" and row["out-of-distribution"] == "yes"
-    assert row["triage"].startswith(NOT_A_CHEST_XRAY) and row["COVID %"] == 99.0
-    assert row["evidence in lungs %"] == 10.0  # shown, like the raw score
+def test_a_refused_image_gets_no_label_no_scores_and_no_advice():
+    row = table_rows([_scored("cat.png", 0.99, flag=FLAG_NOT_CHEST)], CLASSES)[0]
+    assert row["label"] == "" and row["flag"] == "not_chest" and row["advice"] == ""
+    assert row["triage"].startswith(NOT_A_CHEST_XRAY) and row["COVID %"] is None
+    assert row["evidence in lungs %"] is None
     text = csv_bytes([row], table_columns(CLASSES)).decode("utf-8")
     assert "admit" not in text.lower() and "go home" not in text.lower()
     assert NOT_A_CHEST_XRAY in text
+
+
+def test_an_unusual_chest_xray_keeps_its_label_and_scores_and_is_admitted():
+    row = table_rows([_scored("icu.png", 0.1, flag=FLAG_UNUSUAL, lungs=0.6)], CLASSES)[0]
+    assert row["label"] == "Normal" and row["flag"] == "unusual" and row["advice"] == "admit"
+    assert row["COVID %"] == 10.0 and row["evidence in lungs %"] == 60.0
+    assert row["triage"].startswith(UNUSUAL_ADVICE) and GO_HOME not in row["triage"]
 
 
 def test_evidence_in_lungs_is_a_number_that_sorts_numerically():
@@ -96,11 +111,24 @@ def test_csv_neutralises_spreadsheet_formulas():
     assert parsed[1][0].startswith("'=") and parsed[1][-1].startswith("'=")
 
 
+def test_the_formula_guard_prefixes_only_text_a_spreadsheet_would_run():
+    for text in ("=1+1", "+1", "-2", "@SUM(A1)", "\tx", "\rx"):
+        assert spreadsheet_safe(text) == f"'{text}"
+    for value in ("a.png", "", "1=1", -0.5, 3, None):
+        assert spreadsheet_safe(value) == value
+
+
 def test_suspicion_order_is_descending_with_errors_last_and_stable_ties():
     results = [_failed("bad1"), _scored("low", 0.1), _scored("tie1", 0.6), _scored("high", 0.95),
                _scored("tie2", 0.6), _failed("bad2")]
     assert [results[i].name for i in suspicion_order(results)] == [
         "high", "tie1", "tie2", "low", "bad1", "bad2"]
+
+
+def test_refused_images_rank_after_every_classified_film_and_before_errors():
+    results = [_failed("bad"), _scored("cat", 0.99, flag=FLAG_NOT_CHEST), _scored("low", 0.1),
+               _scored("icu", 0.5, flag=FLAG_UNUSUAL)]
+    assert [results[i].name for i in suspicion_order(results)] == ["icu", "low", "cat", "bad"]
 
 
 def test_relabel_follows_the_threshold_and_leaves_the_cached_result_alone():
@@ -114,9 +142,11 @@ def test_relabel_follows_the_threshold_and_leaves_the_cached_result_alone():
     assert higher.label == "Normal" and higher.triage.startswith(GO_HOME)
 
 
-def test_relabel_keeps_out_of_distribution_and_failed_results_safe():
-    flagged = relabel(_scored("cat.png", 0.9, ood=True), 0.1)
-    assert flagged.triage.startswith(NOT_A_CHEST_XRAY)
+def test_relabel_keeps_flagged_and_failed_results_safe():
+    refused = relabel(_scored("cat.png", 0.9, flag=FLAG_NOT_CHEST), 0.1)
+    assert refused.triage.startswith(NOT_A_CHEST_XRAY) and refused.label == ""
+    unusual = relabel(_scored("icu.png", 0.2, flag=FLAG_UNUSUAL), 0.9)
+    assert unusual.label == "Normal" and unusual.decision.advice == "admit"
     failed = _failed("bad.png")
     assert relabel(failed, 0.1) is failed
 
