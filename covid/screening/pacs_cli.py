@@ -1,17 +1,21 @@
 """``python -m covid pacs``: score every chest radiograph a PACS holds, and send the results back.
 
 One row per CR or DX instance that the search finds, as CSV or an aligned table
-on stdout: the ``predict`` columns with ``study_uid`` and ``sop_instance_uid`` in
-place of ``path``, plus ``sent`` (``yes``: stored now; ``already``: the study held
-them; ``no``: not asked, or nothing to send; ``failed``: see stderr). Films are
-retrieved in memory and go through the same pipeline as an uploaded ``.dcm`` file,
-so ``p_covid`` is what ``predict`` gives for the same pixels.
+on stdout: the ``predict`` columns (``flag`` and ``advice`` among them) with
+``study_uid`` and ``sop_instance_uid`` in place of ``path``, plus ``sent``
+(``yes``: stored now; ``already``: the study held them; ``no``: not asked, or
+nothing to send, as for a film refused as not a chest X-ray; ``failed``: the
+reason is in ``error``). Films are retrieved in memory and go through the same
+pipeline as an uploaded ``.dcm`` file, so ``p_covid`` is what ``predict`` gives
+for the same pixels. CSV text cells are guarded against formula injection by the
+project's one guard (:func:`covid.screening.table.spreadsheet_safe`).
 
 The address comes from ``--url`` or ``COVID_PACS_URL``; the user name and the
 password only from ``COVID_PACS_USER`` and ``COVID_PACS_PASSWORD``. A failure to
 search (wrong password, server down or slow) exits with status 1 and a message on
-stderr; a film that cannot be retrieved or decoded gets its row with the reason,
-and the others are still scored. Status 1 too when a result could not be sent.
+stderr. A film that cannot be retrieved, decoded or given results gets its row
+with the reason in ``error``, and the run goes on; at the end a line on stderr
+says how many failed, and the exit status is 1. No patient name is printed.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError
 from covid.screening import predict
 from covid.screening.engine import missing_model_message
 from covid.screening.pipeline import StudyResult, analyse
+from covid.screening.table import spreadsheet_safe
 
 if TYPE_CHECKING:
     from covid.screening.engine import ScreeningModels
@@ -71,24 +76,29 @@ def _retrieve(client: PacsClient, records: Sequence[InstanceRecord]) -> list[byt
 
 
 def _send(client: PacsClient, data: bytes, result: StudyResult,
-          models: ScreeningModels) -> str:
-    """Sends one film's results; the ``sent`` value (a failure is reported on stderr)."""
+          models: ScreeningModels) -> tuple[str, str]:
+    """Sends one film's results.
+
+    Returns:
+        The ``sent`` value, and the reason when it is ``failed`` (also on stderr).
+    """
     from covid.screening.pacs_results import (
         ResultsError,
         build_results,
+        nothing_to_send,
         send_results,
         source_header,
     )
 
-    if result.error is not None:
-        return "no"
+    if nothing_to_send(result) is not None:  # failed, or refused as not a chest X-ray
+        return "no", ""
     meta = models.classifier.metadata
     try:
         objects = build_results(source_header(data), result, meta, meta.threshold)
-        return "yes" if send_results(client, objects) else "already"
+        return ("yes" if send_results(client, objects) else "already"), ""
     except (PacsError, ResultsError) as err:
         print(f"error: sending the results of {result.name}: {err}", file=sys.stderr)
-        return "failed"
+        return "failed", f"the results could not be sent: {err}"
 
 
 def score_listing(client: PacsClient, listing: Listing, models: ScreeningModels,
@@ -114,8 +124,9 @@ def score_listing(client: PacsClient, listing: Listing, models: ScreeningModels,
                                names, "no")
                 continue
             result = next(scored)
-            sent = _send(client, content, result, models) if send else "no"
-            yield pacs_row(record, result, names, sent)
+            sent, failure = _send(client, content, result, models) if send else ("no", "")
+            row = pacs_row(record, result, names, sent)
+            yield {**row, "error": failure} if failure else row
 
 
 def write_table(rows: Sequence[dict[str, Any]], out: Any = None) -> None:
@@ -160,7 +171,7 @@ def _emit(rows: Iterator[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
     for row in rows:
         done.append(row)
         if fmt == "csv":
-            writer.writerow(row)
+            writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
             sys.stdout.flush()
     if fmt == "table":
         write_table(done)
@@ -189,4 +200,9 @@ def run(args: argparse.Namespace) -> int:
     except ModelFileError as err:
         print(missing_model_message(err), file=sys.stderr)
         return 1
-    return 1 if any(r["sent"] == "failed" for r in rows) else 0
+    failed = sum(1 for r in rows if r["error"])
+    if failed:
+        print(f"error: {failed} of {len(rows)} instance{'s' if len(rows) > 1 else ''} failed; "
+              "the error column of each says why.", file=sys.stderr)
+        return 1
+    return 0

@@ -78,12 +78,16 @@ def test_p_covid_equals_predict_for_the_same_pixels(loaded_orthanc, models, pacs
                                                         expected["lung_evidence"])
 
 
-def test_the_disguised_ct_slice_is_flagged(loaded_orthanc, models, pacs_env, capsys):
+def test_the_disguised_ct_slice_is_refused(loaded_orthanc, models, pacs_env, capsys):
     server, stored = loaded_orthanc
     assert run_pacs(server, models) == 0
     rows = {r["sop_instance_uid"]: r for r in rows_of(capsys.readouterr().out)}
-    assert rows[stored.disguised]["ood"] == "true"
+    disguised = rows[stored.disguised]
+    assert (disguised["ood"], disguised["flag"], disguised["label"], disguised["advice"]) == (
+        "true", "not_chest", "", "")
     assert {rows[uid]["ood"] for uid in stored.films} == {"false"}
+    assert {rows[uid]["flag"] for uid in stored.films} == {"none"}
+    assert {rows[uid]["advice"] for uid in stored.films} <= {"admit", "home"}
 
 
 def test_table_format_and_date_range(loaded_orthanc, models, pacs_env, capsys):
@@ -95,25 +99,73 @@ def test_table_format_and_date_range(loaded_orthanc, models, pacs_env, capsys):
     assert len(lines) == 3
 
 
-def test_send_stores_an_sr_and_a_map_per_film_once(orthanc, film_pixels, models, pacs_env,
-                                                   capsys):
+def test_send_gives_a_row_per_film_an_sr_and_map_per_scored_film_and_is_idempotent(
+        orthanc, film_pixels, models, pacs_env, capsys):
+    """The issue's check, smaller: films lacking birth date, sex and accession among them."""
     from tests.pacs_server import load_studies
 
     stored = load_studies(orthanc, film_pixels[:2])
     before = orthanc.instance_count()
     assert run_pacs(orthanc, models, "--send") == 0
-    first = rows_of(capsys.readouterr().out)
-    assert len(first) == 3 and {r["sent"] for r in first} == {"yes"}
-    assert orthanc.instance_count() == before + 2 * 3
-    for row in first:  # each study now holds the film, its SR and its map
-        modalities = _study_modalities(orthanc, row["study_uid"])
-        assert sorted(modalities) == ["DX", "OT", "SR"]
-    assert run_pacs(orthanc, models, "--send") == 0
+    captured = capsys.readouterr()
+    first = rows_of(captured.out)
+    assert sorted(r["sop_instance_uid"] for r in first) == sorted([*stored.films,
+                                                                   stored.disguised])
+    assert all(r["error"] == "" for r in first)
+    refused = {r["sop_instance_uid"] for r in first if r["flag"] == "not_chest"}
+    assert refused == {stored.disguised}  # a CT slice: refused, so nothing sent
+    sent = [r for r in first if r["sop_instance_uid"] not in refused]
+    assert {r["sent"] for r in sent} == {"yes"} and len(sent) == 4
+    assert {r["sent"] for r in first if r["sop_instance_uid"] in refused} == {"no"}
+    assert {r["sop_instance_uid"] for r in sent} >= set(stored.bare)
+    assert orthanc.instance_count() == before + 2 * len(sent)
+    for row in first:  # each scored study now holds the film, its SR and its map
+        expected = ["DX"] if row["sop_instance_uid"] in refused else ["DX", "OT", "SR"]
+        assert sorted(_study_modalities(orthanc, row["study_uid"])) == expected
+
+    assert run_pacs(orthanc, models, "--send") == 0  # again: nothing new, no duplicates
     second = rows_of(capsys.readouterr().out)
     assert [r["sop_instance_uid"] for r in second] == [r["sop_instance_uid"] for r in first]
-    assert {r["sent"] for r in second} == {"already"}
-    assert orthanc.instance_count() == before + 2 * 3
+    assert {r["sent"] for r in second if r["sop_instance_uid"] not in refused} == {"already"}
+    assert orthanc.instance_count() == before + 2 * len(sent)
     assert stored.ct_study not in {r["study_uid"] for r in second}
+    for part in PATIENT_NAME.split("^"):
+        assert part not in captured.out + captured.err
+    assert "Traceback" not in captured.err
+
+
+def test_a_study_whose_results_cannot_be_built_gets_its_error_and_the_run_goes_on(
+        orthanc, film_pixels, models, pacs_env, capsys):
+    from tests.pacs_server import dx_film, to_bytes
+
+    good = dx_film(film_pixels[0], "GOOD", "20240101")
+    bad = dx_film(film_pixels[1], "BAD", "20240102", PatientOrientation=["X", "Y"])
+    for film in (bad, good):
+        orthanc.upload(to_bytes(film))
+    assert run_pacs(orthanc, models, "--send") == 1
+    captured = capsys.readouterr()
+    rows = {r["sop_instance_uid"]: r for r in rows_of(captured.out)}
+    assert rows[good.SOPInstanceUID]["sent"] == "yes" and rows[good.SOPInstanceUID]["error"] == ""
+    failed = rows[bad.SOPInstanceUID]
+    assert failed["sent"] == "failed" and failed["label"]  # scored, but not sent
+    assert failed["error"].startswith(f"the results could not be sent: {bad.SOPInstanceUID}: "
+                                      "the results could not be built (ValueError:")
+    assert captured.err.splitlines()[-1] == ("error: 1 of 2 instances failed; the error column "
+                                             "of each says why.")
+    assert "Traceback" not in captured.err
+    for part in PATIENT_NAME.split("^"):
+        assert part not in captured.out + captured.err
+
+
+def test_csv_text_is_guarded_against_formulas(capsys):
+    from covid.screening.pacs_cli import _emit
+
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(study_uid="1.2.3", error="=HYPERLINK(\"http://x\")", p_covid=0.25, sent="no")
+    _emit(iter([row]), "csv")
+    written = rows_of(capsys.readouterr().out)[0]
+    assert written["error"] == "'=HYPERLINK(\"http://x\")"
+    assert (written["study_uid"], written["p_covid"]) == ("1.2.3", "0.25")
 
 
 def _study_modalities(server, study_uid: str) -> list[str]:
