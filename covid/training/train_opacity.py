@@ -16,7 +16,8 @@ serving with the lung segmenter's, and the shift and zoom augmentation covers th
 difference. Near-duplicate films are grouped by perceptual hash and kept within one
 side of an 80/10/10 split stratified by folder. Training is the loop the lung
 segmenter uses (:func:`covid.training.unet_training.fit_unet`); the checkpoint kept
-is the one with the best mean Dice on the validation COVID films.
+is the one with the best mean Dice on the validation COVID films, and the opacity
+threshold is then chosen on the same films (:func:`choose_threshold`).
 
 The held-out test films are then segmented twice by the serving class
 (:class:`covid.model.opacity.OpacitySegmenter`): inside the shipped lung segmenter's
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from covid.model.opacity import OPACITY_THRESHOLD
 from covid.training.catalogue import data_dir
 from covid.training.train_lungs import MASK_FOLDER
 from covid.training.unet_training import fit_unet, hash_split, recipe, subsample, training_parser
@@ -47,6 +49,8 @@ EXCLUDED_FOLDER = "Non-COVID"
 """Left out: its empty infection masks were never drawn, so they are not negatives."""
 CHUNK = 64
 """Films segmented per batch when testing."""
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+"""Opacity thresholds tried on the validation films once training ends."""
 
 
 def find_opacity_dataset(root: str | Path) -> tuple[list[Path], np.ndarray]:
@@ -166,21 +170,37 @@ def load_opacity_data(args: argparse.Namespace) -> OpacityData:
     return OpacityData(images, covid, split, films, lungs, infection, x, y)
 
 
-def val_dice(model, data: OpacityData) -> float:
-    """Mean Dice on the validation COVID films, inside the radiologists' lungs."""
+def val_dice(model, data: OpacityData, thresholds: tuple[float, ...] = (OPACITY_THRESHOLD,)
+             ) -> dict[float, float]:
+    """Mean Dice of the validation COVID films, inside the radiologists' lungs, per threshold.
+
+    Args:
+        model: The network.
+        data: The dataset (its ``val`` split is used).
+        thresholds: Probabilities above which a pixel is opacity.
+
+    Returns:
+        Each threshold's mean Dice (0 without validation COVID films).
+    """
     from covid.inputs.preprocess import lung_box
     from covid.model.lungs import dice
     from covid.model.opacity import opacity_from_probs
 
     index = [i for i in data.split["val"] if data.covid[i]]
     if not index:
-        return 0.0
+        return dict.fromkeys(thresholds, 0.0)
     probs = model.predict(data.x[index].astype(np.float32), batch_size=32, verbose=0)[..., 0]
-    return float(np.mean([
-        dice(opacity_from_probs(p, lung_box(data.lungs[i]), data.films[i].shape, data.lungs[i]),
-             data.infection[i])
-        for p, i in zip(probs, index, strict=True)
-    ]))
+    boxes = [lung_box(data.lungs[i]) for i in index]
+    return {t: float(np.mean([
+        dice(opacity_from_probs(p, box, data.films[i].shape, data.lungs[i], t), data.infection[i])
+        for p, box, i in zip(probs, boxes, index, strict=True)
+    ])) for t in thresholds}
+
+
+def choose_threshold(model, data: OpacityData) -> tuple[float, dict[float, float]]:
+    """The threshold of :data:`THRESHOLDS` with the best validation Dice, and each one's Dice."""
+    dices = val_dice(model, data, THRESHOLDS)
+    return max(dices, key=dices.__getitem__), dices
 
 
 def _percent(values: list[float], q: float) -> float | None:
@@ -279,26 +299,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _metadata(args: argparse.Namespace, data: OpacityData, state: dict, metrics: dict,
-              seconds: float):
-    """The segmenter's metadata: data, split sizes, held-out metrics and the recipe."""
+def _metadata(args: argparse.Namespace, data: OpacityData, state: dict,
+              threshold: tuple[float, dict[float, float]], metrics: dict, seconds: float):
+    """The segmenter's metadata: data, split sizes, threshold, held-out metrics and the recipe.
+
+    ``threshold`` is the one chosen and the validation Dice of each one tried.
+    """
     from covid.model.opacity import MIN_COMPONENT, RALE_BANDS, OpacityModelMetadata
 
     covid = int(data.covid.sum())
     return OpacityModelMetadata(
         input_size=args.size,
+        threshold=threshold[0],
         trained_on=(f"{args.data.name}: {covid} COVID-19 films with radiologists' infection "
                     f"masks and {len(data.images) - covid} normal films (empty masks); the "
                     f"{EXCLUDED_FOLDER} films left out (their masks were never drawn)"),
         splits={k: len(v) for k, v in data.split.items()},
         metrics={**metrics, "val_dice_best": round(state["best_dice"], 4),
+                 "val_dice_by_threshold": {f"{t:g}": round(d, 4) for t, d in threshold[1].items()},
                  "measured_at": "each mask's own resolution (256 px), after post-processing; "
                                 "COVID films for Dice, extent error and score agreement",
                  "score": f"modified RALE (Wong et al. 2020), per lung 0-4 at {RALE_BANDS}"},
         recipe={**recipe(args, state, seconds),
                 "crop": ("the lungs' square box (covid.inputs.preprocess.lung_box): the "
                          "radiologists' lung mask in training, the lung segmenter's in serving"),
-                "val_selection": "mean Dice of validation COVID films, radiologists' lungs",
+                "val_selection": ("epoch and threshold: mean Dice of the validation COVID "
+                                  "films, radiologists' lungs"),
                 "min_component": MIN_COMPONENT},
     )
 
@@ -324,11 +350,14 @@ def train(args: argparse.Namespace) -> Path:
     data = load_opacity_data(args)
     fit = data.split["train"]
     model, state = fit_unet(args, data.x[fit], data.y[fit], lambda: build_opacity_unet(None),
-                            lambda m: val_dice(m, data))
-    segmenter = OpacitySegmenter(model, OpacityModelMetadata(input_size=args.size))
+                            lambda m: val_dice(m, data)[OPACITY_THRESHOLD])
+    threshold, tried = choose_threshold(model, data)
+    LOG.info("threshold %g chosen on validation from %s", threshold, tried)
+    segmenter = OpacitySegmenter(model, OpacityModelMetadata(input_size=args.size,
+                                                             threshold=threshold))
     metrics = held_out_metrics(segmenter, data, args.lung_model)
     LOG.info("held-out test %s", metrics)
-    metadata = _metadata(args, data, state, metrics, time.time() - started)
+    metadata = _metadata(args, data, state, (threshold, tried), metrics, time.time() - started)
     exported = args.run / "opacity_unet.keras"
     save_opacity_model(model, metadata, exported)
     if args.ship:

@@ -9,6 +9,7 @@ from PIL import Image
 from covid.model.opacity import OpacitySegmentation, OpacitySegmenter, grade
 from covid.training.train_opacity import (
     EXCLUDED_FOLDER,
+    THRESHOLDS,
     find_opacity_dataset,
     opacity_metrics,
     opacity_pair,
@@ -115,6 +116,8 @@ def test_a_tiny_run_trains_saves_ships_and_resumes(tmp_path, tiny_lung_file):
     meta = segmenter.metadata
     assert exported == run / "opacity_unet.keras" and exported.is_file()
     assert meta.input_size == 32 and meta.recipe["epochs"] == 1
+    assert meta.threshold in THRESHOLDS
+    assert list(meta.metrics["val_dice_by_threshold"]) == [f"{t:g}" for t in THRESHOLDS]
     assert sum(meta.splits.values()) == 2 * PER_FOLDER  # no Non-COVID, no film without lungs
     assert EXCLUDED_FOLDER in meta.trained_on
     drawn, served = (meta.metrics[k] for k in ("radiologists_lungs", "lung_segmenter_lungs"))
