@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -159,7 +160,9 @@ def chromium_cpu_s() -> dict[str, float]:
             continue
         if "chromium" not in Path(exe).name and not exe.startswith(f"{binary}/chromium"):
             continue
-        kind = next((a.decode().partition("=")[2] for a in args if a.startswith(b"--type=")),
+        # Chromium rewrites its children's command lines into one space-separated string
+        words = b" ".join(args).split()
+        kind = next((w.decode().partition("=")[2] for w in words if w.startswith(b"--type=")),
                     "browser")
         by_kind[kind] = by_kind.get(kind, 0.0) + process_cpu_s(int(entry.name))
     return by_kind
@@ -267,6 +270,9 @@ async def measure(args: argparse.Namespace) -> Crowd:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                                    args=CHROMIUM_ARGS)
         crowd.load = os.getloadavg()
+        # SIGTERM (e.g. from `timeout`) cancels the run: it still reports and stops its server
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM,
+                                                      asyncio.current_task().cancel)
         start = time.perf_counter()
         proc = start_server(port, log)
         sessions = [Session(browser, url) for _ in batches]
@@ -277,15 +283,15 @@ async def measure(args: argparse.Namespace) -> Crowd:
             await asyncio.gather(*(s.open() for s in sessions))
             await drop_all(crowd, sessions, batches, proc.pid, args.poll_ms)
             await check_pages(crowd, sessions, batches, log)
-        except Exception as err:  # report what was measured, and where it stopped
-            crowd.problems.append(f"stopped: {type(err).__name__}: {str(err).splitlines()[0]}"
-                                  f" (server log: {log})")
+        except (Exception, asyncio.CancelledError) as err:  # report what was measured
+            why = (str(err).splitlines() or ["cancelled (SIGTERM)"])[0]
+            crowd.problems.append(f"stopped: {type(err).__name__}: {why} (server log: {log})")
         finally:
             for session in sessions:
                 await session.close()
             await browser.close()
             stop_server(proc)
-    if not args.no_labels and crowd.rows:
+    if not args.no_labels and crowd.rows and not crowd.problems:
         check_labels(crowd, batches)
     return crowd
 
