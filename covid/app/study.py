@@ -186,6 +186,10 @@ def study_detail_ui(
     refusal with its reason, and its PDF; no scores, map or advice.
     """
     result, meta = study.result, classifier.metadata
+    if not result.refused:  # before anything is drawn: a failing map hides the whole panel
+        target = target_index(result, settings.target, meta.class_names)
+        cam = class_map(study, classifier, target, settings.method, maps)
+        explained = meta.class_names[target]
     with st.container(border=True):
         st.subheader(result.name, anchor=False)
         image_col, map_col, score_col = st.columns([1, 1, 1.15], gap="medium")
@@ -199,9 +203,6 @@ def study_detail_ui(
                 info_ui(result.info)
                 report_ui(study, classifier, settings, maps, threshold)
             return
-        target = target_index(result, settings.target, meta.class_names)
-        cam = class_map(study, classifier, target, settings.method, maps)
-        explained = meta.class_names[target]
         with map_col:
             map_ui(study, cam, settings, explained)
         with score_col:

@@ -169,7 +169,7 @@ class BatchingClassifier:
             ValueError: Wrong shape, unknown method or target out of range.
         """
         batch, targets = self.classifier.check_one(x, target)
-        return self.explain_batch(batch, targets, method)[0]
+        return self._submit(method, batch, targets)[0]
 
     def forward_batch(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``Classifier.forward_batch``: (N, C) logits and (N, F) features, batched.

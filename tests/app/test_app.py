@@ -24,6 +24,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from covid import DISCLAIMER
+from covid.explain.batching import BatchingClassifier
 from covid.explain.inference import Classifier
 from covid.inputs.decode import decode_image
 from covid.inputs.preprocess import to_model_input
@@ -89,10 +90,10 @@ def meta(tiny_model_file):
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts the network calls the page makes through the Classifier."""
+    """Counts the network calls the page makes through the server's batching classifier."""
     counts = {"forward": 0, "explain": []}
-    forward, batch, explain = (Classifier.forward_batch, Classifier.explain_batch,
-                               Classifier.explain)
+    forward, batch, explain = (BatchingClassifier.forward_batch, BatchingClassifier.explain_batch,
+                               BatchingClassifier.explain)
 
     def counting_forward(self, x, *args, **kwargs):
         counts["forward"] += len(x)
@@ -106,9 +107,9 @@ def calls(monkeypatch):
         counts["explain"].append((target, method))
         return explain(self, x, target=target, method=method, **kwargs)
 
-    monkeypatch.setattr(Classifier, "forward_batch", counting_forward)
-    monkeypatch.setattr(Classifier, "explain_batch", counting_batch)
-    monkeypatch.setattr(Classifier, "explain", counting_explain)
+    monkeypatch.setattr(BatchingClassifier, "forward_batch", counting_forward)
+    monkeypatch.setattr(BatchingClassifier, "explain_batch", counting_batch)
+    monkeypatch.setattr(BatchingClassifier, "explain", counting_explain)
     return counts
 
 
@@ -366,7 +367,7 @@ def test_an_image_that_is_not_a_chest_xray_is_refused_without_scores_or_map(make
 
 
 def test_a_failing_map_only_hides_its_own_panel(make_app, meta, monkeypatch):
-    explain = Classifier.explain
+    explain = BatchingClassifier.explain
 
     def flaky(self, x, target=None, method="gradcam"):
         if float(np.asarray(x).mean()) == flaky.bad_mean:
@@ -375,7 +376,7 @@ def test_a_failing_map_only_hides_its_own_panel(make_app, meta, monkeypatch):
 
     size = meta.input_size
     flaky.bad_mean = float(to_model_input(decode_image(_png(5), "bad.png").pixels, size).mean())
-    monkeypatch.setattr(Classifier, "explain", flaky)
+    monkeypatch.setattr(BatchingClassifier, "explain", flaky)
     at = make_app().run()
     at.radio(key="method").set_value("Grad-CAM++").run()  # a map the pipeline did not make
     at.file_uploader(key="uploads").set_value([
