@@ -7,8 +7,9 @@ images that are not chest X-rays (a colour picture, and a DICOM whose Modality
 is CT). Then each output is read back the way its reader would see it, as
 (label, flag, advice), and all must agree with the decision and with the rule.
 
-To check another output (the archive's Parquet, the PACS SR...), add a reader
-taking a :class:`Film` and returning :class:`Said` to :data:`READERS`.
+Each output is a reader taking a :class:`Film` and returning :class:`Said` in
+:data:`READERS`: the decision, the result, the page's table and its CSV, the PDF,
+``predict``'s CSV, the Ray archive's Parquet and the PACS Structured Report.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +38,9 @@ from covid.model.decision import (
 from covid.model.network import ModelMetadata
 from covid.model.ood_stats import OODStats
 from covid.screening import predict
+from covid.screening.archive_parts import PartWriter, read_rows, row_schema
 from covid.screening.ood import OODDetector
+from covid.screening.pacs_results import ResultsError, build_results, finding_code
 from covid.screening.pipeline import StudyResult, analyse
 from covid.screening.studies import DisplaySettings, Study, report_pdf
 from covid.screening.table import csv_bytes, table_columns, table_rows
@@ -163,6 +167,46 @@ def said_by_predict_csv(film: Film) -> Said:
     return Said(row["label"], row["flag"], row["advice"])
 
 
+def said_by_archive_parquet(film: Film) -> Said:
+    """The row the Ray archive's actors write (predict's row), through a Parquet file."""
+    path = Path(film.result.name)
+    with tempfile.TemporaryDirectory() as out:
+        writer = PartWriter(Path(out), row_schema(predict.COLUMNS), film.meta.sha256, [])
+        writer.add(predict.row(path, film.result, film.meta.class_names), (str(path), "sha"))
+        writer.flush()
+        (row,) = read_rows(Path(out))
+    assert row["ood"] == str(film.kind != FLAG_NONE).lower()
+    return Said(row["label"], row["flag"], row["advice"])
+
+
+def _sr_items(dataset) -> dict[str, object]:
+    """Every coded SR content item's value, by its concept name's meaning (depth first)."""
+    found = {}
+    for item in getattr(dataset, "ContentSequence", []):
+        if "ConceptCodeSequence" in item:
+            found[item.ConceptNameCodeSequence[0].CodeMeaning] = item.ConceptCodeSequence[0]
+        found.update(_sr_items(item))
+    return found
+
+
+def said_by_pacs_sr(film: Film) -> Said:
+    """What the Structured Report sent to the PACS codes; a refused film sends nothing."""
+    from pydicom.uid import generate_uid
+
+    source = dicom_dataset(pattern(96, 112), StudyInstanceUID=generate_uid(),
+                           SeriesInstanceUID=generate_uid())
+    try:
+        objects = build_results(source, film.result, film.meta, film.meta.threshold)
+    except ResultsError as err:
+        assert "refused as not a chest X-ray" in str(err)
+        return Said("", FLAG_NOT_CHEST, "")
+    items = _sr_items(objects.sr)
+    labels = {finding_code(n).value: n for n in film.meta.class_names}
+    finding = items.get("Finding")
+    return Said(labels[finding.CodeValue] if finding is not None else "",
+                items["Flag"].CodeValue, items["Advice"].CodeValue if "Advice" in items else "")
+
+
 READERS: dict[str, Callable[[Film], Said]] = {
     "decision": said_by_decision,
     "result": said_by_result,
@@ -170,6 +214,8 @@ READERS: dict[str, Callable[[Film], Said]] = {
     "table CSV": said_by_table_csv,
     "PDF": said_by_pdf,
     "predict CSV": said_by_predict_csv,
+    "archive Parquet": said_by_archive_parquet,
+    "PACS SR": said_by_pacs_sr,
 }
 """Every output checked, by name."""
 
