@@ -144,8 +144,7 @@ def load_lung_data(args: argparse.Namespace) -> LungData:
     return LungData(images, masks, split, *load_pairs(images, masks, args.size))
 
 
-def _metadata(args: argparse.Namespace, data: LungData, state: dict, test_dice: float,
-              seconds: float):
+def _metadata(args: argparse.Namespace, data: LungData, state: dict, test_dice: float):
     """The segmenter's metadata: data, split sizes, Dice and the recipe."""
     from covid.model.lungs import LungModelMetadata
 
@@ -156,7 +155,7 @@ def _metadata(args: argparse.Namespace, data: LungData, state: dict, test_dice: 
         splits={k: len(v) for k, v in data.split.items()},
         metrics={"test_dice": round(test_dice, 4), "val_dice_best": round(state["best_dice"], 4),
                  "dice_measured_at": "each mask's own resolution (256 px), after post-processing"},
-        recipe=recipe(args, state, seconds),
+        recipe=recipe(args, state),
     )
 
 
@@ -180,7 +179,7 @@ def train(args: argparse.Namespace) -> Path:
                             lambda m: mean_dice(m, data.x[val], val_masks))
     test_dice = mean_dice(model, data.x[data.split["test"]], data.masks_of("test"))
     LOG.info("held-out test Dice %.4f", test_dice)
-    metadata = _metadata(args, data, state, test_dice, time.time() - started)
+    metadata = _metadata(args, data, state, test_dice)
     exported = args.run / "lung_unet.keras"
     save_lung_model(model, metadata, exported)
     if args.ship:

@@ -300,7 +300,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _metadata(args: argparse.Namespace, data: OpacityData, state: dict,
-              threshold: tuple[float, dict[float, float]], metrics: dict, seconds: float):
+              threshold: tuple[float, dict[float, float]], metrics: dict):
     """The segmenter's metadata: data, split sizes, threshold, held-out metrics and the recipe.
 
     ``threshold`` is the one chosen and the validation Dice of each one tried.
@@ -320,7 +320,7 @@ def _metadata(args: argparse.Namespace, data: OpacityData, state: dict,
                  "measured_at": "each mask's own resolution (256 px), after post-processing; "
                                 "COVID films for Dice, extent error and score agreement",
                  "score": f"modified RALE (Wong et al. 2020), per lung 0-4 at {RALE_BANDS}"},
-        recipe={**recipe(args, state, seconds),
+        recipe={**recipe(args, state),
                 "crop": ("the lungs' square box (covid.inputs.preprocess.lung_box): the "
                          "radiologists' lung mask in training, the lung segmenter's in serving"),
                 "val_selection": ("epoch and threshold: mean Dice of the validation COVID "
@@ -357,7 +357,7 @@ def train(args: argparse.Namespace) -> Path:
                                                              threshold=threshold))
     metrics = held_out_metrics(segmenter, data, args.lung_model)
     LOG.info("held-out test %s", metrics)
-    metadata = _metadata(args, data, state, (threshold, tried), metrics, time.time() - started)
+    metadata = _metadata(args, data, state, (threshold, tried), metrics)
     exported = args.run / "opacity_unet.keras"
     save_opacity_model(model, metadata, exported)
     if args.ship:

@@ -235,8 +235,11 @@ def fit_unet(args: argparse.Namespace, x: np.ndarray, y: np.ndarray, build: Buil
     return _to_float32(model, build), state
 
 
-def recipe(args: argparse.Namespace, state: dict, seconds: float) -> dict:
-    """The recipe both segmenters record in their metadata."""
+def recipe(args: argparse.Namespace, state: dict) -> dict:
+    """The recipe both segmenters record in their metadata.
+
+    ``train_seconds`` adds up the epochs' times, so that a resumed run counts them all.
+    """
     import keras
 
     from covid.model.lungs import UNET_FILTERS
@@ -253,5 +256,6 @@ def recipe(args: argparse.Namespace, state: dict, seconds: float) -> dict:
                                "groups kept within one split"),
         "backend": keras.backend.backend(), "precision": args.precision,
         "backend_probe": probe_record(), "history": state["history"],
-        "train_seconds": round(seconds), "split_seed": args.seed,
+        "train_seconds": round(sum(r["seconds"] for r in state["history"])),
+        "split_seed": args.seed,
     }
