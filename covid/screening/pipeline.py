@@ -204,7 +204,7 @@ def _focus(chunk: list[StudyResult], classifier: Classifier,
     """
     meta = classifier.metadata
     focused = focus_films([r.pixels for r in chunk], meta.input_size, meta.input_mode,
-                          segmenter)
+                          segmenter, meta.input_contrast)
     results = [replace(result, model_input=done.x, box=done.box,  # whole film where fallback
                        lungs=None if done.lungs is None else done.lungs.mask)
                for result, done in zip(chunk, focused, strict=True)]

@@ -100,7 +100,7 @@ def score(classifier, segmenter, films: Catalogue, cache_dir: Path | None) -> Sc
     """Runs the serving path (focus, then the network) over films."""
     meta = classifier.metadata
     focused = focused_dataset(films.paths, meta.input_size, meta.input_mode, segmenter,
-                              cache_dir=cache_dir)
+                              cache_dir=cache_dir, contrast=meta.input_contrast)
     logits, features = classifier.forward_batch(focused.x.astype(np.float32))
     return Scored(films, logits, features, focused)
 

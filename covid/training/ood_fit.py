@@ -165,7 +165,8 @@ def features_of(classifier, paths: Sequence[Path], segmenter=None, chunk: int = 
     parts = [np.zeros((0, classifier.n_features), np.float32)]
     for start in range(0, len(paths), chunk):
         focused = focused_dataset(tuple(paths[start : start + chunk]), meta.input_size,
-                                  meta.input_mode, segmenter, cache_dir=None)
+                                  meta.input_mode, segmenter, cache_dir=None,
+                                  contrast=meta.input_contrast)
         parts.append(classifier.features_batch(focused.x.astype(np.float32)))
         LOG.info("features of %d/%d films", min(start + chunk, len(paths)), len(paths))
     return np.concatenate(parts)

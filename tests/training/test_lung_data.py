@@ -24,8 +24,10 @@ def _need_real_data():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["crop+attenuate", "crop", "attenuate", "crop+mask"])
-def test_training_inputs_equal_the_served_inputs(mode, tiny_cnn_factory, tmp_path):
+@pytest.mark.parametrize(("mode", "contrast"), [
+    ("crop+attenuate", "none"), ("crop", "none"), ("attenuate", "none"), ("crop+mask", "none"),
+    ("crop", "equalise"), ("full", "equalise")])
+def test_training_inputs_equal_the_served_inputs(mode, contrast, tiny_cnn_factory, tmp_path):
     """One preprocessing path: the training loader and the page's pipeline agree byte for byte."""
     _need_real_data()
     from covid.explain.inference import Classifier
@@ -35,15 +37,17 @@ def test_training_inputs_equal_the_served_inputs(mode, tiny_cnn_factory, tmp_pat
     dataset = find_dataset(DATA)
     paths = dataset.paths[:3] + dataset.paths[-3:]
     segmenter = LungSegmenter.from_file(LUNGS)
-    trained_on = focused_dataset(paths, 64, mode, segmenter, cache_dir=tmp_path)
-    meta = ModelMetadata(input_size=64, input_mode=mode, gradcam_layer="last_conv")
+    trained_on = focused_dataset(paths, 64, mode, segmenter, cache_dir=tmp_path,
+                                 contrast=contrast)
+    meta = ModelMetadata(input_size=64, input_mode=mode, input_contrast=contrast,
+                         gradcam_layer="last_conv")
     classifier = Classifier(tiny_cnn_factory(size=64), meta)
     served = analyse([(p.name, p.read_bytes()) for p in paths], classifier, segmenter=segmenter)
     for i, result in enumerate(served):
         assert result.error is None
         assert np.array_equal(result.model_input, trained_on.x[i]), paths[i].name
         assert (result.box.top, result.box.left, result.box.side) == tuple(trained_on.boxes[i])
-    cached = focused_dataset(paths, 64, mode, segmenter, cache_dir=tmp_path)
+    cached = focused_dataset(paths, 64, mode, segmenter, cache_dir=tmp_path, contrast=contrast)
     assert np.array_equal(cached.x, trained_on.x)
 
 
