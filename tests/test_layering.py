@@ -26,6 +26,9 @@ STAGES = ("inputs", "model", "explain", "training", "screening", "app")
 
 ROOT = "covid"
 """The package itself (``covid/__init__.py``): below every stage, importable by all."""
+ROOT_MODULES = frozenset({"covid.settings"})
+"""Plain modules at the package's top that count as the package itself: the settings
+(paths and environment variables, no third-party import), which every stage reads."""
 
 ENTRY_MODULES = frozenset({"covid.__main__", "covid.train", "covid.evaluate", "covid.train_lungs",
                            "covid.train_opacity", "covid.fit_ood"})
@@ -105,7 +108,7 @@ def internal_graph(imports: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
 
 def stage_of(module: str) -> str | None:
     """A module's stage, ``ROOT``, ``"entry"``, or None for a module outside the layout."""
-    if module == ROOT:
+    if module == ROOT or module in ROOT_MODULES:
         return ROOT
     if module in ENTRY_MODULES:
         return "entry"
