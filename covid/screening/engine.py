@@ -1,7 +1,8 @@
-"""The screening models, loaded together: classifier, lung segmenter and OOD gate.
+"""The screening models, loaded together: classifier, lung and opacity segmenters, OOD gate.
 
-The command line, the reports and the page all load the same three things, once,
-and warm them up before the first film arrives.
+The command line, the reports and the page all load the same things, once, and
+warm them up before the first film arrives. The opacity segmenter is optional:
+without its file the rest works and no film gets opacity figures.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import TYPE_CHECKING
 
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
 from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError, ModelMetadata
+from covid.model.opacity import DEFAULT_OPACITY_MODEL_PATH
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
     from covid.model.lungs import LungSegmenter
+    from covid.model.opacity import OpacitySegmenter
     from covid.screening.ood import OODGate
 
 
@@ -24,16 +27,19 @@ class ScreeningModels:
     """Everything the screening pipeline needs besides the files.
 
     Attributes:
-        classifier: The COVID/Normal classifier.
+        classifier: The classifier.
         segmenter: The lung segmenter (None only when a whole-film classifier
             runs without one).
         ood: The out-of-distribution gate (:func:`covid.screening.ood.load_detector`
             builds the one a model ships with).
+        opacity: The opacity segmenter, or None when its file is missing or no
+            lung segmenter runs (it outlines opacities inside the lungs found).
     """
 
     classifier: Classifier
     segmenter: LungSegmenter | None
     ood: OODGate
+    opacity: OpacitySegmenter | None = None
 
 
 def wants_segmenter(meta: ModelMetadata, lung_path: str | Path) -> bool:
@@ -61,17 +67,32 @@ def check_segmenter(
         )
 
 
+def load_opacity(path: str | Path = DEFAULT_OPACITY_MODEL_PATH) -> OpacitySegmenter | None:
+    """The verified opacity segmenter, or None when its file is not there.
+
+    Raises:
+        ModelFileError: The file is there but its metadata is missing, or its
+            SHA-256 differs from the one its metadata records.
+    """
+    from covid.model.opacity import OpacitySegmenter
+
+    return OpacitySegmenter.from_file(path) if Path(path).is_file() else None
+
+
 def load_models(
     model_path: str | Path = DEFAULT_MODEL_PATH,
     lung_path: str | Path = DEFAULT_LUNG_MODEL_PATH,
     warm_up: bool = True,
+    opacity_path: str | Path = DEFAULT_OPACITY_MODEL_PATH,
 ) -> ScreeningModels:
-    """Loads and verifies the classifier, the segmenter and the OOD statistics.
+    """Loads and verifies the classifier, the segmenters and the OOD statistics.
 
     Args:
         model_path: The classifier's ``.keras`` file.
-        lung_path: The segmenter's ``.keras`` file.
+        lung_path: The lung segmenter's ``.keras`` file.
         warm_up: Trace every compiled graph now, so that no request pays for it.
+        opacity_path: The opacity segmenter's ``.keras`` file (optional: when it
+            is missing, or no lung segmenter runs, no film gets opacity figures).
 
     Returns:
         The loaded models.
@@ -79,7 +100,7 @@ def load_models(
     Raises:
         ModelFileError: A file is missing, altered or unreadable, or a
             lung-focused classifier has no segmenter, or not the one it was
-            trained with.
+            trained with; or the opacity segmenter's file is there but altered.
     """
     from covid.explain.inference import Classifier
     from covid.model.lungs import LungSegmenter
@@ -91,11 +112,13 @@ def load_models(
     if wants_segmenter(meta, lung_path):
         segmenter = LungSegmenter.from_file(lung_path)
         check_segmenter(meta, segmenter, model_path, lung_path)
+    opacity = None if segmenter is None else load_opacity(opacity_path)
     if warm_up:
         classifier.warm_up()
-        if segmenter is not None:
-            segmenter.warm_up()
-    return ScreeningModels(classifier, segmenter, load_detector(model_path))
+        for unet in (segmenter, opacity):
+            if unet is not None:
+                unet.warm_up()
+    return ScreeningModels(classifier, segmenter, load_detector(model_path), opacity)
 
 
 def missing_model_message(err: ModelFileError) -> str:

@@ -28,8 +28,9 @@ from covid.model.focus import focus_films
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier, Explanation
-    from covid.model.lungs import LungSegmenter
+    from covid.model.lungs import LungSegmentation, LungSegmenter
     from covid.model.network import ModelMetadata
+    from covid.model.opacity import OpacitySegmentation, OpacitySegmenter
     from covid.screening.ood import OODGate, OODResult
 
 
@@ -70,6 +71,9 @@ class StudyResult:
         cam_target: The class index ``cam`` explains (the label's class), or None.
         lung_evidence: Share of ``cam``'s energy inside ``lungs``, in [0, 1], or
             None (no lungs, or the label changed and its map was not measured).
+        opacity: The opacity segmenter's outline over ``pixels`` and its grade: a
+            separate segmentation, not the classifier's evidence. None for a film
+            refused as not a chest X-ray, without lungs, or without the segmenter.
         info: Safe, non-identifying DICOM fields.
     """
 
@@ -88,6 +92,7 @@ class StudyResult:
     cam: np.ndarray | None = None
     cam_target: int | None = None
     lung_evidence: float | None = None
+    opacity: OpacitySegmentation | None = None
     info: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -260,13 +265,16 @@ def analyse(
     batch_size: int = 16,
     segmenter: LungSegmenter | None = None,
     max_side: int | None = DISPLAY_MAX_SIDE,
+    opacity: OpacitySegmenter | None = None,
 ) -> list[StudyResult]:
     """Decodes, segments, scores, explains and triages a set of files in batches.
 
-    Each batch takes one pass of the segmenter and one compiled pass of the
+    Each batch takes one pass of the lung segmenter and one compiled pass of the
     classifier, which gives the probabilities and the Grad-CAM of each film's
     label together. The map is placed back on the film and its share inside the
-    lungs is measured on the unaltered map.
+    lungs is measured on the unaltered map. With the opacity segmenter, one more
+    pass outlines the opacities of the batch's chest films inside the lungs that
+    the lung segmenter found (a refused film gets none).
 
     Args:
         files: (name, content) pairs, in upload order.
@@ -277,6 +285,7 @@ def analyse(
         batch_size: Images per forward pass.
         segmenter: The lung segmenter (required by lung-focused classifiers).
         max_side: Longest side the film is kept at (None: its own resolution).
+        opacity: The opacity segmenter, or None (then no outline or grade).
 
     Returns:
         One result per file, in the same order.
@@ -290,16 +299,40 @@ def analyse(
         focused, lungs = _focus([results[i] for i in chunk], classifier, segmenter)
         x = np.stack([r.model_input for r in focused]).astype(np.float32)
         explanations = _explain_labels(classifier, x, threshold)
+        scored = []
         for row, i in enumerate(chunk):
             explained = explanations[row]
             verdict = None if ood is None else ood.assess(decoded[i], explained.features,
                                                           lungs[row])
-            results[i] = _scored(focused[row], explained, meta, threshold, verdict)
+            scored.append(_scored(focused[row], explained, meta, threshold, verdict))
+        if opacity is not None:
+            scored = _outlined(scored, lungs, opacity)
+        for i, result in zip(chunk, scored, strict=True):
+            results[i] = result
         if progress is not None:
             progress(min(1.0, (start + len(chunk)) / max(len(ready), 1)))
     if progress is not None:
         progress(1.0)
     return results
+
+
+def _outlined(scored: list[StudyResult], lungs: list[LungSegmentation | None],
+              opacity: OpacitySegmenter) -> list[StudyResult]:
+    """A scored batch with the opacity segmenter's outlines and grades, in one pass.
+
+    A refused film is not segmented: it gets no opacity figures.
+
+    Args:
+        scored: The batch's scored results.
+        lungs: Their lung segmentations over ``pixels`` (None where none ran).
+        opacity: The opacity segmenter.
+
+    Returns:
+        The same results, each with its :attr:`StudyResult.opacity`.
+    """
+    wanted = [None if r.refused else seg for r, seg in zip(scored, lungs, strict=True)]
+    found = opacity.segment_batch([r.pixels for r in scored], wanted)
+    return [replace(r, opacity=seg) for r, seg in zip(scored, found, strict=True)]
 
 
 def _explain_labels(classifier: Classifier, x: np.ndarray, threshold: float) -> list:

@@ -69,3 +69,52 @@ def test_progress_reaches_one(classifier):
     analyse([(f"{i}.png", _png(i)) for i in range(5)], classifier, progress=seen.append,
             batch_size=2)
     assert seen[-1] == 1.0 and seen == sorted(seen)
+
+
+@pytest.fixture(scope="module")
+def opacity_segmenter(tmp_path_factory):
+    from covid.model.opacity import OpacitySegmenter
+    from tests.opacity_models import save_tiny_opacity
+
+    path = save_tiny_opacity(tmp_path_factory.mktemp("opacity") / "opacity.keras")
+    return OpacitySegmenter.from_file(path)
+
+
+def test_a_chest_film_is_outlined_and_a_refused_one_is_not(
+        classifier, tiny_lung_file, plant_lungs, opacity_segmenter):
+    from covid.model.lungs import LungSegmenter
+    from covid.model.opacity import MAX_SCORE
+    from covid.screening.ood import OODDetector
+    from tests.films import pattern, png
+
+    colour = np.random.default_rng(0).integers(0, 255, (96, 112, 3), dtype=np.uint8)
+    files = [("chest.png", png(pattern(96, 112))), ("photo.png", png(colour))]
+    chest, photo = analyse(files, classifier, ood=OODDetector(), opacity=opacity_segmenter,
+                           segmenter=LungSegmenter.from_file(tiny_lung_file))
+    assert not chest.refused and photo.refused
+    # the tiny segmenter sees opacity everywhere: all of both planted lungs
+    assert np.array_equal(chest.opacity.mask, chest.lungs)
+    assert chest.opacity.severity.score == MAX_SCORE
+    assert chest.opacity.severity.extent == pytest.approx(1.0)
+    assert photo.opacity is None
+    without = analyse(files[:1], classifier, ood=OODDetector(),
+                      segmenter=LungSegmenter.from_file(tiny_lung_file))[0]
+    assert without.opacity is None  # no opacity segmenter, no figures
+
+
+def test_the_opacity_segmenter_is_optional_and_verified(tiny_model_file, tiny_lung_file,
+                                                        tmp_path):
+    from covid.model.network import ModelFileError
+    from covid.model.opacity import OpacitySegmenter
+    from covid.screening.engine import load_models
+    from tests.opacity_models import save_tiny_opacity
+
+    missing = load_models(tiny_model_file, tiny_lung_file, warm_up=False,
+                          opacity_path=tmp_path / "none.keras")
+    assert missing.opacity is None and missing.segmenter is not None
+    path = save_tiny_opacity(tmp_path / "opacity.keras")
+    loaded = load_models(tiny_model_file, tiny_lung_file, warm_up=False, opacity_path=path)
+    assert isinstance(loaded.opacity, OpacitySegmenter)
+    path.write_bytes(path.read_bytes() + b"x")  # altered after its SHA-256 was recorded
+    with pytest.raises(ModelFileError, match="SHA-256"):
+        load_models(tiny_model_file, tiny_lung_file, warm_up=False, opacity_path=path)
