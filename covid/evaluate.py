@@ -1,6 +1,6 @@
-"""``python -m covid.evaluate``: entry point (see :mod:`covid.training.evaluate`)."""
+"""``python -m covid.evaluate``: entry point (see :mod:`covid.evaluation.evaluate`)."""
 
-from covid.training.evaluate import main
+from covid.evaluation.evaluate import main
 
 if __name__ == "__main__":
     main()

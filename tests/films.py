@@ -80,7 +80,7 @@ def three_class_split(root: Path, per_source: int = 4) -> Path:
     """Random films for every source and side under ``root/data``, and their split record.
 
     Half of each source's films are children's. The record (``root/m/split.json``) has the
-    three-class trainer's layout, as :func:`covid.training.evaluate.evaluate` reads it.
+    three-class trainer's layout, as :func:`covid.evaluation.evaluate.evaluate` reads it.
     """
     from covid.training.catalogue import CLASS_NAMES, SOURCES
 

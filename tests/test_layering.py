@@ -1,7 +1,8 @@
 """The package's layering, read from the imports of every ``covid/**/*.py`` file.
 
-Data flows inputs -> model -> explain -> training -> screening -> app, and a module
-may import only from its own stage or a lower one. Every import counts, including
+Data flows inputs -> model -> explain -> training -> evaluation -> screening -> app, and
+a module may import only from its own stage or a lower one; the app reads a model's
+figures from the evaluation stage, never from training. Every import counts, including
 the ones deferred inside functions and under ``TYPE_CHECKING``. The top-level
 entry modules may import any stage but the app; nothing imports them, and they
 are the only modules run as ``python -m`` (one entry point per tool). There is no
@@ -21,7 +22,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "covid"
 
-STAGES = ("inputs", "model", "explain", "training", "screening", "app")
+STAGES = ("inputs", "model", "explain", "training", "evaluation", "screening", "app")
 """The stages, lowest first."""
 
 ROOT = "covid"
@@ -188,6 +189,13 @@ def ui_importers(imports: Mapping[str, Iterable[str]]) -> list[str]:
     )
 
 
+def arrows(graph: Mapping[str, Iterable[str]], importer: str, imported: str) -> list[str]:
+    """Every import of a module of stage ``imported`` by one of stage ``importer``."""
+    return sorted(f"{module} imports {target}" for module, targets in graph.items()
+                  if stage_of(module) == importer
+                  for target in targets if stage_of(target) == imported)
+
+
 def runnable_modules(sources: Mapping[str, str]) -> list[str]:
     """Modules with an ``if __name__ == "__main__":`` block, from module name -> source."""
     found = []
@@ -248,7 +256,7 @@ def test_an_import_from_a_higher_stage_is_caught():
         "covid.__main__ (entry) imports covid.app.screening (app)",
         "covid.explain.overlay (explain) imports covid.screening.table (screening)",
         "covid.helpers is in no stage (put it under one of inputs, model, explain, training, "
-        "screening, app)",
+        "evaluation, screening, app)",
         "covid.model.network (model) imports covid.app.state (app)",
         "covid.screening.predict (screening) imports covid.train (entry)",
     ]
@@ -258,11 +266,23 @@ def test_lower_stages_and_entry_points_pass():
     graph = {
         "covid": set(),
         "covid.app.screening": {"covid.inputs.decode", "covid.screening.table", "covid"},
-        "covid.screening.table": {"covid.training.results", "covid.screening.pipeline"},
+        "covid.screening.table": {"covid.evaluation.results", "covid.screening.pipeline"},
+        "covid.evaluation.results": {"covid.training.catalogue"},
         "covid.train": {"covid.training.train"},
-        "covid.evaluate": {"covid.training.evaluate", "covid"},
+        "covid.evaluate": {"covid.evaluation.cli", "covid"},
     }
     assert layering_violations(graph) == []
+
+
+def test_an_arrow_from_the_app_to_training_is_caught():
+    graph = {
+        "covid.app.model_page": {"covid.evaluation.results", "covid.training.catalogue"},
+        "covid.evaluation.results": {"covid.training.catalogue"},
+        "covid.training.catalogue": set(),
+    }
+    assert arrows(graph, "app", "training") == [
+        "covid.app.model_page imports covid.training.catalogue"]
+    assert arrows(graph, "training", "evaluation") == []
 
 
 def test_an_import_circle_is_caught():
@@ -321,6 +341,10 @@ def test_no_module_imports_from_a_stage_above_its_own(imports):
 
 def test_no_import_circles(imports):
     assert import_cycles(internal_graph(imports)) == []
+
+
+def test_the_app_reads_no_training_module(imports):
+    assert arrows(internal_graph(imports), "app", "training") == []
 
 
 def test_only_the_app_imports_streamlit(imports):

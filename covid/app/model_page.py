@@ -1,7 +1,7 @@
 """The model page: the model card, a live operating point, test-split charts, map checks.
 
 Everything shown is read from the model's metadata and the evaluation artefacts
-beside the model (:func:`covid.training.results.read_evaluation`); the operating
+beside the model (:func:`covid.evaluation.results.read_evaluation`); the operating
 point chosen here applies to this browser session only (:mod:`covid.app.state`).
 """
 
@@ -27,14 +27,14 @@ from covid.model.decision import finding_name
 from covid.model.figure_names import figure_name
 from covid.model.network import ModelMetadata
 from covid.screening.table import by_column
-from covid.training.comparison import comparison_rows, with_previous_sent_home
-from covid.training.map_checks import (
+from covid.evaluation.comparison import comparison_rows, with_previous_sent_home
+from covid.evaluation.map_checks import (
     localisation_rows,
     localisation_verdict,
     lung_evidence_rows,
 )
-from covid.training.metrics import operating_point
-from covid.training.plots import (
+from covid.evaluation.metrics import operating_point
+from covid.evaluation.plots import (
     class_roc_figure,
     confusion_figure,
     lung_share_figure,
@@ -42,7 +42,7 @@ from covid.training.plots import (
     roc_figure,
     trade_figure,
 )
-from covid.training.results import (
+from covid.evaluation.results import (
     ClassScores,
     Evaluation,
     change_from,
@@ -214,7 +214,7 @@ def _metric_ui(column, title: str, value: float | None, reference: float | None,
 POINT_FIGURES = (("admitted_findings", "sensitivity"), ("specificity", "specificity"),
                  ("ppv", "ppv"), ("npv", "npv"))
 """The live point's figures: each one's name (:func:`figure_name`), then its key in
-:func:`covid.training.metrics.operating_point`, whose positive class is any finding."""
+:func:`covid.evaluation.metrics.operating_point`, whose positive class is any finding."""
 
 
 def metrics_ui(point: dict[str, Any], shipped: dict[str, Any] | None) -> None:

@@ -4,7 +4,7 @@ The figures are those issue 17 set for model v3 (the screening questions a
 radiologist asks first): how well P(COVID) ranks, what the decision rule tells
 each true class, how often pneumonias look out of distribution, and where the
 COVID-19 map lies against the radiologists' masks. :func:`comparison_rows`
-reads them from an evaluation's metrics (:func:`covid.training.evaluate.evaluate`
+reads them from an evaluation's metrics (:func:`covid.evaluation.evaluate.evaluate`
 writes the previous model's, measured on the same films, under
 ``comparison.previous``); :func:`ship_verdict` is the one rule that decides
 whether a candidate replaces the shipped model: it may lose none of the headline
@@ -278,7 +278,7 @@ def with_previous_sent_home(rows: list[dict[str, Any]], metrics: Mapping[str, An
     """Group rows with the previous model's share sent home beside this model's.
 
     Args:
-        rows: :func:`covid.training.results.group_rows` of ``metrics[key]``.
+        rows: :func:`covid.evaluation.results.group_rows` of ``metrics[key]``.
         metrics: The evaluation's test metrics.
         key: ``by_source`` or ``by_age``.
 

@@ -9,7 +9,7 @@ on test: the temperature by log-loss, the operating point as the highest
 threshold on P(any finding) = 1 - P(Normal) that still admits 98% of the
 validation films of each finding, COVID-19 and other pneumonia alike
 (:func:`covid.model.calibration.choose_finding_threshold`, :mod:`covid.model.decision`).
-Test figures (:func:`covid.training.metrics.screening_figures`: AUCs with bootstrap CIs, the
+Test figures (:func:`covid.evaluation.metrics.screening_figures`: AUCs with bootstrap CIs, the
 3 x 3 confusion matrix, sensitivity, specificity, pneumonias sent home, every
 figure by source and by age group), calibration, the share of each film's map
 inside its segmented lungs, and the localisation of the COVID-19 map against the
@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from covid.evaluation.comparison import ship_verdict
+from covid.evaluation.metrics import flagged_by_class, roc_points, screening_figures
 from covid.model.calibration import (
     calibrated_probs,
     choose_finding_threshold,
@@ -42,11 +44,9 @@ from covid.model.decision import decide_labels, p_finding
 from covid.model.network import ModelMetadata, metadata_path, read_metadata, write_metadata
 from covid.model.ood_stats import mahalanobis_score, ood_path, read_model_stats
 from covid.training.catalogue import Catalogue, catalogue_side, data_dir
-from covid.training.comparison import ship_verdict
 from covid.training.lung_data import FocusedSet, MaskSet, focused_dataset, match_masks
-from covid.training.metrics import flagged_by_class, roc_points, screening_figures
 
-LOG = logging.getLogger("covid.training.evaluate")
+LOG = logging.getLogger("covid.evaluation.evaluate")
 MIN_SENSITIVITY = 0.98
 """Share of validation films with a finding that the operating point must admit."""
 
@@ -161,13 +161,13 @@ def localisation(classifier, focused: FocusedSet, masks: MaskSet) -> dict:
     (:func:`covid.explain.localisation.cam_to_film`) and compared with the masks.
 
     Returns:
-        :func:`covid.training.map_checks.localisation_summary` (energy and peak in
+        :func:`covid.evaluation.map_checks.localisation_summary` (energy and peak in
         the lungs, peak in the film's own infection and in other films', the
         busiest sixteenth, with 95% CIs and a uniform map's figures), the same
         figures for the constant map (``<key>_constant``), and the map's name.
     """
+    from covid.evaluation.map_checks import localisation_summary, with_constant_map
     from covid.explain.localisation import cam_to_film, energy_inside, peak_position
-    from covid.training.map_checks import localisation_summary, with_constant_map
 
     target = classifier.metadata.class_names.index("COVID")
     energies, peaks = [], []
@@ -268,7 +268,7 @@ def _write_scores(path: Path, test: Scored, meta: ModelMetadata, shares: np.ndar
 
 
 def _save_plots(metrics: dict, curves: dict, paths: dict[str, Path]) -> None:
-    from covid.training.plots import reliability_figure, roc_figure
+    from covid.evaluation.plots import reliability_figure, roc_figure
 
     finding = metrics["auc_finding"]
     fig = roc_figure(curves["roc_finding"], finding["auc"], tuple(finding["ci95"]),
@@ -399,7 +399,7 @@ def gate(classifier, val: Scored, temperature: float, threshold: float, shipped:
 
     The candidate is measured on its already scored validation films at the
     temperature and operating point it fitted there, the shipped model at its
-    own, on the same films (:func:`covid.training.comparison.ship_verdict`).
+    own, on the same films (:func:`covid.evaluation.comparison.ship_verdict`).
 
     Returns:
         ``split``, ``ship``, ``reasons``, ``summary`` (the verdict in a sentence),
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ship", type=Path, default=None,
                         help="then copy the model and its artefacts here if it loses no "
                              "headline figure beyond its 95%% CI against the model there, on "
-                             "validation (covid.training.comparison)")
+                             "validation (covid.evaluation.comparison)")
     parser.add_argument("--val-only", action="store_true",
                         help="print validation figures to compare candidates; write nothing")
     parser.add_argument("--val-limit", type=int, default=0, help="with --val-only: films/class")

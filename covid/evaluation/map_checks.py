@@ -2,7 +2,7 @@
 
 Two checks of the evaluation's Grad-CAM maps: each test film's share inside its
 lungs, per true class (:func:`lung_evidence_rows`, read by
-:func:`covid.training.results.lung_evidence_from_csv`); and the localisation
+:func:`covid.evaluation.results.lung_evidence_from_csv`); and the localisation
 figures on the radiologists' masks, beside a constant map's (the same map for
 every film) and a uniform map's (:func:`localisation_summary`,
 :func:`constant_map_figures`, :func:`localisation_rows`, :func:`localisation_verdict`).
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from covid.evaluation.metrics import mean_ci, proportion_ci
 from covid.explain.localisation import (
     busiest_cell,
     constant_map,
@@ -27,7 +28,6 @@ from covid.explain.localisation import (
     peak_position,
     resize_map,
 )
-from covid.training.metrics import mean_ci, proportion_ci
 
 
 def lung_evidence_rows(groups: Mapping[str, np.ndarray], caution: float = 0.5

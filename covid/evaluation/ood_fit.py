@@ -30,6 +30,8 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 
+from covid.evaluation.evaluate import artefact_paths, split_side, true_names
+from covid.evaluation.metrics import flagged_by_class
 from covid.inputs.decode import ImageDecodeError
 from covid.model.network import ModelFileError, read_metadata, write_metadata
 from covid.model.ood_stats import (
@@ -40,10 +42,8 @@ from covid.model.ood_stats import (
     write_model_stats,
 )
 from covid.training.catalogue import Catalogue
-from covid.training.evaluate import artefact_paths, split_side, true_names
-from covid.training.metrics import flagged_by_class
 
-LOG = logging.getLogger("covid.training.ood_fit")
+LOG = logging.getLogger("covid.evaluation.ood_fit")
 
 DEFAULT_COMPONENTS = 128
 """PCA dimensions kept from the features (a 128 x 2048 float32 basis is 1 MB)."""

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 
 class TradeLike(Protocol):
-    """A trade curve: :class:`covid.training.results.TradeCurve`.
+    """A trade curve: :class:`covid.evaluation.results.TradeCurve`.
 
     A protocol rather than an import: that module imports this module's caller.
     """
@@ -181,7 +181,7 @@ def trade_figure(curve: TradeLike, marks: Mapping[str, TradeLike], max_home: flo
     home costs the normals.
 
     Args:
-        curve: :func:`covid.training.results.trade_curve` over many thresholds.
+        curve: :func:`covid.evaluation.results.trade_curve` over many thresholds.
         marks: Named operating points to mark (e.g. ``"shipped"``), each a curve at
             one threshold; the first is drawn in red.
         max_home: The right end of the share-sent-home axis.

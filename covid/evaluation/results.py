@@ -1,13 +1,13 @@
 """Reading the evaluation's results back: test scores, confusion matrix, rates.
 
-The model page shows what :mod:`covid.training.evaluate` left beside the model,
+The model page shows what :mod:`covid.evaluation.evaluate` left beside the model,
 read by :func:`read_evaluation` (never raising for a missing or malformed file):
 the test-split scores parsed from its CSV (:func:`scores_from_csv`), each test
 film's share of evidence inside the lungs (:func:`lung_evidence_from_csv`), the
 confusion matrix at an operating point (:func:`confusion_at`), the ROC marker
 and the change from the shipped point (:func:`roc_marker`, :func:`change_from`)
 and the split sizes (:func:`split_table`). Where the maps' evidence lies, in
-table rows and words, is :mod:`covid.training.map_checks`.
+table rows and words, is :mod:`covid.evaluation.map_checks`.
 
 More classes: :func:`class_scores_from_csv`, :func:`confusion_matrix_at`,
 :func:`finding_rates`, :func:`finding_roc`, the figures by group (:func:`group_rows`)
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from covid.evaluation.evaluate import artefact_paths, score_column
 from covid.model.decision import NORMAL, decide_labels, p_finding
-from covid.training.evaluate import artefact_paths, score_column
 
 SPLIT_ORDER = ("train", "val", "test")
 """The order split sizes are shown in (any other side follows)."""
@@ -190,7 +190,7 @@ def class_scores_from_csv(text: str, class_names: Sequence[str]) -> ClassScores:
 
     Args:
         text: The CSV with columns ``true`` and one per class
-            (:func:`covid.training.evaluate.score_column`).
+            (:func:`covid.evaluation.evaluate.score_column`).
         class_names: The model's C classes, in output order.
 
     Returns:
@@ -243,13 +243,13 @@ def confusion_at(
     """The 2 x 2 confusion matrix of an operating point, in class order.
 
     Args:
-        point: From :func:`covid.training.metrics.operating_point` (``tp, fn, fp, tn``).
+        point: From :func:`covid.evaluation.metrics.operating_point` (``tp, fn, fp, tn``).
         class_names: The two class names, in output order.
         positive_class: The pathological class.
 
     Returns:
         (2, 2) int counts; rows are the truth, columns the prediction, both in
-        ``class_names`` order (as :func:`covid.training.plots.confusion_figure` expects).
+        ``class_names`` order (as :func:`covid.evaluation.plots.confusion_figure` expects).
 
     Raises:
         ValueError: There are not exactly two classes.
@@ -266,7 +266,7 @@ def roc_marker(point: Mapping[str, Any] | None) -> tuple[float, float] | None:
     """Where an operating point sits on the ROC curve: (false-positive rate, sensitivity).
 
     Args:
-        point: From :func:`covid.training.metrics.operating_point`, or None.
+        point: From :func:`covid.evaluation.metrics.operating_point`, or None.
 
     Returns:
         The (x, y) marker, or None when there is no point or a rate is undefined.

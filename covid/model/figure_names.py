@@ -1,7 +1,7 @@
 """The plain name of every screening figure, keyed by its key in an evaluation's metrics.
 
 "Sensitivity" meant two things: the share of COVID-19 films labelled COVID
-(:func:`covid.training.metrics.screening_figures` writes it as ``sensitivity``) and
+(:func:`covid.evaluation.metrics.screening_figures` writes it as ``sensitivity``) and
 the share of films with any finding that the rule admits (``admitted_findings``; the
 model page's live operating point). Every place that shows a figure (the sidebar,
 the model page, the comparison table, the ship gate) names it here, so that a reader

@@ -10,7 +10,7 @@ probabilistic PCA (Tipping and Bishop 1999) the covariance is taken as isotropic
 in the discarded directions, so the score adds the squared residual over its
 mean variance, and an image that differs only there is still flagged.
 
-The statistics are fitted by :mod:`covid.training.ood_fit` (``python -m
+The statistics are fitted by :mod:`covid.evaluation.ood_fit` (``python -m
 covid.fit_ood``), written beside the model (``name.keras`` -> ``name.ood.npz``,
 see :func:`write_model_stats`) and recorded in the model's metadata under
 ``extra["ood"]`` with the file's SHA-256 and the threshold; the ``.keras`` file is

@@ -399,7 +399,7 @@ def test_a_failing_map_only_hides_its_own_panel(make_app, meta, monkeypatch):
 @pytest.fixture(scope="module")
 def evaluated_model(tiny_model_file, tmp_path_factory) -> Path:
     """A copy of the tiny model with evaluation artefacts made on tiny random data."""
-    from covid.training.evaluate import Options, evaluate
+    from covid.evaluation.evaluate import Options, evaluate
 
     root = tmp_path_factory.mktemp("evaluated")
     rng = np.random.default_rng(0)
@@ -428,9 +428,9 @@ def _metric(at: AppTest, label: str) -> str:
 
 def test_model_page_shows_card_charts_operating_point_and_map_checks(serve, evaluated_model):
     from covid.model.figure_names import figure_name
-    from covid.training.evaluate import artefact_paths
-    from covid.training.metrics import operating_point
-    from covid.training.results import scores_from_csv
+    from covid.evaluation.evaluate import artefact_paths
+    from covid.evaluation.metrics import operating_point
+    from covid.evaluation.results import scores_from_csv
 
     meta = read_metadata(evaluated_model)
     at = open_model_page(serve(evaluated_model).run())
@@ -483,7 +483,7 @@ def test_model_page_without_lung_figures_says_they_were_not_measured(
 ):
     import csv
 
-    from covid.training.evaluate import artefact_paths, ship
+    from covid.evaluation.evaluate import artefact_paths, ship
 
     copy = tmp_path / "copy.keras"  # as the v1 files: no lung column, no localisation
     ship(evaluated_model, copy)
@@ -514,7 +514,7 @@ def test_model_page_shows_the_lung_share_per_class_and_the_localisation_figures(
 ):
     import csv
 
-    from covid.training.evaluate import artefact_paths, ship
+    from covid.evaluation.evaluate import artefact_paths, ship
 
     copy = tmp_path / "copy.keras"
     ship(evaluated_model, copy)

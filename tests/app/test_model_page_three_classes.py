@@ -1,7 +1,7 @@
 """The model page of a three-class model (COVID, Other pneumonia, Normal), in an AppTest.
 
 A tiny untrained three-class CNN is evaluated on tiny random films from every source
-(:func:`covid.training.evaluate.evaluate`, as the shipped model would be) and served
+(:func:`covid.evaluation.evaluate.evaluate`, as the shipped model would be) and served
 with ``COVID_MODEL_PATH``. The page must follow the model's metadata and artefacts:
 the matrix of every true class against the labels at the live operating point, a
 one-vs-rest ROC per class, admit against home, what the operating point costs, and the
@@ -20,9 +20,9 @@ from streamlit.testing.v1 import AppTest
 from covid.model.figure_names import figure_name
 from covid.model.network import read_metadata, save_model
 from covid.training.catalogue import CLASS_NAMES, SOURCES
-from covid.training.comparison import comparison_rows
-from covid.training.evaluate import Options, artefact_paths, evaluate
-from covid.training.results import (
+from covid.evaluation.comparison import comparison_rows
+from covid.evaluation.evaluate import Options, artefact_paths, evaluate
+from covid.evaluation.results import (
     class_scores_from_csv,
     confusion_matrix_at,
     finding_rates,
@@ -143,7 +143,7 @@ def test_the_page_shows_three_classes_at_the_live_operating_point(serve, three_c
 
 def test_a_scores_file_without_the_true_class_is_explained(serve, three_class_model,
                                                            tmp_path):
-    from covid.training.evaluate import ship
+    from covid.evaluation.evaluate import ship
 
     copy = tmp_path / "old.keras"
     ship(three_class_model, copy)

@@ -1,6 +1,6 @@
 """The headline figures beside the previous model's, and the ship gate."""
 
-from covid.training.comparison import (
+from covid.evaluation.comparison import (
     FIGURES,
     MAX_PNEUMONIA_HOME,
     comparison_rows,
@@ -9,7 +9,7 @@ from covid.training.comparison import (
     ship_verdict,
     with_previous_sent_home,
 )
-from covid.training.results import group_rows
+from covid.evaluation.results import group_rows
 
 
 def _ci(value, half=0.02):

@@ -3,9 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from covid.model.network import load_model, read_metadata, save_model
-from covid.training.catalogue import CLASS_NAMES, SOURCES
-from covid.training.evaluate import (
+from covid.evaluation.evaluate import (
     Options,
     artefact_paths,
     evaluate,
@@ -13,6 +11,8 @@ from covid.training.evaluate import (
     ship,
     split_side,
 )
+from covid.model.network import load_model, read_metadata, save_model
+from covid.training.catalogue import CLASS_NAMES, SOURCES
 from tests.films import three_class_split
 
 
@@ -62,9 +62,9 @@ def test_evaluate_writes_three_class_figures(tmp_path, tiny_cnn_factory, tiny_me
 @pytest.mark.slow
 def test_the_gate_refuses_an_unproven_model_and_ship_carries_its_ood_statistics(
         tmp_path, tiny_cnn_factory, tiny_metadata, tiny_model_file):
+    from covid.evaluation import evaluate as evaluate_cli
+    from covid.evaluation import ood_fit
     from covid.model.ood_stats import ood_path, read_model_stats
-    from covid.training import evaluate as evaluate_cli
-    from covid.training import ood_fit
 
     model = _three_class_model(tmp_path, tiny_cnn_factory, tiny_metadata)
     split = three_class_split(tmp_path)
@@ -91,7 +91,7 @@ def test_the_gate_refuses_an_unproven_model_and_ship_carries_its_ood_statistics(
 
 def test_layer_records_an_existing_layer_and_refuses_a_typo(tmp_path, tiny_cnn_factory,
                                                             tiny_metadata):
-    from covid.training.evaluate import set_gradcam_layer
+    from covid.evaluation.evaluate import set_gradcam_layer
 
     model = _three_class_model(tmp_path, tiny_cnn_factory, tiny_metadata)
     set_gradcam_layer(model, "conv1")

@@ -4,8 +4,7 @@ figures on radiologists' masks beside a constant and a uniform map's."""
 import numpy as np
 import pytest
 
-from covid.explain.localisation import energy_inside, peak_position
-from covid.training.map_checks import (
+from covid.evaluation.map_checks import (
     constant_map_figures,
     localisation_rows,
     localisation_summary,
@@ -13,6 +12,7 @@ from covid.training.map_checks import (
     lung_evidence_rows,
     with_constant_map,
 )
+from covid.explain.localisation import energy_inside, peak_position
 
 
 def test_lung_evidence_rows_summarise_each_class():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from covid.evaluation.ood_fit import fit_ood, main, quantile_threshold
 from covid.model.ood_stats import mahalanobis_score, save_ood
-from covid.training.ood_fit import fit_ood, main, quantile_threshold
 
 D = 64
 

@@ -7,11 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from covid.model.decision import decide_labels, p_finding
-from covid.training.evaluate import artefact_paths
-from covid.training.metrics import operating_point
-from covid.training.plots import class_roc_figure, confusion_figure, trade_figure
-from covid.training.results import (
+from covid.evaluation.evaluate import artefact_paths
+from covid.evaluation.metrics import operating_point
+from covid.evaluation.plots import class_roc_figure, confusion_figure, trade_figure
+from covid.evaluation.results import (
     change_from,
     class_scores_from_csv,
     confusion_at,
@@ -27,6 +26,7 @@ from covid.training.results import (
     trade_curve,
     trade_thresholds,
 )
+from covid.model.decision import decide_labels, p_finding
 
 SCORES = ("file,label,p_covid,logit_covid,logit_normal\r\n"
           "COVID/1.png,COVID,0.900000,1,0\r\nNormal/2.png,Normal,0.250000,0,1\r\n"
@@ -142,7 +142,7 @@ def test_read_evaluation_carries_the_lung_evidence(tmp_path):
 # ------------------------------------------------------------------ three classes
 
 CLASSES = ["COVID", "Other pneumonia", "Normal"]
-SCORES3 = (  # as covid.training.evaluate writes it: ``label`` is the decided label
+SCORES3 = (  # as covid.evaluation.evaluate writes it: ``label`` is the decided label
     "file,true,source,age,label,p_covid,p_other_pneumonia,p_normal,lung_evidence\r\n"
     "a.png,COVID,s1,adult,COVID,0.7,0.2,0.1,0.5\r\n"
     "b.png,COVID,s1,adult,Normal,0.2,0.1,0.7,\r\n"

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from covid.training.metrics import group_figures, screening_figures
+from covid.evaluation.metrics import group_figures, screening_figures
 
 CLASSES = ["COVID", "Other pneumonia", "Normal"]
 

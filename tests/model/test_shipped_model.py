@@ -12,7 +12,7 @@ from covid.inputs.preprocess import FOCUS_MODES
 from covid.model.network import DEFAULT_MODEL_PATH, file_sha256, read_metadata
 from covid.screening.pipeline import analyse
 from covid.training.catalogue import CLASS_NAMES
-from covid.training.evaluate import artefact_paths, score_column, split_side
+from covid.evaluation.evaluate import artefact_paths, score_column, split_side
 
 pytestmark = pytest.mark.skipif(
     not DEFAULT_MODEL_PATH.exists(), reason=f"no shipped model at {DEFAULT_MODEL_PATH}"

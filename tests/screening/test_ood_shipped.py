@@ -21,7 +21,7 @@ from pydicom.data import get_testdata_file
 
 from covid.model.network import DEFAULT_MODEL_PATH, read_metadata
 from covid.screening.pipeline import analyse
-from covid.training.evaluate import artefact_paths, split_side
+from covid.evaluation.evaluate import artefact_paths, split_side
 
 
 def _has_ood_stats() -> bool:
