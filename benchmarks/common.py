@@ -11,8 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from covid.training.catalogue import data_dir
-from covid.training.data import find_dataset
+from covid.training.catalogue import IMAGE_SUFFIXES, data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,19 +57,17 @@ def run_and_print(
 
 
 def pick_images(data: Path, n: int) -> list[Path]:
-    """The first ``n`` images, alternating between the classes, each sorted by name.
+    """The first ``n`` images, alternating between the class folders, each sorted by name.
 
     Raises:
         SystemExit: The dataset folder is missing or holds no images.
     """
-    try:
-        dataset = find_dataset(data)
-    except FileNotFoundError as err:
-        raise SystemExit(f"no X-rays found under {data} ({err})") from err
-    per_class = [
-        [p for p, label in zip(dataset.paths, dataset.labels, strict=True) if label == c]
-        for c in sorted(set(dataset.labels.tolist()))
-    ]
+    folders = sorted(p for p in data.iterdir() if p.is_dir()) if data.is_dir() else []
+    per_class = [sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                 for folder in folders]
+    per_class = [files for files in per_class if files]
+    if not per_class:
+        raise SystemExit(f"no X-rays found under {data} (one folder of images per class)")
     picked: list[Path] = []
     for i in range(max(len(files) for files in per_class)):
         picked += [files[i] for files in per_class if i < len(files)]
