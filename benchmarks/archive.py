@@ -123,7 +123,7 @@ def ray_run(args: argparse.Namespace, paths: list[Path], actors: int) -> dict[st
 
 def mismatches(local: list[dict[str, Any]], ray: list[dict[str, Any]]) -> tuple[int, float]:
     """Rows that differ (label, error or a probability beyond 1e-3), and the largest |dp|."""
-    from covid.screening.predict import COLUMNS
+    from covid.screening.scoring import COLUMNS
 
     def text(value: Any) -> str:  # Pillow's messages name an object's address
         return re.sub(r" at 0x[0-9a-f]+", "", str(value))

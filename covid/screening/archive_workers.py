@@ -30,10 +30,11 @@ MAX_TRIES = 3
 
 @dataclass(frozen=True)
 class Scoring:
-    """The in-process engine's pieces that this engine runs (see :mod:`covid.screening.predict`).
+    """The in-process engine's pieces that this engine runs (see :mod:`covid.screening.scoring`).
 
     Attributes:
-        columns: The CSV's columns, in order.
+        columns: The rows' columns, in order (the Parquet schema's, the opacity
+            segmenter's ``opacity_extent`` and ``severity`` among them).
         iter_files: Expands files and folders into files.
         read_file: A file's bytes, or the message saying why it cannot be read.
         score_chunk: ``(paths, contents, models) -> rows``: the rows of files
@@ -122,10 +123,14 @@ class ScoreFilms:
         threads: TensorFlow intra-op threads (the actor's share of its node).
         ledger: The run's :class:`TryLedger` actor.
         max_tries: Tries a film gets while its actor dies (see :data:`MAX_TRIES`).
+        opacity_path: The opacity segmenter's ``.keras`` file (None: the settings'
+            one, found from the package, whatever the worker's folder; without
+            the file, the rows carry no opacity figures).
     """
 
     def __init__(self, scoring: Scoring, model_path: str, lung_path: str, threads: int,
-                 ledger: Any, max_tries: int = MAX_TRIES) -> None:
+                 ledger: Any, max_tries: int = MAX_TRIES, opacity_path: str | None = None,
+                 ) -> None:
         import tensorflow as tf
 
         try:
@@ -134,9 +139,11 @@ class ScoreFilms:
         except RuntimeError:  # TensorFlow already ran in this worker process: keep its pools
             logging.getLogger(__name__).warning("TensorFlow thread pools already set")
         from covid.screening.engine import load_models
+        from covid.settings import settings
 
         self.scoring, self.ledger, self.max_tries = scoring, ledger, max_tries
-        self.models = load_models(model_path, lung_path, warm_up=False)
+        opacity = settings().opacity_model_path if opacity_path is None else opacity_path
+        self.models = load_models(model_path, lung_path, warm_up=False, opacity_path=opacity)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Scores a batch of films read by :func:`read_films`.

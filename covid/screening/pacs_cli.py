@@ -39,7 +39,7 @@ from covid.inputs.pacs import (
 )
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
 from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError
-from covid.screening import predict
+from covid.screening import scoring
 from covid.screening.engine import missing_model_message
 from covid.screening.pipeline import StudyResult, analyse
 from covid.screening.table import spreadsheet_safe
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from covid.screening.engine import ScreeningModels
 
 COLUMNS = ("study_uid", "sop_instance_uid",
-           *(c for c in predict.COLUMNS if c != "path"), "sent")
+           *(c for c in scoring.COLUMNS if c != "path"), "sent")
 """The ``predict`` columns, with the instance's UIDs in place of ``path``, plus ``sent``."""
 
 CHUNK = 16
@@ -58,7 +58,7 @@ CHUNK = 16
 def pacs_row(record: InstanceRecord, result: StudyResult, class_names: list[str],
              sent: str) -> dict[str, Any]:
     """One output row: ``predict``'s row for the result, keyed by the instance."""
-    row = predict.row(Path(record.sop_instance_uid), result, class_names)
+    row = scoring.row(Path(record.sop_instance_uid), result, class_names)
     del row["path"]
     return {"study_uid": record.study_uid, "sop_instance_uid": record.sop_instance_uid,
             **row, "sent": sent}

@@ -18,7 +18,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from covid.model.figure_names import figure_name
-from covid.model.network import read_metadata, save_model
+from covid.model.network import read_metadata, save_with_metadata
 from covid.training.catalogue import CLASS_NAMES, SOURCES
 from covid.evaluation.comparison import comparison_rows
 from covid.evaluation.evaluate import Options, artefact_paths, evaluate
@@ -41,7 +41,7 @@ def three_class_model(tiny_cnn_factory, tiny_model_file, tmp_path_factory) -> Pa
     meta = read_metadata(tiny_model_file)
     meta.class_names = list(CLASS_NAMES)
     model = root / "m" / "tiny3.keras"
-    save_model(tiny_cnn_factory(n_classes=3), meta, model)
+    save_with_metadata(tiny_cnn_factory(n_classes=3), meta, model)
     evaluate(model, Options(three_class_split(root), compare=tiny_model_file,
                             cache_dir=root / "cache"))
     return model

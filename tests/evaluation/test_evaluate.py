@@ -11,7 +11,7 @@ from covid.evaluation.evaluate import (
     ship,
     split_side,
 )
-from covid.model.network import load_model, read_metadata, save_model
+from covid.model.network import load_model, read_metadata, save_with_metadata
 from covid.training.catalogue import CLASS_NAMES, SOURCES
 from tests.films import three_class_split
 
@@ -19,7 +19,7 @@ from tests.films import three_class_split
 def _three_class_model(tmp_path, tiny_cnn_factory, tiny_metadata):
     tiny_metadata.class_names = list(CLASS_NAMES)
     path = tmp_path / "m" / "model.keras"
-    save_model(tiny_cnn_factory(n_classes=3), tiny_metadata, path)
+    save_with_metadata(tiny_cnn_factory(n_classes=3), tiny_metadata, path)
     return path
 
 

@@ -32,7 +32,7 @@ from covid.__main__ import main
 from covid.screening import archive, archive_parts
 from covid.screening.archive_parts import PartWriter, read_parts, read_rows, row_schema
 from covid.screening.archive_workers import TryLedger, crash_message
-from covid.screening.predict import COLUMNS, archive_scoring, predict_paths, score_chunk
+from covid.screening.scoring import COLUMNS, archive_scoring, score_chunk, score_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_PER_CLASS = 20
@@ -389,7 +389,7 @@ def test_rows_equal_the_in_process_engines(
                       archive_scoring(), actors=2, batch_size=8)
     summary = archive.score_archive(job)
     got = {r["path"]: r for r in read_rows(job.out)}
-    want = {r["path"]: r for r in predict_paths(sources, tiny_model_file, tiny_lung_file)}
+    want = {r["path"]: r for r in score_paths(sources, tiny_model_file, tiny_lung_file)}
     assert len(read_rows(job.out)) == len(got) == len(want) == 2 * REAL_PER_CLASS + 4
     assert got.keys() == want.keys()
     for path, row in want.items():
@@ -554,7 +554,7 @@ def test_a_film_whose_bytes_changed_replaces_its_row(
     rows = read_rows(job.out)
     assert _paths(rows) == _films(folder)  # one row for the changed film: the new one
     after = {r["path"]: r for r in rows}
-    _same_row(after[str(changing)], next(predict_paths([changing], tiny_model_file, none)))
+    _same_row(after[str(changing)], next(score_paths([changing], tiny_model_file, none)))
     assert after[str(changing)] != before[str(changing)]
     assert all(after[path] == before[path] for path in before if path != str(changing))
     keys = {a: sha for part in read_parts(job.out, _model_sha(tiny_model_file), COLUMNS)

@@ -37,7 +37,7 @@ from covid.model.decision import (
 )
 from covid.model.network import ModelMetadata
 from covid.model.ood_stats import OODStats
-from covid.screening import predict
+from covid.screening import predict, scoring
 from covid.screening.archive_parts import PartWriter, read_rows, row_schema
 from covid.screening.ood import OODDetector
 from covid.screening.pacs_results import ResultsError, build_results, finding_code
@@ -160,7 +160,7 @@ def said_by_pdf(film: Film) -> Said:
 
 def said_by_predict_csv(film: Film) -> Said:
     out = io.StringIO()
-    predict.write_csv([predict.row(Path(film.result.name), film.result,
+    predict.write_csv([scoring.row(Path(film.result.name), film.result,
                                    film.meta.class_names)], out)
     row = next(csv.DictReader(io.StringIO(out.getvalue())))
     assert row["ood"] == str(film.kind != FLAG_NONE).lower()
@@ -171,8 +171,8 @@ def said_by_archive_parquet(film: Film) -> Said:
     """The row the Ray archive's actors write (predict's row), through a Parquet file."""
     path = Path(film.result.name)
     with tempfile.TemporaryDirectory() as out:
-        writer = PartWriter(Path(out), row_schema(predict.COLUMNS), film.meta.sha256, [])
-        writer.add(predict.row(path, film.result, film.meta.class_names), (str(path), "sha"))
+        writer = PartWriter(Path(out), row_schema(scoring.COLUMNS), film.meta.sha256, [])
+        writer.add(scoring.row(path, film.result, film.meta.class_names), (str(path), "sha"))
         writer.flush()
         (row,) = read_rows(Path(out))
     assert row["ood"] == str(film.kind != FLAG_NONE).lower()

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from covid.__main__ import main
-from covid.screening.predict import COLUMNS
+from covid.screening.scoring import COLUMNS
+from tests.opacity_models import save_tiny_opacity
 
 NO_LUNGS = ["--lung-model", "/nonexistent/lungs.keras"]
 """No segmenter: the shipped one finds no lungs in noise, and such a film is refused."""
@@ -73,7 +74,7 @@ def test_usage_error_is_non_zero():
 
 def test_csv_header_is_exactly_the_documented_columns_in_order():
     assert ",".join(COLUMNS) == ("path,label,p_covid,p_normal,error,ood,lung_evidence,"
-                                 "p_other_pneumonia,flag,advice")
+                                 "p_other_pneumonia,flag,advice,opacity_extent,severity")
 
 
 def test_lung_evidence_is_a_share_for_every_scored_film_and_empty_for_failed_ones(
@@ -127,11 +128,11 @@ def test_without_a_segmenter_lung_evidence_is_empty(folder, tiny_model_file, tmp
 
 def test_a_three_class_model_fills_p_other_pneumonia(folder, tmp_path, tiny_cnn_factory,
                                                      tiny_metadata, capsys):
-    from covid.model.network import save_model
+    from covid.model.network import save_with_metadata
 
     tiny_metadata.class_names = ["COVID", "Other pneumonia", "Normal"]
     model = tmp_path / "three.keras"
-    save_model(tiny_cnn_factory(n_classes=3), tiny_metadata, model)
+    save_with_metadata(tiny_cnn_factory(n_classes=3), tiny_metadata, model)
     assert main(["predict", *NO_LUNGS, "--model", str(model), str(folder / "a.png")]) == 0
     row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     total = sum(float(row[c]) for c in ("p_covid", "p_other_pneumonia", "p_normal"))
@@ -144,3 +145,43 @@ def test_a_two_class_model_leaves_p_other_pneumonia_empty(folder, tiny_model_fil
                  str(folder / "a.png")]) == 0
     row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert row["p_other_pneumonia"] == "" and row["p_covid"] != ""
+
+
+@pytest.fixture(scope="module")
+def opacity_file(tmp_path_factory):
+    """A tiny opacity segmenter that finds opacity all over the lungs."""
+    return save_tiny_opacity(tmp_path_factory.mktemp("opacity") / "opacity.keras")
+
+
+def test_opacity_extent_and_severity_for_chest_films_only(
+    folder, tiny_model_file, tiny_lung_file, plant_lungs, opacity_file, capsys
+):
+    models = ["--model", str(tiny_model_file), "--lung-model", str(tiny_lung_file),
+              "--opacity-model", str(opacity_file)]
+    assert main(["predict", *models, str(folder)]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    scored = [r for r in rows if not r["error"]]
+    assert len(scored) == 2
+    for r in scored:  # opacity over all of both planted lungs: the highest grade
+        assert r["flag"] == "none"
+        assert float(r["opacity_extent"]) == pytest.approx(1.0)
+        assert r["severity"] == "8"
+    failed = next(r for r in rows if r["error"])
+    assert failed["opacity_extent"] == failed["severity"] == ""
+
+    plant_lungs.mask_for = lambda shape: np.zeros(shape, bool)  # refused: no lung field
+    assert main(["predict", *models, str(folder / "a.png")]) == 0
+    refused = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert refused["flag"] == "not_chest"
+    assert refused["opacity_extent"] == refused["severity"] == ""
+
+
+def test_without_the_opacity_segmenter_its_columns_are_empty(
+    folder, tiny_model_file, tiny_lung_file, plant_lungs, tmp_path, capsys
+):
+    assert main(["predict", "--model", str(tiny_model_file), "--lung-model",
+                 str(tiny_lung_file), "--opacity-model", str(tmp_path / "none.keras"),
+                 "--format", "json", str(folder / "a.png")]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["flag"] == "none" and row["lung_evidence"] != ""
+    assert row["opacity_extent"] == row["severity"] == ""

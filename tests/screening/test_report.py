@@ -56,7 +56,8 @@ def _png_bytes(seed: int = 0, shape=(72, 80)) -> bytes:
 
 @pytest.fixture
 def metadata():
-    return ModelMetadata(name="tiny test CNN", version="test-7", sha256=SHA, threshold=0.5)
+    return ModelMetadata(name="tiny test CNN", version="test-7", sha256=SHA, threshold=0.5,
+                         class_names=["COVID", "Normal"], input_size=32, input_mode="full")
 
 
 REASONS = {FLAG_NOT_CHEST: "it is a colour image; chest X-rays are grey.",
