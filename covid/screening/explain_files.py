@@ -1,4 +1,4 @@
-"""``python -m covid explain``: the map, the lungs and the overlay of each film, as PNG files.
+"""``python -m covid explain``: the map, the lungs, the overlay and the opacities, as PNG files.
 
 For each film, named after the file without its extension (``name``, then
 ``name-2``, ``name-3``... when a name occurs again), it writes into ``--out``:
@@ -6,10 +6,15 @@ For each film, named after the file without its extension (``name``, then
 * ``<name>.cam.png``: the 8-bit Grad-CAM at the film's own resolution, brighter
   meaning more evidence for the explained class;
 * ``<name>.lungs.png``: the segmented lung mask at the film's resolution, white inside;
-* ``<name>.overlay.png``: the map over the film.
+* ``<name>.overlay.png``: the map over the film;
+* ``<name>.opacity.png``: the opacity segmenter's mask at the film's resolution,
+  white inside the opacities (a separate segmentation, not the classifier's
+  evidence; not written without the opacity segmenter or without lungs).
 
-Without ``--target`` the predicted class is explained. A file that cannot be read
-gets a message on stderr, and the run goes on.
+Without ``--target`` the predicted class is explained; ``--target`` takes any of
+the model's classes (its metadata's). A film refused as not a chest X-ray gets no
+files, only a line on stderr saying why; a file that cannot be read gets a message
+on stderr, and the run goes on.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import numpy as np
 from PIL import Image
 
 from covid.explain.gradcam import METHODS
-from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
-from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError
+from covid.model.classes import CLASS_NAMES, index_of
+from covid.model.network import ModelFileError
 from covid.screening.pipeline import StudyResult, analyse, film_map
-from covid.screening.predict import iter_files, read_file
+from covid.screening.scoring import iter_files, read_file
+from covid.settings import settings
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
@@ -52,40 +58,71 @@ def unique_stems(paths: list[Path]) -> list[str]:
 
 
 def film_outputs(result: StudyResult, cam: np.ndarray) -> dict[str, np.ndarray]:
-    """The three images written for one film.
+    """The images written for one film.
 
     Args:
-        result: A scored study at the film's own resolution.
+        result: A scored (not refused) study at the film's own resolution.
         cam: (H, W) float map in [0, 1] over the film.
 
     Returns:
-        ``{"cam": (H, W) uint8, "lungs": (H, W) uint8, "overlay": (H, W, 3) uint8}``.
+        ``{"cam": (H, W) uint8, "lungs": (H, W) uint8, "overlay": (H, W, 3) uint8}``,
+        and ``"opacity": (H, W) uint8`` (255 inside the opacities, 0 elsewhere)
+        where the opacity segmenter outlined the film.
     """
     from covid.explain.overlay import overlay_heatmap
 
     lungs = result.lungs if result.lungs is not None else np.zeros(cam.shape, bool)
-    return {
+    images = {
         "cam": np.clip(np.rint(cam * 255), 0, 255).astype(np.uint8),
         "lungs": lungs.astype(np.uint8) * 255,
         "overlay": overlay_heatmap(result.pixels, cam),
     }
+    if result.opacity is not None:
+        images["opacity"] = result.opacity.mask.astype(np.uint8) * 255
+    return images
+
+
+def target_index(class_names: list[str], target: str | None) -> int | None:
+    """The output index of the class ``--target`` names (any case), or None for the label's.
+
+    Raises:
+        KeyError: The model has no such class (the message lists those it has).
+    """
+    if target is None:
+        return None
+    same = [name for name in class_names if name.lower() == target.lower()]
+    return index_of(class_names, same[0] if same else target)
 
 
 def explain_paths(
     paths: list[Path], out: Path, target: str | None, method: str, model_path: Path,
-    lung_path: Path,
+    lung_path: Path, opacity_path: Path | None = None,
 ) -> Iterator[tuple[Path, str | None]]:
-    """Explains every film and writes its three PNG files.
+    """Explains every film and writes its PNG files (see :func:`film_outputs`).
+
+    Args:
+        paths: Files and folders.
+        out: The folder written into.
+        target: The class to explain (None: each film's label).
+        method: The map's method (:data:`covid.explain.gradcam.METHODS`).
+        model_path: The classifier's ``.keras`` file.
+        lung_path: The lung segmenter's ``.keras`` file.
+        opacity_path: The opacity segmenter's (None: the settings' one; optional).
 
     Yields:
-        ``(path, error)`` per file; ``error`` is None when its files were written.
+        ``(path, error)`` per file; ``error`` is None when its files were written,
+        else why not (unreadable, or refused as not a chest X-ray).
+
+    Raises:
+        ModelFileError: A model cannot be loaded.
+        KeyError: The model has no class ``target``.
     """
     from covid.screening.engine import load_models
 
-    models = load_models(model_path, lung_path, warm_up=False)
+    opacity_path = settings().opacity_model_path if opacity_path is None else opacity_path
+    models = load_models(model_path, lung_path, warm_up=False, opacity_path=opacity_path)
     classifier = models.classifier
-    names = classifier.metadata.class_names
-    target_index = None if target is None else names.index(target)
+    chosen = target_index(classifier.metadata.class_names, target)
     files = list(iter_files(paths))
     out.mkdir(parents=True, exist_ok=True)
     for path, name in zip(files, unique_stems(files), strict=True):
@@ -93,15 +130,15 @@ def explain_paths(
         if isinstance(content, str):
             yield path, content
             continue
-        result = analyse([(path.name, content)], classifier, segmenter=models.segmenter,
-                         max_side=None)[0]
-        if result.error is not None:
-            yield path, result.error
+        result = analyse([(path.name, content)], classifier, ood=models.ood,
+                         segmenter=models.segmenter, max_side=None, opacity=models.opacity)[0]
+        if result.error is not None or result.refused:
+            yield path, result.error or f"{path.name}: not explained. {result.flag_note}"
             continue
         cam = result.cam
-        if target_index is not None or method != "gradcam":
+        if chosen is not None or method != "gradcam":
             explained = classifier.explain(result.model_input.astype(np.float32),
-                                           target=target_index, method=method)
+                                           target=chosen, method=method)
             cam = film_map(result, explained)
         for kind, image in film_outputs(result, cam).items():
             Image.fromarray(image).save(out / f"{name}.{kind}.png")
@@ -113,18 +150,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                         help="image files or folders (searched recursively)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR")
-    parser.add_argument("--target", choices=("COVID", "Normal"), default=None,
-                        help="class to explain (default: the predicted class)")
+    parser.add_argument("--target", metavar="CLASS", default=None,
+                        help="class to explain, one of the model's classes (the shipped "
+                             f"model's: {', '.join(CLASS_NAMES)}; default: the predicted "
+                             "class)")
     parser.add_argument("--method", choices=METHODS, default="gradcam")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
-    parser.add_argument("--lung-model", type=Path, default=DEFAULT_LUNG_MODEL_PATH)
+    paths = settings()
+    parser.add_argument("--model", type=Path, default=paths.model_path)
+    parser.add_argument("--lung-model", type=Path, default=paths.lung_model_path)
+    parser.add_argument("--opacity-model", type=Path, default=paths.opacity_model_path,
+                        help="the opacity segmenter (optional: without it, no .opacity.png)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``explain``; returns the exit status (0 once the run completed)."""
     try:
         for path, error in explain_paths(args.paths, args.out, args.target, args.method,
-                                         args.model, args.lung_model):
+                                         args.model, args.lung_model, args.opacity_model):
             if error is not None:
                 print(f"error: {error}", file=sys.stderr, flush=True)
             else:
@@ -132,4 +174,7 @@ def run(args: argparse.Namespace) -> int:
     except ModelFileError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyError as err:  # --target names a class the model lacks
+        print(f"error: --target: {err.args[0]}", file=sys.stderr)
+        return 2
     return 0

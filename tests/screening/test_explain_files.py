@@ -1,4 +1,4 @@
-"""``python -m covid explain``: three PNG files per film, at the film's resolution."""
+"""``python -m covid explain``: map, lungs, overlay and opacities per film, at its resolution."""
 
 from pathlib import Path
 
@@ -11,6 +11,9 @@ from covid.explain.inference import Classifier
 from covid.model.lungs import LungSegmenter
 from covid.screening.explain_files import unique_stems
 from covid.screening.pipeline import analyse
+
+NO_OPACITY = ["--opacity-model", "/nonexistent/opacity.keras"]
+"""No opacity segmenter (the shipped one is found from the package otherwise)."""
 
 
 def _png(path, seed, shape):
@@ -44,7 +47,7 @@ def test_explain_writes_three_files_per_film_and_survives_a_broken_one(
     films, tmp_path, tiny_model_file, tiny_lung_file, plant_lungs, capsys
 ):
     out = tmp_path / "out"
-    status = main(["explain", "--out", str(out), "--model", str(tiny_model_file),
+    status = main(["explain", "--out", str(out), "--model", str(tiny_model_file), *NO_OPACITY,
                    "--lung-model", str(tiny_lung_file), str(films), str(films / "missing.png")])
     assert status == 0
     err = capsys.readouterr().err
@@ -74,7 +77,7 @@ def test_explain_a_chosen_class_and_method(films, tmp_path, tiny_model_file, tin
     out = tmp_path / "out"
     for target in ("COVID", "Normal"):
         assert main(["explain", "--out", str(out / target), "--target", target,
-                     "--method", "gradcam++", "--model", str(tiny_model_file),
+                     "--method", "gradcam++", "--model", str(tiny_model_file), *NO_OPACITY,
                      "--lung-model", str(tiny_lung_file), str(films / "a.png")]) == 0
         assert _read(out / target / "a.cam.png").shape == (70, 80)
     assert "explained" in capsys.readouterr().err
@@ -85,3 +88,60 @@ def test_explain_without_a_model_is_a_clear_error(films, tmp_path, capsys):
                    str(tmp_path / "none.keras"), str(films)])
     assert status == 1
     assert "error: model file not found" in capsys.readouterr().err
+
+
+def test_explain_writes_the_opacity_mask_at_the_film_size(
+    films, tmp_path, tiny_model_file, tiny_lung_file, plant_lungs
+):
+    from tests.opacity_models import save_tiny_opacity
+
+    opacity = save_tiny_opacity(tmp_path / "opacity.keras")  # opacity over all of the lungs
+    out = tmp_path / "out"
+    assert main(["explain", "--out", str(out), "--model", str(tiny_model_file),
+                 "--lung-model", str(tiny_lung_file), "--opacity-model", str(opacity),
+                 str(films)]) == 0
+    for name, film in (("a", films / "a.png"), ("a-2", films / "sub" / "a.png")):
+        pixels = _read(film)
+        mask = _read(out / f"{name}.opacity.png")
+        assert mask.shape == pixels.shape and mask.dtype == np.uint8  # the film's own size
+        assert set(np.unique(mask)) == {0, 255}
+        np.testing.assert_array_equal(mask == 255, plant_lungs.mask(pixels.shape))
+
+    none = tmp_path / "none"  # no lung field: refused, so nothing at all is written
+    plant_lungs.mask_for = lambda shape: np.zeros(shape, bool)
+    assert main(["explain", "--out", str(none), "--model", str(tiny_model_file),
+                 "--lung-model", str(tiny_lung_file), "--opacity-model", str(opacity),
+                 str(films / "a.png")]) == 0
+    assert list(none.iterdir()) == []
+
+
+def test_explain_without_the_opacity_segmenter_writes_no_mask(
+    films, tmp_path, tiny_model_file, tiny_lung_file, plant_lungs
+):
+    out = tmp_path / "out"
+    assert main(["explain", "--out", str(out), "--model", str(tiny_model_file), *NO_OPACITY,
+                 "--lung-model", str(tiny_lung_file), str(films / "a.png")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.cam.png", "a.lungs.png",
+                                                     "a.overlay.png"]
+
+
+def test_explain_targets_any_class_of_the_model(films, tmp_path, tiny_cnn_factory,
+                                                tiny_metadata, capsys):
+    from covid.model.network import save_with_metadata
+
+    tiny_metadata.class_names = ["COVID", "Other pneumonia", "Normal"]
+    model = tmp_path / "three.keras"
+    save_with_metadata(tiny_cnn_factory(n_classes=3), tiny_metadata, model)
+    args = ["--model", str(model), "--lung-model", str(tmp_path / "none.keras"),
+            str(films / "a.png")]
+    maps = {}
+    for target in ("Other pneumonia", "normal"):  # any case
+        assert main(["explain", "--out", str(tmp_path / target), "--target", target,
+                     *args]) == 0
+        maps[target] = _read(tmp_path / target / "a.cam.png")
+    assert not np.array_equal(maps["Other pneumonia"], maps["normal"])
+    assert main(["explain", "--out", str(tmp_path / "x"), "--target", "Pneumothorax",
+                 *args]) == 2
+    err = capsys.readouterr().err
+    assert "no class 'Pneumothorax'" in err and "COVID, Other pneumonia, Normal" in err
+    assert "Traceback" not in err
