@@ -38,4 +38,5 @@ if ! cmp -s tests/oidc/package-lock.json tests/oidc/node_modules/.installed-lock
 fi
 
 .venv/bin/ruff check .
-.venv/bin/python -m pytest "$@"
+# Every server is installed above: a test that finds one missing fails here (tests/servers.py).
+COVID_TESTS_REQUIRE_SERVERS=1 .venv/bin/python -m pytest "$@"

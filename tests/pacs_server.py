@@ -1,9 +1,9 @@
 """A real Orthanc PACS for the tests, and the chest films stored in it.
 
 Debian's ``orthanc`` and ``orthanc-dicomweb`` packages give the server (``.ci/run``
-and ``scripts/test.sh`` install them). A missing server FAILS the tests rather
-than skipping them: CI installs it, so its absence is a broken set-up, not an
-optional feature. Missing films (the shared data folder) skip, as elsewhere.
+and ``scripts/test.sh`` install them). Without it the tests skip, saying so; under
+``scripts/test.sh`` (and so in CI) they fail instead, since there its absence is a
+broken set-up (:mod:`tests.servers`). Missing films (the shared data folder) skip.
 
 Each server gets a free loopback port, a temporary storage folder and a
 configuration written here: a user and password, the DICOMweb plugin on,
@@ -29,6 +29,8 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+
+from tests.servers import server_missing
 
 ORTHANC = "Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -60,11 +62,11 @@ def free_port() -> int:
 
 
 def orthanc_binary() -> str:
-    """The Orthanc executable; fails (not skips) the test when it is not installed."""
+    """The Orthanc executable; skips the test without it (fails under scripts/test.sh)."""
     found = shutil.which(ORTHANC) or shutil.which(ORTHANC, path="/usr/sbin")
     if found is None or not DICOMWEB_PLUGIN.is_file():
-        pytest.fail("Orthanc with its DICOMweb plugin is not installed: run "
-                    "`apt-get install orthanc orthanc-dicomweb` (CI installs them).")
+        server_missing("Orthanc with its DICOMweb plugin",
+                       "run `apt-get install orthanc orthanc-dicomweb`")
     return found
 
 

@@ -40,6 +40,7 @@ from benchmarks.server import (
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
 from covid.model.network import DEFAULT_MODEL_PATH, read_metadata
 from covid.screening.table import finding_columns, table_columns
+from tests.servers import server_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -86,7 +87,9 @@ def server(served_model, served_lungs, tmp_path_factory):
 
 
 def _launch(playwright):
-    """Launches headless Chromium, failing the test (not skipping) when it cannot."""
+    """Launches headless Chromium: skips when it is not installed, fails when it cannot start."""
+    if not Path(CHROMIUM).is_file():
+        server_missing(f"Chromium ({CHROMIUM})", "run `apt-get install chromium`")
     try:
         return playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS

@@ -57,6 +57,7 @@ from tests.pacs_server import (
     load_studies,
     start_orthanc,
 )
+from tests.servers import server_missing
 
 ROOT = Path(__file__).resolve().parents[2]
 OIDC_DIR = ROOT / "tests" / "oidc"
@@ -104,14 +105,12 @@ class Provider:
 
 
 def node_binary() -> str:
-    """Node.js and the provider's packages; fails (not skips) the test without them."""
+    """Node.js and the provider's packages; skips without them (fails under scripts/test.sh)."""
     node = shutil.which("node") or shutil.which("nodejs")
     if node is None:
-        pytest.fail("Node.js is not installed: run `apt-get install nodejs npm` "
-                    "(scripts/test.sh installs it).")
+        server_missing("Node.js", "run `apt-get install nodejs npm`")
     if not (OIDC_DIR / "node_modules" / "oidc-provider").is_dir():
-        pytest.fail(f"oidc-provider is not installed: run `npm ci` in {OIDC_DIR} "
-                    "(scripts/test.sh does).")
+        server_missing("The OpenID Connect provider (oidc-provider)", f"run `npm ci` in {OIDC_DIR}")
     return node
 
 
@@ -239,7 +238,9 @@ def server(tiny_model_file, tmp_path_factory, streamlit_port, provider, pacs):
 
 
 def _launch(playwright):
-    """Launches headless Chromium, failing the test (not skipping) when it cannot."""
+    """Launches headless Chromium: skips when it is not installed, fails when it cannot start."""
+    if not Path(CHROMIUM).is_file():
+        server_missing(f"Chromium ({CHROMIUM})", "run `apt-get install chromium`")
     try:
         return playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
                                           args=CHROMIUM_ARGS)
