@@ -34,7 +34,7 @@ from covid.explain.overlay import (
 )
 from covid.screening import pipeline
 from covid.screening.pipeline import StudyResult
-from covid.screening.report import build_report
+from covid.screening.report_layout import build_report
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier, Explanation
@@ -342,7 +342,7 @@ def report_pdf(
             computed (see :func:`known_map`); unused for a refused film.
 
     Returns:
-        The PDF's bytes (see :func:`covid.screening.report.build_report`).
+        The PDF's bytes (see :func:`covid.screening.report_layout.build_report`).
     """
     meta, result = classifier.metadata, study.result
     if result.refused:

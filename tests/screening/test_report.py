@@ -1,3 +1,5 @@
+"""A study's PDF report from its file, and the ``report`` command."""
+
 import contextlib
 import io
 import re
@@ -13,20 +15,15 @@ from pypdf import PdfReader
 
 from covid import DISCLAIMER
 from covid.__main__ import main
-from covid.explain.localisation import EVIDENCE_MEANING, energy_inside, lung_outline
+from covid.explain.localisation import energy_inside, lung_outline
 from covid.inputs.decode import ImageDecodeError
-from covid.model.decision import ADVICE, FLAG_NOT_CHEST, FLAG_UNUSUAL, UNUSUAL_ADVICE
-from covid.model.network import ModelMetadata
-from covid.screening.pipeline import StudyResult, percentages
-from covid.screening.report import ReportError, build_report, report_for_file
-from tests.results import THREE_CLASSES, scored
+from covid.model.opacity import MAX_SCORE
+from covid.screening.report import OUTLINE_RGB, report_for_file
+from covid.screening.report_layout import OPACITY_RGB
 
-SHA = "0123456789abcdef" * 4
 WHEN = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
 PATIENT = "DOE^JANE"
 PATIENT_ID = "PID-12345"
-
-ADMIT, GO_HOME = ADVICE["COVID"], ADVICE["Normal"]
 
 
 def _text(pdf: bytes) -> str:
@@ -43,6 +40,10 @@ def _all_bytes(pdf: bytes) -> bytes:
     return pdf + b"".join(inflated)
 
 
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _n_images(pdf: bytes) -> int:
     return sum(len(page.images) for page in PdfReader(io.BytesIO(pdf)).pages)
 
@@ -54,146 +55,25 @@ def _png_bytes(seed: int = 0, shape=(72, 80)) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def metadata():
-    return ModelMetadata(name="tiny test CNN", version="test-7", sha256=SHA, threshold=0.5,
-                         class_names=["COVID", "Normal"], input_size=32, input_mode="full")
-
-
-REASONS = {FLAG_NOT_CHEST: "it is a colour image; chest X-rays are grey.",
-           FLAG_UNUSUAL: "it is unlike the chest X-rays the model was trained on."}
-
-
-def _result(p_covid=0.8766, flag=None, info=None, threshold=0.5, **fields):
-    rng = np.random.default_rng(1)
-    return scored(
-        "study_01.png", p_covid, threshold=threshold, flag=flag, flag_reason=REASONS.get(flag),
-        pixels=rng.integers(0, 255, (90, 70), dtype=np.uint8),
-        model_input=np.zeros((32, 32, 1), np.uint8), info=info or {"Modality": "CR"},
-        **fields)
-
-
-def _overlay(shape=(90, 70)):
-    return np.random.default_rng(2).integers(0, 255, (*shape, 3), dtype=np.uint8)
-
-
-def test_report_holds_everything_required(metadata):
-    result = _result()
-    pdf = build_report(result, _overlay(), metadata, 0.5, when=WHEN)
-    assert pdf.startswith(b"%PDF-")
-    text = _text(pdf)
-    covid_pct, normal_pct = percentages(result.probs)
-    assert covid_pct + normal_pct == pytest.approx(100.0)
-    for expected in (f"COVID {covid_pct:.1f} %", f"Normal {normal_pct:.1f} %", ADMIT,
-                     "tiny test CNN", "test-7", SHA[:12], DISCLAIMER, "0.500",
-                     "shipped operating point", "study_01.png", "Modality: CR",
-                     "2024-05-01 12:30"):
-        assert expected in text, expected
-    assert SHA[:13] not in text
-    assert _n_images(pdf) >= 2
-
-
-def test_session_threshold_is_named_as_such(metadata):
-    result = _result(p_covid=0.4, threshold=0.3)
-    assert result.label == "COVID"
-    text = _text(build_report(result, _overlay(), metadata, 0.3, when=WHEN))
-    assert "0.300" in text and "session choice" in text and "0.500" in text
-
-
-def test_a_three_class_report_has_three_bars_and_the_finding_advice():
-    metadata = ModelMetadata(name="three", version="3", sha256=SHA, threshold=0.4,
-                             class_names=list(THREE_CLASSES))
-    result = scored("p.png", [0.15, 0.5, 0.35], THREE_CLASSES, threshold=0.4,
-                    pixels=np.zeros((90, 70), np.uint8))
-    text = _text(build_report(result, _overlay(), metadata, 0.4, when=WHEN))
-    for expected in ("COVID 15.0 %", "Other pneumonia 50.0 %", "Normal 35.0 %",
-                     "Result at the operating point: Other pneumonia",
-                     ADVICE["Other pneumonia"], "P(any finding) ≥ 0.400 admits"):
-        assert expected in _flat(text), expected
-    with pytest.raises(ReportError, match="threshold"):
-        build_report(result, _overlay(), metadata, 0.7)  # 0.65 < 0.7 would be Normal
-
-
-def test_a_refused_study_gets_the_refusal_and_no_label_bars_map_or_advice(metadata):
-    pdf = build_report(_result(flag=FLAG_NOT_CHEST), None, metadata, 0.5, when=WHEN)
-    text = _flat(_text(pdf))
-    assert "This does not look like a chest X-ray" in text
-    assert f"Not a chest X-ray: {REASONS[FLAG_NOT_CHEST]}" in text
-    assert ADMIT not in text and GO_HOME not in text
-    assert "Result at the operating point" not in text
-    assert " %" not in text and "Grad-CAM" not in text  # no bars, no map
-    assert DISCLAIMER in text and _n_images(pdf) == 1
-
-
-def test_an_unusual_study_keeps_its_label_and_bars_with_a_caution_and_is_admitted(metadata):
-    result = _result(p_covid=0.1, flag=FLAG_UNUSUAL)  # Normal, yet admitted
-    text = _flat(_text(build_report(result, _overlay(), metadata, 0.5, when=WHEN)))
-    assert "Result at the operating point: Normal" in text
-    assert f"Caution: {REASONS[FLAG_UNUSUAL]}" in text
-    assert UNUSUAL_ADVICE in text and GO_HOME not in text
-    assert "COVID 10.0 %" in text and "Normal 90.0 %" in text
-
-
-def test_a_classified_study_needs_its_overlay(metadata):
-    with pytest.raises(ReportError, match="overlay"):
-        build_report(_result(flag=FLAG_UNUSUAL), None, metadata, 0.5)
-
-
-def test_identifier_like_info_keys_are_never_printed(metadata):
-    info = {"Modality": "DX", "PatientName": PATIENT, "Patient ID": PATIENT_ID}
-    pdf = build_report(_result(info=info), _overlay(), metadata, 0.5, when=WHEN)
-    assert "Modality: DX" in _text(pdf)
-    for secret in (PATIENT, PATIENT_ID):
-        assert secret not in _text(pdf)
-        assert secret.encode() not in _all_bytes(pdf)
-
-
-def _pages(pdf: bytes) -> int:
-    return len(PdfReader(io.BytesIO(pdf)).pages)
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-@pytest.mark.parametrize("flag", [None, FLAG_UNUSUAL])
-def test_the_share_of_evidence_in_the_lungs_and_its_meaning_are_reported(metadata, flag):
-    result = _result(flag=flag, lungs=np.zeros((90, 70), bool))
-    low = build_report(result, _overlay(), metadata, 0.5, when=WHEN, lung_evidence=0.3)
-    text = _flat(_text(low))
-    assert "30% of the evidence lies inside the lung fields" in text
-    assert _flat(EVIDENCE_MEANING) in text
-    assert "Caution" in text and "mostly outside the lungs" in text
-    assert "lung outline in white" in text
-    assert _pages(low) == 1
-    high = _flat(_text(build_report(result, _overlay(), metadata, 0.5, when=WHEN,
-                                    lung_evidence=0.81)))
-    assert "81% of the evidence lies inside the lung fields" in high
-    assert ("Caution" in high) == (flag == FLAG_UNUSUAL)  # the lungs' caution is gone
-    if flag:  # an unusual film is admitted, whatever its label
-        assert UNUSUAL_ADVICE in high and GO_HOME not in high
-
-
-def test_without_lungs_the_share_is_said_to_be_unmeasured(metadata):
-    text = _flat(_text(build_report(_result(), _overlay(), metadata, 0.5, when=WHEN)))
-    assert "Not measured: no lung segmenter" in text
-    assert "lung outline" not in text and "of the evidence lies inside" not in text
-
-
-def test_inconsistent_or_failed_inputs_are_refused(metadata):
-    with pytest.raises(ReportError, match="threshold"):
-        build_report(_result(p_covid=0.6), _overlay(), metadata, 0.7)
-    with pytest.raises(ReportError, match="failed"):
-        build_report(StudyResult(name="x.png", error="x.png: empty"), _overlay(), metadata, 0.5)
-    with pytest.raises(ReportError, match="overlay"):
-        build_report(_result(), _overlay()[:, :, 0], metadata, 0.5)
-
-
 @pytest.fixture(scope="module")
 def classifier(tiny_model_file):
     from covid.explain.inference import Classifier
 
     return Classifier.from_file(tiny_model_file)
+
+
+@pytest.fixture(scope="module")
+def opacity_file(tmp_path_factory):
+    from tests.opacity_models import save_tiny_opacity
+
+    return save_tiny_opacity(tmp_path_factory.mktemp("opacity") / "opacity.keras")
+
+
+@pytest.fixture(scope="module")
+def opacity_segmenter(opacity_file):
+    from covid.model.opacity import OpacitySegmenter
+
+    return OpacitySegmenter.from_file(opacity_file)
 
 
 def test_report_for_file_on_a_png(classifier, tmp_path):
@@ -206,8 +86,8 @@ def test_report_for_file_on_a_png(classifier, tmp_path):
     assert _n_images(pdf) >= 2
 
 
-def test_report_for_file_outlines_the_lungs_and_reports_the_share(
-    classifier, tiny_lung_file, plant_lungs, tmp_path, monkeypatch
+def test_report_for_file_outlines_the_lungs_and_opacities_and_reports_both(
+    classifier, tiny_lung_file, plant_lungs, opacity_segmenter, tmp_path, monkeypatch
 ):
     import covid.screening.report as report
     from covid.model.lungs import LungSegmenter
@@ -224,26 +104,38 @@ def test_report_for_file_outlines_the_lungs_and_reports_the_share(
     path = tmp_path / "film.png"
     path.write_bytes(_png_bytes(6, shape=(120, 100)))
     segmenter = LungSegmenter.from_file(tiny_lung_file)
-    text = _flat(_text(report_for_file(path, classifier, when=WHEN, segmenter=segmenter)))
+    pdf = report_for_file(path, classifier, when=WHEN, segmenter=segmenter,
+                          opacity_segmenter=opacity_segmenter)
+    text = _flat(_text(pdf))
     result, overlay = drawn["result"], drawn["overlay"]
     lungs = plant_lungs.mask((120, 100))
     assert np.array_equal(result.lungs, lungs)
-    assert (overlay[lung_outline(lungs)] == report.OUTLINE_RGB).all()
+    assert (overlay[lung_outline(lungs)] == OUTLINE_RGB).all()
     assert drawn["share"] == pytest.approx(energy_inside(result.cam, lungs))
     assert f"{int(100 * drawn['share'] + 1e-9)}% of the evidence lies inside the lung fields" \
         in text
+    # the tiny opacity segmenter sees opacity everywhere: all of both lungs, on the X-ray only
+    assert f"Right lung 100% · left lung 100% · score {MAX_SCORE}/{MAX_SCORE}" in text
+    xray = np.asarray(PdfReader(io.BytesIO(pdf)).pages[0].images[0].image.convert("RGB"))
+    assert (xray[lung_outline(lungs)] == OPACITY_RGB).all()
+    assert not (overlay == OPACITY_RGB).all(axis=2).any()
 
 
-def test_report_for_file_refuses_a_colour_photograph_without_a_map(classifier, tmp_path):
+def test_report_for_file_refuses_a_colour_photograph_without_a_map_or_opacities(
+        classifier, tiny_lung_file, plant_lungs, opacity_segmenter, tmp_path):
+    from covid.model.lungs import LungSegmenter
     from covid.screening.ood import OODDetector
 
     path = tmp_path / "photo.png"
     colour = np.random.default_rng(8).integers(0, 255, (80, 90, 3), dtype=np.uint8)
     Image.fromarray(colour).save(path)
-    pdf = report_for_file(path, classifier, ood=OODDetector(), when=WHEN)
+    pdf = report_for_file(path, classifier, ood=OODDetector(), when=WHEN,
+                          segmenter=LungSegmenter.from_file(tiny_lung_file),
+                          opacity_segmenter=opacity_segmenter)
     text = _flat(_text(pdf))
     assert "Not a chest X-ray: it is a colour image" in text and _n_images(pdf) == 1
-    assert "Result at the operating point" not in text and " %" not in text
+    assert "Result at the operating point" not in text and "%" not in text
+    assert "score" not in text and "Right lung" not in text
 
 
 def test_report_for_file_on_a_broken_file(classifier, tmp_path):
@@ -295,15 +187,29 @@ def test_dicom_patient_identifiers_never_reach_the_pdf(classifier, tmp_path):
 
 
 def test_cli_writes_a_valid_pdf(tiny_model_file, tmp_path, capsys):
-    pytest.importorskip("covid.screening.ood", reason="covid/ood.py not there yet")
     image, out = tmp_path / "a.png", tmp_path / "out" / "report.pdf"
     image.write_bytes(_png_bytes(4))
     out.parent.mkdir()
     # no segmenter: the shipped one finds no lungs in noise, which would be refused
     assert main(["report", str(image), "-o", str(out), "--model", str(tiny_model_file),
                  "--lung-model", str(tmp_path / "none.keras")]) == 0
-    text = _text(out.read_bytes())
+    text = _flat(_text(out.read_bytes()))
     assert "a.png" in text and DISCLAIMER in text and _n_images(out.read_bytes()) >= 2
+    assert re.search(r"P\(COVID\) [\d.]+% is (above|at|below) the operating point 50\.0%", text)
+    assert "Not measured: the opacity segmenter did not run" in text  # no lungs, no opacities
+
+
+def test_cli_grades_the_opacities_with_the_opacity_model(
+        tiny_model_file, tiny_lung_file, plant_lungs, opacity_file, tmp_path):
+    image, out = tmp_path / "a.png", tmp_path / "report.pdf"
+    image.write_bytes(_png_bytes(4, shape=(120, 100)))
+    assert main(["report", str(image), "-o", str(out), "--model", str(tiny_model_file),
+                 "--lung-model", str(tiny_lung_file), "--opacity-model", str(opacity_file)]) == 0
+    assert f"score {MAX_SCORE}/{MAX_SCORE}" in _flat(_text(out.read_bytes()))
+    assert main(["report", str(image), "-o", str(out), "--model", str(tiny_model_file),
+                 "--lung-model", str(tiny_lung_file),
+                 "--opacity-model", str(tmp_path / "none.keras")]) == 0  # optional
+    assert "score" not in _flat(_text(out.read_bytes()))
 
 
 def test_cli_missing_model_is_a_clear_error(tmp_path, capsys):
