@@ -28,6 +28,10 @@ FILE, LABEL, FLAG, ADVICE, TRIAGE, ERROR = "file", "label", "flag", "advice", "t
 holds :data:`covid.model.decision.FLAGS`, ``advice`` ``admit``, ``home`` or nothing."""
 LUNGS = "evidence in lungs %"
 """The share of the predicted class's Grad-CAM energy inside the lung fields, in percent."""
+OPACITY, OPACITY_SCORE = "opacity % of lungs", "opacity score /8"
+"""The opacity segmenter's figures (a separate segmentation, not the classifier's
+evidence): the share of both lung fields covered, in percent, and the modified RALE
+score, 0-8 (:class:`covid.model.opacity.Severity`)."""
 
 YES, NO = "yes", "no"
 """How a CSV writes a true or false cell."""
@@ -54,9 +58,11 @@ def table_columns(class_names: Sequence[str]) -> list[str]:
 
     Returns:
         ``file``, one ``<finding> %`` per finding (``COVID %``...), ``label``,
-        ``flag``, ``advice``, ``evidence in lungs %``, ``triage``, ``error``.
+        ``flag``, ``advice``, ``evidence in lungs %``, ``opacity % of lungs``,
+        ``opacity score /8``, ``triage``, ``error``.
     """
-    return [FILE, *finding_columns(class_names), LABEL, FLAG, ADVICE, LUNGS, TRIAGE, ERROR]
+    return [FILE, *finding_columns(class_names), LABEL, FLAG, ADVICE, LUNGS, OPACITY,
+            OPACITY_SCORE, TRIAGE, ERROR]
 
 
 def suspicion_order(results: Sequence[StudyResult]) -> list[int]:
@@ -80,6 +86,14 @@ def _lung_percent(result: StudyResult) -> float | None:
     if result.error is not None or result.lung_evidence is None:
         return None
     return round(100.0 * float(result.lung_evidence), 1)
+
+
+def _opacity(result: StudyResult) -> dict[str, float | int | None]:
+    """The opacity cells: extent in percent (one decimal) and score (None without an outline)."""
+    if result.error is not None or result.opacity is None:
+        return {OPACITY: None, OPACITY_SCORE: None}
+    severity = result.opacity.severity
+    return {OPACITY: round(100.0 * severity.extent, 1), OPACITY_SCORE: severity.score}
 
 
 def _decided(result: StudyResult, disclaimer: bool) -> dict[str, str]:
@@ -119,8 +133,10 @@ def table_rows(
         empty when refused), then the share of the label's Grad-CAM energy
         inside the lungs in percent (None for a failed or refused file, without
         a lung segmenter, or while a changed label's map is not measured), the
-        decision's triage message and the error (empty strings where not
-        applicable).
+        share of both lungs the opacity segmenter outlined in percent and its
+        score 0-8 (None without an outline: failed or refused, or no opacity
+        segmenter), the decision's triage message and the error (empty strings
+        where not applicable).
     """
     findings = [(i, probability_column(name)) for i, name in enumerate(class_names)
                 if name != NORMAL]
@@ -131,7 +147,7 @@ def table_rows(
         cells = {FILE: result.name, **{column: None if hidden else shown[i]
                                        for i, column in findings},
                  **_decided(result, disclaimer), LUNGS: _lung_percent(result),
-                 ERROR: result.error or ""}
+                 **_opacity(result), ERROR: result.error or ""}
         rows.append({column: cells[column] for column in columns})
     return rows
 
@@ -155,12 +171,14 @@ def spreadsheet_safe(value: Any) -> Any:
 
 
 def _csv_cell(value: Any) -> str:
-    """A value as CSV text: one decimal for numbers, text guarded against formulas."""
+    """A value as CSV text: whole numbers as such, one decimal for others, text guarded."""
     if value is None:
         return ""
     if isinstance(value, bool):
         return YES if value else NO
-    if isinstance(value, (int, float, np.floating, np.integer)):
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
         return f"{float(value):.1f}"
     return spreadsheet_safe(str(value))
 

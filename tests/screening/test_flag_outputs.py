@@ -10,6 +10,10 @@ is CT). Then each output is read back the way its reader would see it, as
 Each output is a reader taking a :class:`Film` and returning :class:`Said` in
 :data:`READERS`: the decision, the result, the page's table and its CSV, the PDF,
 ``predict``'s CSV, the Ray archive's Parquet and the PACS Structured Report.
+
+The films' lungs are planted and a tiny opacity segmenter outlines all of them,
+so that every chest film has opacity figures (100% of the lungs, score 8/8); a
+refused film must have none in any output (:data:`OPACITY_READERS`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import pytest
 from pypdf import PdfReader
 
 from covid.explain.inference import Classifier
+from covid.inputs.preprocess import lung_box
 from covid.model.decision import (
     ADVICE,
     FLAG_NONE,
@@ -35,16 +40,19 @@ from covid.model.decision import (
     NOT_A_CHEST_XRAY,
     UNUSUAL_ADVICE,
 )
+from covid.model.lungs import LungSegmentation, LungSegmenter
 from covid.model.network import ModelMetadata
 from covid.model.ood_stats import OODStats
+from covid.model.opacity import MAX_SCORE, OpacitySegmenter
 from covid.screening import predict, scoring
 from covid.screening.archive_parts import PartWriter, read_rows, row_schema
 from covid.screening.ood import OODDetector
 from covid.screening.pacs_results import ResultsError, build_results, finding_code
 from covid.screening.pipeline import StudyResult, analyse
 from covid.screening.studies import DisplaySettings, Study, report_pdf
-from covid.screening.table import csv_bytes, table_columns, table_rows
+from covid.screening.table import OPACITY, OPACITY_SCORE, csv_bytes, table_columns, table_rows
 from tests.films import dicom_bytes, dicom_dataset, pattern, png
+from tests.opacity_models import save_tiny_opacity
 
 
 @dataclass(frozen=True)
@@ -100,15 +108,30 @@ def classifier(tiny_model_file) -> Classifier:
     return Classifier.from_file(tiny_model_file)
 
 
+def _two_lungs(shape: tuple[int, int]) -> LungSegmentation:
+    """Two upright elliptical lung fields, one each side of the midline (a plausible pair)."""
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    h, w = shape
+    mask = np.zeros(shape, bool)
+    for centre in (0.3, 0.7):
+        mask |= ((rows - 0.45 * h) / (0.3 * h)) ** 2 + ((cols - centre * w) / (0.12 * w)) ** 2 <= 1
+    return LungSegmentation(mask, lung_box(mask), None)
+
+
 @pytest.fixture(scope="module")
-def films(classifier) -> dict[str, Film]:
-    """Each film of :data:`FILMS` through the serving pipeline."""
+def films(classifier, tiny_lung_file, tmp_path_factory) -> dict[str, Film]:
+    """Each film of :data:`FILMS` through the serving pipeline, lungs and opacities too."""
     n = classifier.n_features
     far = OODStats(np.zeros((1, n), np.float32), np.eye(n, dtype=np.float32), threshold=-1.0)
+    lungs = LungSegmenter.from_file(tiny_lung_file)
+    lungs.segment_batch = lambda pixels: [_two_lungs(p.shape) for p in pixels]  # planted
+    opacity = OpacitySegmenter.from_file(
+        save_tiny_opacity(tmp_path_factory.mktemp("opacity") / "opacity.keras"))
     out = {}
     for name, (kind, make, distant) in FILMS.items():
         gate = OODDetector(far) if distant else OODDetector()  # a limit below any distance
-        result = analyse([(name, make())], classifier, ood=gate)[0]
+        result = analyse([(name, make())], classifier, ood=gate, segmenter=lungs,
+                         opacity=opacity)[0]
         assert result.error is None and result.flag == kind, (name, result.flag)
         out[name] = Film(kind, result, classifier)
     return out
@@ -220,6 +243,63 @@ READERS: dict[str, Callable[[Film], Said]] = {
 """Every output checked, by name."""
 
 
+Figures = tuple[float, int] | None
+"""What an output says of the opacities: (share of both lungs, score 0-8), or nothing."""
+
+
+def _figures(extent: object, score: object, percent: bool = False) -> Figures:
+    """Figures from an output's two cells (empty cells: nothing)."""
+    if extent in (None, "") and score in (None, ""):
+        return None
+    share = float(extent) / (100.0 if percent else 1.0)
+    return round(share, 3), int(float(score))
+
+
+def opacity_by_result(film: Film) -> Figures:
+    outline = film.result.opacity
+    return None if outline is None else _figures(outline.severity.extent, outline.severity.score)
+
+
+def opacity_by_table(film: Film) -> Figures:
+    row = table_rows([film.result], film.meta.class_names)[0]
+    return _figures(row[OPACITY], row[OPACITY_SCORE], percent=True)
+
+
+def opacity_by_table_csv(film: Film) -> Figures:
+    rows = table_rows([film.result], film.meta.class_names)
+    data = csv_bytes(rows, table_columns(film.meta.class_names)).decode("utf-8")
+    row = next(csv.DictReader(io.StringIO(data)))
+    return _figures(row[OPACITY], row[OPACITY_SCORE], percent=True)
+
+
+def opacity_by_predict_csv(film: Film) -> Figures:
+    out = io.StringIO()
+    predict.write_csv([scoring.row(Path(film.result.name), film.result,
+                                   film.meta.class_names)], out)
+    row = next(csv.DictReader(io.StringIO(out.getvalue())))
+    return _figures(row[scoring.OPACITY_EXTENT], row[scoring.SEVERITY])
+
+
+def opacity_by_archive_parquet(film: Film) -> Figures:
+    path = Path(film.result.name)
+    with tempfile.TemporaryDirectory() as out:
+        writer = PartWriter(Path(out), row_schema(scoring.COLUMNS), film.meta.sha256, [])
+        writer.add(scoring.row(path, film.result, film.meta.class_names), (str(path), "sha"))
+        writer.flush()
+        (row,) = read_rows(Path(out))
+    return _figures(row[scoring.OPACITY_EXTENT], row[scoring.SEVERITY])
+
+
+OPACITY_READERS: dict[str, Callable[[Film], Figures]] = {
+    "result": opacity_by_result,
+    "table": opacity_by_table,
+    "table CSV": opacity_by_table_csv,
+    "predict CSV": opacity_by_predict_csv,
+    "archive Parquet": opacity_by_archive_parquet,
+}
+"""Every output that carries the opacity figures, by name."""
+
+
 # ------------------------------------------------------------------- tests
 
 
@@ -245,6 +325,17 @@ def test_what_they_say_is_the_rule_for_that_kind_of_flag(films, name):
     else:
         assert said.advice == ("home" if said.label == "Normal" else "admit")
         assert film.result.triage.startswith(ADVICE[said.label])
+
+
+@pytest.mark.parametrize("name", FILMS)
+def test_a_refused_film_has_no_opacity_figures_in_any_output(films, name):
+    film = films[name]
+    said = {output: read(film) for output, read in OPACITY_READERS.items()}
+    if film.kind == FLAG_NOT_CHEST:
+        assert film.result.opacity is None
+        assert set(said.values()) == {None}, said
+    else:  # the tiny segmenter outlines all of both lungs
+        assert set(said.values()) == {(1.0, MAX_SCORE)}, said
 
 
 def test_the_pdf_reader_tells_the_outputs_apart():

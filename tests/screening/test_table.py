@@ -2,6 +2,9 @@
 
 import csv
 import io
+from dataclasses import replace
+
+import numpy as np
 
 from covid import DISCLAIMER
 from covid.model.decision import (
@@ -12,6 +15,7 @@ from covid.model.decision import (
     NOT_A_CHEST_XRAY,
     UNUSUAL_ADVICE,
 )
+from covid.model.opacity import OpacitySegmentation, Severity
 from covid.screening.pipeline import StudyResult, relabel
 from covid.screening.table import (
     by_column,
@@ -26,8 +30,8 @@ from tests.results import THREE_CLASSES, scored
 from tests.results import failed as _failed
 
 CLASSES = ["COVID", "Normal"]
-HEADER = ["file", "COVID %", "label", "flag", "advice", "evidence in lungs %", "triage",
-          "error"]
+HEADER = ["file", "COVID %", "label", "flag", "advice", "evidence in lungs %",
+          "opacity % of lungs", "opacity score /8", "triage", "error"]
 ADMIT, GO_HOME = ADVICE["COVID"], ADVICE["Normal"]
 
 
@@ -61,11 +65,12 @@ def test_csv_has_the_table_columns_in_order_and_the_rows_in_order():
     assert parsed[0] == HEADER
     assert [r[0] for r in parsed[1:]] == ["a.png", "b.png", "broken.png"]
     a, b, broken = parsed[1:]
-    assert a == ["a.png", "90.0", "COVID", "none", "admit", "73.5", f"{ADMIT} {DISCLAIMER}", ""]
+    assert a == ["a.png", "90.0", "COVID", "none", "admit", "73.5", "", "",
+                 f"{ADMIT} {DISCLAIMER}", ""]
     # no detector ran (decided as unflagged) and no segmenter ran
-    assert b[1:7] == ["20.0", "Normal", "none", "home", "", f"{GO_HOME} {DISCLAIMER}"]
-    assert broken[:7] == ["broken.png", "", "", "", "", "", ""]
-    assert broken[7].startswith("broken.png: ")
+    assert b[1:9] == ["20.0", "Normal", "none", "home", "", "", "", f"{GO_HOME} {DISCLAIMER}"]
+    assert broken[:9] == ["broken.png", "", "", "", "", "", "", "", ""]
+    assert broken[9].startswith("broken.png: ")
     assert text.endswith("\r\n") and len(text.splitlines()) == 4
 
 
@@ -170,3 +175,20 @@ def test_relabel_clears_the_lung_share_of_a_label_whose_map_was_not_made():
     flipped = relabel(cached, 0.3)
     assert flipped.label == "COVID" and flipped.lung_evidence is None
     assert relabel(cached, 0.45).lung_evidence == 0.8
+
+
+def _outlined(result: StudyResult, severity: Severity) -> StudyResult:
+    return replace(result, opacity=OpacitySegmentation(np.zeros((4, 4), bool), severity))
+
+
+def test_the_opacity_columns_give_the_extent_and_score_of_outlined_films_only():
+    severity = Severity(right=0.35, left=0.1, extent=0.23456, right_score=2, left_score=1,
+                        score=3)
+    results = [_outlined(_scored("covid.png", 0.9), severity), _scored("plain.png", 0.9),
+               _failed("broken.png")]
+    rows = table_rows(results, CLASSES)
+    assert [(r["opacity % of lungs"], r["opacity score /8"]) for r in rows] == [
+        (23.5, 3), (None, None), (None, None)]
+    parsed = list(csv.DictReader(io.StringIO(csv_bytes(rows, HEADER).decode())))
+    assert [(r["opacity % of lungs"], r["opacity score /8"]) for r in parsed] == [
+        ("23.5", "3"), ("", ""), ("", "")]
