@@ -1,4 +1,4 @@
-"""Chest X-ray screening: a Keras ResNet-50 COVID/Normal classifier with Grad-CAM.
+"""Chest X-ray screening: a Keras ResNet-50 (COVID-19, other pneumonia, normal) with Grad-CAM.
 
 Research tool, not a medical device.
 """

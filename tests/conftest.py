@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from covid.model.network import LOGITS_LAYER, ModelMetadata, save_model
+from covid.model.network import LOGITS_LAYER, ModelMetadata, save_with_metadata
 
 TINY_SIZE = 32
 TINY_LAYER = "last_conv"
@@ -42,6 +42,7 @@ def tiny_metadata_for(temperature: float = 1.5, threshold: float = 0.5) -> Model
         class_names=["COVID", "Normal"],
         positive_class="COVID",
         input_size=TINY_SIZE,
+        input_mode="full",
         gradcam_layer=TINY_LAYER,
         temperature=temperature,
         threshold=threshold,
@@ -65,7 +66,7 @@ def tiny_metadata() -> ModelMetadata:
 def tiny_model_file(tmp_path_factory) -> Path:
     """A saved tiny model (``.keras`` + metadata JSON with its SHA-256)."""
     path = tmp_path_factory.mktemp("model") / "tiny.keras"
-    save_model(build_tiny_cnn(), tiny_metadata_for(), path)
+    save_with_metadata(build_tiny_cnn(), tiny_metadata_for(), path)
     return path
 
 
@@ -99,11 +100,11 @@ def tiny_cnn_factory():
 @pytest.fixture(scope="session")
 def tiny_lung_file(tmp_path_factory) -> Path:
     """A saved tiny, untrained lung U-Net (input 32; ``.keras`` + metadata JSON)."""
-    from covid.model.lungs import LungModelMetadata, build_unet, save_lung_model
+    from covid.model.lungs import LungModelMetadata, build_unet
 
     keras.utils.set_random_seed(0)
     path = tmp_path_factory.mktemp("lungs") / "tiny_unet.keras"
-    save_lung_model(build_unet(None, filters=(4, 8)), LungModelMetadata(input_size=32), path)
+    save_with_metadata(build_unet(None, filters=(4, 8)), LungModelMetadata(input_size=32), path)
     return path
 
 

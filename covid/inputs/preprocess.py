@@ -1,8 +1,12 @@
-"""The one preprocessing path from decoded pixels to model input.
+"""Pixel operations from a decoded film to a model's input: resize, lung box, crop, contrast.
 
-Training and serving both call :func:`to_model_input`; intensity normalisation
-(ResNet-50's mean subtraction) happens inside the saved model itself, so the two
-cannot diverge.
+:func:`lung_focus` makes the classifier's input as its ``input_mode`` says: the
+whole film resized (``full``), or the lungs' box cut out and resized (the
+``crop`` modes), or the film with the outside of the lungs attenuated. It is
+called for every classifier input through :mod:`covid.model.focus`, which runs
+the lung segmenter first. :func:`to_model_input` resizes a whole film to a square
+(the ``full`` mode, and the lung segmenter's input). Intensity normalisation
+(ResNet-50's mean subtraction) happens inside the saved model itself.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from PIL import Image
 
 
 def to_model_input(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Resizes a grayscale image to the model's square input.
+    """Resizes a whole grayscale image to a square input, without cropping.
 
-    The whole film is resized (not cropped), as the training database was.
+    The aspect ratio is not kept: a film is squeezed to the square, as the
+    ``full`` input mode and the lung segmenter's training films were.
 
     Args:
         pixels: (H, W) uint8 grayscale image.
@@ -176,7 +181,10 @@ def lung_focus(
     outside: float = OUTSIDE_WEIGHT,
     contrast: str = "none",
 ) -> tuple[np.ndarray, LungBox]:
-    """The one lung-focused preprocessing path, shared by training and serving.
+    """Makes the classifier's input from a film and its lung mask, as ``mode`` says.
+
+    Training, evaluation and serving reach it through
+    :func:`covid.model.focus.focus_film`.
 
     Args:
         pixels: (H, W) uint8 film.

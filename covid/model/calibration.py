@@ -9,6 +9,8 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
+from covid.model.classes import NORMAL
+
 
 def calibrated_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Softmax of temperature-scaled logits.
@@ -127,7 +129,7 @@ def choose_threshold(
 
 
 def choose_finding_threshold(p_finding: np.ndarray, true_names: np.ndarray,
-                             min_sensitivity: float = 0.98, normal: str = "Normal") -> float:
+                             min_sensitivity: float = 0.98) -> float:
     """The highest threshold on P(any finding) that admits enough of *every* finding.
 
     Pooling the findings would let an easy class (COVID-19) carry a hard one
@@ -137,7 +139,6 @@ def choose_finding_threshold(p_finding: np.ndarray, true_names: np.ndarray,
         p_finding: (N,) validation probabilities of any finding.
         true_names: (N,) true class names.
         min_sensitivity: Share of each finding's films that must be admitted.
-        normal: The class without a finding.
 
     Returns:
         The threshold: admit when ``p >= threshold``.
@@ -146,7 +147,7 @@ def choose_finding_threshold(p_finding: np.ndarray, true_names: np.ndarray,
         ValueError: There are no films with a finding.
     """
     true_names = np.asarray(true_names)
-    findings = [n for n in np.unique(true_names) if n != normal]
+    findings = [n for n in np.unique(true_names) if n != NORMAL]
     if not findings:
         raise ValueError("cannot choose a threshold without films with a finding")
     return min(choose_threshold(p_finding, true_names == n, min_sensitivity) for n in findings)

@@ -4,7 +4,8 @@ The prototype's rule: any pathological finding means "admit for further
 diagnosis"; only a normal film means "go home and wait for the PCR result". The
 operating point therefore decides admit against home on the probability of any
 finding, ``1 - P(Normal)``; among findings the label is the likelier one. For a
-two-class COVID/Normal model this is the familiar threshold on P(COVID).
+model with one finding class (the two-class models before v3) that is the
+threshold on the finding's own probability.
 
 The out-of-distribution gates raise one of two flags, and this rule alone says
 what each means. A film that is plainly not a chest X-ray (``not_chest``) is
@@ -25,9 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from covid import DISCLAIMER
-
-NORMAL = "Normal"
-"""The class that means "no finding"."""
+from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA
 
 FLAG_NONE = "none"
 """The film looks like the chest X-rays the model was trained on."""
@@ -43,8 +42,8 @@ HOME_CODE = "home"
 """The ``advice`` column's values; a refused film's advice is empty."""
 
 ADVICE = {
-    "COVID": "Findings suggestive of COVID-19: admit for further diagnosis.",
-    "Other pneumonia": "Pathological findings not typical of COVID-19: admit for further "
+    COVID: "Findings suggestive of COVID-19: admit for further diagnosis.",
+    OTHER_PNEUMONIA: "Pathological findings not typical of COVID-19: admit for further "
                        "diagnosis.",
     NORMAL: "No finding: go home and wait for the PCR result.",
 }
@@ -110,8 +109,8 @@ def p_finding(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
 def finding_name(class_names: Sequence[str]) -> str:
     """What the operating point thresholds, in words: ``P(COVID)`` or ``P(any finding)``.
 
-    With one finding (a COVID/Normal model) the probability of any finding is
-    that finding's probability, and is named after it.
+    With one finding class (a two-class model) the probability of any finding is
+    that class's probability, and is named after it.
     """
     findings = [name for name in class_names if name != NORMAL]
     return f"P({findings[0]})" if len(findings) == 1 else "P(any finding)"

@@ -26,7 +26,6 @@ from covid.model.network import (
     ModelFileError,
     check_sha256,
     read_metadata_as,
-    save_with_metadata,
 )
 
 DEFAULT_LUNG_MODEL_PATH = Path("models/lung_unet.keras")
@@ -130,13 +129,6 @@ class LungModelMetadata(JsonMetadata):
 
 
 _SegMeta = TypeVar("_SegMeta", bound=JsonMetadata)
-
-
-def save_lung_model(
-    model: keras.Model, metadata: LungModelMetadata, path: str | Path
-) -> LungModelMetadata:
-    """Saves the segmenter without optimizer state, and its metadata with the SHA-256."""
-    return save_with_metadata(model, metadata, path)
 
 
 def load_lung_model(

@@ -6,10 +6,11 @@ types (:class:`ModelMetadata`, and the :class:`JsonMetadata` every model's metad
 shares) and saves and loads model files checked against their SHA-256.
 
 The saved model takes raw grayscale intensities in [0, 255] and does its own
-normalisation (:class:`ResNetGrayPreprocess`), so training and serving share one
-preprocessing path. The model's output is the softmax over ``logits``; a JSON file
-beside the ``.keras`` file holds the class names, input size, Grad-CAM layer,
-calibration temperature, operating threshold, metrics and the file's SHA-256.
+normalisation (:class:`ResNetGrayPreprocess`), so that no caller normalises and
+training and serving cannot normalise differently. The model's output is the
+softmax over ``logits``; a JSON file beside the ``.keras`` file holds the class
+names, input size, Grad-CAM layer, calibration temperature, operating threshold
+(on P(any finding)), metrics and the file's SHA-256.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import keras
+
+from covid.model.classes import CLASS_NAMES, COVID
 
 DEFAULT_MODEL_PATH = Path("models/covid_resnet50.keras")
 """The shipped model, relative to the project's root."""
@@ -41,7 +44,14 @@ class ModelFileError(ValueError):
 
 
 class JsonMetadata:
-    """A metadata dataclass as JSON text, both ways (mixed into each model's metadata)."""
+    """A metadata dataclass as JSON text, both ways (mixed into each model's metadata).
+
+    ``LEGACY`` holds what a file written before a field existed meant by leaving it
+    out; a field missing from both the file and ``LEGACY`` with no default of its
+    own makes the file malformed.
+    """
+
+    LEGACY: ClassVar[dict[str, Any]] = {}
 
     def to_json(self) -> str:
         """Serialises the metadata as indented JSON, in field order."""
@@ -49,8 +59,12 @@ class JsonMetadata:
 
     @classmethod
     def from_json(cls: type[_Meta], text: str) -> _Meta:
-        """Parses metadata JSON, ignoring unknown keys from newer versions."""
-        raw = json.loads(text)
+        """Parses metadata JSON, ignoring unknown keys from newer versions.
+
+        Raises:
+            TypeError: A required field is missing (or the JSON is not an object).
+        """
+        raw = {**cls.LEGACY, **json.loads(text)}
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in raw.items() if k in known})
 
@@ -78,15 +92,22 @@ class ResNetGrayPreprocess(keras.layers.Layer):
         return (*input_shape[:-1], 3)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelMetadata(JsonMetadata):
     """Everything a consumer of the model needs besides its weights.
+
+    The class names, input size and input mode are the model's own facts, so
+    they have no default: a model file states them (every file written since v1
+    does; files from before the input mode existed were whole-film models, and
+    ``LEGACY`` reads them as ``full``).
 
     Attributes:
         name: Human-readable model name.
         version: Model version string.
-        class_names: Output classes, in order.
-        positive_class: The pathological class whose probability is thresholded.
+        class_names: Output classes, in order (names from :mod:`covid.model.classes`).
+        positive_class: The class whose own probability has its AUC, reliability
+            curve and default map (COVID-19); the operating point is not on it
+            but on P(any finding), ``1 - P(Normal)`` (:mod:`covid.model.decision`).
         input_size: Square input side, in pixels.
         input_mode: How a film becomes the input: ``full`` (the whole film) or a
             lung-focused mode (``crop``, ``attenuate``, ``crop+attenuate``; see
@@ -100,7 +121,8 @@ class ModelMetadata(JsonMetadata):
         map_grid: ``[rows, cols]`` of the Grad-CAM grid over the input at
             ``input_size`` (empty for models that predate the field).
         temperature: Calibration temperature dividing the logits.
-        threshold: Operating point on the calibrated positive-class probability.
+        threshold: Operating point on the calibrated probability of any finding,
+            ``1 - P(Normal)``: at or above it the film is admitted.
         sha256: SHA-256 of the ``.keras`` file.
         trained_on: Plain-words description of the training data.
         splits: Split sizes per class.
@@ -109,12 +131,14 @@ class ModelMetadata(JsonMetadata):
         extra: Further artefacts (e.g. out-of-distribution statistics).
     """
 
+    LEGACY: ClassVar[dict[str, Any]] = {"input_mode": "full"}
+
     name: str = "COVID-19 chest X-ray ResNet-50"
     version: str = "0"
-    class_names: list[str] = field(default_factory=lambda: ["COVID", "Normal"])
-    positive_class: str = "COVID"
-    input_size: int = 224
-    input_mode: str = "full"
+    class_names: list[str]
+    positive_class: str = COVID
+    input_size: int
+    input_mode: str
     lung_model_sha256: str = ""
     input_contrast: str = "none"
     gradcam_layer: str = GRADCAM_LAYER
@@ -135,7 +159,7 @@ class ModelMetadata(JsonMetadata):
 
 
 def build_model(
-    n_classes: int = 2,
+    n_classes: int = len(CLASS_NAMES),
     input_size: int | None = None,
     weights: str | None = None,
     bn_momentum: float = 0.9,
@@ -227,22 +251,13 @@ def metadata_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
-def save_model(model: keras.Model, metadata: ModelMetadata, path: str | Path) -> ModelMetadata:
-    """Saves the model and its metadata (with the file's SHA-256) side by side.
-
-    Args:
-        model: The model; saved without optimizer state.
-        metadata: Its metadata; ``sha256`` is filled in.
-        path: The ``.keras`` path; the JSON goes beside it.
-
-    Returns:
-        The metadata as written.
-    """
-    return save_with_metadata(model, metadata, path)
-
-
 def save_with_metadata(model: keras.Model, metadata: _Meta, path: str | Path) -> _Meta:
     """Saves any of the project's models without optimizer state, then its metadata beside it.
+
+    Args:
+        model: The model.
+        metadata: Its metadata; ``sha256`` is filled in.
+        path: The ``.keras`` path; the JSON goes beside it.
 
     Returns:
         The metadata as written, with the ``.keras`` file's SHA-256.

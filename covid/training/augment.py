@@ -93,19 +93,6 @@ def _degrade(image: tf.Tensor) -> tf.Tensor:
     return tf.cast(tf.image.random_jpeg_quality(pixels, *JPEG_QUALITY), tf.float32)
 
 
-def augment_batch(images: tf.Tensor, seed: int = 0) -> tf.Tensor:
-    """Augments one batch of X-rays.
-
-    Args:
-        images: (B, H, W, 1) float32 intensities in [0, 255].
-        seed: Seed of the augmentation layers.
-
-    Returns:
-        (B, H, W, 1) float32 augmented intensities in [0, 255].
-    """
-    return augment_stack(images, seed)[0]
-
-
 def augment_stack(stack: tf.Tensor, seed: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
     """Augments a batch of films together with their masks.
 

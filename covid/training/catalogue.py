@@ -21,27 +21,39 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagehash
 import numpy as np
+from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
-from covid.training.data import (
-    IMAGE_SUFFIXES,
-    group_near_duplicates,
-    perceptual_hashes,
-    split_indices,
-)
+from covid.model.classes import CLASS_NAMES, COVID, NORMAL, OTHER_PNEUMONIA, index_of
 
-CLASS_NAMES: tuple[str, ...] = ("COVID", "Other pneumonia", "Normal")
-"""Class order of the three-class model's outputs."""
-
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 PAEDIATRIC_MAX_NUMBER = 1341
 """COVID-19 Radiography Normal films numbered up to this are paediatric (Kermany)."""
 
+QUEX_FOLDER = "covid-qu-ex-masks"
+"""COVID-QU-Ex (films with radiologists' lung and infection masks), in the data folder."""
+QUEX_CLASS_FOLDERS: dict[str, str] = {COVID: "COVID-19", OTHER_PNEUMONIA: "Non-COVID",
+                                      NORMAL: "Normal"}
+"""COVID-QU-Ex's folder of each class (each holds ``images/``, ``lungs/``, ``infection/``)."""
+
 SIDES = ("train", "val", "test")
 SPLIT_FOLDS = 20
-"""Folds of the stratified group split (see ``covid.training.data.split_indices``)."""
+"""Folds of the stratified group split (see :func:`split_indices`)."""
+HASH_SIZE = 16
+"""pHash side: a 16 x 16 DCT gives 256-bit hashes (64 bits chain unrelated films)."""
+NEAR_DUPLICATE_BITS = 40
+"""Largest Hamming distance between 256-bit perceptual hashes of near-duplicates.
+
+Measured on the shared database: 444 images fall in groups of 2 to 5, no group mixes
+classes, and no chaining of unrelated films; with 64-bit hashes a threshold of 6
+bits chained 4,444 different films into one group."""
 
 
 def data_dir() -> Path:
@@ -59,7 +71,7 @@ class Source:
     Attributes:
         name: Short name used in reports (``radiography-covid``...).
         folder: The folder, relative to the data root.
-        label: Index into :data:`CLASS_NAMES`.
+        label: Index into :data:`~covid.model.classes.CLASS_NAMES`.
         age: ``adult``, ``child``, ``mixed``, or ``by-number`` (Normal films:
             paediatric up to :data:`PAEDIATRIC_MAX_NUMBER`).
     """
@@ -71,11 +83,16 @@ class Source:
 
 
 SOURCES: tuple[Source, ...] = (
-    Source("radiography-covid", "covid19-radiography/COVID", 0, "adult"),
-    Source("kermany-viral", "other-pneumonia/viral", 1, "child"),
-    Source("quex-non-covid", "covid-qu-ex-masks/Non-COVID/images", 1, "mixed"),
-    Source("radiography-normal", "covid19-radiography/Normal", 2, "by-number"),
-    Source("quex-test-non-covid", "other-pneumonia/covid-qu-ex-test", 1, "mixed"),
+    Source("radiography-covid", "covid19-radiography/COVID", index_of(CLASS_NAMES, COVID),
+           "adult"),
+    Source("kermany-viral", "other-pneumonia/viral", index_of(CLASS_NAMES, OTHER_PNEUMONIA),
+           "child"),
+    Source("quex-non-covid", f"{QUEX_FOLDER}/{QUEX_CLASS_FOLDERS[OTHER_PNEUMONIA]}/images",
+           index_of(CLASS_NAMES, OTHER_PNEUMONIA), "mixed"),
+    Source("radiography-normal", "covid19-radiography/Normal", index_of(CLASS_NAMES, NORMAL),
+           "by-number"),
+    Source("quex-test-non-covid", "other-pneumonia/covid-qu-ex-test",
+           index_of(CLASS_NAMES, OTHER_PNEUMONIA), "mixed"),
 )
 
 
@@ -144,6 +161,89 @@ def find_films(root: Path | None = None, sources: tuple[Source, ...] = SOURCES) 
             kinds.append(source.name)
             ages.append(normal_age(name) if source.age == "by-number" else source.age)
     return Catalogue(root, tuple(names), np.asarray(labels, np.int64), tuple(kinds), tuple(ages))
+
+
+def perceptual_hashes(paths: tuple[Path, ...], workers: int = 4) -> np.ndarray:
+    """Computes a 256-bit perceptual hash (DCT pHash) of each image.
+
+    Args:
+        paths: N image paths.
+        workers: Threads to decode with.
+
+    Returns:
+        (N, 4) uint64 array: each row is one image's 256 hash bits.
+    """
+
+    def _hash(path: Path) -> np.ndarray:
+        with Image.open(path) as image:
+            bits = imagehash.phash(image.convert("L"), hash_size=HASH_SIZE).hash.flatten()
+        return np.packbits(bits).view(np.uint64)
+
+    with ThreadPoolExecutor(workers) as pool:
+        hashes = list(pool.map(_hash, paths))
+    return np.stack(hashes) if hashes else np.zeros((0, HASH_SIZE**2 // 64), np.uint64)
+
+
+def group_near_duplicates(
+    hashes: np.ndarray, max_distance: int = NEAR_DUPLICATE_BITS, block: int = 512
+) -> np.ndarray:
+    """Groups images whose hashes are within ``max_distance`` bits, transitively.
+
+    Args:
+        hashes: (N, K) uint64 perceptual hashes (K words of 64 bits each).
+        max_distance: Largest Hamming distance that counts as a near-duplicate.
+        block: Rows compared at a time (bounds memory).
+
+    Returns:
+        (N,) int array of group ids; near-duplicates share an id.
+    """
+    n = len(hashes)
+    rows, cols = [], []
+    for start in range(0, n, block):
+        xor = hashes[start : start + block, None, :] ^ hashes[None, :, :]
+        distance = np.bitwise_count(xor).sum(axis=-1, dtype=np.int32)
+        r, c = np.nonzero(distance <= max_distance)
+        rows.append(r + start)
+        cols.append(c)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r), dtype=np.int8), (r, c)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def split_indices(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    seed: int = 0,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+) -> dict[str, np.ndarray]:
+    """Makes a stratified split that keeps every group on one side.
+
+    Args:
+        labels: (N,) class indices.
+        groups: (N,) group ids from :func:`group_near_duplicates`.
+        seed: Seed; the same seed gives the same split.
+        val_fraction: Approximate share of images for validation.
+        test_fraction: Approximate share of images for test.
+
+    Returns:
+        ``{"train", "val", "test"}`` mapped to sorted int index arrays.
+    """
+    n_folds = SPLIT_FOLDS
+    folds = np.empty(len(labels), dtype=np.int64)
+    # deferred: the page imports this module but never splits
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for fold, (_, held) in enumerate(splitter.split(np.zeros(len(labels)), labels, groups)):
+        folds[held] = fold
+    n_test = round(test_fraction * n_folds)
+    n_val = round(val_fraction * n_folds)
+    return {
+        "test": np.flatnonzero(folds < n_test),
+        "val": np.flatnonzero((folds >= n_test) & (folds < n_test + n_val)),
+        "train": np.flatnonzero(folds >= n_test + n_val),
+    }
 
 
 def base_sides(names: tuple[str, ...], base_split: dict | None) -> np.ndarray:

@@ -29,12 +29,14 @@ import numpy as np
 from PIL import Image
 
 from covid.inputs.preprocess import crop_to_box
+from covid.model.classes import CLASS_NAMES, COVID, index_of
+from covid.training.catalogue import QUEX_CLASS_FOLDERS
 from covid.training.lung_data import FocusedSet, match_masks
 
 LOG = logging.getLogger("covid.training.guided")
 
-MASK_FOLDERS = {0: "COVID-19", 1: "Non-COVID", 2: "Normal"}
-"""COVID-QU-Ex class folder holding each class's radiologists' masks."""
+COVID_INDEX = index_of(CLASS_NAMES, COVID)
+"""The COVID-19 map's channel: the one the infection term of :class:`OutsideLungsLoss` weighs."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,8 @@ def film_masks(paths: tuple[Path, ...], labels: np.ndarray, focused: FocusedSet,
     infection: list[np.ndarray | None] = [None] * len(paths)
     radiologist = np.zeros(len(paths), bool)
     if mask_root is not None and mask_root.is_dir():
-        for label, folder in MASK_FOLDERS.items():
-            chosen = np.flatnonzero(labels == label)
+        for name, folder in QUEX_CLASS_FOLDERS.items():
+            chosen = np.flatnonzero(labels == index_of(CLASS_NAMES, name))
             images = mask_root / folder / "images"
             if not len(chosen) or not images.is_dir() or not any(images.iterdir()):
                 continue
@@ -193,7 +195,7 @@ class OutsideLungsLoss(keras.losses.Loss):
     ``y_true`` is (B, h, w, 2): the share of each map cell covered by the lungs and
     by the infection. ``y_pred`` is (B, h, w, C) maps. The loss of one film is the
     mean over classes of the share of ``|map|`` outside the lungs, plus
-    ``infection_weight`` times the share of the positive COVID-19 map (class 0)
+    ``infection_weight`` times the share of the positive COVID-19 map (:data:`COVID_INDEX`)
     outside the infection, for films with an infection mask.
 
     The lung term weighs the map's absolute value, not its positive part: a share
@@ -240,10 +242,11 @@ class OutsideLungsLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         """Per-film loss (see the class docstring)."""
         maps = keras.ops.cast(y_pred, "float32")
-        loss = self._term(keras.ops.abs(maps), keras.ops.relu(maps[..., :1]), y_true)
+        covid = slice(COVID_INDEX, COVID_INDEX + 1)
+        loss = self._term(keras.ops.abs(maps), keras.ops.relu(maps[..., covid]), y_true)
         if self.peak_weight > 0:
             peaks = _softmax_cells(maps, PEAK_TEMPERATURE)
-            loss = loss + self.peak_weight * self._term(peaks, peaks[..., :1], y_true)
+            loss = loss + self.peak_weight * self._term(peaks, peaks[..., covid], y_true)
         return loss
 
     def get_config(self) -> dict:

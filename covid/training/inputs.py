@@ -17,12 +17,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from covid.training.catalogue import CLASS_NAMES, Catalogue, find_films, make_split, split_record
+from covid.model.classes import CLASS_NAMES, NORMAL, index_of
+from covid.training.catalogue import (
+    QUEX_FOLDER,
+    Catalogue,
+    find_films,
+    make_split,
+    split_record,
+)
 from covid.training.guided import film_masks, training_stack
 from covid.training.lung_data import focused_dataset
 
 LOG = logging.getLogger("covid.training.inputs")
-NORMAL = CLASS_NAMES.index("Normal")
+NORMAL_INDEX = index_of(CLASS_NAMES, NORMAL)
 AGES = ("adult", "child")
 MIXED_AGE = "mixed"
 ADULT_SHARE = 2 / 3
@@ -100,13 +107,14 @@ def sampling_weights(films: Catalogue, adult_share: float = ADULT_SHARE) -> np.n
     present = [a for a in AGES if (ages == a).any()]
     for age in present:
         share = (adult_share if age == "adult" else 1 - adult_share) if len(present) > 1 else 1.0
-        own = (ages == age) | ((ages == MIXED_AGE) & (films.labels != NORMAL))
+        own = (ages == age) | ((ages == MIXED_AGE) & (films.labels != NORMAL_INDEX))
         classes = np.unique(films.labels[own])
-        sick = [c for c in classes if c != NORMAL]
-        normal = 1 / len(CLASS_NAMES) if NORMAL in classes and sick else float(NORMAL in classes)
+        sick = [c for c in classes if c != NORMAL_INDEX]
+        has_normal = NORMAL_INDEX in classes
+        normal = 1 / len(CLASS_NAMES) if has_normal and sick else float(has_normal)
         for c in classes:
             stratum = own & (films.labels == c)
-            per_class = normal if c == NORMAL else (1 - normal) / len(sick)
+            per_class = normal if c == NORMAL_INDEX else (1 - normal) / len(sick)
             weights[stratum] += share * per_class / stratum.sum()
     return weights / weights.sum()
 
@@ -145,7 +153,7 @@ def prepare_data(args, size: int) -> TrainingData:
     val = val.subset(stratified_subset(val.labels, args.val_limit, args.seed))
     LOG.info("train %s, val %s (per class)", np.bincount(train.labels), np.bincount(val.labels))
     segmenter = LungSegmenter.from_file(args.lung_model)
-    mask_root = args.data / "covid-qu-ex-masks"
+    mask_root = args.data / QUEX_FOLDER
     stack_args = (size, args.focus, segmenter, mask_root, args.cache_dir, args.contrast)
     train_stack, counts = _stack(train, *stack_args)
     val_stack, _ = _stack(val, *stack_args)

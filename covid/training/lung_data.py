@@ -20,7 +20,8 @@ import numpy as np
 
 from covid.inputs.decode import read_image
 from covid.inputs.preprocess import LungBox
-from covid.training.data import perceptual_hashes
+from covid.model.classes import COVID
+from covid.training.catalogue import QUEX_CLASS_FOLDERS, perceptual_hashes
 
 LOG = logging.getLogger("covid.training.lung_data")
 MATCH_BITS = 24
@@ -157,7 +158,7 @@ class MaskSet:
 def match_masks(
     paths: tuple[Path, ...],
     mask_root: Path,
-    folder: str = "COVID-19",
+    folder: str = QUEX_CLASS_FOLDERS[COVID],
     max_bits: int = MATCH_BITS,
     cache_dir: Path | None = Path(".cache"),
 ) -> MaskSet:

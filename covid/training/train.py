@@ -39,9 +39,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from covid.model.network import ModelMetadata, build_model, save_model
+from covid.model.classes import CLASS_NAMES, COVID
+from covid.model.network import ModelMetadata, build_model, save_with_metadata
 from covid.training.backend import probe_record
-from covid.training.catalogue import CLASS_NAMES, data_dir
+from covid.training.catalogue import data_dir
 from covid.training.guided import OutsideLungsLoss, cell_shares, guided_model, map_loss_kind
 from covid.training.inputs import TrainingData, balanced_batches, prepare_data
 from covid.training.metrics import validation_record
@@ -405,14 +406,14 @@ def export(model, trainer, data: TrainingData, args, state: TrainState, final_si
     metadata = ModelMetadata(
         name="Chest X-ray ResNet-50: COVID-19, other pneumonia, normal (lung-guided)",
         version=VERSION if finished else f"{VERSION}-interim", class_names=list(CLASS_NAMES),
-        positive_class="COVID", input_size=final_size, input_mode=args.focus,
+        positive_class=COVID, input_size=final_size, input_mode=args.focus,
         input_contrast=args.contrast, gradcam_layer=CAM_LAYER,
         map_grid=[final_size // args.output_stride] * 2,
         lung_model_sha256=data.lung_model_sha256, trained_on=data.description,
         splits=data.split_record["counts"], recipe=recipe(args, state, data),
     )
     exported = args.run / "model.keras"
-    save_model(_to_float32(model, len(CLASS_NAMES), args.output_stride), metadata, exported)
+    save_with_metadata(_to_float32(model, len(CLASS_NAMES), args.output_stride), metadata, exported)
     (args.run / "split.json").write_text(json.dumps(data.split_record))
     return exported
 

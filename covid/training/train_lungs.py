@@ -25,13 +25,12 @@ from pathlib import Path
 
 import numpy as np
 
-from covid.training.catalogue import data_dir
+from covid.training.catalogue import QUEX_CLASS_FOLDERS, QUEX_FOLDER, data_dir
 from covid.training.unet_training import fit_unet, hash_split, recipe, subsample, training_parser
 
 LOG = logging.getLogger("covid.train_lungs")
-MASK_FOLDER = "covid-qu-ex-masks"
-"""The COVID-QU-Ex lung masks' folder in the data folder (:func:`data_dir`)."""
-FOLDERS = ("COVID-19", "Non-COVID", "Normal")
+FOLDERS = tuple(QUEX_CLASS_FOLDERS.values())
+"""COVID-QU-Ex's class folders, every one of which has radiologists' lung masks."""
 
 
 def find_mask_dataset(root: str | Path) -> tuple[list[Path], list[Path], np.ndarray]:
@@ -104,10 +103,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line."""
     parser = training_parser(
         "python -m covid.train_lungs", __doc__.split("\n")[0], run="runs/lungs", epochs=8,
-        data_help=(f"the COVID-QU-Ex folder (default: DATA/{MASK_FOLDER}, DATA being "
+        data_help=(f"the COVID-QU-Ex folder (default: DATA/{QUEX_FOLDER}, DATA being "
                    "$COVID_DATA_DIR or ../shared/data)"))
     args = parser.parse_args(argv)
-    args.data = args.data or data_dir() / MASK_FOLDER
+    args.data = args.data or data_dir() / QUEX_FOLDER
     return args
 
 
@@ -167,7 +166,8 @@ def train(args: argparse.Namespace) -> Path:
     """
     import keras
 
-    from covid.model.lungs import build_unet, save_lung_model
+    from covid.model.lungs import build_unet
+    from covid.model.network import save_with_metadata
 
     started = time.time()
     keras.utils.set_random_seed(args.seed)
@@ -181,9 +181,9 @@ def train(args: argparse.Namespace) -> Path:
     LOG.info("held-out test Dice %.4f", test_dice)
     metadata = _metadata(args, data, state, test_dice)
     exported = args.run / "lung_unet.keras"
-    save_lung_model(model, metadata, exported)
+    save_with_metadata(model, metadata, exported)
     if args.ship:
-        save_lung_model(model, metadata, args.ship)
+        save_with_metadata(model, metadata, args.ship)
     LOG.info("saved %s in %.0f s", exported, time.time() - started)
     return exported
 

@@ -37,15 +37,15 @@ from pathlib import Path
 
 import numpy as np
 
+from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA
 from covid.model.opacity import OPACITY_THRESHOLD
-from covid.training.catalogue import data_dir
-from covid.training.train_lungs import MASK_FOLDER
+from covid.training.catalogue import QUEX_CLASS_FOLDERS, QUEX_FOLDER, data_dir
 from covid.training.unet_training import fit_unet, hash_split, recipe, subsample, training_parser
 
 LOG = logging.getLogger("covid.train_opacity")
-FOLDERS = ("COVID-19", "Normal")
+FOLDERS = (QUEX_CLASS_FOLDERS[COVID], QUEX_CLASS_FOLDERS[NORMAL])
 """The class folders trained on: outlined opacities, and clear lungs."""
-EXCLUDED_FOLDER = "Non-COVID"
+EXCLUDED_FOLDER = QUEX_CLASS_FOLDERS[OTHER_PNEUMONIA]
 """Left out: its empty infection masks were never drawn, so they are not negatives."""
 CHUNK = 64
 """Films segmented per batch when testing."""
@@ -166,7 +166,7 @@ def load_opacity_data(args: argparse.Namespace) -> OpacityData:
     pairs = [opacity_pair(f, m, inf, args.size) for f, m, inf in zip(films, lungs, infection,
                                                                      strict=True)]
     x, y = (np.stack(part) for part in zip(*pairs, strict=True))
-    covid = folders == FOLDERS.index("COVID-19")
+    covid = folders == FOLDERS.index(QUEX_CLASS_FOLDERS[COVID])
     return OpacityData(images, covid, split, films, lungs, infection, x, y)
 
 
@@ -290,12 +290,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = training_parser(
         "python -m covid.train_opacity", __doc__.split("\n")[0], run="runs/opacity", epochs=12,
-        data_help=(f"the COVID-QU-Ex folder (default: DATA/{MASK_FOLDER}, DATA being "
+        data_help=(f"the COVID-QU-Ex folder (default: DATA/{QUEX_FOLDER}, DATA being "
                    "$COVID_DATA_DIR or ../shared/data)"))
     parser.add_argument("--lung-model", type=Path, default=DEFAULT_LUNG_MODEL_PATH,
                         help="the lung segmenter the test films are segmented with, as served")
     args = parser.parse_args(argv)
-    args.data = args.data or data_dir() / MASK_FOLDER
+    args.data = args.data or data_dir() / QUEX_FOLDER
     return args
 
 

@@ -146,7 +146,7 @@ def hash_split(images: list[Path], folders: np.ndarray, seed: int,
     Returns:
         ``train``, ``val`` and ``test`` index arrays.
     """
-    from covid.training.data import group_near_duplicates, perceptual_hashes, split_indices
+    from covid.training.catalogue import group_near_duplicates, perceptual_hashes, split_indices
 
     if cache.exists() and len(np.load(cache)) == len(images):
         hashes = np.load(cache)
@@ -243,7 +243,7 @@ def recipe(args: argparse.Namespace, state: dict) -> dict:
     import keras
 
     from covid.model.lungs import UNET_FILTERS
-    from covid.training.data import HASH_SIZE, NEAR_DUPLICATE_BITS
+    from covid.training.catalogue import HASH_SIZE, NEAR_DUPLICATE_BITS
 
     return {
         "architecture": (f"U-Net, filters {'-'.join(map(str, UNET_FILTERS))}, BatchNorm, "

@@ -111,18 +111,23 @@ def test_real_sized_statistics_stay_small(tmp_path):
 
 
 def _tiny_model_file(directory: Path, tiny_cnn_factory) -> Path:
-    from covid.model.network import ModelMetadata, save_model
+    from covid.model.network import ModelMetadata, save_with_metadata
 
-    metadata = ModelMetadata(name="tiny", version="test", input_size=32,
-                             gradcam_layer="last_conv")
+    metadata = ModelMetadata(name="tiny", version="test", class_names=["COVID", "Normal"],
+                             input_size=32, input_mode="full", gradcam_layer="last_conv")
     path = directory / "tiny.keras"
-    save_model(tiny_cnn_factory(), metadata, path)
+    save_with_metadata(tiny_cnn_factory(), metadata, path)
     return path
 
 
 def _tiny_dataset(root: Path) -> dict:
+    """A split record in the trainer's layout: 14 COVID and 14 Normal films, 10/2/2 a side."""
+    from covid.model.classes import CLASS_NAMES, index_of
+
     rng = np.random.default_rng(0)
-    files = {"train": [], "val": [], "test": []}
+    record = {"root": str(root), "class_names": list(CLASS_NAMES),
+              **{key: {"train": [], "val": [], "test": []}
+                 for key in ("files", "labels", "sources", "ages")}}
     for c, name in enumerate(("COVID", "Normal")):
         (root / name).mkdir(parents=True)
         for i in range(14):
@@ -131,8 +136,11 @@ def _tiny_dataset(root: Path) -> dict:
             Image.fromarray(np.clip(film, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
             relative = f"{name}/{name}-{i}.png"
             (root / relative).write_bytes(buffer.getvalue())
-            files["train" if i < 10 else "val" if i < 12 else "test"].append(relative)
-    return {"root": str(root), "files": files}
+            side = "train" if i < 10 else "val" if i < 12 else "test"
+            for key, value in (("files", relative), ("labels", index_of(CLASS_NAMES, name)),
+                               ("sources", name.lower()), ("ages", "adult")):
+                record[key][side].append(value)
+    return record
 
 
 def test_cli_fits_on_a_tiny_model(tmp_path, capsys, tiny_cnn_factory):

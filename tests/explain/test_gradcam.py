@@ -25,7 +25,8 @@ def compute_cams(model, images, target=None, method="gradcam", layer_name="last_
     Returns:
         (N, H, W) maps and the (N,) classes explained.
     """
-    meta = ModelMetadata(input_size=images.shape[1], gradcam_layer=layer_name)
+    meta = ModelMetadata(class_names=[f"class {i}" for i in range(model.output_shape[-1])],
+                         input_size=images.shape[1], input_mode="full", gradcam_layer=layer_name)
     targets = None if target is None else np.full(len(images), target)
     done = Classifier(model, meta).explain_batch(images, targets, method)
     return np.stack([e.cam for e in done]), np.array([e.target for e in done])

@@ -158,7 +158,8 @@ def _identity_cam_classifier(size: int):
     logits = keras.layers.Dense(2, name="logits", kernel_initializer=keras.initializers.Constant(
         [[1.0, -1.0]]))(x)
     model = keras.Model(inputs, keras.layers.Activation("softmax", name="probs")(logits))
-    meta = ModelMetadata(input_size=size, gradcam_layer="last_conv", input_mode="crop")
+    meta = ModelMetadata(class_names=["finding", "none"], input_size=size,
+                         gradcam_layer="last_conv", input_mode="crop")
     return Classifier(model, meta)
 
 

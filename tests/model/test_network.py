@@ -1,7 +1,10 @@
+import json
+
 import keras
 import numpy as np
 import pytest
 
+from covid.model.classes import CLASS_NAMES
 from covid.model.network import (
     GRADCAM_LAYER,
     ModelFileError,
@@ -33,8 +36,8 @@ def test_resnet50_structure(resnet):
     assert len(bns) == 53
     assert all(layer.momentum == 0.9 for layer in bns)
     assert resnet.get_layer(GRADCAM_LAYER).output.shape[-1] == 2048
-    assert resnet.get_layer("logits").units == 2
-    assert resnet.output_shape == (None, 2)
+    assert resnet.get_layer("logits").units == len(CLASS_NAMES)
+    assert resnet.output_shape == (None, len(CLASS_NAMES))
     assert 23e6 < resnet.count_params() < 24e6
 
 
@@ -71,7 +74,8 @@ def test_load_refuses_missing_files(tiny_model_file, tmp_path):
 
 
 def test_metadata_ignores_unknown_keys(tmp_path):
-    meta = ModelMetadata(threshold=0.3, temperature=1.7)
+    meta = ModelMetadata(class_names=list(CLASS_NAMES), input_size=160, input_mode="crop",
+                         threshold=0.3, temperature=1.7)
     text = meta.to_json().replace('"version"', '"future_key": 1,\n  "version"')
     (tmp_path / "m.json").write_text(text)
     loaded = read_metadata(tmp_path / "m.keras")
@@ -92,10 +96,33 @@ def test_a_stride_16_last_stage_doubles_the_map_grid_with_the_same_weights(resne
 
 
 def test_older_metadata_reads_as_no_contrast_and_no_recorded_grid(tmp_path):
-    text = ModelMetadata(version="3").to_json()
+    text = ModelMetadata(version="3", class_names=list(CLASS_NAMES), input_size=160,
+                         input_mode="crop").to_json()
     old = "\n".join(line for line in text.splitlines()
                     if "input_contrast" not in line and "map_grid" not in line)
     meta = ModelMetadata.from_json(old)
     assert meta.input_contrast == "none" and meta.map_grid == []
-    meta = ModelMetadata(input_contrast="equalise", map_grid=[10, 10])
+    meta = ModelMetadata(class_names=list(CLASS_NAMES), input_size=160, input_mode="crop",
+                         input_contrast="equalise", map_grid=[10, 10])
     assert ModelMetadata.from_json(meta.to_json()).map_grid == [10, 10]
+
+
+V1_METADATA = {  # the first shipped model's file, before the input mode was recorded
+    "name": "COVID-19 chest X-ray ResNet-50", "version": "1", "class_names": ["COVID", "Normal"],
+    "positive_class": "COVID", "input_size": 224, "gradcam_layer": "conv5_block3_out",
+    "temperature": 0.889, "threshold": 0.0565, "sha256": "ab" * 32,
+}
+
+
+def test_a_two_class_model_from_before_the_input_mode_reads_as_a_whole_film_model():
+    meta = ModelMetadata.from_json(json.dumps(V1_METADATA))
+    assert meta.class_names == ["COVID", "Normal"] and meta.input_size == 224
+    assert meta.input_mode == "full" and meta.positive_index == 0
+
+
+@pytest.mark.parametrize("missing", ["class_names", "input_size"])
+def test_metadata_without_the_models_own_facts_is_malformed(tmp_path, missing):
+    raw = {k: v for k, v in V1_METADATA.items() if k != missing}
+    (tmp_path / "m.json").write_text(json.dumps(raw))
+    with pytest.raises(ModelFileError, match=f"malformed.*{missing}"):
+        read_metadata(tmp_path / "m.keras")

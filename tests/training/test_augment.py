@@ -48,3 +48,13 @@ def test_photometric_changes_are_strong_on_every_film():
     means = centre.mean(axis=(1, 2))
     assert means.max() - means.min() > 25  # exposure, contrast and gamma differ per film
     assert (centre.std(axis=(1, 2)) > 0).mean() > 0.5  # noise on most films
+
+
+def test_augmentation_never_flips_left_right():
+    film = np.zeros((1, 64, 64, 1), np.float32)
+    film[:, :, 40:, :] = 220.0  # bright right side, like a marker on one side
+    stack = np.repeat(np.concatenate([film, film], -1), 64, axis=0)
+    films, masks = augment_stack(tf.constant(stack), seed=3)
+    for out in (films.numpy(), masks.numpy()):
+        left, right = out[:, :, :24].mean(axis=(1, 2, 3)), out[:, :, 40:].mean(axis=(1, 2, 3))
+        assert np.all(right > left)

@@ -57,14 +57,16 @@ def test_probe_times_a_real_backend():
 _SAVE_ON_TORCH = """
 import sys
 import keras, numpy as np
-from covid.model.network import ModelMetadata, build_model, save_model
+from covid.model.classes import CLASS_NAMES
+from covid.model.network import ModelMetadata, build_model, save_with_metadata
 assert keras.backend.backend() == "torch"
 keras.utils.set_random_seed(1)
-model = build_model(2, input_size=32)
+model = build_model(input_size=32)
 x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 1)).astype("float32")
 model.compile(optimizer="adam", loss="categorical_crossentropy")
-model.fit(x, np.eye(2)[[0, 1, 0]], epochs=1, verbose=0)
-save_model(model, ModelMetadata(input_size=32), sys.argv[1])
+model.fit(x, np.eye(3)[[0, 1, 2]], epochs=1, verbose=0)
+metadata = ModelMetadata(class_names=list(CLASS_NAMES), input_size=32, input_mode="full")
+save_with_metadata(model, metadata, sys.argv[1])
 np.save(sys.argv[2], np.asarray(model.predict(x, verbose=0)))
 np.save(sys.argv[3], x)
 """

@@ -1,7 +1,10 @@
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
+from covid.model.classes import CLASS_NAMES, NORMAL, OTHER_PNEUMONIA
 from covid.training import catalogue as cat
 
 
@@ -20,7 +23,8 @@ def test_find_films_labels_sources_and_ages(tmp_path):
     _films(tmp_path)
     films = cat.find_films(tmp_path)
     assert len(films.names) == 30
-    assert np.bincount(films.labels).tolist() == [6, 18, 6]
+    counts = dict(zip(CLASS_NAMES, np.bincount(films.labels).tolist(), strict=True))
+    assert counts == {"COVID": 6, "Other pneumonia": 18, "Normal": 6}
     names = dict(zip(films.names, films.ages, strict=True))
     assert names["covid19-radiography/Normal/Normal-1.jpg"] == "child"
     assert names["covid19-radiography/Normal/Normal-2801.jpg"] == "adult"
@@ -60,7 +64,8 @@ def test_covid_qu_ex_test_films_are_other_pneumonias_of_mixed_age(tmp_path):
            if n.startswith("other-pneumonia/covid-qu-ex-test/")]
     assert len(new) == 6
     assert {films.sources[i] for i in new} == {"quex-test-non-covid"}
-    assert {films.ages[i] for i in new} == {"mixed"} and set(films.labels[new]) == {1}
+    assert {films.ages[i] for i in new} == {"mixed"}
+    assert {CLASS_NAMES[c] for c in films.labels[new]} == {OTHER_PNEUMONIA}
 
 
 def test_base_sides_reads_a_three_class_record_and_new_films_are_new():
@@ -97,3 +102,79 @@ def test_split_record_round_trip(tmp_path):
     assert (tmp_path / "cache" / "phash3.json").exists()
     again = cat.make_split(films, None, cache_dir=tmp_path / "cache")
     assert all((again[k] == split[k]).all() for k in split)
+
+
+def _film(seed: int, size: int = 96) -> np.ndarray:
+    """A synthetic 'film': smooth random blobs, distinct per seed."""
+    rng = np.random.default_rng(seed)
+    small = rng.uniform(0, 255, (6, 6)).astype(np.uint8)
+    return np.asarray(Image.fromarray(small).resize((size, size), Image.Resampling.BICUBIC))
+
+
+def _write(path, pixels):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_near_duplicates_grouped_and_distinct_films_not(tmp_path):
+    base = _film(1, 224)
+    brighter = (base.astype(float) * 0.85 + 20).astype(np.uint8)  # re-contrasted copy
+    cropped = np.asarray(Image.fromarray(base[2:-2, 2:-2]).resize((224, 224)))
+    paths = [
+        _write(tmp_path / "a.png", base),
+        _write(tmp_path / "b.png", brighter),
+        _write(tmp_path / "c.png", cropped),
+    ] + [_write(tmp_path / f"other{i}.png", _film(100 + i, 224)) for i in range(8)]
+    groups = cat.group_near_duplicates(cat.perceptual_hashes(tuple(paths)))
+    assert groups[0] == groups[1] == groups[2]
+    assert len(set(groups[3:])) == 8
+    assert groups[0] not in set(groups[3:])
+
+
+def test_split_keeps_groups_whole_is_stratified_and_reproducible():
+    rng = np.random.default_rng(0)
+    groups = np.arange(1200) // 3  # triples of near-duplicates
+    labels = np.repeat(rng.integers(0, 4, 400) != 0, 3).astype(int)  # ~25% class 0, one a group
+    split = cat.split_indices(labels, groups, seed=7)
+    again = cat.split_indices(labels, groups, seed=7)
+    other = cat.split_indices(labels, groups, seed=8)
+    assert all(np.array_equal(split[k], again[k]) for k in split)
+    assert not all(np.array_equal(split[k], other[k]) for k in split)
+    sides = {k: set(groups[v]) for k, v in split.items()}
+    assert not sides["train"] & sides["val"]
+    assert not sides["train"] & sides["test"]
+    assert not sides["val"] & sides["test"]
+    assert sum(len(v) for v in split.values()) == len(labels)
+    for side, index in split.items():
+        share = len(index) / len(labels)
+        assert abs(share - {"train": 0.7, "val": 0.15, "test": 0.15}[side]) < 0.05
+        assert abs(labels[index].mean() - labels.mean()) < 0.06
+
+
+def test_real_split_never_straddles_a_near_duplicate_group(shared_data_dir, tmp_path):
+    radiography = tuple(s for s in cat.SOURCES
+                        if s.folder.startswith(f"{shared_data_dir.name}/"))
+    films = cat.find_films(shared_data_dir.parent, radiography)
+    rng = np.random.default_rng(0)
+    keep = np.sort(np.concatenate([
+        rng.choice(np.flatnonzero(films.labels == c), 600, replace=False)
+        for c in np.unique(films.labels)
+    ]))
+    sub = films.subset(keep)
+    split = cat.make_split(sub, None, seed=0, cache_dir=tmp_path)
+    assert len(split["excluded"]) == 0  # no earlier split: no group can straddle one
+    groups = cat.group_near_duplicates(cat.perceptual_hashes(sub.paths))
+    side_of = np.empty(len(sub.names), dtype=object)
+    for side, index in split.items():
+        side_of[index] = side
+    for g in np.unique(groups):
+        assert len(set(side_of[groups == g])) == 1
+    cached = json.loads((tmp_path / "phash3.json").read_text())
+    assert len(cached) == len(sub.names)
+
+
+def test_the_catalogue_reads_class_folders_by_class_name():
+    assert set(cat.QUEX_CLASS_FOLDERS) == set(CLASS_NAMES)
+    normal = [s for s in cat.SOURCES if CLASS_NAMES[s.label] == NORMAL]
+    assert [s.folder for s in normal] == ["covid19-radiography/Normal"]

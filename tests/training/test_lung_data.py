@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from covid.model.network import ModelMetadata
-from covid.training.catalogue import data_dir
-from covid.training.data import find_dataset
+from covid.training.catalogue import SOURCES, data_dir, find_films
 from covid.training.lung_data import focused_dataset, match_masks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,13 +33,14 @@ def test_training_inputs_equal_the_served_inputs(mode, contrast, tiny_cnn_factor
     from covid.model.lungs import LungSegmenter
     from covid.screening.pipeline import analyse
 
-    dataset = find_dataset(DATA)
-    paths = dataset.paths[:3] + dataset.paths[-3:]
+    radiography = tuple(s for s in SOURCES if s.folder.startswith(f"{DATA.name}/"))
+    films = find_films(data_dir(), radiography)
+    paths = films.paths[:3] + films.paths[-3:]
     segmenter = LungSegmenter.from_file(LUNGS)
     trained_on = focused_dataset(paths, 64, mode, segmenter, cache_dir=tmp_path,
                                  contrast=contrast)
-    meta = ModelMetadata(input_size=64, input_mode=mode, input_contrast=contrast,
-                         gradcam_layer="last_conv")
+    meta = ModelMetadata(class_names=["COVID", "Normal"], input_size=64, input_mode=mode,
+                         input_contrast=contrast, gradcam_layer="last_conv")
     classifier = Classifier(tiny_cnn_factory(size=64), meta)
     served = analyse([(p.name, p.read_bytes()) for p in paths], classifier, segmenter=segmenter)
     for i, result in enumerate(served):
