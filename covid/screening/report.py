@@ -6,7 +6,8 @@ and graded by the same pipeline as the page and ``predict``, and laid out by
 operating point; it is placed on the film, the lung outline is drawn over it and
 its share inside the lungs is reported. When the opacity segmenter is there,
 the X-ray carries its outline and the report its figures. A bad file gives a
-message naming it and the reason, and exit status 1, without a traceback.
+message naming it and the reason, and exit status 1, without a traceback. The
+model paths default to the shipped models or their variables (:mod:`covid.settings`).
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ import numpy as np
 
 from covid.explain.localisation import draw_outline
 from covid.explain.overlay import DEFAULT_OPACITY
-from covid.inputs.decode import MAX_FILE_BYTES, ImageDecodeError
+from covid.inputs.decode import ImageDecodeError
 from covid.model.classes import index_of
-from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
-from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError
-from covid.model.opacity import DEFAULT_OPACITY_MODEL_PATH
+from covid.model.network import ModelFileError
 from covid.screening.engine import missing_model_message
 from covid.screening.pipeline import StudyResult, analyse, film_map, lung_share
 from covid.screening.report_layout import build_report
+from covid.screening.scoring import read_file
+from covid.settings import settings
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
@@ -55,25 +56,22 @@ def read_study(path: str | Path) -> bytes:
         covid.inputs.decode.ImageDecodeError: The file is missing, unreadable or too large.
     """
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise ImageDecodeError(
-                path.name, f"the file is larger than the {MAX_FILE_BYTES // 2**20} MB limit."
-            )
-        return path.read_bytes()
-    except FileNotFoundError as err:
-        raise ImageDecodeError(path.name, "no such file.") from err
-    except OSError as err:
-        raise ImageDecodeError(path.name, f"the file cannot be read ({err.strerror}).") from err
+    content = read_file(path)  # the one reading path of every command
+    if isinstance(content, str):
+        raise ImageDecodeError(path.name, _reason(path.name, content))
+    return content
+
+
+def _reason(name: str, message: str) -> str:
+    """A message about a file without the file's name in front (the error adds it)."""
+    prefix = f"{name}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 def _raise_for_error(result: StudyResult) -> None:
     """Turns a failed result back into the decode error it came from."""
-    if result.error is None:
-        return
-    prefix = f"{result.name}: "
-    reason = result.error[len(prefix) :] if result.error.startswith(prefix) else result.error
-    raise ImageDecodeError(result.name, reason)
+    if result.error is not None:
+        raise ImageDecodeError(result.name, _reason(result.name, result.error))
 
 
 def report_for_file(
@@ -160,10 +158,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, metavar="FILE", help="a PNG, JPEG or DICOM image")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="PDF",
                         help="where to write the report")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
-    parser.add_argument("--lung-model", type=Path, default=DEFAULT_LUNG_MODEL_PATH,
+    paths = settings()
+    parser.add_argument("--model", type=Path, default=paths.model_path)
+    parser.add_argument("--lung-model", type=Path, default=paths.lung_model_path,
                         help="the lung segmenter (default: the shipped one, when present)")
-    parser.add_argument("--opacity-model", type=Path, default=DEFAULT_OPACITY_MODEL_PATH,
+    parser.add_argument("--opacity-model", type=Path, default=paths.opacity_model_path,
                         help="the opacity segmenter (default: the shipped one, when present; "
                              "without it the report has no opacity outline or figures)")
     parser.add_argument("--threshold", type=_unit_interval, default=None,
