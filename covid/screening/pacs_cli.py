@@ -1,13 +1,15 @@
 """``python -m covid pacs``: score every chest radiograph a PACS holds, and send the results back.
 
 One row per CR or DX instance that the search finds, as CSV or an aligned table
-on stdout: the ``predict`` columns (``flag`` and ``advice`` among them) with
+on stdout: the ``predict`` columns (:data:`covid.screening.scoring.COLUMNS`:
+``flag``, ``advice``, ``opacity_extent`` and ``severity`` among them) with
 ``study_uid`` and ``sop_instance_uid`` in place of ``path``, plus ``sent``
 (``yes``: stored now; ``already``: the study held them; ``no``: not asked, or
 nothing to send, as for a film refused as not a chest X-ray; ``failed``: the
 reason is in ``error``). Films are retrieved in memory and go through the same
-pipeline as an uploaded ``.dcm`` file, so ``p_covid`` is what ``predict`` gives
-for the same pixels. CSV text cells are guarded against formula injection by the
+pipeline as an uploaded ``.dcm`` file, so each row is what ``predict`` gives for
+the same pixels. The Structured Report sent carries the opacity figures when the
+opacity segmenter ran. CSV text cells are guarded against formula injection by the
 project's one guard (:func:`covid.screening.table.spreadsheet_safe`).
 
 The address comes from ``--url`` or ``COVID_PACS_URL``; the user name and the
@@ -37,12 +39,12 @@ from covid.inputs.pacs import (
     StudyQuery,
     parse_date,
 )
-from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
-from covid.model.network import DEFAULT_MODEL_PATH, ModelFileError
+from covid.model.network import ModelFileError
 from covid.screening import scoring
 from covid.screening.engine import missing_model_message
 from covid.screening.pipeline import StudyResult, analyse
 from covid.screening.table import spreadsheet_safe
+from covid.settings import settings
 
 if TYPE_CHECKING:
     from covid.screening.engine import ScreeningModels
@@ -93,8 +95,10 @@ def _send(client: PacsClient, data: bytes, result: StudyResult,
     if nothing_to_send(result) is not None:  # failed, or refused as not a chest X-ray
         return "no", ""
     meta = models.classifier.metadata
+    opacity_meta = None if models.opacity is None else models.opacity.metadata
     try:
-        objects = build_results(source_header(data), result, meta, meta.threshold)
+        objects = build_results(source_header(data), result, meta, meta.threshold,
+                                opacity_meta=opacity_meta)
         return ("yes" if send_results(client, objects) else "already"), ""
     except (PacsError, ResultsError) as err:
         print(f"error: sending the results of {result.name}: {err}", file=sys.stderr)
@@ -117,7 +121,8 @@ def score_listing(client: PacsClient, listing: Listing, models: ScreeningModels,
         readable = [(r.sop_instance_uid, c) for r, c in zip(chunk, contents, strict=True)
                     if isinstance(c, bytes)]
         # The very call predict makes: the same decoding, focusing, scoring and map.
-        scored = iter(analyse(readable, classifier, ood=models.ood, segmenter=models.segmenter))
+        scored = iter(analyse(readable, classifier, ood=models.ood, segmenter=models.segmenter,
+                              opacity=models.opacity))
         for record, content in zip(chunk, contents, strict=True):
             if not isinstance(content, bytes):
                 yield pacs_row(record, StudyResult(name=record.sop_instance_uid, error=content),
@@ -158,8 +163,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--send", action="store_true",
                         help="store each film's results (SR and map) back in its study")
     parser.add_argument("--format", choices=("csv", "table"), default="csv")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
-    parser.add_argument("--lung-model", type=Path, default=DEFAULT_LUNG_MODEL_PATH)
+    paths = settings()
+    parser.add_argument("--model", type=Path, default=paths.model_path)
+    parser.add_argument("--lung-model", type=Path, default=paths.lung_model_path)
+    parser.add_argument("--opacity-model", type=Path, default=paths.opacity_model_path,
+                        help="the opacity segmenter (optional: without it, opacity_extent "
+                             "and severity stay empty and the SR carries no opacity figures)")
 
 
 def _emit(rows: Iterator[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
@@ -192,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
         listing = client.find_instances(StudyQuery(since=args.since, until=args.until))
         for note in listing.notes:
             print(f"note: {note}", file=sys.stderr)
-        models = load_models(args.model, args.lung_model, warm_up=False)
+        models = load_models(args.model, args.lung_model, warm_up=False,
+                             opacity_path=args.opacity_model)
         rows = _emit(score_listing(client, listing, models, args.send), args.format)
     except PacsError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -8,7 +8,12 @@ For every scored film the tool stores, in the film's own study:
   probability of every class, the operating point, the share of the map's
   evidence inside the lungs, the model's name, version and SHA-256 (TID 4019
   Algorithm Identification) and "research use only, not for diagnosis" (a
-  comment, the series description and Content Qualification RESEARCH).
+  comment, the series description and Content Qualification RESEARCH). When the
+  opacity segmenter ran, the share of each lung and of both lungs covered by
+  opacity (UCUM ``%``, the lung and its laterality as the finding site) and the
+  modified RALE score (UCUM ``{score}``, 0-8) are numeric measurements too, by
+  the method "Opacity segmentation" and, when given, the segmenter's own
+  algorithm identification: a separate model, not the classifier.
   Machine-readable results are what the AI Results profile asks for.
 - a Secondary Capture of the map over the film, drawn by the same code as the
   page and the PDF report, with "RESEARCH USE ONLY" and the same finding, advice
@@ -45,6 +50,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from covid.inputs.pacs import RESULT_SERIES_PREFIX, PacsClient, PacsError
+from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA
 from covid.model.decision import (
     ADMIT_CODE,
     FLAG_NONE,
@@ -59,6 +65,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from covid.model.network import ModelMetadata
+    from covid.model.opacity import OpacityModelMetadata
     from covid.screening.pipeline import StudyResult
 
 MANUFACTURER = "covid-xray-dashboard"
@@ -70,12 +77,21 @@ SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 _SCHEME = "99COVIDXR"
 """A private coding scheme (99 prefix) for the concepts no standard one names."""
 _FINDINGS = {
-    "COVID": ("840539006", "SCT",
-              "Disease caused by severe acute respiratory syndrome coronavirus 2"),
-    "Normal": ("17621005", "SCT", "Normal"),
+    COVID: ("840539006", "SCT",
+            "Disease caused by severe acute respiratory syndrome coronavirus 2"),
+    OTHER_PNEUMONIA: ("233604007", "SCT", "Pneumonia"),
+    NORMAL: ("17621005", "SCT", "Normal"),
 }
 _PLAIN_CHEST_XRAY = ("399208008", "SCT", "Plain chest X-ray")
 _NO_UNITS = ("1", "UCUM", "no units")
+_PERCENT = ("%", "UCUM", "percent")
+_SCORE = ("{score}", "UCUM", "score")
+OPACITY_EXTENT = "Opacity extent"
+"""The measurement of the share of lung field covered by opacity (percent)."""
+RALE_SCORE = "Modified RALE score"
+"""The measurement of the opacities' grade: both lungs' 0-4 scores added, 0-8."""
+OPACITY_METHOD = "Opacity segmentation"
+"""The method of both: the opacity segmenter, a separate model from the classifier."""
 _FLAG_MEANINGS = {FLAG_NONE: "Like the films the model was trained on",
                   FLAG_UNUSUAL: "Unusual chest X-ray", FLAG_NOT_CHEST: "Not a chest X-ray"}
 """The flag's coded values are the flags as every output writes them, in the private scheme."""
@@ -131,7 +147,7 @@ class ResultObjects:
 
 
 def result_uids(source_uid: str, model_sha256: str, explained_class: str,
-                method: str) -> ResultUids:
+                method: str, opacity_sha256: str = "") -> ResultUids:
     """UIDs that depend only on what the results are of and how they were made.
 
     Args:
@@ -139,6 +155,8 @@ def result_uids(source_uid: str, model_sha256: str, explained_class: str,
         model_sha256: The classifier file's SHA-256.
         explained_class: The class the map explains.
         method: The explanation method (``gradcam``...).
+        opacity_sha256: The opacity segmenter file's SHA-256, when it graded the
+            film ("": not known, and not part of the UIDs).
 
     Returns:
         The same UIDs for the same inputs, every time.
@@ -146,6 +164,8 @@ def result_uids(source_uid: str, model_sha256: str, explained_class: str,
     from pydicom.uid import generate_uid
 
     base = [source_uid, model_sha256, explained_class, method]
+    if opacity_sha256:  # another segmenter's figures are other results
+        base.append(opacity_sha256)
     return ResultUids(*(generate_uid(entropy_srcs=[*base, part])
                         for part in ("sr-series", "sc-series", "sr", "sc")))
 
@@ -249,6 +269,36 @@ def _measurements(result: StudyResult, meta: ModelMetadata, threshold: float) ->
     return items
 
 
+def _opacity_measurements(result: StudyResult,
+                          opacity_meta: OpacityModelMetadata | None) -> list[Any]:
+    """The opacities' extent per lung and in both (percent) and their 0-8 score.
+
+    None for a film without an outline (refused, no lungs, or no segmenter); a
+    lung the lung segmenter did not find has no extent of its own.
+    """
+    from highdicom.sr import AlgorithmIdentification, FindingSite, Measurement
+    from pydicom.sr.codedict import codes
+
+    if result.opacity is None or result.refused:
+        return []
+    severity = result.opacity.severity
+    algorithm = None if opacity_meta is None else AlgorithmIdentification(
+        name=opacity_meta.name[:64], version=opacity_meta.version[:64],
+        parameters=[f"SHA-256 {opacity_meta.sha256}"])
+
+    def measured(name: str, value: float, unit: tuple[str, str, str], side: Any) -> Any:
+        return Measurement(name=_local(name), value=value, unit=_code(*unit),
+                           method=_local(OPACITY_METHOD), algorithm_id=algorithm,
+                           finding_sites=[FindingSite(codes.SCT.Lung, laterality=side)])
+
+    sides = ((codes.SCT.Right, severity.right), (codes.SCT.Left, severity.left),
+             (codes.SCT.RightAndLeft, severity.extent))
+    items = [measured(OPACITY_EXTENT, round(100.0 * share, 4), _PERCENT, side)
+             for side, share in sides if share is not None]
+    items.append(measured(RALE_SCORE, float(severity.score), _SCORE, codes.SCT.RightAndLeft))
+    return items
+
+
 def _decision_items(decision: Decision) -> list[Any]:
     """The flag and, for a film not refused, the advice, as TID 1501 qualitative evaluations."""
     from highdicom.sr import QualitativeEvaluation
@@ -262,10 +312,10 @@ def _decision_items(decision: Decision) -> list[Any]:
 
 
 def _group(source: Dataset, result: StudyResult, meta: ModelMetadata, threshold: float,
-           uids: ResultUids, method: str) -> Any:
+           uids: ResultUids, method: str, opacity_meta: OpacityModelMetadata | None) -> Any:
     """The TID 1501 measurement group: finding, flag, advice, measurements, algorithm, image.
 
-    A refused film (not a chest X-ray) codes no finding and no advice.
+    A refused film (not a chest X-ray) codes no finding, no advice and no opacities.
     """
     from highdicom.sr import (
         AlgorithmIdentification,
@@ -285,7 +335,8 @@ def _group(source: Dataset, result: StudyResult, meta: ModelMetadata, threshold:
                         f"explained class {decision.label}"]),
         # TID 1501's "Finding" row; none for a film that was never classified.
         finding_type=None if decision.refused else finding_code(decision.label),
-        measurements=_measurements(result, meta, threshold),
+        measurements=[*_measurements(result, meta, threshold),
+                      *_opacity_measurements(result, opacity_meta)],
         qualitative_evaluations=_decision_items(decision),
         source_images=[SourceImageForMeasurementGroup.from_source_image(source)])
     # TID 1501 has no free-text row; the triage text and the comment ride in the group.
@@ -296,7 +347,8 @@ def _group(source: Dataset, result: StudyResult, meta: ModelMetadata, threshold:
 
 
 def build_sr(source: Dataset, result: StudyResult, meta: ModelMetadata, threshold: float,
-             uids: ResultUids, method: str = "gradcam") -> Any:
+             uids: ResultUids, method: str = "gradcam",
+             opacity_meta: OpacityModelMetadata | None = None) -> Any:
     """The film's results as a Comprehensive SR (TID 1500 Measurement Report).
 
     Args:
@@ -307,6 +359,9 @@ def build_sr(source: Dataset, result: StudyResult, meta: ModelMetadata, threshol
         threshold: The operating point that gave ``result.label``.
         uids: The derived UIDs.
         method: The explanation method.
+        opacity_meta: The opacity segmenter's metadata, which identifies the
+            algorithm of the opacity measurements (None: they are still made
+            when ``result.opacity`` holds them, without it).
 
     Returns:
         The ``highdicom.sr.ComprehensiveSR`` data set.
@@ -330,7 +385,8 @@ def build_sr(source: Dataset, result: StudyResult, meta: ModelMetadata, threshol
     report = MeasurementReport(
         observation_context=ObservationContext(observer_device_context=device),
         procedure_reported=_code(*_PLAIN_CHEST_XRAY),
-        imaging_measurements=[_group(source, result, meta, threshold, uids, method)])
+        imaging_measurements=[_group(source, result, meta, threshold, uids, method,
+                                     opacity_meta)])
     return ComprehensiveSR(
         evidence=[source], content=report[0], series_instance_uid=uids.sr_series,
         series_number=SR_SERIES_NUMBER, sop_instance_uid=uids.sr, instance_number=1,
@@ -438,7 +494,8 @@ def nothing_to_send(result: StudyResult) -> str | None:
 
 
 def build_results(source: Dataset, result: StudyResult, meta: ModelMetadata,
-                  threshold: float, method: str = "gradcam") -> ResultObjects:
+                  threshold: float, method: str = "gradcam",
+                  opacity_meta: OpacityModelMetadata | None = None) -> ResultObjects:
     """Both result objects for one scored film.
 
     Args:
@@ -448,6 +505,8 @@ def build_results(source: Dataset, result: StudyResult, meta: ModelMetadata,
         meta: The classifier's metadata.
         threshold: The operating point that gave ``result.decision``.
         method: The explanation method of ``result.cam``.
+        opacity_meta: The opacity segmenter's metadata, when it graded the film
+            (see :func:`build_sr`).
 
     Returns:
         The SR and the Secondary Capture, with their UIDs.
@@ -464,9 +523,10 @@ def build_results(source: Dataset, result: StudyResult, meta: ModelMetadata,
         raise ResultsError(f"{result.name}: {reason}.")
     try:
         header = evidence_header(source)
+        graded = "" if opacity_meta is None or result.opacity is None else opacity_meta.sha256
         uids = result_uids(str(header.SOPInstanceUID), meta.sha256, result.decision.label,
-                           method)
-        sr = build_sr(header, result, meta, threshold, uids, method)
+                           method, graded)
+        sr = build_sr(header, result, meta, threshold, uids, method, opacity_meta)
         sc = build_sc(header, result, meta, uids)
     except ResultsError as err:
         raise ResultsError(f"{result.name}: {_without_names(str(err), source)}") from err

@@ -8,8 +8,10 @@ import pytest
 from PIL import Image
 
 from covid.__main__ import main
-from covid.screening import predict
+from covid.model.opacity import MAX_SCORE
+from covid.screening import scoring
 from covid.screening.pacs_cli import COLUMNS
+from covid.screening.pacs_results import RALE_SCORE
 from tests.conftest import planted_lungs
 from tests.pacs_server import PASSWORD, PATIENT_NAME, USER
 
@@ -23,17 +25,25 @@ def pacs_env(monkeypatch):
 
 
 def run_pacs(server, models, *extra):
-    model, lungs = models
+    model, lungs, opacity = models
     return main(["pacs", "--url", server.url, "--model", str(model), "--lung-model", str(lungs),
-                 *extra])
+                 "--opacity-model", str(opacity), *extra])
+
+
+@pytest.fixture(scope="module")
+def opacity_file(tmp_path_factory):
+    from tests.opacity_models import save_tiny_opacity
+
+    return save_tiny_opacity(tmp_path_factory.mktemp("opacity") / "opacity.keras")
 
 
 @pytest.fixture
-def models(tiny_model_file, tiny_lung_file, plant_lungs):
-    # The CT slice (256 px) gets no lungs, the films (224 px) a plausible pair.
+def models(tiny_model_file, tiny_lung_file, opacity_file, plant_lungs):
+    # The CT slice (256 px) gets no lungs, the films (224 px) a plausible pair; the tiny
+    # opacity segmenter sees opacity all over the lungs it is given.
     plant_lungs.mask_for = lambda shape: (planted_lungs(shape) if shape == (224, 224)
                                           else np.zeros(shape, bool))
-    return tiny_model_file, tiny_lung_file
+    return tiny_model_file, tiny_lung_file, opacity_file
 
 
 def rows_of(out: str) -> list[dict]:
@@ -47,7 +57,7 @@ def test_one_row_per_chest_instance_with_the_predict_columns(loaded_orthanc, mod
     captured = capsys.readouterr()
     header = captured.out.splitlines()[0].split(",")
     assert header == ["study_uid", "sop_instance_uid",
-                      *[c for c in predict.COLUMNS if c != "path"], "sent"]
+                      *[c for c in scoring.COLUMNS if c != "path"], "sent"]
     assert tuple(header) == COLUMNS
     rows = rows_of(captured.out)
     assert sorted(r["sop_instance_uid"] for r in rows) == sorted([*stored.films,
@@ -67,15 +77,15 @@ def test_p_covid_equals_predict_for_the_same_pixels(loaded_orthanc, models, pacs
         Image.fromarray(pixels).save(paths[uid])
     assert run_pacs(server, models) == 0
     from_pacs = {r["sop_instance_uid"]: r for r in rows_of(capsys.readouterr().out)}
-    model, lungs = models
+    model, lungs, opacity = models
     assert main(["predict", "--model", str(model), "--lung-model", str(lungs),
-                 *map(str, paths.values())]) == 0
+                 "--opacity-model", str(opacity), *map(str, paths.values())]) == 0
     from_files = {r["path"]: r for r in rows_of(capsys.readouterr().out)}
     for uid, path in paths.items():
         expected, got = from_files[str(path)], from_pacs[uid]
         assert abs(float(got["p_covid"]) - float(expected["p_covid"])) <= 1e-3
-        assert (got["label"], got["lung_evidence"]) == (expected["label"],
-                                                        expected["lung_evidence"])
+        for column in ("label", "lung_evidence", "opacity_extent", "severity"):
+            assert got[column] == expected[column], column
 
 
 def test_the_disguised_ct_slice_is_refused(loaded_orthanc, models, pacs_env, capsys):
@@ -88,6 +98,8 @@ def test_the_disguised_ct_slice_is_refused(loaded_orthanc, models, pacs_env, cap
     assert {rows[uid]["ood"] for uid in stored.films} == {"false"}
     assert {rows[uid]["flag"] for uid in stored.films} == {"none"}
     assert {rows[uid]["advice"] for uid in stored.films} <= {"admit", "home"}
+    assert (disguised["opacity_extent"], disguised["severity"]) == ("", "")
+    assert {rows[uid]["severity"] for uid in stored.films} == {str(MAX_SCORE)}
 
 
 def test_table_format_and_date_range(loaded_orthanc, models, pacs_env, capsys):
@@ -122,6 +134,7 @@ def test_send_gives_a_row_per_film_an_sr_and_map_per_scored_film_and_is_idempote
     for row in first:  # each scored study now holds the film, its SR and its map
         expected = ["DX"] if row["sop_instance_uid"] in refused else ["DX", "OT", "SR"]
         assert sorted(_study_modalities(orthanc, row["study_uid"])) == expected
+    assert {_sr_score(orthanc, r["study_uid"]) for r in sent} == {MAX_SCORE}  # the SR's grade
 
     assert run_pacs(orthanc, models, "--send") == 0  # again: nothing new, no duplicates
     second = rows_of(capsys.readouterr().out)
@@ -168,14 +181,34 @@ def test_csv_text_is_guarded_against_formulas(capsys):
     assert (written["study_uid"], written["p_covid"]) == ("1.2.3", "0.25")
 
 
-def _study_modalities(server, study_uid: str) -> list[str]:
+def _sr_score(server, study_uid: str) -> float:
+    """The modified RALE score measured in the study's Structured Report."""
+    import highdicom as hd
+    import requests
+
+    (sr_series,) = [s for s in _series(server, study_uid)
+                    if s["MainDicomTags"]["Modality"] == "SR"]
+    (instance,) = sr_series["Instances"]
+    answer = requests.get(f"{server.root}/instances/{instance}/file", auth=(USER, PASSWORD),
+                          timeout=30)
+    answer.raise_for_status()
+    group = hd.sr.srread(io.BytesIO(answer.content)).content.get_image_measurement_groups()[0]
+    (score,) = [m.value for m in group.get_measurements() if m.name.meaning == RALE_SCORE]
+    return float(score)
+
+
+def _series(server, study_uid: str) -> list[dict]:
     import requests
 
     answer = requests.post(f"http://127.0.0.1:{server.port}/tools/find", auth=(USER, PASSWORD),
                            json={"Level": "Series", "Query": {"StudyInstanceUID": study_uid},
                                  "Expand": True}, timeout=30)
     answer.raise_for_status()
-    return [s["MainDicomTags"]["Modality"] for s in answer.json()]
+    return answer.json()
+
+
+def _study_modalities(server, study_uid: str) -> list[str]:
+    return [s["MainDicomTags"]["Modality"] for s in _series(server, study_uid)]
 
 
 def test_a_wrong_password_exits_non_zero_with_a_clear_message(orthanc, models, monkeypatch,
@@ -196,7 +229,7 @@ def test_a_stopped_server_exits_non_zero(orthanc, models, pacs_env, capsys):
 
 
 def test_without_a_pacs_the_command_says_how_to_configure_one(models, pacs_env, capsys):
-    model, lungs = models
+    model, lungs, _ = models
     assert main(["pacs", "--model", str(model), "--lung-model", str(lungs)]) == 1
     assert "COVID_PACS_URL" in capsys.readouterr().err
 

@@ -11,11 +11,16 @@ from pydicom.sr.codedict import codes
 
 from covid.explain.inference import Classifier
 from covid.inputs.pacs import InstanceRecord, PacsClient, PacsConfig, StudyQuery
+from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA
 from covid.model.decision import FLAG_NOT_CHEST, FLAG_UNUSUAL, decide
 from covid.model.lungs import LungSegmenter
+from covid.model.opacity import OpacityModelMetadata, OpacitySegmentation, grade
 from covid.screening import pacs_results
 from covid.screening.pacs_results import (
     BURNT_IN,
+    OPACITY_EXTENT,
+    OPACITY_METHOD,
+    RALE_SCORE,
     RESEARCH_ONLY,
     ResultsError,
     build_results,
@@ -23,6 +28,7 @@ from covid.screening.pacs_results import (
     burn_in,
     decision_line,
     evidence_header,
+    finding_code,
     nothing_to_send,
     overlay_picture,
     result_uids,
@@ -81,6 +87,23 @@ def texts(group) -> list[str]:
     return [item.TextValue for item in group[0].ContentSequence if "TextValue" in item]
 
 
+def opacity_measurements(group) -> dict[tuple[str, str], object]:
+    """The group's opacity measurements: (name, laterality) -> measurement."""
+    return {(m.name.meaning, m.finding_sites[0].laterality.meaning): m
+            for m in group.get_measurements()
+            if m.name.meaning in (OPACITY_EXTENT, RALE_SCORE)}
+
+
+def graded(result):
+    """The result with opacity over the lower half of its lungs (unequal in the two lungs)."""
+    lungs = result.lungs
+    mask = np.zeros_like(lungs)
+    mask[lungs.shape[0] // 2 :, : lungs.shape[1] // 2] = True  # the patient's right: image left
+    mask[int(lungs.shape[0] * 0.7) :, lungs.shape[1] // 2 :] = True
+    mask &= lungs
+    return replace(result, opacity=OpacitySegmentation(mask, grade(lungs, mask)))
+
+
 def with_flag(result, flag, threshold):
     """The result as the decision rule decides it under another flag."""
     return replace(result, decision=decide(result.probs, result.class_names, threshold, flag))
@@ -93,7 +116,8 @@ def test_uids_are_derived_from_source_model_class_and_method():
     for changed in (("1.2.4", "ab" * 32, "COVID", "gradcam"),
                     ("1.2.3", "cd" * 32, "COVID", "gradcam"),
                     ("1.2.3", "ab" * 32, "Normal", "gradcam"),
-                    ("1.2.3", "ab" * 32, "COVID", "gradcam++")):
+                    ("1.2.3", "ab" * 32, "COVID", "gradcam++"),
+                    ("1.2.3", "ab" * 32, "COVID", "gradcam", "ef" * 32)):  # opacity model
         assert result_uids(*changed).sr != uids.sr
 
 
@@ -135,16 +159,16 @@ def test_sr_and_sc_are_stored_in_the_study_and_read_back(scored, classifier, ort
     assert sr.PatientID == header.PatientID and sr.ContentQualification == "RESEARCH"
     assert "research use only" in sr.SeriesDescription
     group = sr.content.get_image_measurement_groups()[0]
-    assert group.finding_type.meaning.startswith(
-        "Disease caused by severe" if result.label == "COVID" else "Normal")
+    assert group.finding_type.meaning == finding_code(result.label).meaning
     assert evaluations(group) == {"Flag": "none", "Advice": result.decision.advice}
     assert result.decision.advice in ("admit", "home")
     assert result.decision.triage in texts(group)
     values = {m.name.meaning: m.value for m in group.get_measurements()}
-    assert values["P(COVID)"] == pytest.approx(result.probs[0], abs=1e-6)
-    assert values["P(Normal)"] == pytest.approx(result.probs[1], abs=1e-6)
+    for name in meta.class_names:
+        assert values[f"P({name})"] == pytest.approx(result.probability(name), abs=1e-6)
     assert values["Operating point"] == pytest.approx(meta.threshold)
     assert values["Lung evidence"] == pytest.approx(result.lung_evidence, abs=1e-6)
+    assert opacity_measurements(group) == {}  # no opacity segmenter ran
     def texts_named(concept):
         return [item.TextValue for item in find_content_items(group[0], name=concept)]
 
@@ -235,14 +259,56 @@ def test_an_unusual_film_keeps_its_finding_and_is_admitted_in_the_sr_and_the_pic
 def test_a_refused_film_is_never_sent_and_its_sr_would_code_no_finding(scored, classifier):
     _, header, result = scored
     meta = classifier.metadata
-    refused = replace(with_flag(result, FLAG_NOT_CHEST, meta.threshold), cam=None)
+    refused = replace(with_flag(graded(result), FLAG_NOT_CHEST, meta.threshold), cam=None)
     assert nothing_to_send(refused) == "it was refused as not a chest X-ray, so nothing is sent"
     with pytest.raises(ResultsError, match="refused as not a chest X-ray"):
         build_results(header, refused, meta, meta.threshold)
     uids = result_uids(str(header.SOPInstanceUID), meta.sha256, "", "gradcam")
-    sr = build_sr(evidence_header(header), refused, meta, meta.threshold, uids)
+    sr = build_sr(evidence_header(header), refused, meta, meta.threshold, uids,
+                  opacity_meta=OpacityModelMetadata(sha256="ab" * 32))
     group = hd.sr.srread(io.BytesIO(to_bytes(sr))).content.get_image_measurement_groups()[0]
     assert group.finding_type is None
     assert evaluations(group) == {"Flag": "not_chest"}  # and no advice
+    assert opacity_measurements(group) == {}
     assert refused.decision.triage in texts(group)
     assert nothing_to_send(result) is None
+
+
+def test_the_opacity_extent_and_score_are_numeric_measurements_with_units(scored, classifier):
+    client, header, result = scored
+    meta = classifier.metadata
+    result = graded(result)
+    severity = result.opacity.severity
+    assert 0 < severity.right != severity.left > 0 and 0 < severity.score < 8
+    opacity_meta = OpacityModelMetadata(name="tiny opacity U-Net", version="o-1",
+                                        sha256="cd" * 32)
+    objects = build_results(header, result, meta, meta.threshold, opacity_meta=opacity_meta)
+    assert send_results(client, objects) is True
+    group = read_sr(client, objects).content.get_image_measurement_groups()[0]
+    found = opacity_measurements(group)
+    both = codes.SCT.RightAndLeft.meaning
+    expected = {"Right": severity.right, "Left": severity.left, both: severity.extent}
+    for side, share in expected.items():
+        extent = found[(OPACITY_EXTENT, side)]
+        assert extent.value == pytest.approx(100 * share, abs=1e-3)
+        assert (extent.unit.value, extent.unit.scheme_designator) == ("%", "UCUM")
+        assert extent.finding_sites[0].value.value == codes.SCT.Lung.value
+        assert extent.method.meaning == OPACITY_METHOD
+    score = found[(RALE_SCORE, both)]
+    assert score.value == severity.score
+    assert (score.unit.value, score.unit.scheme_designator) == ("{score}", "UCUM")
+    assert len(found) == 4
+    names = [item.TextValue for m in found.values()
+             for item in find_content_items(m[0], name=codes.DCM.AlgorithmName, recursive=True)]
+    assert names == ["tiny opacity U-Net"] * 4  # the segmenter's, not the classifier's
+    # another segmenter's figures are other results, with UIDs of their own
+    other = build_results(header, result, meta, meta.threshold,
+                          opacity_meta=replace(opacity_meta, sha256="ef" * 32))
+    assert other.uids.sr != objects.uids.sr
+
+
+def test_findings_are_coded_from_the_class_names():
+    assert finding_code(COVID).scheme_designator == "SCT"
+    assert finding_code(NORMAL).meaning == "Normal"
+    assert finding_code(OTHER_PNEUMONIA).meaning == "Pneumonia"
+    assert finding_code("Tuberculosis").scheme_designator == "99COVIDXR"  # a model's own class
