@@ -1,6 +1,6 @@
-"""``python -m covid.evaluate``: entry point (see :mod:`covid.evaluation.evaluate`)."""
+"""``python -m covid.evaluate``: entry point (see :mod:`covid.evaluation.cli`)."""
 
-from covid.evaluation.evaluate import main
+from covid.evaluation.cli import main
 
 if __name__ == "__main__":
     main()

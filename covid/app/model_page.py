@@ -22,11 +22,6 @@ from covid.app.common import (
 )
 from covid.app.navigation import MODEL, SCREENING, go_to
 from covid.app.resources import model_path
-from covid.explain.localisation import CAUTION_SHARE
-from covid.model.decision import finding_name
-from covid.model.figure_names import figure_name
-from covid.model.network import ModelMetadata
-from covid.screening.table import by_column
 from covid.evaluation.comparison import comparison_rows, with_previous_sent_home
 from covid.evaluation.map_checks import (
     localisation_rows,
@@ -39,14 +34,12 @@ from covid.evaluation.plots import (
     confusion_figure,
     lung_share_figure,
     reliability_figure,
-    roc_figure,
     trade_figure,
 )
 from covid.evaluation.results import (
     ClassScores,
     Evaluation,
     change_from,
-    confusion_at,
     confusion_matrix_at,
     finding_rates,
     finding_roc,
@@ -57,6 +50,12 @@ from covid.evaluation.results import (
     trade_curve,
     trade_thresholds,
 )
+from covid.explain.localisation import CAUTION_SHARE
+from covid.model.classes import COVID, NORMAL
+from covid.model.decision import finding_name
+from covid.model.figure_names import figure_name
+from covid.model.network import ModelMetadata
+from covid.screening.table import by_column
 
 LOG = logging.getLogger(__name__)
 
@@ -75,35 +74,28 @@ tool could sort chest X-rays and show why it scored them as it did.
 clinically, and must not be used to diagnose, treat or triage patients.
 
 **Limits.**
-- {classes}
-- One public database, images downsampled to {size} x {size} pixels. The test split
-  comes from the same archives as the training data, so its metrics are optimistic
-  for any other hospital, scanner or population.
+- Classes {names} only. Diseases outside them (tuberculosis, tumours, effusions...)
+  were not in the training data; the model forces them into one of its classes.
+- Public research collections only (the COVID-19 Radiography Database, children's viral
+  pneumonias from Kermany et al., COVID-QU-Ex), each class drawn from its own archives and
+  hospitals; images downsampled to {size} x {size} pixels. The test split comes from
+  the same archives as the training data, so its metrics are optimistic for any other
+  hospital, scanner or population.
 - Calibration (temperature) and the operating threshold were fitted on the
-  validation split of the same database; PPV and NPV depend on the prevalence
+  validation split of the same collections; PPV and NPV depend on the prevalence
   where it is used.
 - Grad-CAM maps are coarse ({cells} x {cells} cells at {size} px, from `{layer}`) and
   show where the evidence lies, not what it is.
 """
 
-TWO_CLASSES = """Two classes only: every film is forced into {names}. Other diseases
-  (bacterial or viral pneumonia, lung opacities, tuberculosis...) were not in the
-  training data, and the model cannot say "something else"."""
-MORE_CLASSES = """Classes {names} only. Diseases outside them (tuberculosis, tumours,
-  effusions...) were not in the training data; the model forces them into one of its
-  classes."""
-
-
 def intended_use(meta: ModelMetadata, cells: int) -> str:
     """The intended use and limits, with the model's own classes, size and map grid."""
-    names = " or ".join(meta.class_names)
-    classes = (TWO_CLASSES if len(meta.class_names) == 2 else MORE_CLASSES).format(names=names)
-    return INTENDED_USE.format(classes=classes, size=meta.input_size, cells=cells,
-                               layer=meta.gradcam_layer)
+    return INTENDED_USE.format(names=", ".join(meta.class_names), size=meta.input_size,
+                               cells=cells, layer=meta.gradcam_layer)
 
 
 SHORTCUT_WARNING = """\
-**Beware of source shortcuts.** In this database the COVID-19 and Normal X-rays
+**Beware of source shortcuts.** In these data the COVID-19 and Normal X-rays
 come from different archives and hospitals. A network can learn to recognise the
 *source* (text markers, borders, exposure, patient age, scanner) instead of the
 disease, score very well on a test split drawn from the same sources, and fail on
@@ -267,18 +259,14 @@ def operating_point_ui(meta: ModelMetadata, evaluation: Evaluation) -> dict[str,
         shipped = operating_point(scores, truth, meta.threshold, prevalence=prevalence / 100.0)
     st.markdown(f"**In force on the screening page (this session):** "
                 f"{operating_point_words(meta, threshold)}.")
-    classes = evaluation.classes
     metrics_ui(point, shipped)
-    if classes is not None:
-        sent_home_ui(classes, threshold, None if shipped is None else meta.threshold)
-    positive = "" if classes is None else "; positive: any finding, negative: Normal"
+    sent_home_ui(evaluation.classes, threshold, None if shipped is None else meta.threshold)
     st.caption(
-        f"On the held-out test split ({len(scores)} images{positive}): TP {point['tp']} · "
-        f"FN {point['fn']} · FP {point['fp']} · TN {point['tn']}. PPV and NPV at a "
-        f"prevalence of {prevalence:.1f}%."
+        f"On the held-out test split ({len(scores)} images; positive: any finding, negative: "
+        f"{NORMAL}): TP {point['tp']} · FN {point['fn']} · FP {point['fp']} · TN "
+        f"{point['tn']}. PPV and NPV at a prevalence of {prevalence:.1f}%."
     )
-    if classes is not None:
-        trade_ui(meta, classes, threshold)
+    trade_ui(meta, evaluation.classes, threshold)
     return point
 
 
@@ -318,44 +306,6 @@ def _json_error_ui(err: Exception) -> None:
              icon=":material/error:")
 
 
-def charts_ui(meta: ModelMetadata, evaluation: Evaluation, point: dict[str, Any] | None) -> None:
-    """ROC with AUC and CI, the confusion matrix at the point, and reliability diagrams."""
-    st.header("Test-split charts", anchor=False)
-    summary = evaluation.summary
-    if summary is None:
-        st.info("The ROC and reliability charts need the evaluation JSON.",
-                icon=":material/info:")
-        return
-    if evaluation.classes is not None:
-        class_charts_ui(meta, evaluation, point)
-        return
-    try:
-        curve, auc, ci = finding_roc(summary)
-        roc = roc_figure(curve, auc, ci, roc_marker(point))
-        reliability = _reliability(meta, summary, meta.positive_class)
-    except (KeyError, TypeError, ValueError) as err:
-        _json_error_ui(err)
-        return
-    roc_col, confusion_col, reliability_col = st.columns(3, gap="medium")
-    with roc_col:
-        st.pyplot(roc, alt="ROC curve of the test split with the operating point")
-        st.caption(f"AUC {auc:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f}); red dot: the operating "
-                   "point in force.")
-    with confusion_col:
-        if point is not None:
-            matrix = confusion_at(point, meta.class_names, meta.positive_class)
-            st.pyplot(confusion_figure(matrix, list(meta.class_names)),
-                      alt="Confusion matrix at the operating point")
-            st.caption(f"At P({meta.positive_class}) ≥ {point['threshold']:.3f}; rows: truth, "
-                       "columns: prediction.")
-        else:
-            st.caption("The confusion matrix needs the per-image test scores.")
-    with reliability_col:
-        st.pyplot(reliability, alt="Reliability diagram before and after temperature scaling")
-        st.caption(f"Observed {meta.positive_class} rate against predicted probability, before "
-                   "and after temperature scaling (fitted on the validation split).")
-
-
 def _auc_words(name: str, auc: dict[str, Any] | None) -> str:
     """E.g. "COVID 0.981 (95% CI 0.970-0.990)", or "COVID n/a"."""
     if not auc:
@@ -363,9 +313,24 @@ def _auc_words(name: str, auc: dict[str, Any] | None) -> str:
     return f"{name} {auc['auc']:.3f} (95% CI {auc['ci95'][0]:.3f}-{auc['ci95'][1]:.3f})"
 
 
-def class_charts_ui(meta: ModelMetadata, evaluation: Evaluation, point: dict[str, Any]) -> None:
+def confusion_ui(meta: ModelMetadata, scores: ClassScores, threshold: float) -> None:
+    """Every true class against the label the rule gives at the point: chart and table."""
+    confusion = confusion_matrix_at(scores, threshold)
+    st.pyplot(confusion_figure(confusion.matrix, confusion.labels, confusion.true_names),
+              alt="Confusion matrix of every class at the operating point")
+    st.dataframe(confusion.columns(), hide_index=True, width="content")
+    st.caption(f"At {finding_name(meta.class_names)} ≥ {threshold:.3f}, the likelier finding "
+               "as the label; rows: truth, columns: label.")
+
+
+def charts_ui(meta: ModelMetadata, evaluation: Evaluation, point: dict[str, Any] | None) -> None:
     """Per-class ROC, the class-by-class confusion matrix at the point, and reliability."""
-    summary, scores = evaluation.summary or {}, evaluation.classes
+    st.header("Test-split charts", anchor=False)
+    summary, scores = evaluation.summary, evaluation.classes
+    if summary is None:
+        st.info("The ROC and reliability charts need the evaluation JSON.",
+                icon=":material/info:")
+        return
     try:
         aucs = summary["metrics"].get("auc_per_class") or {}
         finding, _, _ = finding_roc(summary)
@@ -375,20 +340,18 @@ def class_charts_ui(meta: ModelMetadata, evaluation: Evaluation, point: dict[str
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         _json_error_ui(err)
         return
-    confusion = confusion_matrix_at(scores, point["threshold"])
     roc_col, confusion_col, reliability_col = st.columns(3, gap="medium")
     with roc_col:
         st.pyplot(roc, alt="One-vs-rest ROC curve of each class on the test split")
         st.caption("One-vs-rest AUC: " + "; ".join(_auc_words(n, aucs.get(n))
                                                     for n in meta.class_names)
-                   + ". Dashed: any finding against Normal; red dot: the operating point in "
-                   "force.")
+                   + f". Dashed: any finding against {NORMAL}; red dot: the operating point "
+                   "in force.")
     with confusion_col:
-        st.pyplot(confusion_figure(confusion.matrix, confusion.labels, confusion.true_names),
-                  alt="Confusion matrix of every class at the operating point")
-        st.dataframe(confusion.columns(), hide_index=True, width="content")
-        st.caption(f"At {finding_name(meta.class_names)} ≥ {point['threshold']:.3f}, the "
-                   "likelier finding as the label; rows: truth, columns: label.")
+        if scores is None or point is None:
+            st.caption("The confusion matrix needs the per-image test scores.")
+        else:
+            confusion_ui(meta, scores, point["threshold"])
     with reliability_col:
         st.pyplot(reliability, alt="Reliability diagram before and after temperature scaling")
         st.caption("Observed rate of any finding against predicted P(any finding), before and "
@@ -454,9 +417,9 @@ def lung_localisation_ui(meta: ModelMetadata, evaluation: Evaluation) -> None:
             n, infected = loc.get("n"), loc.get("n_with_infection")
             st.caption(
                 f"{loc.get('split') or 'Test split'}: {n if n is not None else '?'} "
-                f"{meta.positive_class} films"
+                f"{COVID} films"
                 + (f" ({infected} with an infection mask)" if infected is not None else "")
-                + f"; {loc.get('map') or 'Grad-CAM of ' + meta.positive_class}. The constant "
+                + f"; {loc.get('map') or 'Grad-CAM of ' + COVID}. The constant "
                 "map is the same for every film (the average infection mask): it knows where "
                 "infections usually are and nothing of the film. A uniform map spreads its "
                 "evidence evenly: it scores the masks' share of the film. Another film's "
@@ -502,7 +465,7 @@ def page() -> None:
     meta = loaded[0].metadata
     model_card_section_ui(meta, loaded[0].map_cells)
     comparison_ui(meta)
-    evaluation = read_evaluation(path, meta.positive_class, meta.class_names)
+    evaluation = read_evaluation(path, meta.class_names)
     if evaluation.problems:
         st.warning(
             "**Evaluation artefacts missing.** Beside the model "
@@ -512,6 +475,6 @@ def page() -> None:
         )
     point = operating_point_ui(meta, evaluation)
     charts_ui(meta, evaluation, point)
-    if evaluation.classes is not None:
+    if evaluation.summary is not None:
         groups_ui(meta, evaluation)
     lung_localisation_ui(meta, evaluation)

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from covid.model.decision import NORMAL
+from covid.model.classes import NORMAL, OTHER_PNEUMONIA
 from covid.model.figure_names import figure_name
 
 
@@ -91,12 +91,12 @@ FIGURES = (
     Figure("sensitivity", figure_name("sensitivity"), ("sensitivity",), 0.98, True),
     Figure("specificity", figure_name("specificity"), ("specificity",), 0.98, True),
     Figure("pneumonia_home", "Other pneumonias told to go home",
-           ("sent_home", "Other pneumonia"), 0.02, False,
-           ci_path=("sent_home_ci95", "Other pneumonia")),
+           ("sent_home", OTHER_PNEUMONIA), 0.02, False,
+           ci_path=("sent_home_ci95", OTHER_PNEUMONIA)),
     Figure("pneumonia_covid", "Other pneumonias labelled COVID",
-           ("labelled_covid", "Other pneumonia"), 0.10, False),
+           ("labelled_covid", OTHER_PNEUMONIA), 0.10, False),
     Figure("pneumonia_ood", "Other pneumonias flagged out of distribution",
-           ("ood_flagged", "Other pneumonia"), 0.05, False),
+           ("ood_flagged", OTHER_PNEUMONIA), 0.05, False),
     _map_figure("energy_in_lungs", "COVID map: share of its energy inside the lungs", 0.70),
     _map_figure("peak_in_lungs", "COVID map: peak inside the lungs", 0.90),
     _map_figure("peak_in_infection", "COVID map: peak inside the radiologists' infection mask",
@@ -111,7 +111,7 @@ def _by_key(key: str) -> Figure:
 
 def _normals(group: str, title: str) -> Figure:
     return Figure(f"specificity_{group}", f"{figure_name('specificity')}, {title}",
-                  ("by_age", f"{group} / Normal", "sent_home"), None, True)
+                  ("by_age", f"{group} / {NORMAL}", "sent_home"), None, True)
 
 
 GATE_FIGURES = (

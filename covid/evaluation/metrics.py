@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from covid.model.classes import CLASS_NAMES, COVID, FINDINGS, NORMAL, OTHER_PNEUMONIA, index_of
+
 
 def auc_with_ci(
     scores: np.ndarray,
@@ -187,7 +189,7 @@ def group_figures(true_names: np.ndarray, decided: np.ndarray, flagged: np.ndarr
     out = {"n": len(decided),
            "label_shares": {str(k): float(c / len(decided)) for k, c in zip(labels, counts,
                                                                           strict=True)}}
-    _share_and_ci(out, "sent_home", decided == "Normal")
+    _share_and_ci(out, "sent_home", decided == NORMAL)
     if flagged is not None:
         out["ood_flagged"] = _share(np.asarray(flagged, bool))
     return out
@@ -195,7 +197,7 @@ def group_figures(true_names: np.ndarray, decided: np.ndarray, flagged: np.ndarr
 
 def screening_figures(probs: np.ndarray, true_names: np.ndarray, class_names: list[str],
                       threshold: float, groups: dict[str, np.ndarray] | None = None) -> dict:
-    """Every test figure of a model at its operating point, for 2- or 3-class models.
+    """Every test figure of a model at its operating point.
 
     Args:
         probs: (N, C) calibrated probabilities over ``class_names``.
@@ -217,23 +219,23 @@ def screening_figures(probs: np.ndarray, true_names: np.ndarray, class_names: li
 
     true_names = np.asarray(true_names)
     decided = np.asarray(class_names)[decide_labels(probs, class_names, threshold)]
-    covid = probs[:, class_names.index("COVID")]
-    pair = np.isin(true_names, ["COVID", "Normal"])
-    finding = true_names != "Normal"
+    covid = probs[:, index_of(class_names, COVID)]
+    pair = np.isin(true_names, [COVID, NORMAL])
+    finding = true_names != NORMAL
     out: dict = {"n": len(true_names), "threshold": float(threshold)}
-    out["auc_covid_vs_normal"] = _auc_dict(covid[pair], true_names[pair] == "COVID")
+    out["auc_covid_vs_normal"] = _auc_dict(covid[pair], true_names[pair] == COVID)
     out["auc_finding"] = _auc_dict(p_finding(probs, class_names), finding)
     out["auc_per_class"] = {name: _auc_dict(probs[:, c], true_names == name)
                             for c, name in enumerate(class_names) if (true_names == name).any()}
-    _share_and_ci(out, "sensitivity", decided[true_names == "COVID"] == "COVID")
-    _share_and_ci(out, "admitted_findings", decided[finding] != "Normal")
-    _share_and_ci(out, "specificity", decided[~finding] == "Normal")
-    home = {n: decided[true_names == n] == "Normal" for n in ("COVID", "Other pneumonia")}
+    _share_and_ci(out, "sensitivity", decided[true_names == COVID] == COVID)
+    _share_and_ci(out, "admitted_findings", decided[finding] != NORMAL)
+    _share_and_ci(out, "specificity", decided[~finding] == NORMAL)
+    home = {n: decided[true_names == n] == NORMAL for n in FINDINGS}
     out["sent_home"] = {n: _share(hits) for n, hits in home.items()}
     out["sent_home_ci95"] = {n: proportion_ci(hits) for n, hits in home.items()}
-    out["labelled_covid"] = {n: _share(decided[true_names == n] == "COVID")
-                             for n in ("Other pneumonia", "Normal")}
-    order = ["COVID", "Other pneumonia", "Normal"]
+    out["labelled_covid"] = {n: _share(decided[true_names == n] == COVID)
+                             for n in (OTHER_PNEUMONIA, NORMAL)}
+    order = list(CLASS_NAMES)
     out["confusion3"] = {"labels": order, "matrix": [
         [int(((true_names == t) & (decided == d)).sum()) for d in order] for t in order]}
     for key, values in (groups or {}).items():

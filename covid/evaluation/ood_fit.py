@@ -30,8 +30,9 @@ import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.decomposition import PCA
 
-from covid.evaluation.evaluate import artefact_paths, split_side, true_names
+from covid.evaluation.artefacts import default_split
 from covid.evaluation.metrics import flagged_by_class
+from covid.evaluation.scoring import split_side, true_names
 from covid.inputs.decode import ImageDecodeError
 from covid.model.network import ModelFileError, read_metadata, write_metadata
 from covid.model.ood_stats import (
@@ -41,9 +42,10 @@ from covid.model.ood_stats import (
     residual_sq,
     write_model_stats,
 )
+from covid.settings import settings
 from covid.training.catalogue import Catalogue
 
-LOG = logging.getLogger("covid.evaluation.ood_fit")
+LOG = logging.getLogger(__name__)
 
 DEFAULT_COMPONENTS = 128
 """PCA dimensions kept from the features (a 128 x 2048 float32 basis is 1 MB)."""
@@ -172,12 +174,6 @@ def features_of(classifier, paths: Sequence[Path], segmenter=None, chunk: int = 
     return np.concatenate(parts)
 
 
-def default_split(model_path: Path) -> Path:
-    """The split copied beside a shipped model (``NAME.split.json``), else its run's."""
-    beside = artefact_paths(model_path)["split"]
-    return beside if beside.is_file() else Path(model_path).parent / "split.json"
-
-
 def _sides(
     split_file: Path, root: Path | None, max_train: int, seed: int
 ) -> tuple[Catalogue, Catalogue]:
@@ -246,8 +242,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-train", type=int, default=0,
                         help="fit on a random subset of this many training images (0: all)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lung-model", type=Path, default=Path("models/lung_unet.keras"),
-                        help="the lung segmenter (for lung-focused classifiers)")
+    parser.add_argument("--lung-model", type=Path, default=settings().lung_model_path,
+                        help="the lung segmenter, for lung-focused classifiers (default: the "
+                             "shipped one)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not 0 < args.max_flag_rate < 1:

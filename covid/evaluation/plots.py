@@ -11,6 +11,8 @@ from typing import Any, Protocol
 import numpy as np
 from matplotlib.figure import Figure
 
+from covid.model.classes import NORMAL
+
 
 class TradeLike(Protocol):
     """A trade curve: :class:`covid.evaluation.results.TradeCurve`.
@@ -60,14 +62,13 @@ def roc_figure(
     return _finish_roc(fig, ax, operating, "ROC, test split", 8)
 
 
-def reliability_figure(curves: dict[str, dict[str, list[float]]], event: str = "COVID"
-                       ) -> Figure:
+def reliability_figure(curves: dict[str, dict[str, list[float]]], event: str) -> Figure:
     """Reliability diagram: observed rate of an event against its predicted probability.
 
     Args:
         curves: Named curves, each ``{"predicted", "observed"}`` (e.g. before
             and after temperature scaling).
-        event: What is predicted (``COVID``, ``any finding``).
+        event: What is predicted (``any finding``).
 
     Returns:
         The figure.
@@ -138,7 +139,7 @@ def class_roc_figure(
                 label=name if auc is None else f"{name} vs rest, AUC {auc:.3f}")
     if finding is not None:
         ax.plot(finding["fpr"], finding["tpr"], color="black", linestyle="--", linewidth=1,
-                label="any finding vs Normal")
+                label=f"any finding vs {NORMAL}")
     return _finish_roc(fig, ax, operating, "ROC per class, test split", 7)
 
 
@@ -211,7 +212,7 @@ def trade_figure(curve: TradeLike, marks: Mapping[str, TradeLike], max_home: flo
         ax.xaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
         ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("Normal films labelled Normal")
+    axes[0].set_ylabel(f"{NORMAL} films labelled {NORMAL}")
     axes[0].legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     return fig

@@ -2,16 +2,15 @@
 
 The model page shows what :mod:`covid.evaluation.evaluate` left beside the model,
 read by :func:`read_evaluation` (never raising for a missing or malformed file):
-the test-split scores parsed from its CSV (:func:`scores_from_csv`), each test
-film's share of evidence inside the lungs (:func:`lung_evidence_from_csv`), the
-confusion matrix at an operating point (:func:`confusion_at`), the ROC marker
-and the change from the shipped point (:func:`roc_marker`, :func:`change_from`)
-and the split sizes (:func:`split_table`). Where the maps' evidence lies, in
-table rows and words, is :mod:`covid.evaluation.map_checks`.
-
-More classes: :func:`class_scores_from_csv`, :func:`confusion_matrix_at`,
-:func:`finding_rates`, :func:`finding_roc`, the figures by group (:func:`group_rows`)
-and what the operating point costs as it moves (:func:`trade_curve`).
+every class's test-split scores parsed from its CSV (:func:`class_scores_from_csv`),
+each test film's share of evidence inside the lungs (:func:`lung_evidence_from_csv`),
+the matrix of true class against label at an operating point
+(:func:`confusion_matrix_at`) and its rates (:func:`finding_rates`), the ROC of
+P(any finding) and its marker (:func:`finding_roc`, :func:`roc_marker`), the change
+from the shipped point (:func:`change_from`), the figures by group
+(:func:`group_rows`), what the operating point costs as it moves
+(:func:`trade_curve`) and the split sizes (:func:`split_table`). Where the maps'
+evidence lies, in table rows and words, is :mod:`covid.evaluation.map_checks`.
 
 No Streamlit and no TensorFlow: everything takes and returns plain values.
 """
@@ -29,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from covid.evaluation.evaluate import artefact_paths, score_column
-from covid.model.decision import NORMAL, decide_labels, p_finding
+from covid.evaluation.artefacts import artefact_paths
+from covid.model.classes import NORMAL, index_of, probability_column
+from covid.model.decision import decide_labels, p_finding
 
 SPLIT_ORDER = ("train", "val", "test")
 """The order split sizes are shown in (any other side follows)."""
@@ -57,44 +57,44 @@ class ClassScores:
     ages: np.ndarray | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class Evaluation:
     """The evaluation artefacts beside a model, as far as they could be read.
 
     Attributes:
         summary: The evaluation JSON (metrics, temperature, threshold, curves), or None.
-        scores: The test split's calibrated P(positive) and truth, or None.
+        classes: Every class's test-split scores, or None.
         problems: Plain-words reasons for what is missing or unreadable.
         lung_evidence: Per true class, each test film's share of Grad-CAM
             energy inside the lungs, or None when the scores CSV has none.
-        classes: Every class's scores, for a model with more than two classes
-            (then ``scores`` holds P(any finding) = 1 - P(Normal) and whether a
-            film truly has a finding).
     """
 
-    summary: dict[str, Any] | None
-    scores: tuple[np.ndarray, np.ndarray] | None
-    problems: list[str]
-    lung_evidence: dict[str, np.ndarray] | None = None
-    classes: ClassScores | None = None
+    summary: Mapping[str, Any] | None
+    classes: ClassScores | None
+    problems: tuple[str, ...]
+    lung_evidence: Mapping[str, np.ndarray] | None = None
+
+    @property
+    def scores(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(N,) calibrated P(any finding) and (N,) bool: has a finding; None without scores."""
+        if self.classes is None:
+            return None
+        return (p_finding(self.classes.probs, self.classes.class_names),
+                self.classes.truth != NORMAL)
 
     @property
     def test_prevalence(self) -> float | None:
-        """The positive class's share of the test split, or None without scores."""
-        if self.scores is None:
-            return None
-        return float(self.scores[1].mean())
+        """The share of the test split's films with a finding, or None without scores."""
+        scores = self.scores
+        return None if scores is None else float(scores[1].mean())
 
 
-def read_evaluation(path: str | Path, positive_class: str,
-                    class_names: Sequence[str] | None = None) -> Evaluation:
+def read_evaluation(path: str | Path, class_names: Sequence[str]) -> Evaluation:
     """Reads the evaluation JSON and the test scores CSV beside a model.
 
     Args:
         path: The ``.keras`` model.
-        positive_class: The pathological class, as written in the scores CSV.
-        class_names: The model's classes; with more than two, every class's
-            probability is read (:func:`class_scores_from_csv`).
+        class_names: The model's classes (:func:`class_scores_from_csv`).
 
     Returns:
         What could be read, and why the rest could not (never raises for a
@@ -102,7 +102,7 @@ def read_evaluation(path: str | Path, positive_class: str,
     """
     paths = artefact_paths(path)
     problems: list[str] = []
-    summary = scores = lung_evidence = classes = None
+    summary = lung_evidence = classes = None
     try:
         summary = json.loads(paths["evaluation"].read_text())
         if not isinstance(summary, dict):
@@ -114,18 +114,14 @@ def read_evaluation(path: str | Path, positive_class: str,
         problems.append(f"`{paths['evaluation'].name}` cannot be read ({err}).")
     try:
         text = paths["scores"].read_text()
-        if class_names is not None and len(class_names) > 2:
-            classes = class_scores_from_csv(text, class_names)
-            scores = (p_finding(classes.probs, class_names), classes.truth != NORMAL)
-        else:
-            scores = scores_from_csv(text, positive_class)
+        classes = class_scores_from_csv(text, class_names)
         lung_evidence = lung_evidence_from_csv(text)
     except FileNotFoundError:
         problems.append(f"`{paths['scores'].name}` (per-image test scores) is missing.")
     except (OSError, ValueError) as err:
         problems.append(f"`{paths['scores'].name}` cannot be read ({err}).")
-    return Evaluation(summary=summary, scores=scores, problems=problems,
-                      lung_evidence=lung_evidence, classes=classes)
+    return Evaluation(summary=summary, classes=classes, problems=tuple(problems),
+                      lung_evidence=lung_evidence)
 
 
 def _probability(row: Mapping[str, str], column: str, line: int) -> float:
@@ -137,11 +133,6 @@ def _probability(row: Mapping[str, str], column: str, line: int) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"line {line}: {column} {value} is outside [0, 1]")
     return value
-
-
-def _truth_column(fields: Sequence[str]) -> str:
-    """The column holding each film's true class: ``true``, or ``label`` in older files."""
-    return "true" if "true" in fields else "label"
 
 
 def _rows(text: str, columns: Sequence[str]) -> tuple[list[str], list[dict[str, str]]]:
@@ -157,28 +148,6 @@ def _rows(text: str, columns: Sequence[str]) -> tuple[list[str], list[dict[str, 
     return fields, rows
 
 
-def scores_from_csv(text: str, positive_class: str) -> tuple[np.ndarray, np.ndarray]:
-    """The test split's calibrated scores and truth, from the evaluation's scores CSV.
-
-    Args:
-        text: The CSV (``file,true,...,label,p_covid,...``, the truth in ``true``;
-            older files ``file,label,p_covid,...``, the truth in ``label``).
-        positive_class: The pathological class, as written in the truth column.
-
-    Returns:
-        ``(scores, is_positive)``: (N,) float64 calibrated P(positive) and (N,) bool.
-
-    Raises:
-        ValueError: A column is missing, a score is not a number in [0, 1], or
-            there are no rows.
-    """
-    fields, rows = _rows(text, ("label", "p_covid"))
-    truth = _truth_column(fields)
-    scores = [_probability(row, "p_covid", line) for line, row in enumerate(rows, start=2)]
-    return (np.asarray(scores, dtype=np.float64),
-            np.asarray([row[truth] == positive_class for row in rows], dtype=bool))
-
-
 def _read_only(values: Any, dtype: Any) -> np.ndarray:
     array = np.array(values, dtype=dtype)
     array.flags.writeable = False
@@ -190,7 +159,7 @@ def class_scores_from_csv(text: str, class_names: Sequence[str]) -> ClassScores:
 
     Args:
         text: The CSV with columns ``true`` and one per class
-            (:func:`covid.evaluation.evaluate.score_column`).
+            (:func:`covid.model.classes.probability_column`).
         class_names: The model's C classes, in output order.
 
     Returns:
@@ -201,7 +170,7 @@ def class_scores_from_csv(text: str, class_names: Sequence[str]) -> ClassScores:
         ValueError: A column is missing, a probability is not a number in
             [0, 1], or there are no rows.
     """
-    columns = [score_column(name) for name in class_names]
+    columns = [probability_column(name) for name in class_names]
     fields, rows = _rows(text, ("true", *columns))
     probs = [[_probability(row, column, line) for column in columns]
              for line, row in enumerate(rows, start=2)]
@@ -216,16 +185,15 @@ def lung_evidence_from_csv(text: str) -> dict[str, np.ndarray] | None:
     Args:
         text: The scores CSV; its optional ``lung_evidence`` column holds a share
             in [0, 1] per film (empty where none was measured), grouped by the
-            true class (column ``true``, or ``label`` in older files).
+            true class (column ``true``).
 
     Returns:
         ``{label: (N,) float64 shares}`` in the order the classes first appear,
         or None when the column is absent or holds no usable value.
     """
     reader = csv.DictReader(io.StringIO(text))
-    if "lung_evidence" not in (reader.fieldnames or ()):
+    if not {"lung_evidence", "true"} <= set(reader.fieldnames or ()):
         return None
-    truth_column = _truth_column(reader.fieldnames or ())
     groups: dict[str, list[float]] = {}
     for row in reader:
         try:
@@ -233,40 +201,16 @@ def lung_evidence_from_csv(text: str) -> dict[str, np.ndarray] | None:
         except ValueError:
             continue
         if 0.0 <= share <= 1.0:  # False for NaN
-            groups.setdefault(row.get(truth_column) or "?", []).append(share)
+            groups.setdefault(row.get("true") or "?", []).append(share)
     return {k: np.asarray(v, dtype=np.float64) for k, v in groups.items()} or None
-
-
-def confusion_at(
-    point: Mapping[str, Any], class_names: Sequence[str], positive_class: str
-) -> np.ndarray:
-    """The 2 x 2 confusion matrix of an operating point, in class order.
-
-    Args:
-        point: From :func:`covid.evaluation.metrics.operating_point` (``tp, fn, fp, tn``).
-        class_names: The two class names, in output order.
-        positive_class: The pathological class.
-
-    Returns:
-        (2, 2) int counts; rows are the truth, columns the prediction, both in
-        ``class_names`` order (as :func:`covid.evaluation.plots.confusion_figure` expects).
-
-    Raises:
-        ValueError: There are not exactly two classes.
-    """
-    if len(class_names) != 2:
-        raise ValueError(f"expected two classes, got {len(class_names)}")
-    matrix = np.array([[point["tp"], point["fn"]], [point["fp"], point["tn"]]], dtype=np.int64)
-    if list(class_names).index(positive_class) == 1:
-        matrix = matrix[::-1, ::-1]
-    return matrix
 
 
 def roc_marker(point: Mapping[str, Any] | None) -> tuple[float, float] | None:
     """Where an operating point sits on the ROC curve: (false-positive rate, sensitivity).
 
     Args:
-        point: From :func:`covid.evaluation.metrics.operating_point`, or None.
+        point: From :func:`covid.evaluation.metrics.operating_point` (positive: any
+            finding), or None.
 
     Returns:
         The (x, y) marker, or None when there is no point or a rate is undefined.
@@ -358,7 +302,7 @@ def finding_rates(confusion: Confusion) -> FindingRates:
     Returns:
         The rates (``sent_home`` read-only).
     """
-    home = confusion.matrix[:, confusion.labels.index(NORMAL)]
+    home = confusion.matrix[:, index_of(confusion.labels, NORMAL)]
     films = confusion.matrix.sum(axis=1)
     finding = np.asarray(confusion.true_names) != NORMAL
     return FindingRates(
@@ -373,8 +317,7 @@ def finding_roc(summary: Mapping[str, Any]
     """The ROC of the thresholded probability, P(any finding), from the evaluation JSON.
 
     Args:
-        summary: With ``curves.roc_finding`` and ``metrics.auc_finding`` (older
-            files: ``curves.roc``, ``metrics.auc`` and ``metrics.auc_ci95``).
+        summary: With ``curves.roc_finding`` and ``metrics.auc_finding``.
 
     Returns:
         ``(curve, auc, ci95)``: read-only ``{"fpr", "tpr"}`` (K,) tuples, the AUC, its CI.
@@ -382,12 +325,8 @@ def finding_roc(summary: Mapping[str, Any]
     Raises:
         KeyError, TypeError, ValueError: The evaluation JSON is not as expected.
     """
-    metrics, curves = summary["metrics"], summary["curves"]
-    if "roc" in curves:
-        curve, auc, ci = curves["roc"], metrics["auc"], metrics["auc_ci95"]
-    else:
-        finding = metrics["auc_finding"]
-        curve, auc, ci = curves["roc_finding"], finding["auc"], finding["ci95"]
+    finding, curve = summary["metrics"]["auc_finding"], summary["curves"]["roc_finding"]
+    auc, ci = finding["auc"], finding["ci95"]
     points = {key: tuple(float(v) for v in curve[key]) for key in ("fpr", "tpr")}
     return MappingProxyType(points), float(auc), (float(ci[0]), float(ci[1]))
 
@@ -436,7 +375,7 @@ def trade_curve(scores: ClassScores, thresholds: Sequence[float] | np.ndarray) -
         labels it Normal, as everywhere else.
     """
     thresholds = np.asarray(thresholds, np.float64).reshape(-1)
-    normal = scores.class_names.index(NORMAL)
+    normal = index_of(scores.class_names, NORMAL)
     home = np.stack([decide_labels(scores.probs, scores.class_names, t) == normal
                      for t in thresholds]).reshape(len(thresholds), len(scores.truth))
     normals = scores.truth == NORMAL

@@ -398,26 +398,16 @@ def test_a_failing_map_only_hides_its_own_panel(make_app, meta, monkeypatch):
 
 @pytest.fixture(scope="module")
 def evaluated_model(tiny_model_file, tmp_path_factory) -> Path:
-    """A copy of the tiny model with evaluation artefacts made on tiny random data."""
-    from covid.evaluation.evaluate import Options, evaluate
+    """A copy of the tiny model with evaluation artefacts made on tiny random films."""
+    from covid.evaluation.evaluate import evaluate
+    from covid.evaluation.scoring import Options
+    from tests.films import three_class_split
 
     root = tmp_path_factory.mktemp("evaluated")
-    rng = np.random.default_rng(0)
-    files = {"train": [], "val": [], "test": []}
-    for side in ("val", "test"):
-        for name in ("COVID", "Normal"):
-            for i in range(8):
-                rel = f"{name}/{side}-{i}.png"
-                (root / "data" / name).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(rng.integers(0, 255, (70, 70), dtype=np.uint8)).save(
-                    root / "data" / rel)
-                files[side].append(rel)
+    split = three_class_split(root)
     model = root / "m" / "tiny.keras"
-    model.parent.mkdir()
     shutil.copyfile(tiny_model_file, model)
     shutil.copyfile(Path(tiny_model_file).with_suffix(".json"), model.with_suffix(".json"))
-    split = root / "m" / "split.json"
-    split.write_text(json.dumps({"root": str(root / "data"), "files": files}))
     evaluate(model, Options(split, cache_dir=root / "cache"))
     return model
 
@@ -427,15 +417,15 @@ def _metric(at: AppTest, label: str) -> str:
 
 
 def test_model_page_shows_card_charts_operating_point_and_map_checks(serve, evaluated_model):
-    from covid.model.figure_names import figure_name
-    from covid.evaluation.evaluate import artefact_paths
     from covid.evaluation.metrics import operating_point
-    from covid.evaluation.results import scores_from_csv
+    from covid.evaluation.results import read_evaluation
+    from covid.model.figure_names import figure_name
 
     meta = read_metadata(evaluated_model)
     at = open_model_page(serve(evaluated_model).run())
     assert [h.value for h in at.header] == [
-        "Model card", "Operating point", "Test-split charts", "Evidence inside the lungs"]
+        "Model card", "Operating point", "Test-split charts", "By source and age",
+        "Evidence inside the lungs"]
     text = _texts(at)
     assert "DeGrave" in text and "shortcut" in text.lower()
     assert "Not for clinical use" in text and meta.trained_on in text
@@ -443,7 +433,7 @@ def test_model_page_shows_card_charts_operating_point_and_map_checks(serve, eval
 
     slider = at.slider(key="op_threshold")
     assert slider.value == pytest.approx(meta.threshold)
-    scores, truth = scores_from_csv(artefact_paths(evaluated_model)["scores"].read_text(), "COVID")
+    scores, truth = read_evaluation(evaluated_model, meta.class_names).scores  # P(any finding)
     prevalence = at.number_input(key="op_prevalence")
     assert prevalence.value == pytest.approx(100 * truth.mean(), abs=0.05)
     expected = operating_point(scores, truth, meta.threshold, prevalence=prevalence.value / 100)
@@ -458,8 +448,8 @@ def test_model_page_shows_card_charts_operating_point_and_map_checks(serve, eval
     assert not at.exception
     assert _metric(at, figure_name("admitted_findings")) == "100.0%"
     assert _metric(at, figure_name("specificity")) == "0.0%"
-    # ROC, confusion matrix, reliability (and the lung share histogram when measured)
-    assert len(at.image) == 3 + _has_lung_evidence(at)
+    # the trade, ROC, confusion matrix, reliability (and the lung share histogram when measured)
+    assert len(at.image) == 4 + _has_lung_evidence(at)
     assert "Not measured yet" in _texts(at)  # no radiologists' masks for these films
 
 
@@ -483,9 +473,10 @@ def test_model_page_without_lung_figures_says_they_were_not_measured(
 ):
     import csv
 
-    from covid.evaluation.evaluate import artefact_paths, ship
+    from covid.evaluation.artefacts import artefact_paths
+    from covid.evaluation.ship import ship
 
-    copy = tmp_path / "copy.keras"  # as the v1 files: no lung column, no localisation
+    copy = tmp_path / "copy.keras"  # no lung column, no localisation
     ship(evaluated_model, copy)
     scores = artefact_paths(copy)["scores"]
     rows = list(csv.DictReader(io.StringIO(scores.read_text())))
@@ -506,7 +497,7 @@ def test_model_page_without_lung_figures_says_they_were_not_measured(
     text = _texts(at)
     assert "how its Grad-CAM maps sit against radiologists' lung and infection masks" in text
     assert "hold no `lung_evidence` column" in text
-    assert len(at.image) == 3  # no share histogram
+    assert len(at.image) == 4  # no share histogram
 
 
 def test_model_page_shows_the_lung_share_per_class_and_the_localisation_figures(
@@ -514,18 +505,19 @@ def test_model_page_shows_the_lung_share_per_class_and_the_localisation_figures(
 ):
     import csv
 
-    from covid.evaluation.evaluate import artefact_paths, ship
+    from covid.evaluation.artefacts import artefact_paths
+    from covid.evaluation.ship import ship
 
     copy = tmp_path / "copy.keras"
     ship(evaluated_model, copy)
     scores = artefact_paths(copy)["scores"]
     rows = list(csv.DictReader(io.StringIO(scores.read_text())))
-    shares = {"COVID": [0.2, 0.7], "Normal": [0.9, 0.45]}
+    shares = {"COVID": [0.2, 0.7], "Other pneumonia": [0.2, 0.7], "Normal": [0.9, 0.45]}
     with open(scores, "w", newline="") as handle:
         writer = csv.DictWriter(handle, [*rows[0], "lung_evidence"])
         writer.writeheader()
         for i, row in enumerate(rows):
-            writer.writerow({**row, "lung_evidence": shares[row.get("true", row["label"])][i % 2]})
+            writer.writerow({**row, "lung_evidence": shares[row["true"]][i % 2]})
     raw = json.loads(copy.with_suffix(".json").read_text())
     raw["metrics"]["localisation"] = {
         "n": 12, "n_with_infection": 11, "energy_in_lungs": 0.72,
@@ -545,10 +537,10 @@ def test_model_page_shows_the_lung_share_per_class_and_the_localisation_figures(
     assert figures["model"].tolist() == pytest.approx([72.0, 93.0, 55.0])
     assert figures["uniform map"].tolist() == pytest.approx([27.0, 27.0, 8.0])
     per_class = at.dataframe[-1].value
-    assert per_class["class"].tolist() == ["True COVID", "True Normal"]
-    assert per_class["films"].tolist() == [8, 8]
-    assert per_class["below caution"].tolist() == pytest.approx([50.0, 50.0])
-    assert len(at.image) == 4  # ROC, confusion, reliability and the share histogram
+    assert per_class["class"].tolist() == ["True COVID", "True Other pneumonia", "True Normal"]
+    assert per_class["films"].tolist() == [4, 12, 4]  # four films from each of five sources
+    assert per_class["below caution"].tolist() == pytest.approx([50.0, 50.0, 50.0])
+    assert len(at.image) == 5  # the trade, ROC, confusion, reliability and the share histogram
 
 
 def _label_and_triage(at: AppTest) -> tuple[str, str]:

@@ -17,11 +17,9 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from covid.model.figure_names import figure_name
-from covid.model.network import read_metadata, save_with_metadata
-from covid.training.catalogue import CLASS_NAMES, SOURCES
+from covid.evaluation.artefacts import artefact_paths
 from covid.evaluation.comparison import comparison_rows
-from covid.evaluation.evaluate import Options, artefact_paths, evaluate
+from covid.evaluation.evaluate import evaluate
 from covid.evaluation.results import (
     class_scores_from_csv,
     confusion_matrix_at,
@@ -29,6 +27,10 @@ from covid.evaluation.results import (
     lung_evidence_from_csv,
     trade_curve,
 )
+from covid.evaluation.scoring import Options
+from covid.model.figure_names import figure_name
+from covid.model.network import read_metadata, save_with_metadata
+from covid.training.catalogue import CLASS_NAMES, SOURCES
 from tests.app.pages import open_model_page
 from tests.films import three_class_split
 
@@ -143,7 +145,7 @@ def test_the_page_shows_three_classes_at_the_live_operating_point(serve, three_c
 
 def test_a_scores_file_without_the_true_class_is_explained(serve, three_class_model,
                                                            tmp_path):
-    from covid.evaluation.evaluate import ship
+    from covid.evaluation.ship import ship
 
     copy = tmp_path / "old.keras"
     ship(three_class_model, copy)

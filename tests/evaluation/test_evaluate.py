@@ -3,14 +3,11 @@ import json
 import numpy as np
 import pytest
 
-from covid.evaluation.evaluate import (
-    Options,
-    artefact_paths,
-    evaluate,
-    score_column,
-    ship,
-    split_side,
-)
+from covid.evaluation import cli
+from covid.evaluation.artefacts import artefact_paths
+from covid.evaluation.evaluate import evaluate
+from covid.evaluation.scoring import Options, split_side
+from covid.evaluation.ship import set_gradcam_layer, ship
 from covid.model.network import load_model, read_metadata, save_with_metadata
 from covid.training.catalogue import CLASS_NAMES, SOURCES
 from tests.films import three_class_split
@@ -23,10 +20,16 @@ def _three_class_model(tmp_path, tiny_cnn_factory, tiny_metadata):
     return path
 
 
-def test_a_two_class_split_record_reads_as_catalogue(tmp_path):
-    record = {"root": str(tmp_path), "files": {"test": ["COVID/a.jpg", "Normal/b.jpg"]}}
-    films = split_side(record, "test")
-    assert films.labels.tolist() == [0, 2]
+def test_a_split_record_from_another_machine_reads_from_the_shared_data(tmp_path,
+                                                                        monkeypatch):
+    record = json.loads(three_class_split(tmp_path).read_text())
+    monkeypatch.setenv("COVID_DATA_DIR", str(tmp_path / "data"))
+    here = split_side(record, "test")
+    record["root"] = "/elsewhere/data"  # absent on this machine
+    moved = split_side(record, "test")
+    assert moved.root == here.root == tmp_path / "data"
+    assert moved.names == here.names and moved.labels.tolist() == here.labels.tolist()
+    assert all(path.is_file() for path in moved.paths)
 
 
 @pytest.mark.slow
@@ -45,7 +48,8 @@ def test_evaluate_writes_three_class_figures(tmp_path, tiny_cnn_factory, tiny_me
     assert set(metrics["auc_per_class"]) == set(CLASS_NAMES)
     assert any(k.endswith("/ Other pneumonia") for k in metrics["by_source"])
     previous = metrics["comparison"]["previous"]
-    assert previous["n"] == films and "Other pneumonia" not in previous["auc_per_class"]
+    assert previous["n"] == films  # the previous model's AUCs are those of its own classes
+    assert set(previous["auc_per_class"]) == set(read_metadata(tiny_model_file).class_names)
     paths = artefact_paths(model)
     for key in ("split", "scores", "evaluation", "roc_png", "reliability_png"):
         assert paths[key].exists(), key
@@ -62,7 +66,6 @@ def test_evaluate_writes_three_class_figures(tmp_path, tiny_cnn_factory, tiny_me
 @pytest.mark.slow
 def test_the_gate_refuses_an_unproven_model_and_ship_carries_its_ood_statistics(
         tmp_path, tiny_cnn_factory, tiny_metadata, tiny_model_file):
-    from covid.evaluation import evaluate as evaluate_cli
     from covid.evaluation import ood_fit
     from covid.model.ood_stats import ood_path, read_model_stats
 
@@ -72,7 +75,7 @@ def test_the_gate_refuses_an_unproven_model_and_ship_carries_its_ood_statistics(
                          "--max-flag-rate", "0.25"]) == 0
     target = tmp_path / "shipped" / "covid.keras"
     with pytest.raises(SystemExit) as refused:
-        evaluate_cli.main(["--model", str(model), "--split", str(split), "--masks",
+        cli.main(["--model", str(model), "--split", str(split), "--masks",
                            str(tmp_path / "no-masks"), "--ship", str(target)])
     assert refused.value.code == 1 and not target.exists()
     meta = read_metadata(model)
@@ -91,8 +94,6 @@ def test_the_gate_refuses_an_unproven_model_and_ship_carries_its_ood_statistics(
 
 def test_layer_records_an_existing_layer_and_refuses_a_typo(tmp_path, tiny_cnn_factory,
                                                             tiny_metadata):
-    from covid.evaluation.evaluate import set_gradcam_layer
-
     model = _three_class_model(tmp_path, tiny_cnn_factory, tiny_metadata)
     set_gradcam_layer(model, "conv1")
     assert read_metadata(model).gradcam_layer == "conv1"
@@ -102,6 +103,17 @@ def test_layer_records_an_existing_layer_and_refuses_a_typo(tmp_path, tiny_cnn_f
     assert read_metadata(model).gradcam_layer == "conv1"
 
 
-def test_score_column_is_the_class_in_lower_case_with_underscores():
-    assert [score_column(n) for n in ("COVID", "Other pneumonia", "Normal")] == [
-        "p_covid", "p_other_pneumonia", "p_normal"]
+def test_val_only_tries_a_layer_and_writes_nothing(tmp_path, tiny_cnn_factory, tiny_metadata,
+                                                    capsys):
+    model = _three_class_model(tmp_path, tiny_cnn_factory, tiny_metadata)
+    split = three_class_split(tmp_path, per_source=2)
+    before = {p: p.read_bytes() for p in model.parent.iterdir()}
+    args = ["--model", str(model), "--split", str(split), "--masks", str(tmp_path / "none"),
+            "--cache-dir", str(tmp_path / "cache"), "--val-only"]
+    cli.main([*args, "--layer", "conv1"])
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["n"] == 2 * len(SOURCES) and "specificity" in figures
+    with pytest.raises(SystemExit, match="no layer named 'conv9'"):
+        cli.main([*args, "--layer", "conv9"])
+    assert {p: p.read_bytes() for p in model.parent.iterdir()} == before  # nothing written
+    assert read_metadata(model).gradcam_layer == tiny_metadata.gradcam_layer != "conv1"

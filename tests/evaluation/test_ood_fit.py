@@ -111,9 +111,10 @@ def test_real_sized_statistics_stay_small(tmp_path):
 
 
 def _tiny_model_file(directory: Path, tiny_cnn_factory) -> Path:
+    from covid.model.classes import CLASS_NAMES
     from covid.model.network import ModelMetadata, save_with_metadata
 
-    metadata = ModelMetadata(name="tiny", version="test", class_names=["COVID", "Normal"],
+    metadata = ModelMetadata(name="tiny", version="test", class_names=list(CLASS_NAMES),
                              input_size=32, input_mode="full", gradcam_layer="last_conv")
     path = directory / "tiny.keras"
     save_with_metadata(tiny_cnn_factory(), metadata, path)

@@ -1,19 +1,18 @@
-"""Reading the evaluation back for the model page: scores, confusion, splits, each film's
-share of evidence inside the lungs; for three classes, every class's scores, the matrix
-at any operating point, admit against home, and the figures by group."""
+"""Reading the evaluation back for the model page: every class's scores, the matrix at any
+operating point, admit against home, splits, each film's share of evidence inside the
+lungs, and the figures by group."""
 
 import json
 
 import numpy as np
 import pytest
 
-from covid.evaluation.evaluate import artefact_paths
+from covid.evaluation.artefacts import artefact_paths
 from covid.evaluation.metrics import operating_point
 from covid.evaluation.plots import class_roc_figure, confusion_figure, trade_figure
 from covid.evaluation.results import (
     change_from,
     class_scores_from_csv,
-    confusion_at,
     confusion_matrix_at,
     finding_rates,
     finding_roc,
@@ -21,45 +20,16 @@ from covid.evaluation.results import (
     lung_evidence_from_csv,
     read_evaluation,
     roc_marker,
-    scores_from_csv,
     split_table,
     trade_curve,
     trade_thresholds,
 )
 from covid.model.decision import decide_labels, p_finding
 
-SCORES = ("file,label,p_covid,logit_covid,logit_normal\r\n"
-          "COVID/1.png,COVID,0.900000,1,0\r\nNormal/2.png,Normal,0.250000,0,1\r\n"
-          "Normal/3.png,Normal,0.100000,0,1\r\nNormal/4.png,Normal,0.050000,0,1\r\n")
-
-
-def test_scores_from_csv_reads_the_evaluation_file():
-    text = ("file,label,p_covid,logit_covid,logit_normal\r\n"
-            "COVID/1.png,COVID,0.900000,1,0\r\nNormal/2.png,Normal,0.250000,0,1\r\n")
-    scores, truth = scores_from_csv(text, "COVID")
-    assert scores.tolist() == [0.9, 0.25] and truth.tolist() == [True, False]
-
-
-@pytest.mark.parametrize("text, message", [
-    ("file,label\r\nx,COVID\r\n", "p_covid"),
-    ("file,label,p_covid\r\nx,COVID,high\r\n", "not a number"),
-    ("file,label,p_covid\r\nx,COVID,1.5\r\n", "outside"),
-    ("file,label,p_covid\r\n", "no rows"),
-])
-def test_scores_from_csv_refuses_malformed_files(text, message):
-    with pytest.raises(ValueError, match=message):
-        scores_from_csv(text, "COVID")
-
-
-@pytest.mark.parametrize("class_names", [["COVID", "Normal"], ["Normal", "COVID"]])
-def test_confusion_at_puts_truth_in_rows_in_class_order(class_names):
-    scores = np.array([0.9, 0.8, 0.3, 0.7, 0.1, 0.2])
-    truth = np.array([True, True, True, False, False, False])
-    point = operating_point(scores, truth, 0.5)  # tp 2, fn 1, fp 1, tn 2
-    matrix = confusion_at(point, class_names, "COVID")
-    covid, normal = class_names.index("COVID"), class_names.index("Normal")
-    assert matrix[covid, covid] == 2 and matrix[covid, normal] == 1
-    assert matrix[normal, covid] == 1 and matrix[normal, normal] == 2
+CLASSES = ["COVID", "Other pneumonia", "Normal"]
+SCORES = ("file,true,label,p_covid,p_other_pneumonia,p_normal\r\n"
+          "COVID/1.png,COVID,COVID,0.9,0.05,0.05\r\nNormal/2.png,Normal,COVID,0.25,0,0.75\r\n"
+          "Normal/3.png,Normal,Normal,0.1,0,0.9\r\nNormal/4.png,Normal,Normal,0.05,0,0.95\r\n")
 
 
 def test_read_evaluation_reads_both_artefacts(tmp_path):
@@ -67,24 +37,24 @@ def test_read_evaluation_reads_both_artefacts(tmp_path):
     paths = artefact_paths(model)
     paths["evaluation"].write_text(json.dumps({"metrics": {"auc": 0.9}}))
     paths["scores"].write_text(SCORES)
-    evaluation = read_evaluation(model, "COVID")
-    assert evaluation.problems == [] and evaluation.summary == {"metrics": {"auc": 0.9}}
-    scores, truth = evaluation.scores
-    assert scores.tolist() == [0.9, 0.25, 0.1, 0.05] and truth.sum() == 1
+    evaluation = read_evaluation(model, CLASSES)
+    assert evaluation.problems == () and evaluation.summary == {"metrics": {"auc": 0.9}}
+    scores, truth = evaluation.scores  # P(any finding), and whether a film has one
+    assert scores.tolist() == pytest.approx([0.95, 0.25, 0.1, 0.05]) and truth.sum() == 1
     assert evaluation.test_prevalence == pytest.approx(0.25)
 
 
 def test_read_evaluation_says_what_is_missing_or_unreadable(tmp_path):
     model = tmp_path / "m.keras"
-    missing = read_evaluation(model, "COVID")
+    missing = read_evaluation(model, CLASSES)
     assert missing.summary is None and missing.scores is None
     assert missing.test_prevalence is None
-    assert missing.problems == ["`m.evaluation.json` (metrics and curves) is missing.",
-                                "`m.test_scores.csv` (per-image test scores) is missing."]
+    assert missing.problems == ("`m.evaluation.json` (metrics and curves) is missing.",
+                                "`m.test_scores.csv` (per-image test scores) is missing.")
     paths = artefact_paths(model)
     paths["evaluation"].write_text("[1, 2]")
     paths["scores"].write_text("file,label\r\n")
-    broken = read_evaluation(model, "COVID")
+    broken = read_evaluation(model, CLASSES)
     assert broken.summary is None and broken.scores is None
     assert "cannot be read (it is not a JSON object)" in broken.problems[0]
     assert "cannot be read" in broken.problems[1] and "p_covid" in broken.problems[1]
@@ -112,36 +82,35 @@ def test_split_table_orders_sides_and_totals_them():
 
 
 SCORES_WITH_LUNGS = (
-    "file,label,p_covid,logit_covid,logit_normal,lung_evidence\r\n"
-    "COVID/1.png,COVID,0.9,1,0,0.8\r\nNormal/2.png,Normal,0.25,0,1,0.3\r\n"
-    "COVID/3.png,COVID,0.7,1,0,0.4\r\nNormal/4.png,Normal,0.05,0,1,\r\n"
-    "Normal/5.png,Normal,0.1,0,1,0.9\r\n"
+    "file,true,p_covid,p_other_pneumonia,p_normal,lung_evidence\r\n"
+    "COVID/1.png,COVID,0.9,0,0.1,0.8\r\nNormal/2.png,Normal,0.25,0,0.75,0.3\r\n"
+    "COVID/3.png,COVID,0.7,0,0.3,0.4\r\nNormal/4.png,Normal,0.05,0,0.95,\r\n"
+    "Normal/5.png,Normal,0.1,0,0.9,0.9\r\n"
 )
 
 
-def test_lung_evidence_is_read_per_class_and_absent_in_older_files():
+def test_lung_evidence_is_read_per_class_and_absent_where_not_measured():
     groups = lung_evidence_from_csv(SCORES_WITH_LUNGS)
     assert list(groups) == ["COVID", "Normal"]
     assert groups["COVID"].tolist() == [0.8, 0.4]
     assert groups["Normal"].tolist() == [0.3, 0.9]  # the empty value is left out
-    assert lung_evidence_from_csv(SCORES) is None  # the v1 files have no such column
-    assert lung_evidence_from_csv("file,label,p_covid,lung_evidence\r\nx,COVID,0.5,\r\n") is None
+    assert lung_evidence_from_csv(SCORES) is None  # no such column
+    assert lung_evidence_from_csv("file,true,p_covid,lung_evidence\r\nx,COVID,0.5,\r\n") is None
 
 
 def test_read_evaluation_carries_the_lung_evidence(tmp_path):
     model = tmp_path / "m.keras"
     paths = artefact_paths(model)
     paths["scores"].write_text(SCORES_WITH_LUNGS)
-    evaluation = read_evaluation(model, "COVID")
+    evaluation = read_evaluation(model, CLASSES)
     assert evaluation.lung_evidence["COVID"].tolist() == [0.8, 0.4]
-    assert evaluation.scores[0].tolist() == [0.9, 0.25, 0.7, 0.05, 0.1]
+    assert evaluation.scores[0].tolist() == pytest.approx([0.9, 0.25, 0.7, 0.05, 0.1])
     paths["scores"].write_text(SCORES)
-    assert read_evaluation(model, "COVID").lung_evidence is None
+    assert read_evaluation(model, CLASSES).lung_evidence is None
 
 
 # ------------------------------------------------------------------ three classes
 
-CLASSES = ["COVID", "Other pneumonia", "Normal"]
 SCORES3 = (  # as covid.evaluation.evaluate writes it: ``label`` is the decided label
     "file,true,source,age,label,p_covid,p_other_pneumonia,p_normal,lung_evidence\r\n"
     "a.png,COVID,s1,adult,COVID,0.7,0.2,0.1,0.5\r\n"
@@ -173,10 +142,10 @@ def test_class_scores_refuse_malformed_files(text, message):
         class_scores_from_csv(text, CLASSES)
 
 
-def test_the_truth_is_the_true_column_where_there_is_one():
-    scores, truth = scores_from_csv(SCORES3, "COVID")
-    assert scores.tolist() == [0.7, 0.2, 0.1, 0.35, 0.1, 0.5]
-    assert truth.tolist() == [True, True, False, False, False, False]  # not the decided label
+def test_the_truth_is_the_true_column_not_the_decided_label():
+    scores = class_scores_from_csv(SCORES3, CLASSES)
+    assert scores.truth.tolist() == ["COVID", "COVID", "Other pneumonia", "Other pneumonia",
+                                     "Normal", "Normal"]
     groups = lung_evidence_from_csv(SCORES3)
     assert groups["COVID"].tolist() == [0.5] and groups["Other pneumonia"].tolist() == [0.4, 0.9]
     assert groups["Normal"].tolist() == [0.2]
@@ -234,30 +203,27 @@ def test_finding_rates_are_admit_against_home():
 def test_read_evaluation_reads_every_class_of_a_three_class_model(tmp_path):
     model = tmp_path / "m.keras"
     artefact_paths(model)["scores"].write_text(SCORES3)
-    evaluation = read_evaluation(model, "COVID", CLASSES)
-    assert evaluation.problems == [  # the JSON is not needed for the scores
-        "`m.evaluation.json` (metrics and curves) is missing."]
+    evaluation = read_evaluation(model, CLASSES)
+    assert evaluation.problems == (  # the JSON is not needed for the scores
+        "`m.evaluation.json` (metrics and curves) is missing.",)
     assert evaluation.classes.probs.shape == (6, 3)
     scores, truth = evaluation.scores  # what the operating point thresholds: P(any finding)
     assert scores.tolist() == pytest.approx([0.9, 0.3, 0.7, 0.65, 0.2, 0.7])
     assert truth.tolist() == [True, True, True, True, False, False]
     assert evaluation.test_prevalence == pytest.approx(4 / 6)
-    assert read_evaluation(model, "COVID").classes is None  # two classes: as before
-    artefact_paths(model)["scores"].write_text(SCORES)  # an older file: no true class
-    old = read_evaluation(model, "COVID", CLASSES)
+    artefact_paths(model)["scores"].write_text(SCORES.replace(",true,", ",truth,"))
+    old = read_evaluation(model, CLASSES)
     assert old.scores is None and old.classes is None
     assert "cannot be read" in old.problems[-1] and "true" in old.problems[-1]
 
 
-def test_finding_roc_reads_both_evaluation_formats():
+def test_finding_roc_reads_the_evaluation_json():
     curve = {"fpr": [0, 0.5, 1], "tpr": [0, 0.9, 1], "thresholds": [1, 0.5, 0]}
-    older = {"metrics": {"auc": 0.9, "auc_ci95": [0.8, 0.95]}, "curves": {"roc": curve}}
-    newer = {"metrics": {"auc_finding": {"auc": 0.9, "ci95": [0.8, 0.95]}},
-             "curves": {"roc_finding": curve}}
-    for summary in (older, newer):
-        points, auc, ci = finding_roc(summary)
-        assert points["fpr"] == (0.0, 0.5, 1.0) and points["tpr"] == (0.0, 0.9, 1.0)
-        assert (auc, ci) == (0.9, (0.8, 0.95))
+    summary = {"metrics": {"auc_finding": {"auc": 0.9, "ci95": [0.8, 0.95]}},
+               "curves": {"roc_finding": curve}}
+    points, auc, ci = finding_roc(summary)
+    assert points["fpr"] == (0.0, 0.5, 1.0) and points["tpr"] == (0.0, 0.9, 1.0)
+    assert (auc, ci) == (0.9, (0.8, 0.95))
     with pytest.raises(KeyError):
         finding_roc({"metrics": {}, "curves": {}})
 

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from covid.evaluation.artefacts import artefact_paths
+from covid.evaluation.scoring import split_side
 from covid.inputs.preprocess import FOCUS_MODES
+from covid.model.classes import probability_column
 from covid.model.network import DEFAULT_MODEL_PATH, file_sha256, read_metadata
 from covid.screening.pipeline import analyse
 from covid.training.catalogue import CLASS_NAMES
-from covid.evaluation.evaluate import artefact_paths, score_column, split_side
 
 pytestmark = pytest.mark.skipif(
     not DEFAULT_MODEL_PATH.exists(), reason=f"no shipped model at {DEFAULT_MODEL_PATH}"
@@ -48,7 +50,7 @@ def test_serving_reproduces_the_evaluation_on_real_xrays(shipped_models, shared_
     split = json.loads(artefact_paths(DEFAULT_MODEL_PATH)["split"].read_text())
     films, evaluated = split_side(split, "test"), _evaluation_rows()
     meta = shipped_models.classifier.metadata
-    columns = [score_column(name) for name in meta.class_names]
+    columns = [probability_column(name) for name in meta.class_names]
     p_covid = {}
     for name in [n for n in CLASS_NAMES if n in meta.class_names]:
         chosen = np.flatnonzero(films.labels == CLASS_NAMES.index(name))[:20]

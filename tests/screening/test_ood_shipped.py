@@ -19,9 +19,10 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 from pydicom.data import get_testdata_file
 
+from covid.evaluation.artefacts import artefact_paths
+from covid.evaluation.scoring import split_side
 from covid.model.network import DEFAULT_MODEL_PATH, read_metadata
 from covid.screening.pipeline import analyse
-from covid.evaluation.evaluate import artefact_paths, split_side
 
 
 def _has_ood_stats() -> bool:
