@@ -46,6 +46,7 @@ from streamlit.runtime.scriptrunner import script_runner
 if TYPE_CHECKING:
     from covid.explain.batching import BatchingClassifier
     from covid.model.lungs import LungSegmenter
+    from covid.model.opacity import OpacitySegmenter
     from covid.screening.ood import OODDetector
 
 LOG = logging.getLogger(__name__)
@@ -322,6 +323,39 @@ def segmenter_for(classifier: BatchingClassifier) -> LungSegmenter | None:
     return segmenter
 
 
+@st.cache_resource(show_spinner=False, max_entries=2)
+def load_opacity_segmenter(path: str, stamp: tuple[int, int]) -> OpacitySegmenter | None:
+    """Loads and verifies the opacity segmenter once per process (None: no such file).
+
+    Raises:
+        ModelFileError: The file is there but its metadata is missing, or the SHA-256 differs.
+    """
+    del stamp  # part of the cache key only
+    from covid.screening.engine import load_opacity
+
+    segmenter = load_opacity(path)
+    if segmenter is not None:
+        segmenter.warm_up()  # a small graph: traced now, before the first film
+    return segmenter
+
+
+def opacity_for(lungs: LungSegmenter | None) -> OpacitySegmenter | None:
+    """The cached opacity segmenter (``$COVID_OPACITY_MODEL_PATH``, else the shipped one).
+
+    None without a lung segmenter (it outlines opacities inside the lungs found)
+    or without its file: then no film gets opacity figures.
+
+    Raises:
+        ModelFileError: The file is altered.
+    """
+    from covid.settings import settings
+
+    if lungs is None:
+        return None
+    path = settings().opacity_model_path
+    return load_opacity_segmenter(str(path), file_stamp(path))
+
+
 def warm_up_when_idle(classifier: BatchingClassifier) -> None:
     """Starts the classifier's background warm-up, once per process, with every model loaded.
 
@@ -345,7 +379,7 @@ def preload() -> None:
 
         try:
             classifier, _ = load_model(model_path())
-            segmenter_for(classifier)
+            opacity_for(segmenter_for(classifier))
         except ModelFileError as err:
             LOG.warning("the models were not preloaded: %s", err)
             return

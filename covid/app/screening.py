@@ -8,6 +8,7 @@ force (:mod:`covid.screening.studies`); the study view is :mod:`covid.app.study`
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -26,12 +27,19 @@ from covid.app.common import (
 )
 from covid.app.navigation import MODEL, SCREENING, go_to
 from covid.app.pacs_ui import pacs_source_ui, send_all_ui
-from covid.app.resources import lung_model_path, model_path, segmenter_for, warm_up_when_idle
+from covid.app.resources import (
+    lung_model_path,
+    model_path,
+    opacity_for,
+    segmenter_for,
+    warm_up_when_idle,
+)
 from covid.app.study import safe_detail_ui
 from covid.explain.overlay import colormap_names
 from covid.model.decision import finding_name
 from covid.model.figure_names import figure_name
 from covid.model.network import ModelFileError, ModelMetadata
+from covid.screening.pipeline import analyse
 from covid.screening.studies import (
     DEFAULT_COLORMAP,
     DEFAULT_OPACITY,
@@ -52,6 +60,8 @@ from covid.screening.table import (
     FLAG,
     LABEL,
     LUNGS,
+    OPACITY,
+    OPACITY_SCORE,
     TRIAGE,
     by_column,
     csv_bytes,
@@ -65,6 +75,7 @@ from covid.screening.table import (
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
     from covid.model.lungs import LungSegmenter
+    from covid.model.opacity import OpacitySegmenter
     from covid.screening.ood import OODGate
 
 LOG = logging.getLogger(__name__)
@@ -122,7 +133,8 @@ def settings_in_force(lungs: bool) -> DisplaySettings:
     )
 
 
-def controls_ui(class_names: Sequence[str], lungs: bool = True) -> DisplaySettings:
+def controls_ui(class_names: Sequence[str], lungs: bool = True,
+                opacities: bool = False) -> DisplaySettings:
     """The explanation controls, in the sidebar (kept across page switches).
 
     A change reruns only the results fragment (:func:`results_fragment`), except
@@ -131,6 +143,7 @@ def controls_ui(class_names: Sequence[str], lungs: bool = True) -> DisplaySettin
     Args:
         class_names: The model's classes.
         lungs: Whether a lung segmenter runs (else the lung outline is unavailable).
+        opacities: Whether the opacity segmenter runs (else its outline is unavailable).
 
     Returns:
         The chosen settings.
@@ -183,9 +196,27 @@ def controls_ui(class_names: Sequence[str], lungs: bool = True) -> DisplaySettin
             help="Draw the segmented lung fields' edge over the X-ray and over the map."
             if lungs else "Needs the lung segmenter (models/lung_unet.keras), which is missing.",
         )
+        opacity_outline_ui(opacities)
     return DisplaySettings(
         target=target, method=METHODS[method], view=view, colormap=colormap, opacity=opacity,
         outline=bool(outline and lungs),
+    )
+
+
+def opacity_outline_ui(available: bool) -> None:
+    """The switch that outlines the opacity segmenter's opacities on the X-ray."""
+    st.divider()
+    st.toggle(
+        "Opacity outline (separate segmentation)",
+        value=False,
+        key=state.OPACITY_OUTLINE_WIDGET,
+        on_change=rerun_results,
+        disabled=not available,
+        persist_state="session",
+        help="Outline, on the X-ray, the opacities found by the opacity segmenter: a separate "
+        "network trained on radiologists' infection masks, not the classifier's evidence. The "
+        "Grad-CAM map is left as it is." if available else
+        "Needs the opacity segmenter (models/opacity_unet.keras) and the lung segmenter.",
     )
 
 
@@ -322,6 +353,16 @@ def batch_table_ui(studies: Sequence[Study], meta: ModelMetadata) -> Study | Non
                 "fields; below 50% the model's evidence lies mostly outside the lungs. Click "
                 "the header to sort.",
             ),
+            OPACITY: st.column_config.NumberColumn(
+                OPACITY, format="%.0f%%", width=110,
+                help="Share of both lung fields that the opacity segmenter outlines (a separate "
+                "segmentation, not the classifier's evidence).",
+            ),
+            OPACITY_SCORE: st.column_config.NumberColumn(
+                OPACITY_SCORE, format="%d", width=100,
+                help="Modified RALE score from the opacity segmenter: each lung 0-4 for none, "
+                "<25%, 25-50%, 50-75% or >75% involved, the two added.",
+            ),
             TRIAGE: st.column_config.TextColumn(TRIAGE, width=320),
             ERROR: st.column_config.TextColumn(ERROR, width=150),
         },
@@ -392,9 +433,9 @@ def results_fragment(
 
 def analysis_ui(
     files: Sequence[tuple[str, bytes]], classifier: Classifier, ood: OODGate | None,
-    segmenter: LungSegmenter | None = None,
+    segmenter: LungSegmenter | None = None, opacity: OpacitySegmenter | None = None,
 ) -> list[Study]:
-    """Scores the uploads (new files only) behind a progress bar."""
+    """Scores the uploads (new files only) behind a progress bar, opacities too."""
     store = state.studies_store()
     bar = st.empty()
     text = f"Scoring {len(files)} X-ray(s)…" if len(files) > 1 else "Scoring the X-ray…"
@@ -404,15 +445,18 @@ def analysis_ui(
 
     try:
         return score_files(files, classifier, store, ood=ood, progress=progress,
-                           segmenter=segmenter)
+                           segmenter=segmenter,
+                           analyse=functools.partial(analyse, opacity=opacity))
     finally:
         bar.empty()
 
 
-def load_ui() -> tuple[Classifier, OODGate | None, LungSegmenter | None] | None:
+def load_ui() -> tuple[Classifier, OODGate | None, LungSegmenter | None,
+                       OpacitySegmenter | None] | None:
     """The screening models, or None after explaining why they cannot be used.
 
-    After a cold start this waits for the load the server began at start.
+    After a cold start this waits for the load the server began at start. An
+    opacity segmenter that cannot be loaded only costs the opacity figures.
     """
     loaded = load_or_explain(model_path())
     if loaded is None:
@@ -424,8 +468,13 @@ def load_ui() -> tuple[Classifier, OODGate | None, LungSegmenter | None] | None:
     except ModelFileError as err:
         model_error_ui(err, lung_model_path())
         return None
+    try:
+        opacity = opacity_for(segmenter)
+    except ModelFileError as err:
+        st.warning(f"No opacity outlines or figures: {err}", icon=":material/warning:")
+        opacity = None
     warm_up_when_idle(classifier)
-    return classifier, ood, segmenter
+    return classifier, ood, segmenter, opacity
 
 
 def page() -> None:
@@ -444,11 +493,11 @@ def page() -> None:
     if loaded is None:
         uploader.empty()  # nothing could score the files
         return
-    classifier, ood, segmenter = loaded
+    classifier, ood, segmenter, opacity = loaded
     meta = classifier.metadata
     intro_ui(intro, meta.class_names)
     threshold = state.threshold_in_force(meta)
-    controls_ui(meta.class_names, lungs=segmenter is not None)
+    controls_ui(meta.class_names, lungs=segmenter is not None, opacities=opacity is not None)
     model_card_ui(meta, threshold)
     with notice:
         operating_point_notice_ui(meta, threshold)
@@ -459,7 +508,8 @@ def page() -> None:
         st.info("Upload one or more chest X-rays to begin.", icon=":material/upload_file:")
         return
     try:
-        decided = at_threshold(analysis_ui(files, classifier, ood, segmenter), threshold)
+        decided = at_threshold(analysis_ui(files, classifier, ood, segmenter, opacity),
+                               threshold)
         studies = measure_relabelled(decided, classifier, state.maps_store())
     except Exception:  # a bug must not leave a traceback on a clinician's screen
         LOG.exception("analysis failed")

@@ -37,6 +37,8 @@ THRESHOLD_WIDGET = "op_threshold"
 """The model page's threshold slider."""
 PREVALENCE_WIDGET = "op_prevalence"
 """The model page's prevalence input."""
+OPACITY_OUTLINE_WIDGET = "opacity_outline"
+"""The screening page's switch that outlines the opacity segmenter's opacities on the X-ray."""
 
 
 # ------------------------------------------------------------------ caches
@@ -121,6 +123,11 @@ def results_shown(shown: bool | None = None) -> bool:
     if shown is not None:
         st.session_state[_RESULTS_KEY] = shown
     return bool(st.session_state.get(_RESULTS_KEY, False))
+
+
+def opacity_outline_on() -> bool:
+    """Whether the opacity outline switch is on (off before the switch is drawn)."""
+    return bool(st.session_state.get(OPACITY_OUTLINE_WIDGET, False))
 
 
 # ---------------------------------------------------------------- operating point

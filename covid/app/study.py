@@ -2,7 +2,11 @@
 
 With a lung segmenter, the lung outline can be drawn over the X-ray and the map,
 and beside the bars the share of the shown map's evidence inside the lung
-fields is given, with a caution when less than half of it lies there. What is
+fields is given, with a caution when less than half of it lies there. With the
+opacity segmenter, beside the bars go the share of each lung it outlines and the
+score ("Right lung 35% · left lung 10% · score 3/8"), and its outline can be
+drawn over the X-ray: a separate segmentation, never drawn over the Grad-CAM,
+which stays the classifier's unaltered map. What is
 shown is what the decision says: an unusual chest X-ray keeps its bars and map
 with a caution and is always admitted; an image refused as not a chest X-ray
 shows the refusal and its reason, and no scores or map.
@@ -20,7 +24,7 @@ import streamlit as st
 
 from covid.app import state
 from covid.app.pacs_ui import send_study_ui
-from covid.explain.localisation import evidence_caution, evidence_sentence
+from covid.explain.localisation import draw_outline, evidence_caution, evidence_sentence
 from covid.model.decision import finding_name
 from covid.model.network import ModelMetadata
 from covid.screening.pipeline import StudyResult, percentages
@@ -43,6 +47,9 @@ if TYPE_CHECKING:
     from covid.explain.inference import Classifier
 
 LOG = logging.getLogger(__name__)
+
+OPACITY_OUTLINE = (255, 0, 255)
+"""The opacity outline's colour over the X-ray (magenta: unlike the cyan lung outline)."""
 
 
 def probability_bars_ui(result: StudyResult, class_names: Sequence[str]) -> list[float]:
@@ -94,15 +101,26 @@ def _outlined(result: StudyResult, settings: DisplaySettings) -> bool:
     return settings.outline and result.lungs is not None
 
 
-def xray_ui(result: StudyResult, settings: DisplaySettings) -> None:
-    """The X-ray, with the lung outline when switched on."""
+def xray_ui(result: StudyResult, settings: DisplaySettings, opacities: bool = False) -> None:
+    """The X-ray, with the lung outline and the opacity segmenter's outline when switched on.
+
+    Args:
+        result: The study.
+        settings: The display settings (``outline``: the lungs').
+        opacities: Whether the opacity outline switch is on (drawn only where the
+            opacity segmenter outlined this film).
+    """
     outlined = _outlined(result, settings)
-    st.image(
-        xray_image(result, outlined),
-        caption="X-ray · lung outline" if outlined else "X-ray",
-        width="stretch",
-        alt=f"X-ray {result.name}" + (" with the lung outline" if outlined else ""),
-    )
+    image, caption, alt = xray_image(result, outlined), ["X-ray"], [f"X-ray {result.name}"]
+    if outlined:
+        caption.append("lung outline")
+        alt.append("with the lung outline")
+    if opacities and result.opacity is not None:
+        rgb = image if image.ndim == 3 else np.repeat(image[:, :, np.newaxis], 3, axis=2)
+        image = draw_outline(rgb, result.opacity.mask, OPACITY_OUTLINE)
+        caption.append("opacities in magenta (opacity segmenter, not the classifier's evidence)")
+        alt.append("with the opacity segmenter's outline")
+    st.image(image, caption=" · ".join(caption), width="stretch", alt=" ".join(alt))
 
 
 def map_ui(study: Study, cam: np.ndarray, settings: DisplaySettings, explained: str) -> None:
@@ -141,6 +159,21 @@ def lung_evidence_ui(
     caution = evidence_caution(share)
     if caution:
         st.warning(caution, icon=":material/report:")
+
+
+def opacity_ui(result: StudyResult) -> None:
+    """The opacity segmenter's figures for the study, e.g. "Right lung 35% · ... · score 3/8".
+
+    Nothing is shown without its outline (no opacity segmenter, no lungs, or a
+    refused film).
+    """
+    if result.opacity is None:
+        return
+    summary = result.opacity.severity.summary()
+    st.markdown(f"**Opacities:** {summary[:1].upper()}{summary[1:]}")
+    st.caption("From the opacity segmenter, a separate network trained on radiologists' "
+               "infection masks, not the classifier's evidence: the share of each lung field "
+               "it outlines and the modified RALE score (each lung 0-4, total 0-8).")
 
 
 def report_ui(
@@ -194,7 +227,7 @@ def study_detail_ui(
         st.subheader(result.name, anchor=False)
         image_col, map_col, score_col = st.columns([1, 1, 1.15], gap="medium")
         with image_col:
-            xray_ui(result, settings)
+            xray_ui(result, settings, state.opacity_outline_on())
         if result.refused:
             with map_col:
                 note = f"{result.flag_note}\n\n" if result.flag_note else ""
@@ -207,6 +240,7 @@ def study_detail_ui(
             map_ui(study, cam, settings, explained)
         with score_col:
             probability_bars_ui(result, meta.class_names)
+            opacity_ui(result)
             lung_evidence_ui(result, cam, settings, explained)
             triage_ui(result, meta, threshold)
             info_ui(result.info)

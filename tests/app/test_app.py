@@ -68,9 +68,11 @@ def _flagging_copy(model: Path, directory: Path) -> Path:
 def make_app(tiny_model_file, monkeypatch, tmp_path):
     """Returns a factory of AppTests serving the tiny model (every film unusual, or none).
 
-    No lung segmenter is served unless a test sets ``COVID_LUNG_MODEL_PATH``.
+    No lung or opacity segmenter is served unless a test sets ``COVID_LUNG_MODEL_PATH``
+    (and ``COVID_OPACITY_MODEL_PATH``).
     """
     monkeypatch.setenv("COVID_LUNG_MODEL_PATH", str(tmp_path / "no_lung_model.keras"))
+    monkeypatch.setenv("COVID_OPACITY_MODEL_PATH", str(tmp_path / "no_opacity_model.keras"))
 
     def make(flagged: bool = False) -> AppTest:
         model = _flagging_copy(tiny_model_file, tmp_path) if flagged else tiny_model_file
@@ -241,8 +243,9 @@ def test_batch_shows_a_table_sorted_by_suspicion_with_the_broken_file_last(make_
     errors = [e.value for e in at.error if "broken.png" in e.value]
     assert len(errors) == 1 and errors[0].startswith("broken.png")
     rows = _table(at)
-    assert list(rows[0]) == ["file", "COVID %", "label", "flag", "advice",
-                             "evidence in lungs %", "triage", "error"]
+    findings = [f"{name} %" for name in meta.class_names if name != "Normal"]
+    assert list(rows[0]) == ["file", *findings, "label", "flag", "advice", "evidence in lungs %",
+                             "opacity % of lungs", "opacity score /8", "triage", "error"]
     assert [r["file"] for r in rows][-1] == "broken.png"
     assert rows[-1]["error"].startswith("broken.png: ") and rows[-1]["label"] == ""
     assert np.isnan(rows[-1]["COVID %"])
@@ -638,12 +641,11 @@ def test_batch_and_opened_study_survive_a_visit_to_the_model_page(serve, evaluat
 
 def test_a_batch_is_scored_behind_a_progress_bar(make_app, monkeypatch):
     from covid.app import screening
-    from covid.screening.pipeline import analyse
 
     seen = []
     score_files = screening.score_files
 
-    def recording(files, classifier, *args, **kwargs):
+    def recording(files, classifier, *args, analyse, **kwargs):
         def analyse_in_pairs(*args, progress, **options):
             def report(fraction):
                 seen.append(fraction)
@@ -841,3 +843,78 @@ def test_a_lung_focused_model_without_its_segmenter_explains_why(
     assert not at.exception
     assert any("no_lung_model.keras" in e.value for e in at.error)
     assert not at.file_uploader
+
+
+# ------------------------------------------------------------------ opacities
+
+
+@pytest.fixture
+def opacity_app(lungs_app, monkeypatch, tmp_path):
+    """AppTests with planted lungs and a tiny opacity segmenter that outlines all of them."""
+    from tests.opacity_models import save_tiny_opacity
+
+    path = save_tiny_opacity(tmp_path / "opacity.keras")
+
+    def make(flagged: bool = False) -> AppTest:
+        monkeypatch.setenv("COVID_OPACITY_MODEL_PATH", str(path))
+        return lungs_app(flagged)
+
+    return make
+
+
+OPACITY_SUMMARY = "**Opacities:** Right lung 100% · left lung 100% · score 8/8"
+"""What the study shows beside its bars when the opacity covers all of both lungs."""
+
+
+def _opacity_lines(at: AppTest) -> list[str]:
+    return [m.value for m in at.markdown if m.value.startswith("**Opacities:**")]
+
+
+def test_the_opacity_outline_is_drawn_on_the_xray_only_and_the_figures_beside_the_bars(
+        opacity_app, calls):
+    at = opacity_app().run()
+    at.file_uploader(key="uploads").set_value(("chest.png", _png(1), "image/png")).run()
+    assert not at.exception
+    assert _opacity_lines(at) == [OPACITY_SUMMARY]
+    toggle = at.toggle(key="opacity_outline")
+    assert toggle.label == "Opacity outline (separate segmentation)"
+    assert not toggle.disabled and toggle.value is False
+    assert "not the classifier's evidence" in toggle.help
+    xray, cam = (img.value for img in at.image)
+
+    at.toggle(key="opacity_outline").set_value(True).run()
+    assert not at.exception
+    outlined, same_cam = (img.value for img in at.image)
+    assert outlined != xray and same_cam == cam  # the Grad-CAM is left as it is
+    caption = _captions(at)[0]
+    assert caption.startswith("X-ray") and "opacity segmenter, not the classifier's" in caption
+    assert not any("opacit" in c for c in _captions(at)[1:])
+    assert not calls["explain"]  # drawing the outline never runs the network
+
+
+def test_a_refused_film_has_no_opacity_outline_figures_or_table_cells(opacity_app):
+    at = opacity_app().run()
+    at.toggle(key="opacity_outline").set_value(True).run()
+    at.file_uploader(key="uploads").set_value([
+        ("chest.png", _png(1), "image/png"), ("cat.png", _colour_png(), "image/png")]).run()
+    assert not at.exception
+    rows = {row["file"]: row for row in _table(at)}
+    assert rows["chest.png"]["opacity % of lungs"] == 100.0
+    assert rows["chest.png"]["opacity score /8"] == 8
+    cat = rows["cat.png"]
+    assert all(v is None or np.isnan(v) for v in (cat["opacity % of lungs"],
+                                                    cat["opacity score /8"]))
+    _select_row(at, list(rows).index("cat.png"))
+    assert any("does not look like a chest X-ray" in w.value for w in at.warning)
+    assert not _opacity_lines(at) and not any("opacit" in c for c in _captions(at))
+    _select_row(at, list(rows).index("chest.png"))
+    assert _opacity_lines(at) == [OPACITY_SUMMARY]
+    assert "opacities in magenta" in _captions(at)[0]
+
+
+def test_without_the_opacity_segmenter_there_are_no_opacity_figures(lungs_app):
+    at = lungs_app().run()
+    at.file_uploader(key="uploads").set_value(("chest.png", _png(1), "image/png")).run()
+    assert not at.exception
+    assert at.toggle(key="opacity_outline").disabled and not _opacity_lines(at)
+    assert _shares(at)  # the lung segmenter still runs
