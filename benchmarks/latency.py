@@ -14,12 +14,17 @@ one warm-up) of:
   (:meth:`covid.explain.inference.Classifier.explain`: one forward and one backward pass),
   and its ratio to the bare forward pass;
 * batched scoring throughput (:meth:`covid.explain.inference.Classifier.predict_batch`);
+* the lung segmenter per film, and the cost the opacity segmenter adds per film
+  after it (one film, and per film in a batch of ``--batch``), on films kept at the
+  page's 1,024 px (:data:`covid.screening.pipeline.DISPLAY_MAX_SIDE`);
 * the cold start, in a fresh subprocess: importing TensorFlow, loading and
   verifying the model, and the first (tracing) prediction and Grad-CAM calls;
 * this process's peak resident memory (``resource.getrusage``).
 
 Images are read from the data folder's ``covid19-radiography/`` (both classes, in a
-fixed order); nothing is written anywhere.
+fixed order); nothing is written anywhere. The CPU's model name and the load
+average while measuring are printed with the figures: other work on the machine
+(a training) slows every figure.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, median_seconds, model_parser, pick_images, run_and_print
+from covid.settings import settings
 
 _COLD_LOAD = """
 import json, sys, time
@@ -62,7 +68,54 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=20, help="images (half per class)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per image")
     parser.add_argument("--batch", type=int, default=16, help="batch size for throughput")
+    paths = settings()
+    parser.add_argument("--lung-model", type=Path, default=paths.lung_model_path)
+    parser.add_argument("--opacity-model", type=Path, default=paths.opacity_model_path,
+                        help="the opacity segmenter (its figures are skipped without it)")
     return parser.parse_args(argv)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as ``lscpu`` gives it (from ``/proc/cpuinfo``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def segmenter_costs(args: argparse.Namespace, films: list[Any]) -> dict[str, Any]:
+    """Median seconds per film of the lung segmenter and of the opacity segmenter after it.
+
+    Args:
+        args: The command line (``--lung-model``, ``--opacity-model``, ``--batch``,
+            ``--repeats``).
+        films: (H, W) uint8 films as the page keeps them.
+
+    Returns:
+        ``lung_s``, ``opacity_s`` (one film) and ``opacity_batch_s`` (per film in a
+        batch); the opacity figures None without its file.
+    """
+    from covid.model.lungs import LungSegmenter
+    from covid.screening.engine import load_opacity
+
+    lungs = LungSegmenter.from_file(args.lung_model)
+    lungs.warm_up()
+    found = [lungs.segment(film) for film in films]
+    lung_s = statistics.median(median_seconds(lambda f=f: lungs.segment(f), args.repeats,
+                                              warmup=True) for f in films)
+    opacity = load_opacity(args.opacity_model)
+    if opacity is None:
+        return {"lung_s": lung_s, "opacity_s": None, "opacity_batch_s": None}
+    opacity.warm_up()
+    one = statistics.median(median_seconds(lambda f=f, g=g: opacity.segment(f, g),
+                                           args.repeats, warmup=True)
+                            for f, g in zip(films, found, strict=True))
+    batch = films[: args.batch], found[: args.batch]
+    batch_s = median_seconds(lambda: opacity.segment_batch(*batch), args.repeats, warmup=True)
+    return {"lung_s": lung_s, "opacity_s": one, "opacity_batch_s": batch_s / len(batch[0])}
 
 
 def cold_start(model: Path) -> dict[str, float]:
@@ -91,8 +144,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from covid.explain.inference import Classifier
     from covid.inputs.decode import decode_image
-    from covid.inputs.preprocess import to_model_input
+    from covid.inputs.preprocess import fit_within, to_model_input
     from covid.model.network import load_model
+    from covid.screening.pipeline import DISPLAY_MAX_SIDE
 
     cold = cold_start(args.model)
 
@@ -126,6 +180,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     batch = np.stack(inputs[: args.batch])
     batch_t = timed(lambda: classifier.predict_batch(batch))
+    shown = [fit_within(decode_image(c, p.name).pixels, DISPLAY_MAX_SIDE)
+             for c, p in zip(contents, paths, strict=True)]
+    load = os.getloadavg()[0]
+    segmenters = segmenter_costs(args, shown)
 
     fwd = statistics.median(forward_t)
     cam = statistics.median(cam_t)
@@ -137,6 +195,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": args.repeats,
         "threads": {"cpu_count": os.cpu_count(), "tf_intra": tf.config.threading
                     .get_intra_op_parallelism_threads()},
+        "cpu_model": cpu_model(),
+        "load_average_1min": max(load, os.getloadavg()[0]),
         "decode_preprocess_s": statistics.median(decode_t),
         "forward_s": fwd,
         "predict_gradcam_s": cam,
@@ -145,6 +205,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": len(batch),
         "batch_predict_s": batch_t,
         "images_per_s": len(batch) / batch_t if batch_t > 0 else float("nan"),
+        "lung_segmenter_s": segmenters["lung_s"],
+        "opacity_added_s": segmenters["opacity_s"],
+        "opacity_added_batch_s": segmenters["opacity_batch_s"],
         "cold_import_s": cold["import_s"],
         "cold_load_s": cold["load_s"],
         "cold_first_predict_s": cold["first_predict_s"],
@@ -160,8 +223,9 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"model            {r['model']} (sha256 {r['model_sha256']}…, {r['input_size']} px)",
         f"images           {r['images']} real X-rays x {r['repeats']} repeats (medians)",
-        f"CPU              {r['threads']['cpu_count']} cores "
-        f"(TF intra-op threads: {r['threads']['tf_intra'] or 'default'})",
+        f"CPU              {r['cpu_model']}, {r['threads']['cpu_count']} cores "
+        f"(TF intra-op threads: {r['threads']['tf_intra'] or 'default'}); load average "
+        f"{r['load_average_1min']:.1f} while measuring (other work slows every figure)",
         "",
         f"decode + preprocess          {r['decode_preprocess_s'] * ms:9.1f} ms / image",
         f"bare forward pass (compiled) {r['forward_s'] * ms:9.1f} ms / image",
@@ -170,6 +234,8 @@ def report(r: dict[str, Any]) -> str:
         f"Grad-CAM / forward ratio     {r['gradcam_over_forward']:9.2f} x",
         f"batch scoring ({r['batch_size']:>2})          {r['batch_predict_s'] * ms:9.1f} ms "
         f"({r['images_per_s']:.1f} images/s)",
+        f"lung segmenter               {r['lung_segmenter_s'] * ms:9.1f} ms / film",
+        *_opacity_lines(r),
         "",
         f"cold: import TensorFlow      {r['cold_import_s']:9.2f} s",
         f"cold: load + verify model    {r['cold_load_s']:9.2f} s",
@@ -180,6 +246,15 @@ def report(r: dict[str, Any]) -> str:
         f"peak memory (cold subprocess){r['cold_subprocess_peak_rss_mib']:9.0f} MiB",
     ]
     return "\n".join(lines)
+
+
+def _opacity_lines(r: dict[str, Any]) -> list[str]:
+    """The opacity segmenter's added cost per film, or why it is missing."""
+    if r["opacity_added_s"] is None:
+        return ["opacity segmenter            not measured (no opacity model file)"]
+    return [f"+ opacity segmenter          {r['opacity_added_s'] * 1000:9.1f} ms / film added "
+            f"({r['opacity_added_batch_s'] * 1000:.1f} ms / film in a batch of "
+            f"{r['batch_size']})"]
 
 
 def main(argv: list[str] | None = None) -> None:
