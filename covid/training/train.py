@@ -54,7 +54,7 @@ CAM_LAYER = "conv5_block3_out"
 """The last convolutional block: its Grad-CAM is the class activation map the loss shapes."""
 RUNS_DIR = Path.home() / ".cache" / "covid-runs"
 """Run folders live outside the work tree, so that they survive into the next session."""
-DEFAULT_RUN = RUNS_DIR / "v4"
+DEFAULT_RUN = RUNS_DIR / f"v{VERSION}"
 """The run a command without ``--run`` starts; it refuses to touch one already there."""
 CACHE_DIR = RUNS_DIR / "cache"
 
@@ -79,13 +79,19 @@ class TrainState:
     invocations: list[dict] = field(default_factory=list)
 
 
-def note_invocation(state: TrainState, argv: list[str]) -> None:
-    """Appends this command to the run's invocations: its flags and first epoch.
+def note_invocation(state: TrainState, args: argparse.Namespace) -> None:
+    """Appends this command to the run's invocations: its flags, their values and first epoch.
 
-    :func:`note_epoch` extends the last entry as each epoch finishes, so the
-    recipe says which command trained which epochs.
+    The values are recorded beside the command line because a flag left out
+    takes the default of the code that ran it (a run once trained its first
+    epochs at the default learning rate, and the recipe said only the last
+    command's). :func:`note_epoch` extends the entry as each epoch finishes, so
+    the recipe says which command trained which epochs.
     """
-    state.invocations.append({"argv": list(argv), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    options = {k: str(v) if isinstance(v, Path) else v
+               for k, v in sorted(vars(args).items()) if k != "argv"}
+    state.invocations.append({"argv": list(args.argv), "options": options,
+                              "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                               "epochs": [state.epoch + 1, state.epoch]})
 
 
@@ -440,7 +446,7 @@ def recipe(args, state: TrainState, data: TrainingData) -> dict:
         "precision": keras.mixed_precision.global_policy().name,
         "augmentation": describe(), "input_mode": args.focus,
         "input_contrast": args.contrast, "output_stride": args.output_stride,
-        "invocations": state.invocations,
+        "invocations": state.invocations,  # the flags above are the last one's
         "label_smoothing": args.label_smoothing,
         "lung_guidance": {
             "cam_weight": args.cam_weight, "infection_weight": args.infection_weight,
@@ -499,7 +505,7 @@ def train(args: argparse.Namespace) -> Path:
         # The size the weights last trained at: a jump to the final size would not fit them.
         size = stage_of_epoch(stages, state.epoch - 1).size
         return export(model, trainer, data, args, state, size)
-    note_invocation(state, args.argv)
+    note_invocation(state, args)
     while state.epoch < total_epochs:
         record = run_epoch(model, trainer, data, args, stages, state)
         state.history.append(record)
@@ -518,13 +524,14 @@ def train(args: argparse.Namespace) -> Path:
 def check_run_folder(args: argparse.Namespace) -> None:
     """Refuses a command that would touch a run it did not name.
 
-    Without ``--run`` the trainer starts :data:`DEFAULT_RUN`, and only while no
-    run is there: resuming, exporting or overwriting a run needs its folder named.
+    Without ``--run`` the trainer starts :data:`DEFAULT_RUN`, and only while that
+    folder is absent or empty: resuming, exporting or overwriting a run (even
+    one that has not finished its first epoch) needs its folder named.
 
     Raises:
-        SystemExit: No ``--run``, and the default folder already holds a run.
+        SystemExit: No ``--run``, and the default folder already holds something.
     """
-    if args.run_named or not (args.run / "state.json").exists():
+    if args.run_named or not args.run.is_dir() or not any(args.run.iterdir()):
         return
     raise SystemExit(f"{args.run} already holds a run; name it with --run {args.run} "
                      "(and --resume to continue it) or choose another folder")

@@ -99,18 +99,30 @@ def test_without_run_the_trainer_starts_only_a_new_run(tmp_path, monkeypatch):
     assert args.run == tmp_path / "v4" and not args.run_named
     train.check_run_folder(args)  # nothing there yet: a new run may start
     args.run.mkdir()
-    (args.run / "state.json").write_text("{}")
+    train.check_run_folder(args)  # an empty folder holds no run
+    (args.run / "checkpoint.weights.h5").write_bytes(b"")  # killed before its first state
     with pytest.raises(SystemExit, match="already holds a run; name it with --run"):
         train.check_run_folder(args)
+    (args.run / "state.json").write_text("{}")
+    with pytest.raises(SystemExit, match="already holds a run; name it with --run"):
+        train.train(args)  # refused before anything is read or written
+    assert sorted(p.name for p in args.run.iterdir()) == ["checkpoint.weights.h5", "state.json"]
+    assert (args.run / "state.json").read_text() == "{}"
     named = train.parse_args(["--run", str(args.run), "--resume"])
     train.check_run_folder(named)  # named: it may resume
 
 
-def test_each_invocation_records_its_flags_and_epochs():
+def test_each_invocation_records_its_flags_their_values_and_epochs():
     state = train.TrainState(epoch=3)
-    train.note_invocation(state, ["--run", "r", "--resume"])
+    train.note_invocation(state, train.parse_args(["--run", "r", "--resume"]))
     for _ in range(2):
         state.epoch += 1
         train.note_epoch(state)
-    assert state.invocations[0]["argv"] == ["--run", "r", "--resume"]
-    assert state.invocations[0]["epochs"] == [4, 5]
+    train.note_invocation(state, train.parse_args(["--run", "r", "--resume", "--lr", "3e-4"]))
+    state.epoch += 1
+    train.note_epoch(state)
+    first, second = state.invocations
+    assert first["argv"] == ["--run", "r", "--resume"] and first["epochs"] == [4, 5]
+    assert first["options"]["lr"] == 1e-3  # the default that ran, though not typed
+    assert second["options"]["lr"] == 3e-4 and second["epochs"] == [6, 6]
+    assert first["options"]["run"] == "r" and json.loads(json.dumps(state.invocations))
