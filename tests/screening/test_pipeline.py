@@ -59,7 +59,7 @@ def test_threshold_drives_label_and_triage(classifier):
 def test_rank_by_suspicion_puts_errors_last(classifier):
     files = [(f"{i}.png", _png(i)) for i in range(5)] + [("bad.png", b"junk")]
     ranked = rank_by_suspicion(analyse(files, classifier))
-    scores = [r.p_positive for r in ranked[:-1]]
+    scores = [r.p_finding for r in ranked[:-1]]  # P(any finding), most suspicious first
     assert scores == sorted(scores, reverse=True)
     assert ranked[-1].name == "bad.png"
 

@@ -9,11 +9,17 @@ import pytest
 from PIL import Image
 
 from covid.__main__ import main
+from covid.model.classes import PROBABILITY_COLUMNS
 from covid.screening.scoring import COLUMNS
 from tests.opacity_models import save_tiny_opacity
 
 NO_LUNGS = ["--lung-model", "/nonexistent/lungs.keras"]
 """No segmenter: the shipped one finds no lungs in noise, and such a film is refused."""
+
+
+def _total(row) -> float:
+    """The sum of a row's probability columns (those of the model's classes are filled)."""
+    return sum(float(row[column]) for column in PROBABILITY_COLUMNS if row[column] != "")
 
 
 def _png(path, seed):
@@ -43,8 +49,8 @@ def test_csv_rows_columns_and_error_row(folder, tiny_model_file, capsys):
     names = [r["path"].rsplit("/", 1)[-1] for r in rows]
     assert names == ["a.png", "b.png", "corrupt.png", "missing.png"]
     for r in rows[:2]:
-        assert r["error"] == "" and r["label"] in ("COVID", "Normal")
-        assert float(r["p_covid"]) + float(r["p_normal"]) == pytest.approx(1.0, abs=2e-6)
+        assert r["error"] == "" and r["label"] in PROBABILITY_COLUMNS.values()
+        assert _total(r) == pytest.approx(1.0, abs=3e-6)
     assert rows[2]["error"].startswith("corrupt.png: ") and rows[2]["label"] == ""
     assert rows[3]["error"] == "missing.png: no such file."
 
@@ -54,7 +60,7 @@ def test_json_format(folder, tiny_model_file, capsys):
                  str(folder / "a.png")]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert list(rows[0]) == list(COLUMNS)
-    assert rows[0]["p_covid"] + rows[0]["p_normal"] == pytest.approx(1.0, abs=2e-6)
+    assert _total(rows[0]) == pytest.approx(1.0, abs=3e-6)
 
 
 def test_missing_model_is_a_clear_error_without_traceback(folder, tmp_path):
@@ -140,9 +146,14 @@ def test_a_three_class_model_fills_p_other_pneumonia(folder, tmp_path, tiny_cnn_
     assert row["label"] in tiny_metadata.class_names
 
 
-def test_a_two_class_model_leaves_p_other_pneumonia_empty(folder, tiny_model_file, capsys):
-    assert main(["predict", *NO_LUNGS, "--model", str(tiny_model_file),
-                 str(folder / "a.png")]) == 0
+def test_a_two_class_model_leaves_p_other_pneumonia_empty(folder, tmp_path, tiny_cnn_factory,
+                                                          tiny_metadata, capsys):
+    from covid.model.network import save_with_metadata
+
+    tiny_metadata.class_names = ["COVID", "Normal"]
+    model = tmp_path / "two.keras"
+    save_with_metadata(tiny_cnn_factory(n_classes=2), tiny_metadata, model)
+    assert main(["predict", *NO_LUNGS, "--model", str(model), str(folder / "a.png")]) == 0
     row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert row["p_other_pneumonia"] == "" and row["p_covid"] != ""
 
