@@ -8,13 +8,12 @@ rows and PDF reports live in the stages below it.
 * **Screening** (:mod:`covid.app.screening`): uploads, the batch triage table and
   one study's X-ray, Grad-CAM, probabilities, triage and PDF report.
 * **Model** (:mod:`covid.app.model_page`): the model card, a live operating point
-  for this browser session, the test-split charts and the Grad-CAM energy check.
+  for this browser session and the test-split charts.
 
 ``streamlit run`` finds :data:`app` here and serves this file through it, so that
-the server starts loading the models as it starts (:func:`lifespan`), before
-anyone visits. The pages are imported by :func:`main`, when the file runs as the
-page script: importing them imports TensorFlow, which the server's start must
-not wait for.
+the server starts loading the models as it starts (:func:`lifespan`). The pages
+are imported when the file runs as the page script (they import TensorFlow, which
+the server's start must not wait for); the model page only when first shown.
 
 Set ``COVID_MODEL_PATH`` to serve another ``.keras`` model than the shipped one.
 
@@ -24,21 +23,27 @@ Research tool, not a medical device.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import AsyncIterator
 
 import streamlit as st
 
 
+def show_model_page() -> None:
+    """The model page, imported on its first visit: not on the way to the first film."""
+    from covid.app import model_page
+
+    model_page.page()
+
+
 def pages() -> dict[str, st.Page]:
     """The dashboard's pages, keyed by URL path."""
-    from covid.app import model_page, screening
+    from covid.app import screening
     from covid.app.navigation import MODEL, SCREENING
 
     return {
         SCREENING: st.Page(screening.page, title="Screening", icon=":material/radiology:",
                            url_path=SCREENING, default=True),
-        MODEL: st.Page(model_page.page, title="Model", icon=":material/monitoring:",
+        MODEL: st.Page(show_model_page, title="Model", icon=":material/monitoring:",
                        url_path=MODEL),
     }
 
@@ -51,27 +56,16 @@ def main() -> None:
     st.navigation(navigation.register(pages()), position="top").run()
 
 
-def _preload() -> None:
-    """Loads the models (importing TensorFlow) in the calling thread."""
-    from covid.app.resources import preload
-
-    preload()
-
-
 @contextlib.asynccontextmanager
 async def lifespan(_app: st.App) -> AsyncIterator[None]:
     """Server start: the models start loading in a thread; the server does not wait.
 
-    A visitor who comes before they are loaded sees the uploader at once, and
-    the results as soon as the models are there. Streamlit's Keras reset after
-    every run is switched off first, once (a Streamlit without that hook stops
-    the server here, saying so).
+    A visitor who comes before they are loaded sees the uploader at once, and the
+    results as soon as the models are there (:func:`covid.app.resources.preload`).
     """
-    from covid.app.resources import keep_keras_between_runs
+    from covid.app.resources import start_preload
 
-    keep_keras_between_runs()  # the shared models stay warm between reruns
-    # not a daemon: an interpreter exiting mid-load would abort inside TensorFlow
-    threading.Thread(target=_preload, name="preload-models", daemon=False).start()
+    start_preload()
     yield
 
 

@@ -5,25 +5,26 @@ batching worker, which runs the films of every session together
 (:mod:`covid.explain.batching`). The server starts loading them in a
 thread as it starts (:func:`preload`, from ``streamlit_app``'s lifespan), so that
 the first visitor finds them loaded or loading; a page that asks meanwhile waits
-for that same load. The lung segmenter is traced before it is returned; the
-classifier's graphs are traced in a background thread whenever the network is
-idle, and films arriving before then are answered eagerly
-(:func:`warm_up_when_idle`), so that no request waits for tracing.
+for that same load. The classifier's graphs, then the segmenters', are traced in
+a background thread whenever the network is idle, and films arriving before then
+are answered eagerly (:func:`warm_up_when_idle`), so that no request waits for
+tracing.
 
 Set ``COVID_MODEL_PATH`` to serve another ``.keras`` model than the shipped one,
 and ``COVID_LUNG_MODEL_PATH`` for another lung segmenter. The loaders are keyed
 by the file's path and (size, mtime), so a re-shipped model is reloaded; what
 they return is shared by every session and never mutated.
 
-Streamlit resets Keras after every script run; the server stops that once, as
-it starts (:func:`keep_keras_between_runs`). The loaded models' objects are
-frozen out of the garbage collector once warm, and the cyclic collector is
-paused while the preload imports TensorFlow and builds the models
-(:func:`_collector_paused`), so that neither a rerun nor the first film pays
-for scanning them. Keras is imported without the scikit-learn and pyplot it
-would load only because they are installed (:func:`import_keras_without_extras`).
-What each of these saves is measured by ``python -m benchmarks.browser`` and
-recorded in ``docs/performance.md``.
+Three pieces of process-wide state are set here, each because a measured gain
+needs it, each with its figure beside it (``python -m benchmarks.server_state``
+measures them again; 2-core AMD EPYC, 2026-12-07, other jobs running, load
+average 5-7): Streamlit's Keras reset after every run is switched off
+(:func:`keep_keras_between_runs`); the garbage collector is paused while the
+preload imports and loads, and the loaded models are then frozen out of its
+scans (:func:`_collector_paused`, :func:`_freeze_garbage`); Keras is imported
+without scikit-learn and pyplot (:func:`import_keras_without_extras`).
+TensorFlow's graph options are left alone: without Grappler's rewrites a warm
+Grad-CAM pass took 0.154 s against 0.086 s with them, for a trace no faster.
 """
 
 from __future__ import annotations
@@ -83,6 +84,10 @@ def keep_keras_between_runs() -> None:
     The function is private to Streamlit, so it is replaced once, here, and its
     absence stops the server rather than slowing every run unnoticed. Idempotent.
 
+    Measured: the Grad-CAM graph's next call takes 1.65 s after the reset against
+    0.16 s without it (medians of two fresh processes each), on every rerun of
+    every session.
+
     Raises:
         StreamlitHookError: This Streamlit release has no such function (pin
             the one in requirements.txt, or find its new clean-up hook).
@@ -99,6 +104,8 @@ def _freeze_garbage() -> None:
     """Moves every object alive now (the loaded, traced models) out of the collector's scans.
 
     What the preload froze uncollected is collected first, with the rest.
+    Measured: a full collection with the models loaded takes 0.52 s unfrozen
+    (holding the GIL, so every session waits) and under 1 ms frozen.
     """
     gc.unfreeze()
     gc.collect()
@@ -119,6 +126,9 @@ def _collector_paused() -> Iterator[None]:
     collector, enabled again, does not scan the models at the first film's
     allocations either; :func:`_freeze_garbage` collects what was left once the
     warm-up is done. The collector's earlier state is restored.
+
+    Measured: the collector ran 1.42 s within the import of TensorFlow and Keras,
+    which took 8.65 s paused against 9.58 s not (medians of three pairs).
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -165,9 +175,11 @@ def import_keras_without_extras() -> bool:
     """Imports Keras (and TensorFlow) without :data:`KERAS_EXTRAS`; once, at server start.
 
     The first film needs neither library, and importing them is a large share of
-    Keras's import. An extra that is already imported (or that another thread
-    imports meanwhile) is simply shared. Keras's scikit-learn wrappers and
-    gallery plots are then unavailable in this process; the server uses neither.
+    Keras's import: TensorFlow and Keras import in 10.56 s without them against
+    13.46 s with them (medians of three pairs, machine busy). An extra that is
+    already imported (or that another thread imports meanwhile) is simply shared.
+    Keras's scikit-learn wrappers and gallery plots are then unavailable in this
+    process; the server uses neither.
 
     Returns:
         Whether this call imported Keras (False: something imported it before, so
@@ -185,11 +197,6 @@ def import_keras_without_extras() -> bool:
         sys.meta_path.remove(finder)
     return True
 
-
-SERVING_GRAPH_OPTIONS = {"disable_meta_optimizer": True}
-"""TensorFlow's graph options in the server: no Grappler rewrites. They halve the first call
-of the Grad-CAM graph while steady batches run as fast (``python -m benchmarks.latency``), so
-a film that waits for the warm-up's graph waits half as long."""
 
 
 def model_path() -> Path:
@@ -247,12 +254,9 @@ def load_classifier(path: str, stamp: tuple[int, int]) -> BatchingClassifier:
         ModelFileError: The model or its metadata is missing, or the SHA-256 differs.
     """
     del stamp  # part of the cache key only
-    import tensorflow as tf
-
     from covid.explain.batching import BatchingClassifier  # deferred: imports TensorFlow
     from covid.explain.inference import Classifier
 
-    tf.config.optimizer.set_experimental_options(SERVING_GRAPH_OPTIONS)
     start = time.perf_counter()
     classifier = Classifier.from_file(path)
     LOG.info("classifier %s loaded in %.2f s", path, time.perf_counter() - start)
@@ -299,7 +303,7 @@ def load_lung_segmenter(path: str, stamp: tuple[int, int]) -> LungSegmenter:
     from covid.model.lungs import LungSegmenter
 
     segmenter = LungSegmenter.from_file(path)
-    segmenter.warm_up()  # a small graph: traced now, before the first film
+    segmenter.eager_until_traced = True  # traced after the first film: see _trace_segmenters
     return segmenter
 
 
@@ -335,7 +339,7 @@ def load_opacity_segmenter(path: str, stamp: tuple[int, int]) -> OpacitySegmente
 
     segmenter = load_opacity(path)
     if segmenter is not None:
-        segmenter.warm_up()  # a small graph: traced now, before the first film
+        segmenter.eager_until_traced = True  # traced after the first film: see _trace_segmenters
     return segmenter
 
 
@@ -356,32 +360,72 @@ def opacity_for(lungs: LungSegmenter | None) -> OpacitySegmenter | None:
     return load_opacity_segmenter(str(path), file_stamp(path))
 
 
-def warm_up_when_idle(classifier: BatchingClassifier) -> None:
-    """Starts the classifier's background warm-up, once per process, with every model loaded.
+def start_preload() -> None:
+    """Server start: stops Streamlit's Keras reset, then loads the models in a thread.
 
-    Each graph is traced when no film is being answered (see
-    ``Classifier.warm_up_in_background``); films arriving before are answered
-    eagerly. Afterwards the objects alive are frozen out of the garbage collector.
+    Raises:
+        StreamlitHookError: This Streamlit release has no reset to stop.
     """
-    classifier.warm_up_in_background(then=_freeze_garbage)
+    keep_keras_between_runs()  # the shared models stay warm between reruns
+    # not a daemon: an interpreter exiting mid-load would abort inside TensorFlow
+    threading.Thread(target=preload, name="preload-models", daemon=False).start()
+
+
+def _trace_segmenters(classifier: BatchingClassifier) -> None:
+    """Traces the segmenters' graphs (until then they run eagerly), after the classifier's.
+
+    Tracing a U-Net before the first film took 0.62-0.68 s each; its first eager
+    pass takes 0.17-0.35 s (``python -m benchmarks.coldstart``), so a first film
+    waiting for the load is answered about 0.8 s sooner with both segmenters.
+    """
+    from covid.model.network import ModelFileError
+
+    try:
+        lungs = segmenter_for(classifier)
+        for unet in (lungs, opacity_for(lungs)):
+            if unet is not None:
+                unet.warm_up()
+    except ModelFileError as err:  # the page says why; the graphs trace on first use then
+        LOG.warning("the segmenters were not traced: %s", err)
+
+
+def warm_up_when_idle(classifier: BatchingClassifier) -> None:
+    """Starts the models' background warm-up, once per process, with every model loaded.
+
+    Each of the classifier's graphs is traced when no film is being answered (see
+    ``Classifier.warm_up_in_background``), then the segmenters'; films arriving
+    before are answered eagerly. Afterwards the objects alive are frozen out of
+    the garbage collector.
+    """
+    def then() -> None:
+        _trace_segmenters(classifier)
+        _freeze_garbage()
+
+    classifier.warm_up_in_background(then=then)
 
 
 def preload() -> None:
     """Loads the screening models in this thread, before anyone visits (server start).
 
     A model that cannot be loaded is only logged here: the page explains it to
-    whoever visits.
+    whoever visits. The seconds of each part are logged (INFO), for
+    ``python -m benchmarks.browser`` to print.
     """
     start = time.perf_counter()
     with _collector_paused():
         import_keras_without_extras()
+        imported = time.perf_counter()
         from covid.model.network import ModelFileError
 
         try:
             classifier, _ = load_model(model_path())
+            loaded = time.perf_counter()
             opacity_for(segmenter_for(classifier))
         except ModelFileError as err:
             LOG.warning("the models were not preloaded: %s", err)
             return
     warm_up_when_idle(classifier)
-    LOG.info("models preloaded in %.2f s", time.perf_counter() - start)
+    done = time.perf_counter()
+    LOG.info("models preloaded in %.2f s: TensorFlow and Keras imported in %.2f s, classifier "
+             "and OOD statistics loaded in %.2f s, segmenters loaded and traced in %.2f s",
+             done - start, imported - start, loaded - imported, done - loaded)

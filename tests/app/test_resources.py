@@ -79,6 +79,23 @@ def test_the_preload_loads_once_what_the_page_then_finds_and_starts_the_warm_up(
     assert classifier.tracing_counts() == {"gradcam": 1, "forward": 1, "gradcam++": 1}
 
 
+def test_the_servers_lung_segmenter_answers_eagerly_until_the_warm_up_traces_it(
+    tiny_served, tiny_lung_file, monkeypatch
+):
+    monkeypatch.setenv("COVID_LUNG_MODEL_PATH", str(tiny_lung_file))
+    segmenter = resources.load_lung_segmenter(str(tiny_lung_file),
+                                              resources.file_stamp(tiny_lung_file))
+    size = segmenter.input_size
+    films = np.random.default_rng(0).uniform(0, 255, (2, size, size, 1)).astype(np.float32)
+    eager = segmenter.probs_batch(films)  # a first film, before the warm-up
+    assert segmenter._forward.experimental_get_tracing_count() == 0
+    classifier, _ = resources.load_model(resources.model_path())
+    resources._trace_segmenters(classifier)  # what the warm-up does once the classifier's done
+    assert segmenter._forward.experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(segmenter.probs_batch(films), eager, atol=1e-5)
+    assert segmenter._forward.experimental_get_tracing_count() == 1
+
+
 @pytest.fixture
 def collector():
     """Starts with the collector enabled and nothing frozen; puts both back afterwards."""
@@ -146,12 +163,12 @@ def test_the_warm_ups_freeze_collects_the_garbage_the_preload_froze(collector):
     assert watched() is None
 
 
-def test_the_server_traces_its_graphs_without_grappler_rewrites(tiny_served):
+def test_loading_the_models_leaves_tensorflows_graph_options_alone(tiny_served):
     import tensorflow as tf
 
-    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
-    resources.load_model(resources.model_path())
-    assert tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer") is True
+    before = tf.config.optimizer.get_experimental_options()
+    resources.preload()
+    assert tf.config.optimizer.get_experimental_options() == before
 
 
 def test_a_model_that_cannot_be_loaded_is_only_logged_by_the_preload(
