@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+from covid.app import state
 from covid.inputs.pacs import (
     PacsClient,
     PacsConfig,
@@ -53,9 +54,6 @@ if TYPE_CHECKING:
 _KEYS = ("COVID_PACS_URL", "COVID_PACS_USER", "COVID_PACS_PASSWORD", "COVID_PACS_TIMEOUT",
          "COVID_PACS_CA_BUNDLE", "COVID_PACS_ALLOW_ANONYMOUS", "COVID_PACS_ALLOWED_EMAILS",
          "COVID_PACS_ALLOWED_GROUPS")
-_FILES_KEY = "pacs_files"
-_SOURCES_KEY = "pacs_sources"
-_STUDIES_KEY, _SEARCH_NOTE_KEY = "pacs_studies", "pacs_search_note"
 NOT_CONFIGURED = ("Studies can also come from the hospital's PACS: an administrator sets "
                   "COVID_PACS_URL, COVID_PACS_USER and COVID_PACS_PASSWORD (environment or "
                   ".streamlit/secrets.toml) and who may use it (README, \"Connecting a PACS\").")
@@ -208,22 +206,20 @@ def _pacs_tab(config: PacsConfig) -> None:
         except PacsError as err:
             search = StudySearch(())
             st.error(str(err), icon=":material/error:")
-        st.session_state[_STUDIES_KEY] = list(search.studies)
-        st.session_state[_SEARCH_NOTE_KEY] = search.note
-    studies: list[StudyRecord] = st.session_state.get(_STUDIES_KEY, [])
+        state.keep_pacs_search(list(search.studies), search.note)
+    studies, note = state.pacs_search()
     if not studies:
         if query is not None:
             st.info("No chest radiograph study (CR or DX) matches.")
         return
-    if st.session_state.get(_SEARCH_NOTE_KEY):
-        st.warning(st.session_state[_SEARCH_NOTE_KEY], icon=":material/filter_list:")
+    if note:
+        st.warning(note, icon=":material/filter_list:")
     chosen = st.multiselect("Studies", studies, format_func=_study_label, key="pacs_chosen",
                             help="Accession number, date and description; no patient name.")
     if st.button("Retrieve and score", disabled=not chosen, icon=":material/download:"):
         files = _retrieve(client, chosen)
-        st.session_state[_FILES_KEY] = files
         # Hashed once here, not on every rerun of every study view that asks.
-        st.session_state[_SOURCES_KEY] = {content_digest(data): data for _, data in files}
+        state.keep_pacs_files(files, {content_digest(data): data for _, data in files})
 
 
 def pacs_source_ui() -> list[tuple[str, bytes]]:
@@ -257,7 +253,7 @@ def pacs_source_ui() -> list[tuple[str, bytes]]:
                     ".streamlit/secrets.toml.", icon=":material/settings:")
             return []
         _pacs_tab(config)
-    return list(st.session_state.get(_FILES_KEY, []))
+    return state.pacs_files()
 
 
 # ------------------------------------------------------------------ sending the results
@@ -269,7 +265,7 @@ def _retrieved() -> dict[str, bytes]:
     Keyed like :class:`~covid.screening.studies.Study` (by content, not name), so an
     upload that happens to share a PACS file's name never gets the PACS's buttons.
     """
-    return st.session_state.get(_SOURCES_KEY, {})
+    return state.pacs_sources()
 
 
 def _send_client() -> PacsClient | None:

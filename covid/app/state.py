@@ -3,9 +3,10 @@
 One browser session's memory: its scored studies and maps (so that nothing is
 scored twice), the last uploads (kept across a visit to the model page), the
 study opened from the batch table, the page last shown, and the session's
-operating point. The operating point chosen on the model page applies to this
-session only; it is stored with the model's SHA-256 so that a choice made for
-another model file is ignored.
+operating point, and what it found and retrieved on the PACS. The operating
+point chosen on the model page applies to this session only; it is stored with
+the model's SHA-256 so that a choice made for another model file is ignored.
+Widgets' own keys stay on the widgets, except those read here.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ _PAGE_KEY = "_covid_page"
 """The URL path of the page shown last."""
 _RESULTS_KEY = "_covid_results_shown"
 """Whether the last full run drew the results fragment (the controls may rerun it alone)."""
+_PACS_STUDIES_KEY = "pacs_studies"
+"""The studies the last PACS search found (``covid.inputs.pacs.StudyRecord``)."""
+_PACS_NOTE_KEY = "pacs_search_note"
+"""What the last PACS search left out (a capped search), or empty."""
+_PACS_FILES_KEY = "pacs_files"
+"""The instances retrieved from the PACS, (name, DICOM bytes) pairs."""
+_PACS_SOURCES_KEY = "pacs_sources"
+"""Those instances by content digest, for the buttons that send results back."""
 THRESHOLD_WIDGET = "op_threshold"
 """The model page's threshold slider."""
 PREVALENCE_WIDGET = "op_prevalence"
@@ -128,6 +137,37 @@ def results_shown(shown: bool | None = None) -> bool:
 def opacity_outline_on() -> bool:
     """Whether the opacity outline switch is on (off before the switch is drawn)."""
     return bool(st.session_state.get(OPACITY_OUTLINE_WIDGET, False))
+
+
+# ------------------------------------------------------------------------ PACS
+
+
+def keep_pacs_search(studies: list[Any], note: str) -> None:
+    """Records what a PACS search found and what it left out."""
+    st.session_state[_PACS_STUDIES_KEY] = studies
+    st.session_state[_PACS_NOTE_KEY] = note
+
+
+def pacs_search() -> tuple[list[Any], str]:
+    """The studies the last PACS search found, and its note ([] and "" before any search)."""
+    return (st.session_state.get(_PACS_STUDIES_KEY, []),
+            st.session_state.get(_PACS_NOTE_KEY, ""))
+
+
+def keep_pacs_files(files: list[tuple[str, bytes]], by_digest: dict[str, bytes]) -> None:
+    """Records the instances retrieved from the PACS, and the same keyed by content digest."""
+    st.session_state[_PACS_FILES_KEY] = files
+    st.session_state[_PACS_SOURCES_KEY] = by_digest
+
+
+def pacs_files() -> list[tuple[str, bytes]]:
+    """The instances retrieved from the PACS this session, (name, DICOM bytes) pairs."""
+    return list(st.session_state.get(_PACS_FILES_KEY, []))
+
+
+def pacs_sources() -> dict[str, bytes]:
+    """Content digest -> DICOM bytes of each instance retrieved from the PACS this session."""
+    return st.session_state.get(_PACS_SOURCES_KEY, {})
 
 
 # ---------------------------------------------------------------- operating point

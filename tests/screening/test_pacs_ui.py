@@ -11,6 +11,8 @@ from streamlit.testing.v1 import AppTest
 
 from covid.app.pacs_ui import pacs_access
 from covid.inputs.pacs import RESULT_SERIES_PREFIX
+from covid.model.classes import FINDINGS, NORMAL
+from covid.model.decision import decide
 from tests import pacs_server
 from tests.pacs_server import PASSWORD, PATIENT_NAME, USER, ct_slice, dx_film, to_bytes
 
@@ -123,12 +125,13 @@ def test_a_wrong_password_is_shown_without_a_traceback(orthanc, pacs_settings):
 def send_page(classifier, uploads=(), threshold=None, ood=None):
     import streamlit as st
 
+    from covid.app import state
     from covid.app.pacs_ui import pacs_source_ui, send_all_ui, send_study_ui
     from covid.screening.studies import at_threshold, score_files
 
     pacs_source_ui()
     # What was retrieved, even once the panel is hidden: the send buttons gate themselves.
-    files = [*uploads, *st.session_state.get("pacs_files", [])]
+    files = [*uploads, *state.pacs_files()]
     if not files:
         return
     threshold = classifier.metadata.threshold if threshold is None else threshold
@@ -260,16 +263,20 @@ def test_a_study_relabelled_at_another_operating_point_sends_its_new_label(
     orthanc.upload(to_bytes(film))
     _open_pacs(pacs_settings, orthanc)
     client = PacsClient(PacsConfig(orthanc.url, user=USER, password=PASSWORD))
-    sha = classifier.metadata.sha256
-    for threshold, label in ((0.0, "COVID"), (1.0, "Normal")):  # always / never a finding
+    meta = classifier.metadata
+    labels = []
+    for threshold in (0.0, 1.0):  # always / never a finding
         at = AppTest.from_function(send_page, args=(classifier,), kwargs={"threshold": threshold},
                                    default_timeout=TIMEOUT).run()
         _retrieve_every_study(at)
         _buttons(at, "Send to PACS")[0].click().run()
         assert not at.exception and not at.error and at.success
-        uids = result_uids(str(film.SOPInstanceUID), sha, label, "gradcam")
+        (result,) = at.session_state["studies"].values()
+        labels.append(decide(result.probs, meta.class_names, threshold).label)
+        uids = result_uids(str(film.SOPInstanceUID), meta.sha256, labels[-1], "gradcam")
         for uid in (uids.sr, uids.sc):
             assert client.has_instance(str(film.StudyInstanceUID), uid)
+    assert labels[0] in FINDINGS and labels[1] == NORMAL
     assert orthanc.instance_count() == 5  # the film, and an SR and a map for each label
 
 
