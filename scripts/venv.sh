@@ -10,7 +10,10 @@ ensure_venv() {
         return 0
     fi
     python3 -m venv .venv
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -r "$req"
+    # Python's own pip installs the pinned wheels: no self-upgrade (which asked every index
+    # for a newer pip and warned about each one it could not read), no version nag, no
+    # warning for installing as root into a project's own virtual environment.
+    .venv/bin/python -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+        -r "$req"
     echo "$want" > "$stamp"
 }
