@@ -27,9 +27,10 @@ STAGES = ("inputs", "model", "explain", "training", "evaluation", "screening", "
 
 ROOT = "covid"
 """The package itself (``covid/__init__.py``): below every stage, importable by all."""
-ROOT_MODULES = frozenset({"covid.settings"})
+ROOT_MODULES = frozenset({"covid.settings", "covid.flags"})
 """Plain modules at the package's top that count as the package itself: the settings
-(paths and environment variables, no third-party import), which every stage reads."""
+(paths and environment variables, no third-party import), which every stage reads, and the
+command-line flags every command shares (argparse and the settings only)."""
 
 ENTRY_MODULES = frozenset({"covid.__main__", "covid.train", "covid.evaluate", "covid.train_lungs",
                            "covid.train_opacity", "covid.fit_ood"})

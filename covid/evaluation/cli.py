@@ -23,6 +23,8 @@ from pathlib import Path
 from covid.evaluation.evaluate import evaluate
 from covid.evaluation.scoring import Options, validation_figures
 from covid.evaluation.ship import set_gradcam_layer, ship
+from covid.flags import add_data, add_model_flags
+from covid.model.network import ModelFileError
 from covid.settings import settings
 
 LOG = logging.getLogger("covid.evaluate")
@@ -30,17 +32,22 @@ LOG = logging.getLogger("covid.evaluate")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parses the command line (see the module docstring)."""
+    return build_parser().parse_args(argv)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's parser (its shared flags are :mod:`covid.flags`')."""
     parser = argparse.ArgumentParser(
         prog="python -m covid.evaluate",
         description="Evaluate a trained model, and ship it if it loses nothing on validation.")
-    parser.add_argument("--model", type=Path, required=True, help="the trained model.keras")
+    # --model has no default: the shipped model is what a candidate is judged against.
+    add_model_flags(parser, opacity=False, model_required=True,
+                    model_help="the trained model to evaluate (RUN/model.keras)")
     parser.add_argument("--split", type=Path, default=None,
                         help="split record (default: split.json beside the model)")
-    parser.add_argument("--data", type=Path, default=None, help="data folder override")
+    add_data(parser)
     parser.add_argument("--masks", type=Path, default=None,
                         help="COVID-QU-Ex folder (default: in the data folder)")
-    parser.add_argument("--lung-model", type=Path, default=settings().lung_model_path,
-                        help="the lung segmenter (default: the shipped one)")
     parser.add_argument("--compare", type=Path, default=None,
                         help="score this model too, on the same test films (e.g. the shipped)")
     parser.add_argument("--cache-dir", type=Path,
@@ -55,17 +62,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--layer", default=None,
                         help="record this layer as the model's Grad-CAM layer first; with "
                              "--val-only, only try it (to compare layers on validation)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point.
 
     Raises:
-        SystemExit: 1 when ``--ship`` is refused by the gate; a message for a missing layer.
+        SystemExit: 1 when ``--ship`` is refused by the gate or a model cannot be
+            loaded (missing, altered, or not trained with that lung segmenter); a
+            message for a missing layer.
     """
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        _run(args)
+    except ModelFileError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def _run(args: argparse.Namespace) -> None:
+    """Evaluates (and ships, or only tries on validation) as the flags say."""
     split = args.split or args.model.parent / "split.json"
     masks = args.masks or (args.data or settings().data_dir) / "covid-qu-ex-masks"
     opts = Options(split, args.data, masks if masks.is_dir() else None, args.lung_model,

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m covid.fit_ood --model models/covid_resnet50.keras --max-train 3000
+    python -m covid.fit_ood --max-train 3000      # the shipped model (or --model FILE)
 
 The last step of shipping a model (train -> evaluate -> OOD statistics): the
 training films' pooled features, decoded and focused exactly as served, give the
@@ -33,6 +33,7 @@ from sklearn.decomposition import PCA
 from covid.evaluation.artefacts import default_split
 from covid.evaluation.metrics import flagged_by_class
 from covid.evaluation.scoring import split_side, true_names
+from covid.flags import add_batch_size, add_data, add_model_flags
 from covid.inputs.decode import ImageDecodeError
 from covid.model.network import ModelFileError, read_metadata, write_metadata
 from covid.model.ood_stats import (
@@ -42,7 +43,6 @@ from covid.model.ood_stats import (
     residual_sq,
     write_model_stats,
 )
-from covid.settings import settings
 from covid.training.catalogue import Catalogue
 
 LOG = logging.getLogger(__name__)
@@ -128,21 +128,19 @@ def fit_for_model(args: argparse.Namespace) -> dict:
     Returns:
         The ``extra["ood"]`` entry written to the model's metadata.
     """
-    from covid.explain.inference import Classifier
+    from covid.explain.loading import load_verified
 
-    classifier = Classifier.from_file(args.model, batch_size=args.batch_size)
+    loaded = load_verified(args.model, args.lung_model, batch_size=args.batch_size)
+    classifier = loaded.classifier
+    # Served inputs: a whole-film classifier's features never see the lungs.
+    segmenter = loaded.segmenter if classifier.metadata.input_mode != "full" else None
     split_file = args.split or default_split(args.model)
-    train, val = _sides(split_file, args.data_root, args.max_train, args.seed)
-    segmenter = None
-    if classifier.metadata.input_mode != "full":
-        from covid.model.lungs import LungSegmenter
-
-        segmenter = LungSegmenter.from_file(args.lung_model)
+    train, val = _sides(split_file, args.data, args.max_train, args.seed)
     stats = fit_ood(features_of(classifier, train.paths, segmenter), train.labels,
                     n_components=args.components, seed=args.seed)
     val_scores = mahalanobis_score(stats, features_of(classifier, val.paths, segmenter))
     threshold = quantile_threshold(val_scores, args.max_flag_rate)
-    test = split_side(json.loads(Path(split_file).read_text()), "test", args.data_root)
+    test = split_side(json.loads(Path(split_file).read_text()), "test", args.data)
     test_flagged = flagged_by_class(
         mahalanobis_score(stats, features_of(classifier, test.paths, segmenter)) > threshold,
         true_names(test)) if test.names else {}
@@ -225,31 +223,33 @@ def _check_training_data(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parses the command line (see the module docstring)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not 0 < args.max_flag_rate < 1:
+        parser.error("--max-flag-rate must be in (0, 1)")
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's parser (its shared flags are :mod:`covid.flags`')."""
     parser = argparse.ArgumentParser(
         prog="python -m covid.fit_ood",
         description="Fit a model's out-of-distribution (Mahalanobis) statistics.",
     )
-    parser.add_argument("--model", type=Path, required=True, help="the .keras model file")
+    add_model_flags(parser, opacity=False)
     parser.add_argument("--split", type=Path, default=None,
                         help="split JSON from python -m covid.train (default: NAME.split.json "
                              "beside the model, else split.json in its folder)")
-    parser.add_argument("--data-root", type=Path, default=None,
-                        help="dataset folder (default: the split file's root)")
+    add_data(parser)
     parser.add_argument("--components", type=int, default=DEFAULT_COMPONENTS,
                         help="PCA dimensions kept (0: all)")
     parser.add_argument("--max-flag-rate", type=float, default=DEFAULT_MAX_FLAG_RATE,
                         help="share of validation X-rays the threshold may flag")
     parser.add_argument("--max-train", type=int, default=0,
                         help="fit on a random subset of this many training images (0: all)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lung-model", type=Path, default=settings().lung_model_path,
-                        help="the lung segmenter, for lung-focused classifiers (default: the "
-                             "shipped one)")
+    add_batch_size(parser, 32)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if not 0 < args.max_flag_rate < 1:
-        parser.error("--max-flag-rate must be in (0, 1)")
-    return args
+    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -115,7 +115,12 @@ def checked_layer(model, layer: str, model_path: Path) -> str:
 
 
 def load_scorer(model_path: Path, lung_model: Path, layer: str | None = None):
-    """The classifier as served, and the lung segmenter.
+    """The classifier as served, and the lung segmenter it was trained with.
+
+    Both come from the one loader (:func:`covid.explain.loading.load_verified`),
+    which verifies their SHA-256s and refuses another lung segmenter than the
+    classifier's own; the segmenter is loaded for a whole-film classifier too,
+    since every map is measured against the lungs.
 
     Args:
         model_path: The ``.keras`` model with its metadata beside it.
@@ -125,15 +130,19 @@ def load_scorer(model_path: Path, lung_model: Path, layer: str | None = None):
 
     Returns:
         ``(classifier, segmenter)``.
-    """
-    from covid.explain.inference import Classifier
-    from covid.model.lungs import LungSegmenter
-    from covid.model.network import load_model
 
-    model, meta = load_model(model_path)
-    if layer is not None:
-        meta.gradcam_layer = checked_layer(model, layer, model_path)
-    return Classifier(model, meta), LungSegmenter.from_file(lung_model)
+    Raises:
+        ModelFileError: A file is missing or altered, or the segmenter is not the
+            classifier's own.
+        SystemExit: The model has no layer ``layer`` (the ``--layer`` flag's message).
+    """
+    from covid.explain.loading import UnknownLayerError, load_verified
+
+    try:
+        loaded = load_verified(model_path, lung_model, lungs_required=True, gradcam_layer=layer)
+    except UnknownLayerError as err:
+        raise SystemExit(f"--layer: {err}") from err
+    return loaded.classifier, loaded.segmenter
 
 
 def score(classifier, segmenter, films: Catalogue, cache_dir: Path | None) -> Scored:

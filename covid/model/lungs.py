@@ -27,9 +27,10 @@ from covid.model.network import (
     check_sha256,
     read_metadata_as,
 )
+from covid.settings import LUNG_MODEL_FILE, MODELS_DIR
 
-DEFAULT_LUNG_MODEL_PATH = Path("models/lung_unet.keras")
-"""The shipped segmenter, relative to the project's root."""
+DEFAULT_LUNG_MODEL_PATH = MODELS_DIR / LUNG_MODEL_FILE
+"""The shipped segmenter, beside the package (:func:`covid.settings.settings` adds the variable)."""
 
 MASK_THRESHOLD = 0.5
 """Probability above which a pixel counts as lung."""

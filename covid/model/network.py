@@ -25,9 +25,10 @@ from typing import Any, ClassVar, TypeVar
 import keras
 
 from covid.model.classes import CLASS_NAMES, COVID
+from covid.settings import MODEL_FILE, MODELS_DIR
 
-DEFAULT_MODEL_PATH = Path("models/covid_resnet50.keras")
-"""The shipped model, relative to the project's root."""
+DEFAULT_MODEL_PATH = MODELS_DIR / MODEL_FILE
+"""The shipped model, beside the package (:func:`covid.settings.settings` adds the variable)."""
 
 GRADCAM_LAYER = "conv5_block3_out"
 """The default Grad-CAM layer, ResNet-50's last block (stride 32); a model's metadata

@@ -37,9 +37,11 @@ from covid.model.lungs import (
     work_shape,
 )
 from covid.model.network import JsonMetadata, save_with_metadata
+from covid.settings import MODELS_DIR, OPACITY_MODEL_FILE
 
-DEFAULT_OPACITY_MODEL_PATH = Path("models/opacity_unet.keras")
-"""The shipped opacity segmenter, relative to the project's root."""
+DEFAULT_OPACITY_MODEL_PATH = MODELS_DIR / OPACITY_MODEL_FILE
+"""The shipped opacity segmenter, beside the package (:func:`covid.settings.settings` adds
+the variable)."""
 
 OPACITY_THRESHOLD = 0.5
 """Probability above which a pixel counts as opacity."""

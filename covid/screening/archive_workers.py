@@ -138,12 +138,11 @@ class ScoreFilms:
             tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
         except RuntimeError:  # TensorFlow already ran in this worker process: keep its pools
             logging.getLogger(__name__).warning("TensorFlow thread pools already set")
-        from covid.screening.engine import load_models
-        from covid.settings import settings
+        from covid.screening.engine import load_models  # the one verified loader, as served
 
         self.scoring, self.ledger, self.max_tries = scoring, ledger, max_tries
-        opacity = settings().opacity_model_path if opacity_path is None else opacity_path
-        self.models = load_models(model_path, lung_path, warm_up=False, opacity_path=opacity)
+        self.models = load_models(model_path, lung_path, warm_up=False,
+                                  opacity_path=opacity_path)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Scores a batch of films read by :func:`read_films`.
