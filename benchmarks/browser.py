@@ -17,7 +17,11 @@ the project's ``.streamlit/config.toml``), then drives the system Chromium
 5. a click on a table row -> that study's X-ray, map and bars;
 6. four sessions drop four different films at once -> all answered;
 
-then prints the server's resident memory, and two throughput figures for the
+then prints the server's resident memory, the server's own account of its start
+(the seconds its preload took to import TensorFlow and Keras, to load the
+classifier and to load and trace the segmenters, logged by
+``covid.app.resources.preload`` and shown here through a ``sitecustomize`` that
+only this run's server loads), and two throughput figures for the
 README's "Scaling" section: ``--sessions`` sessions dropping one film each at
 once (sessions per second), and one session dropping ``--batch`` films (films
 per second, to the triage table). Every step uses films not seen before, so
@@ -100,6 +104,7 @@ class Run:
     flagged: list[str] = field(default_factory=list)
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     tf_import_s: float = float("nan")
+    preload: str = ""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -112,8 +117,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="films dropped in one session, for films per second")
     parser.add_argument("--model", type=Path, default=None,
                         help="serve this .keras file (COVID_MODEL_PATH); default: the shipped one")
+    parser.add_argument("--cold-only", action="store_true",
+                        help="only the cold start and one warm session (steps 1-3)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     return parser.parse_args(argv)
+
+
+LOG_HOOK = """import logging
+handler = logging.StreamHandler()
+handler.setFormatter(logging.Formatter("%(relativeCreated)d ms %(name)s %(message)s"))
+logging.getLogger("covid").addHandler(handler)
+logging.getLogger("covid").setLevel(logging.INFO)
+"""
+"""A ``sitecustomize`` for the server only: the package's INFO lines on its stderr, stamped
+with the milliseconds since the process started logging (at its start)."""
+
+
+def server_env(args: argparse.Namespace, hook: Path) -> dict[str, str]:
+    """The server's environment: the log hook first on its path, and ``--model``."""
+    from benchmarks.server import ROOT
+
+    hook.mkdir(parents=True, exist_ok=True)
+    (hook / "sitecustomize.py").write_text(LOG_HOOK)
+    env = {"PYTHONPATH": os.pathsep.join(
+        filter(None, [str(hook), str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if args.model:
+        env["COVID_MODEL_PATH"] = str(args.model)
+    return env
+
+
+def preload_line(log: Path) -> str:
+    """The server's account of its preload, from its log ("" when it logged none)."""
+    for line in log.read_text(errors="replace").splitlines():
+        if "models preloaded in" in line:
+            at_ms, _, rest = line.partition(" ms ")
+            return f"done {int(at_ms) / 1000:.2f} s after the server process started; " + \
+                rest.split("models ", 1)[1]
+    return ""
 
 
 def films(data: Path, n: int) -> list[Path]:
@@ -292,6 +332,9 @@ async def throughput_steps(demo: Demo, n_sessions: int, n_batch: int) -> None:
 async def all_steps(demo: Demo, args: argparse.Namespace, start: float, proc) -> None:
     """Every step in order, with the server's memory after the four-session step."""
     await cold_start_steps(demo, start)
+    if args.cold_only:
+        demo.run.rss_mib, demo.run.peak_rss_mib = memory_mib(proc.pid)
+        return
     await table_steps(demo)
     seconds = await at_once(demo.browser, demo.url, [next(demo.pool) for _ in range(4)],
                             demo.sessions)
@@ -339,8 +382,7 @@ async def measure(args: argparse.Namespace) -> Run:
         run.load = os.getloadavg()
         demo = Demo(browser, url, pool, run)
         start = time.perf_counter()
-        proc = start_server(port, log, {"COVID_MODEL_PATH": str(args.model)} if args.model
-                            else None)
+        proc = start_server(port, log, server_env(args, log.parent / "hook"))
         try:
             wait_healthy(url, proc, log, TIMEOUT_S)
             await all_steps(demo, args, start, proc)
@@ -348,6 +390,7 @@ async def measure(args: argparse.Namespace) -> Run:
             await record_failure(demo, err, log)
         try:
             await check_pages(demo, log)
+            run.preload = preload_line(log)
         finally:
             for session in demo.sessions:
                 await session.close()
@@ -389,6 +432,7 @@ def report(run: Run) -> str:
         + (" (other work was running: timings are contended)" if run.load[0] > 0.5 else ""),
         f"TensorFlow import alone, in a fresh process just before the server started: "
         f"{run.tf_import_s:.2f} s (most of the cold start)",
+        f"server's preload: {run.preload or 'not logged'}",
     ]
     if run.flagged:
         lines.append("flagged as not a chest X-ray (the warning counted as the answer): "
@@ -406,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({
             "steps": [vars(s) for s in run.steps], "rss_mib": run.rss_mib,
             "peak_rss_mib": run.peak_rss_mib, "load_average": run.load,
-            "tf_import_s": run.tf_import_s,
+            "tf_import_s": run.tf_import_s, "preload": run.preload,
             "flagged": run.flagged, "problems": run.problems,
         }, indent=2))
     else:
