@@ -28,11 +28,12 @@ import numpy as np
 from PIL import Image
 
 from covid.explain.gradcam import METHODS
+from covid.flags import add_model_flags, add_out
 from covid.model.classes import CLASS_NAMES, index_of
 from covid.model.network import ModelFileError
+from covid.screening.engine import missing_model_message
 from covid.screening.pipeline import StudyResult, analyse, film_map
 from covid.screening.scoring import iter_files, read_file
-from covid.settings import settings
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
@@ -95,8 +96,9 @@ def target_index(class_names: list[str], target: str | None) -> int | None:
 
 
 def explain_paths(
-    paths: list[Path], out: Path, target: str | None, method: str, model_path: Path,
-    lung_path: Path, opacity_path: Path | None = None,
+    paths: list[Path], out: Path, target: str | None, method: str,
+    model_path: Path | None = None, lung_path: Path | None = None,
+    opacity_path: Path | None = None,
 ) -> Iterator[tuple[Path, str | None]]:
     """Explains every film and writes its PNG files (see :func:`film_outputs`).
 
@@ -105,8 +107,8 @@ def explain_paths(
         out: The folder written into.
         target: The class to explain (None: each film's label).
         method: The map's method (:data:`covid.explain.gradcam.METHODS`).
-        model_path: The classifier's ``.keras`` file.
-        lung_path: The lung segmenter's ``.keras`` file.
+        model_path: The classifier's ``.keras`` file (None: the settings' one).
+        lung_path: The lung segmenter's ``.keras`` file (None: the settings' one).
         opacity_path: The opacity segmenter's (None: the settings' one; optional).
 
     Yields:
@@ -119,7 +121,6 @@ def explain_paths(
     """
     from covid.screening.engine import load_models
 
-    opacity_path = settings().opacity_model_path if opacity_path is None else opacity_path
     models = load_models(model_path, lung_path, warm_up=False, opacity_path=opacity_path)
     classifier = models.classifier
     chosen = target_index(classifier.metadata.class_names, target)
@@ -149,17 +150,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``explain`` sub-command's arguments."""
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                         help="image files or folders (searched recursively)")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    add_out(parser, "the folder the PNG files are written into", required=True)
     parser.add_argument("--target", metavar="CLASS", default=None,
                         help="class to explain, one of the model's classes (the shipped "
                              f"model's: {', '.join(CLASS_NAMES)}; default: the predicted "
                              "class)")
     parser.add_argument("--method", choices=METHODS, default="gradcam")
-    paths = settings()
-    parser.add_argument("--model", type=Path, default=paths.model_path)
-    parser.add_argument("--lung-model", type=Path, default=paths.lung_model_path)
-    parser.add_argument("--opacity-model", type=Path, default=paths.opacity_model_path,
-                        help="the opacity segmenter (optional: without it, no .opacity.png)")
+    add_model_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             else:
                 print(f"explained {path}", file=sys.stderr, flush=True)
     except ModelFileError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(missing_model_message(err), file=sys.stderr)
         return 1
     except KeyError as err:  # --target names a class the model lacks
         print(f"error: --target: {err.args[0]}", file=sys.stderr)

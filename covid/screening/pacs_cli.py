@@ -1,16 +1,18 @@
 """``python -m covid pacs``: score every chest radiograph a PACS holds, and send the results back.
 
-One row per CR or DX instance that the search finds, as CSV or an aligned table
-on stdout: the ``predict`` columns (:data:`covid.screening.scoring.COLUMNS`:
-``flag``, ``advice``, ``opacity_extent`` and ``severity`` among them) with
-``study_uid`` and ``sop_instance_uid`` in place of ``path``, plus ``sent``
-(``yes``: stored now; ``already``: the study held them; ``no``: not asked, or
-nothing to send, as for a film refused as not a chest X-ray; ``failed``: the
-reason is in ``error``). Films are retrieved in memory and go through the same
-pipeline as an uploaded ``.dcm`` file, so each row is what ``predict`` gives for
-the same pixels. The Structured Report sent carries the opacity figures when the
-opacity segmenter ran. CSV text cells are guarded against formula injection by the
-project's one guard (:func:`covid.screening.table.spreadsheet_safe`).
+One row per CR or DX instance that the search finds, as CSV, JSON or an aligned table on
+stdout (``--format``, :func:`covid.screening.output.write_rows`): the ``predict``
+columns (:data:`covid.screening.scoring.COLUMNS`: ``flag``, ``advice``,
+``opacity_extent`` and ``severity`` among them) with ``study_uid`` and
+``sop_instance_uid`` in place of ``path``, plus ``sent`` (``yes``: stored now;
+``already``: the study held them; ``no``: not asked, or nothing to send, as for a film
+refused as not a chest X-ray; ``failed``: the reason is in ``error``). Films are
+retrieved in memory and go through the same pipeline as an uploaded ``.dcm`` file, so
+each row is what ``predict`` gives for the same pixels. The Structured Report sent
+carries the opacity figures when the opacity segmenter ran. CSV text cells are guarded
+against formula injection by the project's one guard
+(:func:`covid.screening.table.spreadsheet_safe`). The shared flags (models,
+``--format``) are :mod:`covid.flags`'.
 
 The address comes from ``--url`` or ``COVID_PACS_URL``; the user name and the
 password only from ``COVID_PACS_USER`` and ``COVID_PACS_PASSWORD``. A failure to
@@ -23,13 +25,13 @@ says how many failed, and the exit status is 1. No patient name is printed.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from covid.flags import add_format, add_model_flags
 from covid.inputs.pacs import (
     InstanceRecord,
     Listing,
@@ -42,9 +44,8 @@ from covid.inputs.pacs import (
 from covid.model.network import ModelFileError
 from covid.screening import scoring
 from covid.screening.engine import missing_model_message
+from covid.screening.output import write_rows
 from covid.screening.pipeline import StudyResult, analyse
-from covid.screening.table import spreadsheet_safe
-from covid.settings import settings
 
 if TYPE_CHECKING:
     from covid.screening.engine import ScreeningModels
@@ -134,16 +135,6 @@ def score_listing(client: PacsClient, listing: Listing, models: ScreeningModels,
             yield {**row, "error": failure} if failure else row
 
 
-def write_table(rows: Sequence[dict[str, Any]], out: Any = None) -> None:
-    """Writes rows as an aligned plain-text table."""
-    out = out or sys.stdout
-    cells = [[str(r[c]) for c in COLUMNS] for r in rows]
-    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(COLUMNS)]
-    for line in [list(COLUMNS), *cells]:
-        out.write("  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
-        out.write("\n")
-
-
 def _date(text: str) -> str:
     """The ``--since`` and ``--until`` type: a ``YYYYMMDD`` date."""
     if parse_date(text) is None:
@@ -162,29 +153,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="last study date")
     parser.add_argument("--send", action="store_true",
                         help="store each film's results (SR and map) back in its study")
-    parser.add_argument("--format", choices=("csv", "table"), default="csv")
-    paths = settings()
-    parser.add_argument("--model", type=Path, default=paths.model_path)
-    parser.add_argument("--lung-model", type=Path, default=paths.lung_model_path)
-    parser.add_argument("--opacity-model", type=Path, default=paths.opacity_model_path,
-                        help="the opacity segmenter (optional: without it, opacity_extent "
-                             "and severity stay empty and the SR carries no opacity figures)")
-
-
-def _emit(rows: Iterator[dict[str, Any]], fmt: str) -> list[dict[str, Any]]:
-    """Prints the rows (CSV as they come, the table once all are in); returns them."""
-    done = []
-    writer = csv.DictWriter(sys.stdout, fieldnames=COLUMNS, lineterminator="\n")
-    if fmt == "csv":
-        writer.writeheader()
-    for row in rows:
-        done.append(row)
-        if fmt == "csv":
-            writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
-            sys.stdout.flush()
-    if fmt == "table":
-        write_table(done)
-    return done
+    add_format(parser)
+    add_model_flags(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -203,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
         models = load_models(args.model, args.lung_model, warm_up=False,
                              opacity_path=args.opacity_model)
-        rows = _emit(score_listing(client, listing, models, args.send), args.format)
+        rows = write_rows(score_listing(client, listing, models, args.send), COLUMNS,
+                          args.format, sys.stdout)
     except PacsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

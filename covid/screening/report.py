@@ -22,6 +22,7 @@ import numpy as np
 
 from covid.explain.localisation import draw_outline
 from covid.explain.overlay import DEFAULT_OPACITY
+from covid.flags import add_model_flags, add_out
 from covid.inputs.decode import ImageDecodeError
 from covid.model.classes import index_of
 from covid.model.network import ModelFileError
@@ -29,7 +30,6 @@ from covid.screening.engine import missing_model_message
 from covid.screening.pipeline import StudyResult, analyse, film_map, lung_share
 from covid.screening.report_layout import build_report
 from covid.screening.scoring import read_file
-from covid.settings import settings
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
@@ -156,15 +156,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from covid.explain.overlay import colormap_names
 
     parser.add_argument("file", type=Path, metavar="FILE", help="a PNG, JPEG or DICOM image")
-    parser.add_argument("-o", "--output", type=Path, required=True, metavar="PDF",
-                        help="where to write the report")
-    paths = settings()
-    parser.add_argument("--model", type=Path, default=paths.model_path)
-    parser.add_argument("--lung-model", type=Path, default=paths.lung_model_path,
-                        help="the lung segmenter (default: the shipped one, when present)")
-    parser.add_argument("--opacity-model", type=Path, default=paths.opacity_model_path,
-                        help="the opacity segmenter (default: the shipped one, when present; "
-                             "without it the report has no opacity outline or figures)")
+    add_out(parser, "where to write the report", metavar="PDF", required=True)
+    add_model_flags(parser)
     parser.add_argument("--threshold", type=_unit_interval, default=None,
                         help="operating point on P(any finding), 1 - P(Normal) "
                              "(default: the shipped one)")
@@ -200,9 +193,9 @@ def run(args: argparse.Namespace) -> int:
         print(missing_model_message(err), file=sys.stderr)
         return 1
     try:
-        args.output.write_bytes(pdf)
+        args.out.write_bytes(pdf)
     except OSError as err:
-        print(f"error: cannot write {args.output} ({err.strerror}).", file=sys.stderr)
+        print(f"error: cannot write {args.out} ({err.strerror}).", file=sys.stderr)
         return 1
-    print(f"wrote {args.output}", file=sys.stderr)
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -29,8 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA, PROBABILITY_COLUMNS
 from covid.model.classes import probability_column as p_column
-from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
-from covid.model.opacity import DEFAULT_OPACITY_MODEL_PATH
 from covid.screening.pipeline import StudyResult, analyse
 
 if TYPE_CHECKING:
@@ -42,8 +40,9 @@ OPACITY_EXTENT, SEVERITY = "opacity_extent", "severity"
 COLUMNS = ("path", "label", p_column(COVID), p_column(NORMAL), "error", "ood", "lung_evidence",
            p_column(OTHER_PNEUMONIA), "flag", "advice", OPACITY_EXTENT, SEVERITY)
 """The output columns: the earlier ones first, so that readers of them keep working."""
-CHUNK = 64
-"""Files read into memory at a time."""
+BATCH = 16
+"""Films scored together by default (``--batch-size``): read into memory, segmented and
+passed through the networks in one batch (the page's server runs passes of 16 too)."""
 
 
 def iter_files(paths: list[Path]) -> Iterator[Path]:
@@ -123,16 +122,18 @@ def _opacity(result: StudyResult) -> dict[str, Any]:
 
 
 def score_paths(
-    paths: list[Path], model_path: Path, lung_path: Path = DEFAULT_LUNG_MODEL_PATH,
-    opacity_path: Path = DEFAULT_OPACITY_MODEL_PATH,
+    paths: list[Path], model_path: Path | None = None, lung_path: Path | None = None,
+    opacity_path: Path | None = None, batch_size: int = BATCH,
 ) -> Iterator[dict[str, Any]]:
     """Scores files and folders, yielding one row per file.
 
     Args:
         paths: Files and folders.
-        model_path: The ``.keras`` model.
-        lung_path: The lung segmenter's ``.keras`` file.
-        opacity_path: The opacity segmenter's ``.keras`` file (optional).
+        model_path: The ``.keras`` model (None: the settings' one).
+        lung_path: The lung segmenter's ``.keras`` file (None: the settings' one).
+        opacity_path: The opacity segmenter's ``.keras`` file (None: the
+            settings' one; optional).
+        batch_size: Films read and scored together, in one pass of the networks.
 
     Yields:
         Rows (see :func:`row`), in file order.
@@ -142,10 +143,11 @@ def score_paths(
     """
     from covid.screening.engine import load_models
 
-    models = load_models(model_path, lung_path, warm_up=False, opacity_path=opacity_path)
+    models = load_models(model_path, lung_path, warm_up=False, opacity_path=opacity_path,
+                         batch_size=batch_size)
     files = list(iter_files(paths))
-    for start in range(0, len(files), CHUNK):
-        chunk = files[start : start + CHUNK]
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
         yield from score_chunk(chunk, [read_file(p) for p in chunk], models)
 
 
@@ -153,6 +155,10 @@ def score_chunk(
     paths: list[Path], contents: list[bytes | str], models: ScreeningModels
 ) -> list[dict[str, Any]]:
     """Rows for files already read: the one scoring path of both engines.
+
+    The files given are scored together, in one pass of the networks (the
+    classifier splits a pass larger than its own batch size), so that
+    ``--batch-size`` means the same to both engines.
 
     Args:
         paths: The files' paths as given (the ``path`` column).
@@ -166,7 +172,7 @@ def score_chunk(
     classifier = models.classifier
     readable = [(p.name, c) for p, c in zip(paths, contents, strict=True) if isinstance(c, bytes)]
     scored = iter(analyse(readable, classifier, ood=models.ood, segmenter=models.segmenter,
-                          opacity=models.opacity))
+                          opacity=models.opacity, batch_size=max(1, len(readable))))
     rows = []
     for path, content in zip(paths, contents, strict=True):
         result = next(scored) if isinstance(content, bytes) else StudyResult(

@@ -44,9 +44,10 @@ from covid.model.lungs import LungSegmentation, LungSegmenter
 from covid.model.network import ModelMetadata
 from covid.model.ood_stats import OODStats
 from covid.model.opacity import MAX_SCORE, OpacitySegmenter
-from covid.screening import predict, scoring
+from covid.screening import scoring
 from covid.screening.archive_parts import PartWriter, read_rows, row_schema
 from covid.screening.ood import OODDetector
+from covid.screening.output import write_rows
 from covid.screening.pacs_results import ResultsError, build_results, finding_code
 from covid.screening.pipeline import StudyResult, analyse
 from covid.screening.studies import DisplaySettings, Study, report_pdf
@@ -183,8 +184,8 @@ def said_by_pdf(film: Film) -> Said:
 
 def said_by_predict_csv(film: Film) -> Said:
     out = io.StringIO()
-    predict.write_csv([scoring.row(Path(film.result.name), film.result,
-                                   film.meta.class_names)], out)
+    write_rows([scoring.row(Path(film.result.name), film.result, film.meta.class_names)],
+               scoring.COLUMNS, "csv", out)
     row = next(csv.DictReader(io.StringIO(out.getvalue())))
     assert row["ood"] == str(film.kind != FLAG_NONE).lower()
     return Said(row["label"], row["flag"], row["advice"])
@@ -274,8 +275,8 @@ def opacity_by_table_csv(film: Film) -> Figures:
 
 def opacity_by_predict_csv(film: Film) -> Figures:
     out = io.StringIO()
-    predict.write_csv([scoring.row(Path(film.result.name), film.result,
-                                   film.meta.class_names)], out)
+    write_rows([scoring.row(Path(film.result.name), film.result, film.meta.class_names)],
+               scoring.COLUMNS, "csv", out)
     row = next(csv.DictReader(io.StringIO(out.getvalue())))
     return _figures(row[scoring.OPACITY_EXTENT], row[scoring.SEVERITY])
 

@@ -111,6 +111,20 @@ def test_table_format_and_date_range(loaded_orthanc, models, pacs_env, capsys):
     assert len(lines) == 3
 
 
+def test_json_format_gives_the_same_rows_as_csv(loaded_orthanc, models, pacs_env, capsys):
+    import json
+
+    server, _ = loaded_orthanc
+    dates = ("--since", "20240102", "--until", "20240103")
+    assert run_pacs(server, models, *dates) == 0
+    as_csv = rows_of(capsys.readouterr().out)
+    assert run_pacs(server, models, "--format", "json", *dates) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert [list(r) for r in as_json] == [list(COLUMNS)] * 2
+    assert [r["sop_instance_uid"] for r in as_json] == [r["sop_instance_uid"] for r in as_csv]
+    assert [str(r["severity"]) for r in as_json] == [r["severity"] for r in as_csv]
+
+
 def test_send_gives_a_row_per_film_an_sr_and_map_per_scored_film_and_is_idempotent(
         orthanc, film_pixels, models, pacs_env, capsys):
     """The issue's check, smaller: films lacking birth date, sex and accession among them."""
@@ -171,11 +185,13 @@ def test_a_study_whose_results_cannot_be_built_gets_its_error_and_the_run_goes_o
 
 
 def test_csv_text_is_guarded_against_formulas(capsys):
-    from covid.screening.pacs_cli import _emit
+    import sys
+
+    from covid.screening.output import write_rows
 
     row = dict.fromkeys(COLUMNS, "")
     row.update(study_uid="1.2.3", error="=HYPERLINK(\"http://x\")", p_covid=0.25, sent="no")
-    _emit(iter([row]), "csv")
+    write_rows(iter([row]), COLUMNS, "csv", sys.stdout)
     written = rows_of(capsys.readouterr().out)[0]
     assert written["error"] == "'=HYPERLINK(\"http://x\")"
     assert (written["study_uid"], written["p_covid"]) == ("1.2.3", "0.25")

@@ -196,3 +196,64 @@ def test_without_the_opacity_segmenter_its_columns_are_empty(
     (row,) = json.loads(capsys.readouterr().out)
     assert row["flag"] == "none" and row["lung_evidence"] != ""
     assert row["opacity_extent"] == row["severity"] == ""
+
+
+def test_table_format_gives_the_csv_rows_aligned(folder, tiny_model_file, capsys):
+    args = ["predict", *NO_LUNGS, "--model", str(tiny_model_file), str(folder)]
+    assert main(args) == 0
+    as_csv = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert main([*args, "--format", "table"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == list(COLUMNS) and len(lines) == len(as_csv) + 1
+    for line, row in zip(lines[1:], as_csv, strict=True):
+        assert line.startswith(row["path"]) and row["p_covid"] in line
+
+
+def test_batch_size_is_the_films_scored_together_by_the_local_engine(
+    folder, tiny_model_file, capsys, monkeypatch
+):
+    from covid.screening import scoring
+
+    passes = []
+
+    def recorded(files, classifier, **kwargs):
+        passes.append((len(files), kwargs["batch_size"], classifier.batch_size))
+        return analyse(files, classifier, **kwargs)
+
+    analyse = scoring.analyse
+    monkeypatch.setattr(scoring, "analyse", recorded)
+    args = ["predict", *NO_LUNGS, "--model", str(tiny_model_file), str(folder)]
+    assert main(args) == 0  # three files, all read: one pass
+    together = capsys.readouterr().out
+    assert passes == [(3, 3, scoring.BATCH)]
+    passes.clear()
+    assert main([*args, "--batch-size", "2"]) == 0
+    assert passes == [(2, 2, 2), (1, 1, 2)]
+    assert capsys.readouterr().out == together  # the same rows, whatever the batches
+
+
+def test_from_any_folder_the_shipped_models_are_found(tmp_path, monkeypatch, capsys):
+    from covid.settings import LUNG_MODEL_ENV, MODEL_ENV, OPACITY_MODEL_ENV, settings
+
+    for variable in (MODEL_ENV, LUNG_MODEL_ENV, OPACITY_MODEL_ENV):
+        monkeypatch.delenv(variable, raising=False)
+    if not settings().model_path.is_file():
+        pytest.skip(f"no shipped model at {settings().model_path}")
+    monkeypatch.chdir(tmp_path)  # no models/ here
+    _png(tmp_path / "film.png", 4)
+    assert main(["predict", "--format", "json", "film.png"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["path"] == "film.png" and row["error"] == "" and row["flag"] != ""
+
+
+def test_the_model_variable_is_honoured_from_any_folder(tmp_path, tiny_model_file, monkeypatch,
+                                                        capsys):
+    from covid.settings import LUNG_MODEL_ENV, MODEL_ENV
+
+    monkeypatch.setenv(MODEL_ENV, str(tiny_model_file))
+    monkeypatch.setenv(LUNG_MODEL_ENV, str(tmp_path / "none.keras"))
+    monkeypatch.chdir(tmp_path)
+    _png(tmp_path / "film.png", 5)
+    assert main(["predict", "film.png"]) == 0
+    row = next(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert row["error"] == "" and _total(row) == pytest.approx(1.0, abs=3e-6)

@@ -191,7 +191,7 @@ def test_cli_writes_a_valid_pdf(tiny_model_file, tmp_path, capsys):
     image.write_bytes(_png_bytes(4))
     out.parent.mkdir()
     # no segmenter: the shipped one finds no lungs in noise, which would be refused
-    assert main(["report", str(image), "-o", str(out), "--model", str(tiny_model_file),
+    assert main(["report", str(image), "--out", str(out), "--model", str(tiny_model_file),
                  "--lung-model", str(tmp_path / "none.keras")]) == 0
     text = _flat(_text(out.read_bytes()))
     assert "a.png" in text and DISCLAIMER in text and _n_images(out.read_bytes()) >= 2
@@ -204,10 +204,10 @@ def test_cli_grades_the_opacities_with_the_opacity_model(
         tiny_model_file, tiny_lung_file, plant_lungs, opacity_file, tmp_path):
     image, out = tmp_path / "a.png", tmp_path / "report.pdf"
     image.write_bytes(_png_bytes(4, shape=(120, 100)))
-    assert main(["report", str(image), "-o", str(out), "--model", str(tiny_model_file),
+    assert main(["report", str(image), "--out", str(out), "--model", str(tiny_model_file),
                  "--lung-model", str(tiny_lung_file), "--opacity-model", str(opacity_file)]) == 0
     assert f"score {MAX_SCORE}/{MAX_SCORE}" in _flat(_text(out.read_bytes()))
-    assert main(["report", str(image), "-o", str(out), "--model", str(tiny_model_file),
+    assert main(["report", str(image), "--out", str(out), "--model", str(tiny_model_file),
                  "--lung-model", str(tiny_lung_file),
                  "--opacity-model", str(tmp_path / "none.keras")]) == 0  # optional
     assert "score" not in _flat(_text(out.read_bytes()))
@@ -216,7 +216,7 @@ def test_cli_grades_the_opacities_with_the_opacity_model(
 def test_cli_missing_model_is_a_clear_error(tmp_path, capsys):
     image = tmp_path / "a.png"
     image.write_bytes(_png_bytes(5))
-    status = main(["report", str(image), "-o", str(tmp_path / "r.pdf"),
+    status = main(["report", str(image), "--out", str(tmp_path / "r.pdf"),
                    "--model", str(tmp_path / "none.keras")])
     assert status == 1
     assert "error: model file not found" in capsys.readouterr().err
@@ -227,7 +227,7 @@ def test_cli_broken_file_exits_1_without_traceback(tiny_model_file, tmp_path):
     broken, out = tmp_path / "broken.png", tmp_path / "r.pdf"
     broken.write_bytes(b"not an image at all")
     proc = subprocess.run(
-        [sys.executable, "-m", "covid", "report", str(broken), "-o", str(out),
+        [sys.executable, "-m", "covid", "report", str(broken), "--out", str(out),
          "--model", str(tiny_model_file)], capture_output=True, text=True, check=False)
     assert proc.returncode == 1
     assert "error: broken.png: this is not a PNG, JPEG or DICOM image" in proc.stderr
