@@ -8,7 +8,6 @@ force (:mod:`covid.screening.studies`); the study view is :mod:`covid.app.study`
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -445,8 +444,7 @@ def analysis_ui(
 
     try:
         return score_files(files, classifier, store, ood=ood, progress=progress,
-                           segmenter=segmenter,
-                           analyse=functools.partial(analyse, opacity=opacity))
+                           segmenter=segmenter, analyse=analyse, opacity=opacity)
     finally:
         bar.empty()
 

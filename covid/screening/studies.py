@@ -39,6 +39,7 @@ from covid.screening.report_layout import build_report
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier, Explanation
     from covid.model.lungs import LungSegmenter
+    from covid.model.opacity import OpacitySegmenter
     from covid.screening.ood import OODGate
 
 PREDICTED = "Predicted class"
@@ -109,6 +110,7 @@ def score_files(
     segmenter: LungSegmenter | None = None,
     limit: int = MAX_STUDIES,
     analyse: Callable[..., list[StudyResult]] = pipeline.analyse,
+    opacity: OpacitySegmenter | None = None,
 ) -> list[Study]:
     """Scores uploads, running the network only for files not scored before.
 
@@ -124,13 +126,16 @@ def score_files(
         limit: The most files scored; later ones get an error naming them and
             the limit (nothing of theirs is kept).
         analyse: What scores the new files (:func:`covid.screening.pipeline.analyse`).
+        opacity: The opacity segmenter, or None (then no opacity outline or figures).
 
     Returns:
         One :class:`Study` per file, in upload order.
     """
     models = classifier.metadata.sha256[:16]
-    if segmenter is not None:  # a segmenter shipped meanwhile gives new results
-        models += f"+{segmenter.metadata.sha256[:8]}"
+    # a segmenter shipped (or removed) meanwhile gives new results
+    for kind, unet in (("lungs", segmenter), ("opacity", opacity)):
+        if unet is not None:
+            models += f"+{kind}:{unet.metadata.sha256[:8]}"
     digests = [content_digest(data) for _, data in files]
     keys = [f"{models}:{d}:{name}" for (name, _), d in zip(files, digests, strict=True)]
     kept = set(keys[:limit])
@@ -139,7 +144,7 @@ def score_files(
     missing = [i for i, key in enumerate(keys[:limit]) if key not in store]
     if missing:
         fresh = analyse([files[i] for i in missing], classifier, ood=ood,
-                                 progress=progress, segmenter=segmenter)
+                        progress=progress, segmenter=segmenter, opacity=opacity)
         for i, result in zip(missing, fresh, strict=True):
             store[keys[i]] = result
     over = [StudyResult(name=name, error=f"{name}: not scored; a session scores at most "

@@ -66,15 +66,18 @@ def _result(name: str, p: float = 0.4, box: LungBox | None = None,
 
 
 class _FakeSegmenter:
-    metadata = types.SimpleNamespace(sha256="c" * 64)
+    def __init__(self, sha: str = "c" * 64) -> None:
+        self.metadata = types.SimpleNamespace(sha256=sha)
 
 
 class _Recorder(list):
     """Stands in for the pipeline's ``analyse``, recording the files it is asked to score."""
 
-    def __call__(self, files, classifier, ood=None, progress=None, segmenter=None):
+    def __call__(self, files, classifier, ood=None, progress=None, segmenter=None,
+                 opacity=None):
         self.append([name for name, _ in files])
         self.segmenters = [*getattr(self, "segmenters", []), segmenter]
+        self.opacities = [*getattr(self, "opacities", []), opacity]
         if progress is not None:
             progress(1.0)
         return [_result(name) for name, _ in files]
@@ -111,8 +114,22 @@ def test_a_segmenter_is_passed_on_and_keys_its_own_results(analysed):
     with_lungs = score_files([("a.png", b"1")], classifier, store, segmenter=segmenter,
                              analyse=analysed)
     assert analysed.segmenters == [None, segmenter]  # a segmenter shipped meanwhile scores again
-    assert with_lungs[0].key == f"{'a' * 16}+{'c' * 8}:{content_digest(b'1')}:a.png"
+    assert with_lungs[0].key == f"{'a' * 16}+lungs:{'c' * 8}:{content_digest(b'1')}:a.png"
     assert without[0].key != with_lungs[0].key and list(store) == [with_lungs[0].key]
+
+
+def test_an_opacity_segmenter_is_passed_on_and_a_new_one_scores_again(analysed):
+    classifier, store, lungs = _FakeClassifier(), {}, _FakeSegmenter()
+    old, new = _FakeSegmenter("d" * 64), _FakeSegmenter("e" * 64)
+    first = score_files([("a.png", b"1")], classifier, store, segmenter=lungs, opacity=old,
+                        analyse=analysed)
+    again = score_files([("a.png", b"1")], classifier, store, segmenter=lungs, opacity=old,
+                        analyse=analysed)
+    shipped = score_files([("a.png", b"1")], classifier, store, segmenter=lungs, opacity=new,
+                          analyse=analysed)
+    assert analysed.opacities == [old, new]  # the same one is cached; a new one scores again
+    assert again[0].key == first[0].key
+    assert f"+opacity:{'e' * 8}:" in shipped[0].key and list(store) == [shipped[0].key]
 
 
 def test_a_session_keeps_at_most_limit_results_and_drops_removed_files(analysed):
