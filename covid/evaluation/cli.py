@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compare", type=Path, default=None,
                         help="score this model too, on the same test films (e.g. the shipped)")
     parser.add_argument("--cache-dir", type=Path,
-                        default=Path.home() / ".cache" / "covid-runs" / "cache")
+                        default=Path.home() / ".cache" / "covid-runs" / "cache",
+                        help="segmentations and hashes kept between runs")
     parser.add_argument("--ship", type=Path, default=None,
                         help="then copy the model and its artefacts here if it loses no "
                              "headline figure beyond its 95%% CI against the model there, on "
