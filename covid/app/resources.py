@@ -5,10 +5,10 @@ batching worker, which runs the films of every session together
 (:mod:`covid.explain.batching`). The server starts loading them in a
 thread as it starts (:func:`preload`, from ``streamlit_app``'s lifespan), so that
 the first visitor finds them loaded or loading; a page that asks meanwhile waits
-for that same load. The classifier's graphs are traced in a background thread
-whenever the network is idle, the segmenters' once its Grad-CAM graph is, and
-films arriving before then are answered eagerly (:func:`warm_up_when_idle`,
-:func:`_trace_segmenters_soon`), so that no request waits for tracing.
+for that same load. The classifier's graphs, then the segmenters', are traced in
+a background thread whenever the network is idle, and films arriving before then
+are answered eagerly (:func:`warm_up_when_idle`), so that no request waits for
+tracing.
 
 Set ``COVID_MODEL_PATH`` to serve another ``.keras`` model than the shipped one,
 and ``COVID_LUNG_MODEL_PATH`` for another lung segmenter. The loaders are keyed
@@ -372,7 +372,7 @@ def start_preload() -> None:
 
 
 def _trace_segmenters(classifier: BatchingClassifier) -> None:
-    """Traces the segmenters' graphs (until then they run eagerly; again: a cheap call).
+    """Traces the segmenters' graphs (until then they run eagerly), after the classifier's.
 
     Tracing a U-Net before the first film took 0.62-0.68 s each; its first eager
     pass takes 0.17-0.35 s (``python -m benchmarks.coldstart``), so a first film
@@ -389,27 +389,15 @@ def _trace_segmenters(classifier: BatchingClassifier) -> None:
         LOG.warning("the segmenters were not traced: %s", err)
 
 
-def _trace_segmenters_soon(classifier: BatchingClassifier, poll_s: float = 0.25,
-                           timeout_s: float = 300.0) -> None:
-    """Traces the segmenters as soon as the classifier's Grad-CAM graph is traced.
-
-    Until then a film runs them eagerly, at about 0.19 s a pass against 0.03 s
-    traced: without this, films in the first ten seconds or so after the first
-    would wait for the classifier's other two graphs to be traced first.
-    """
-    deadline = time.monotonic() + timeout_s
-    while classifier.tracing_counts().get("gradcam", 0) == 0 and time.monotonic() < deadline:
-        time.sleep(poll_s)
-    _trace_segmenters(classifier)
-
-
 def warm_up_when_idle(classifier: BatchingClassifier) -> None:
     """Starts the models' background warm-up, once per process, with every model loaded.
 
     Each of the classifier's graphs is traced when no film is being answered (see
-    ``Classifier.warm_up_in_background``), then the segmenters' (if the preload's
-    thread has not traced them already); films arriving before are answered
-    eagerly. Afterwards the objects alive are frozen out of the garbage collector.
+    ``Classifier.warm_up_in_background``), then the segmenters'; films arriving
+    before are answered eagerly (the segmenters' eager passes cost about 0.35 s a
+    film more, but a film never waits behind their tracing, as one arriving while
+    they were traced right after the Grad-CAM graph did). Afterwards the objects
+    alive are frozen out of the garbage collector.
     """
     def then() -> None:
         _trace_segmenters(classifier)
@@ -439,8 +427,6 @@ def preload() -> None:
             LOG.warning("the models were not preloaded: %s", err)
             return
     warm_up_when_idle(classifier)
-    threading.Thread(target=_trace_segmenters_soon, args=(classifier,),
-                     name="trace-segmenters", daemon=False).start()
     done = time.perf_counter()
     LOG.info("models preloaded in %.2f s: TensorFlow and Keras imported in %.2f s, classifier "
              "and OOD statistics loaded in %.2f s, segmenters loaded in %.2f s",
