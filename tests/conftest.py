@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny CNN with the real model's interface, its metadata and file."""
+"""Shared fixtures: a tiny 3-class CNN with the real model's interface, its metadata and file."""
 
 import os
 
@@ -10,13 +10,15 @@ import keras
 import numpy as np
 import pytest
 
+from covid.model.classes import CLASS_NAMES
 from covid.model.network import LOGITS_LAYER, ModelMetadata, save_with_metadata
 
 TINY_SIZE = 32
 TINY_LAYER = "last_conv"
 
 
-def build_tiny_cnn(size: int = TINY_SIZE, seed: int = 0, n_classes: int = 2) -> keras.Model:
+def build_tiny_cnn(size: int = TINY_SIZE, seed: int = 0,
+                   n_classes: int = len(CLASS_NAMES)) -> keras.Model:
     """A small CNN with the real model's interface.
 
     (B, size, size, 1) float32 intensities in [0, 255] -> (B, n_classes) softmax,
@@ -39,8 +41,7 @@ def tiny_metadata_for(temperature: float = 1.5, threshold: float = 0.5) -> Model
     return ModelMetadata(
         name="tiny test CNN",
         version="test",
-        class_names=["COVID", "Normal"],
-        positive_class="COVID",
+        class_names=list(CLASS_NAMES),
         input_size=TINY_SIZE,
         input_mode="full",
         gradcam_layer=TINY_LAYER,
@@ -52,7 +53,7 @@ def tiny_metadata_for(temperature: float = 1.5, threshold: float = 0.5) -> Model
 
 @pytest.fixture
 def tiny_cnn() -> keras.Model:
-    """A fresh, seeded, untrained tiny CNN (32 x 32 x 1 input, 2 classes)."""
+    """A fresh, seeded, untrained tiny CNN (32 x 32 x 1 input, the three classes)."""
     return build_tiny_cnn()
 
 
@@ -93,7 +94,7 @@ def shared_data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_cnn_factory():
-    """``build_tiny_cnn(size=32, seed=0, n_classes=2)``, for tests needing several models."""
+    """``build_tiny_cnn(size=32, seed=0, n_classes=3)``, for tests needing several models."""
     return build_tiny_cnn
 
 

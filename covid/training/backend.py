@@ -197,7 +197,8 @@ def _time_training(model_name: str, precision: str, size: int, batch: int, steps
     else:
         from covid.model.network import build_model
 
-        model, y_shape = build_model(2, input_size=size), (batch, 2)
+        model = build_model(input_size=size)
+        y_shape = (batch, model.output_shape[-1])
         loss = "categorical_crossentropy"
     model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=loss)
     rng = np.random.default_rng(0)

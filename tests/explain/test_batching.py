@@ -205,7 +205,7 @@ def test_a_malformed_request_is_refused_in_its_callers_thread_and_never_queued(c
         with pytest.raises(ValueError, match="unknown CAM method"):
             batcher.explain_batch(_images(1, 0), method="saliency")
         with pytest.raises(ValueError, match="target must be"):
-            batcher.explain(_images(1, 0)[0], target=2)
+            batcher.explain(_images(1, 0)[0], target=classifier.n_classes)
         assert batcher.waiting() == 0
 
 
@@ -221,7 +221,8 @@ def test_the_wrapper_answers_as_the_classifier_does(classifier, reference):
         np.testing.assert_allclose(batcher.predict_batch(x), reference.predict_batch(x),
                                    atol=ATOL)
         logits, features = batcher.forward_batch(x[:0])
-        assert logits.shape == (0, 2) and features.shape == (0, reference.n_features)
+        assert logits.shape == (0, reference.n_classes)
+        assert features.shape == (0, reference.n_features)
         assert batcher.explain_batch(x[:0]) == []
 
 

@@ -16,6 +16,7 @@ from covid.model.network import (
     metadata_path,
     output_stride_of,
     read_metadata,
+    save_with_metadata,
 )
 
 
@@ -50,8 +51,8 @@ def test_any_input_size_gives_probabilities(resnet):
 def test_save_load_round_trip_and_sha(tiny_model_file):
     model, meta = load_model(tiny_model_file)
     assert meta.sha256 == file_sha256(tiny_model_file)
-    assert meta.class_names == ["COVID", "Normal"]
-    assert isinstance(model, keras.Model)
+    assert meta.class_names == list(CLASS_NAMES)
+    assert isinstance(model, keras.Model) and model.output_shape == (None, len(CLASS_NAMES))
 
 
 def test_load_refuses_altered_file(tiny_model_file, tmp_path):
@@ -114,10 +115,22 @@ V1_METADATA = {  # the first shipped model's file, before the input mode was rec
 }
 
 
-def test_a_two_class_model_from_before_the_input_mode_reads_as_a_whole_film_model():
-    meta = ModelMetadata.from_json(json.dumps(V1_METADATA))
-    assert meta.class_names == ["COVID", "Normal"] and meta.input_size == 224
+def test_a_two_class_model_from_before_the_input_mode_still_loads_and_decides(
+        tmp_path, tiny_cnn_factory):
+    from covid.model.decision import decide
+
+    path = tmp_path / "v1.keras"
+    save_with_metadata(tiny_cnn_factory(n_classes=2), ModelMetadata.from_json(
+        json.dumps({**V1_METADATA, "input_size": 32})), path)
+    raw = json.loads(metadata_path(path).read_text())
+    del raw["input_mode"]  # as v1 wrote it
+    metadata_path(path).write_text(json.dumps(raw))
+    model, meta = load_model(path)
+    assert meta.class_names == ["COVID", "Normal"] and meta.input_size == 32
     assert meta.input_mode == "full" and meta.positive_index == 0
+    probs = model.predict(np.full((1, 32, 32, 1), 128.0, "float32"), verbose=0)[0]
+    decision = decide(probs, meta.class_names, meta.threshold)
+    assert decision.label in meta.class_names and decision.p_finding == pytest.approx(probs[0])
 
 
 @pytest.mark.parametrize("missing", ["class_names", "input_size"])

@@ -101,5 +101,9 @@ def test_every_session_gets_exactly_its_own_results_broken_files_included(refere
             np.testing.assert_allclose(mine.probs, alone.probs, atol=1e-5)
             np.testing.assert_allclose(mine.cam, alone.cam, atol=1e-5)
             np.testing.assert_array_equal(mine.pixels, alone.pixels)
-    assert sum(sizes) == SESSIONS * GOOD_FILMS  # every good film once, no broken one
+    # every good film once, no broken one; a film whose label at the operating point
+    # is not its most probable class is explained again for its label
+    relabelled = sum(r.cam_target != int(np.argmax(r.probs))
+                     for results in expected for r in results if r.error is None)
+    assert sum(sizes) == SESSIONS * GOOD_FILMS + relabelled
     assert len(sizes) < SESSIONS  # the sessions' films shared the network's calls

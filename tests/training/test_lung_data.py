@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from covid.model.classes import CLASS_NAMES
 from covid.model.network import ModelMetadata
 from covid.training.catalogue import SOURCES, data_dir, find_films
 from covid.training.lung_data import focused_dataset, match_masks
@@ -39,7 +40,7 @@ def test_training_inputs_equal_the_served_inputs(mode, contrast, tiny_cnn_factor
     segmenter = LungSegmenter.from_file(LUNGS)
     trained_on = focused_dataset(paths, 64, mode, segmenter, cache_dir=tmp_path,
                                  contrast=contrast)
-    meta = ModelMetadata(class_names=["COVID", "Normal"], input_size=64, input_mode=mode,
+    meta = ModelMetadata(class_names=list(CLASS_NAMES), input_size=64, input_mode=mode,
                          input_contrast=contrast, gradcam_layer="last_conv")
     classifier = Classifier(tiny_cnn_factory(size=64), meta)
     served = analyse([(p.name, p.read_bytes()) for p in paths], classifier, segmenter=segmenter)
