@@ -95,7 +95,7 @@ def child(extras: bool, trace_first: bool, films: list[Path]) -> list[dict[str, 
 
     from covid.explain.inference import Classifier
     from covid.model.lungs import LungSegmenter
-    from covid.model.network import check_sha256, read_metadata
+    from covid.model.metadata import check_sha256, read_metadata
     from covid.model.opacity import DEFAULT_OPACITY_MODEL_PATH, OpacitySegmenter
     from covid.screening.ood import load_detector
     from covid.screening.pipeline import analyse

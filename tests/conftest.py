@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from covid.model.classes import CLASS_NAMES
-from covid.model.network import LOGITS_LAYER, ModelMetadata, save_with_metadata
+from covid.model.metadata import ModelMetadata
+from covid.model.network import LOGITS_LAYER, save_with_metadata
 
 TINY_SIZE = 32
 TINY_LAYER = "last_conv"

@@ -12,7 +12,7 @@ from covid import DISCLAIMER
 from covid.app import state
 from covid.app.resources import load_model
 from covid.model.decision import finding_name
-from covid.model.network import ModelFileError, ModelMetadata
+from covid.model.metadata import ModelFileError, ModelMetadata
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier

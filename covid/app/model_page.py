@@ -54,7 +54,7 @@ from covid.explain.localisation import CAUTION_SHARE
 from covid.model.classes import COVID, NORMAL
 from covid.model.decision import finding_name
 from covid.model.figure_names import figure_name
-from covid.model.network import ModelMetadata
+from covid.model.metadata import ModelMetadata
 from covid.screening.table import by_column
 
 LOG = logging.getLogger(__name__)

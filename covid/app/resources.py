@@ -378,7 +378,7 @@ def _trace_segmenters(classifier: BatchingClassifier) -> None:
     pass takes 0.17-0.35 s (``python -m benchmarks.coldstart``), so a first film
     waiting for the load is answered about 0.8 s sooner with both segmenters.
     """
-    from covid.model.network import ModelFileError
+    from covid.model.metadata import ModelFileError
 
     try:
         lungs = segmenter_for(classifier)
@@ -417,7 +417,7 @@ def preload() -> None:
     with _collector_paused():
         import_keras_without_extras()
         imported = time.perf_counter()
-        from covid.model.network import ModelFileError
+        from covid.model.metadata import ModelFileError
 
         try:
             classifier, _ = load_model(model_path())

@@ -37,7 +37,7 @@ from covid.app.study import safe_detail_ui
 from covid.explain.overlay import colormap_names
 from covid.model.decision import finding_name
 from covid.model.figure_names import figure_name
-from covid.model.network import ModelFileError, ModelMetadata
+from covid.model.metadata import ModelFileError, ModelMetadata
 from covid.screening.pipeline import analyse
 from covid.screening.studies import (
     DEFAULT_COLORMAP,

@@ -16,7 +16,7 @@ from typing import Any
 
 import streamlit as st
 
-from covid.model.network import ModelMetadata
+from covid.model.metadata import ModelMetadata
 
 _STUDIES_KEY = "_covid_studies"
 """Scored results, keyed by model, content and file name."""

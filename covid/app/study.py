@@ -26,7 +26,7 @@ from covid.app import state
 from covid.app.pacs_ui import send_study_ui
 from covid.explain.localisation import draw_outline, evidence_caution, evidence_sentence
 from covid.model.decision import finding_name
-from covid.model.network import ModelMetadata
+from covid.model.metadata import ModelMetadata
 from covid.screening.pipeline import StudyResult, percentages
 from covid.screening.studies import (
     CONTOUR_LEVELS,

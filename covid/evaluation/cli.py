@@ -24,7 +24,7 @@ from covid.evaluation.evaluate import evaluate
 from covid.evaluation.scoring import Options, validation_figures
 from covid.evaluation.ship import set_gradcam_layer, ship
 from covid.flags import add_data, add_model_flags
-from covid.model.network import ModelFileError
+from covid.model.metadata import ModelFileError
 from covid.settings import settings
 
 LOG = logging.getLogger("covid.evaluate")

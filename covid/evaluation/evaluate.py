@@ -41,7 +41,7 @@ from covid.evaluation.ship import gate
 from covid.model.calibration import calibrated_probs
 from covid.model.classes import probability_column
 from covid.model.decision import decide_labels
-from covid.model.network import ModelMetadata, read_metadata, write_metadata
+from covid.model.metadata import ModelMetadata, read_metadata, write_metadata
 
 LOG = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from covid.evaluation.metrics import flagged_by_class
 from covid.evaluation.scoring import split_side, true_names
 from covid.flags import add_batch_size, add_data, add_model_flags
 from covid.inputs.decode import ImageDecodeError
-from covid.model.network import ModelFileError, read_metadata, write_metadata
+from covid.model.metadata import ModelFileError, read_metadata, write_metadata
 from covid.model.ood_stats import (
     OODStats,
     mahalanobis_score,

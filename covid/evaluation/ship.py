@@ -16,7 +16,7 @@ from pathlib import Path
 from covid.evaluation.artefacts import artefact_paths
 from covid.evaluation.comparison import ship_verdict
 from covid.evaluation.scoring import Options, Scored, checked_layer, compare_with, test_figures
-from covid.model.network import metadata_path, read_metadata, write_metadata
+from covid.model.metadata import metadata_path, read_metadata, write_metadata
 from covid.model.ood_stats import ood_path
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from covid.explain.inference import FORWARD, Classifier, Explanation
 from covid.model.calibration import calibrated_probs
-from covid.model.network import ModelMetadata
+from covid.model.metadata import ModelMetadata
 
 LOG = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ import tensorflow as tf
 
 from covid.explain.gradcam import METHODS, find_last_conv_layer, gradcam_step, split_at_layer
 from covid.model.calibration import calibrated_probs
-from covid.model.network import DEFAULT_MODEL_PATH, LOGITS_LAYER, ModelMetadata, load_model
+from covid.model.metadata import ModelMetadata
+from covid.model.network import DEFAULT_MODEL_PATH, LOGITS_LAYER, load_model
 
 LOG = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class Classifier:
             The classifier.
 
         Raises:
-            covid.model.network.ModelFileError: Missing, altered or unreadable files.
+            covid.model.metadata.ModelFileError: Missing, altered or unreadable files.
         """
         model, metadata = load_model(path)
         return cls(model, metadata, batch_size=batch_size)

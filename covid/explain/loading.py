@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from covid.model.network import ModelFileError, ModelMetadata
+from covid.model.metadata import ModelFileError, ModelMetadata
 from covid.settings import settings
 
 if TYPE_CHECKING:

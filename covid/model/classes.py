@@ -1,7 +1,7 @@
 """The classes' names, their order and the columns named after them: one place for each.
 
 A shipped model records its own class names in its metadata
-(:attr:`covid.model.network.ModelMetadata.class_names`); code that reads a
+(:attr:`covid.model.metadata.ModelMetadata.class_names`); code that reads a
 model's outputs takes the names and their indices from there, through
 :func:`index_of`. The names below are what the three-class recipe trains and what
 rules keyed by meaning need (the normal class decides "home"; COVID has its own

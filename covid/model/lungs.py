@@ -21,12 +21,7 @@ from PIL import Image
 from scipy import ndimage
 
 from covid.inputs.preprocess import LungBox, lung_box, to_model_input
-from covid.model.network import (
-    JsonMetadata,
-    ModelFileError,
-    check_sha256,
-    read_metadata_as,
-)
+from covid.model.metadata import JsonMetadata, ModelFileError, check_sha256, read_metadata_as
 from covid.settings import LUNG_MODEL_FILE, MODELS_DIR
 
 DEFAULT_LUNG_MODEL_PATH = MODELS_DIR / LUNG_MODEL_FILE

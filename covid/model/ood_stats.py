@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from covid.model.network import ModelFileError, file_sha256, read_metadata, write_metadata
+from covid.model.metadata import ModelFileError, file_sha256, read_metadata, write_metadata
 
 FORMAT_VERSION = 1
 """Version of the ``.npz`` layout written by :func:`save_ood`."""

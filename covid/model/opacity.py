@@ -36,7 +36,8 @@ from covid.model.lungs import (
     to_film,
     work_shape,
 )
-from covid.model.network import JsonMetadata, save_with_metadata
+from covid.model.metadata import JsonMetadata
+from covid.model.network import save_with_metadata
 from covid.settings import MODELS_DIR, OPACITY_MODEL_FILE
 
 DEFAULT_OPACITY_MODEL_PATH = MODELS_DIR / OPACITY_MODEL_FILE

@@ -316,7 +316,7 @@ def score_archive(job: Job, progress: Callable[[str], None] | None = None) -> Su
             or another model's rows, or the cluster is too small.
         ModelFileError: The model's metadata is missing or malformed.
     """
-    from covid.model.network import check_sha256, read_metadata
+    from covid.model.metadata import check_sha256, read_metadata
 
     started, summary = time.monotonic(), Summary()
     meta = read_metadata(job.model_path)
@@ -392,7 +392,7 @@ def run_command(args: argparse.Namespace, scoring: Scoring) -> int:
         0 when every film has its row, 1 when the run cannot start, 2 for a
         usage error, 130 after Ctrl-C.
     """
-    from covid.model.network import ModelFileError
+    from covid.model.metadata import ModelFileError
 
     if args.out is None:
         print("error: --engine ray needs --out DIR", file=sys.stderr)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 # Re-exported for covid.app.resources and benchmarks.latency until they import
 # covid.explain.loading themselves.
 from covid.explain.loading import check_segmenter, load_opacity, wants_segmenter  # noqa: F401
-from covid.model.network import ModelFileError
+from covid.model.metadata import ModelFileError
 from covid.settings import settings
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from PIL import Image
 from covid.explain.gradcam import METHODS
 from covid.flags import add_model_flags, add_out
 from covid.model.classes import CLASS_NAMES, index_of
-from covid.model.network import ModelFileError
+from covid.model.metadata import ModelFileError
 from covid.screening.engine import missing_model_message
 from covid.screening.pipeline import StudyResult, analyse, film_map
 from covid.screening.scoring import iter_files, read_file

@@ -260,7 +260,7 @@ def load_detector(model_path: str | Path) -> OODDetector:
         model ships none.
 
     Raises:
-        covid.model.network.ModelFileError: The metadata is missing or malformed, or the
+        covid.model.metadata.ModelFileError: The metadata is missing or malformed, or the
             statistics file it names is missing, altered or unreadable.
     """
     return OODDetector(read_model_stats(model_path))

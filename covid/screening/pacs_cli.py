@@ -41,7 +41,7 @@ from covid.inputs.pacs import (
     StudyQuery,
     parse_date,
 )
-from covid.model.network import ModelFileError
+from covid.model.metadata import ModelFileError
 from covid.screening import scoring
 from covid.screening.engine import missing_model_message
 from covid.screening.output import write_rows

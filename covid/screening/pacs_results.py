@@ -64,7 +64,7 @@ from covid.screening.studies import DisplaySettings, render_map
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
-    from covid.model.network import ModelMetadata
+    from covid.model.metadata import ModelMetadata
     from covid.model.opacity import OpacityModelMetadata
     from covid.screening.pipeline import StudyResult
 

@@ -29,7 +29,7 @@ from covid.model.focus import focus_films
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier, Explanation
     from covid.model.lungs import LungSegmentation, LungSegmenter
-    from covid.model.network import ModelMetadata
+    from covid.model.metadata import ModelMetadata
     from covid.model.opacity import OpacitySegmentation, OpacitySegmenter
     from covid.screening.ood import OODGate, OODResult
 

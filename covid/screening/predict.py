@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from covid.flags import add_batch_size, add_format, add_model_flags, add_out
-from covid.model.network import ModelFileError
+from covid.model.metadata import ModelFileError
 from covid.screening.engine import missing_model_message
 from covid.screening.output import write_rows
 from covid.screening.scoring import BATCH, COLUMNS, archive_scoring, score_paths

@@ -25,7 +25,7 @@ from covid.explain.overlay import DEFAULT_OPACITY
 from covid.flags import add_model_flags, add_out
 from covid.inputs.decode import ImageDecodeError
 from covid.model.classes import index_of
-from covid.model.network import ModelFileError
+from covid.model.metadata import ModelFileError
 from covid.screening.engine import missing_model_message
 from covid.screening.pipeline import StudyResult, analyse, film_map, lung_share
 from covid.screening.report_layout import build_report

@@ -44,7 +44,7 @@ from covid.explain.localisation import (
 )
 from covid.model.classes import NORMAL
 from covid.model.decision import FLAG_NONE, Decision, decide, finding_name
-from covid.model.network import ModelMetadata
+from covid.model.metadata import ModelMetadata
 from covid.screening.pipeline import StudyResult, percentages
 
 TITLE = "Chest X-ray screening report"

@@ -40,7 +40,8 @@ import numpy as np
 import tensorflow as tf
 
 from covid.model.classes import CLASS_NAMES, COVID
-from covid.model.network import ModelMetadata, build_model, save_with_metadata
+from covid.model.metadata import ModelMetadata
+from covid.model.network import build_model, save_with_metadata
 from covid.training.backend import probe_record
 from covid.training.catalogue import data_dir
 from covid.training.guided import OutsideLungsLoss, cell_shares, guided_model, map_loss_kind

@@ -30,7 +30,7 @@ from covid.inputs.decode import decode_image
 from covid.inputs.preprocess import to_model_input
 from covid.model.classes import NORMAL
 from covid.model.decision import UNUSUAL_ADVICE
-from covid.model.network import read_metadata
+from covid.model.metadata import read_metadata
 from tests.app.pages import APP, TIMEOUT, open_model_page
 
 

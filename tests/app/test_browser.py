@@ -38,7 +38,8 @@ from benchmarks.server import (
     wait_healthy,
 )
 from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
-from covid.model.network import DEFAULT_MODEL_PATH, read_metadata
+from covid.model.metadata import read_metadata
+from covid.model.network import DEFAULT_MODEL_PATH
 from covid.screening.table import finding_columns, table_columns
 from tests.servers import server_missing
 

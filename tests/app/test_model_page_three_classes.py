@@ -29,7 +29,8 @@ from covid.evaluation.results import (
 )
 from covid.evaluation.scoring import Options
 from covid.model.figure_names import figure_name
-from covid.model.network import read_metadata, save_with_metadata
+from covid.model.metadata import read_metadata
+from covid.model.network import save_with_metadata
 from covid.training.catalogue import CLASS_NAMES, SOURCES
 from tests.app.pages import open_model_page
 from tests.films import three_class_split

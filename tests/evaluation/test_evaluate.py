@@ -8,7 +8,8 @@ from covid.evaluation.artefacts import artefact_paths
 from covid.evaluation.evaluate import evaluate
 from covid.evaluation.scoring import Options, split_side
 from covid.evaluation.ship import set_gradcam_layer, ship
-from covid.model.network import load_model, read_metadata, save_with_metadata
+from covid.model.metadata import read_metadata
+from covid.model.network import load_model, save_with_metadata
 from covid.training.catalogue import CLASS_NAMES, SOURCES
 from tests.films import three_class_split
 

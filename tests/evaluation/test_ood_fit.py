@@ -112,7 +112,8 @@ def test_real_sized_statistics_stay_small(tmp_path):
 
 def _tiny_model_file(directory: Path, tiny_cnn_factory) -> Path:
     from covid.model.classes import CLASS_NAMES
-    from covid.model.network import ModelMetadata, save_with_metadata
+    from covid.model.metadata import ModelMetadata
+    from covid.model.network import save_with_metadata
 
     metadata = ModelMetadata(name="tiny", version="test", class_names=list(CLASS_NAMES),
                              input_size=32, input_mode="full", gradcam_layer="last_conv")
@@ -145,7 +146,8 @@ def _tiny_dataset(root: Path) -> dict:
 
 
 def test_cli_fits_on_a_tiny_model(tmp_path, capsys, tiny_cnn_factory):
-    from covid.model.network import ModelFileError, load_model, read_metadata
+    from covid.model.metadata import ModelFileError, read_metadata
+    from covid.model.network import load_model
     from covid.screening.ood import load_detector
 
     model_path = _tiny_model_file(tmp_path, tiny_cnn_factory)

@@ -12,7 +12,7 @@ from covid.explain.gradcam import (
     split_at_layer,
 )
 from covid.explain.inference import Classifier
-from covid.model.network import ModelMetadata
+from covid.model.metadata import ModelMetadata
 
 METHODS = ("gradcam", "gradcam++")
 SIZE, PATCH = 32, 6

@@ -9,7 +9,8 @@ import pytest
 from covid.evaluation import cli, ood_fit
 from covid.evaluation.scoring import load_scorer
 from covid.explain.loading import UnknownLayerError, load_verified
-from covid.model.network import ModelFileError, file_sha256, read_metadata, save_with_metadata
+from covid.model.metadata import ModelFileError, file_sha256, read_metadata
+from covid.model.network import save_with_metadata
 from covid.screening.engine import load_models
 from covid.settings import LUNG_MODEL_ENV, MODEL_ENV
 from tests.conftest import build_tiny_cnn, tiny_metadata_for

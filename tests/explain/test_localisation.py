@@ -148,7 +148,7 @@ def _identity_cam_classifier(size: int):
     import keras
 
     from covid.explain.inference import Classifier
-    from covid.model.network import ModelMetadata
+    from covid.model.metadata import ModelMetadata
 
     inputs = keras.Input((size, size, 1))
     x = keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones", name="last_conv")(

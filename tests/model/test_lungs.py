@@ -14,7 +14,7 @@ from covid.model.lungs import (
     lung_field_problem,
     mask_from_probs,
 )
-from covid.model.network import ModelFileError
+from covid.model.metadata import ModelFileError
 from covid.training.catalogue import data_dir
 
 MASK_DIR = data_dir() / "covid-qu-ex-masks"

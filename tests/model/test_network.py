@@ -5,17 +5,19 @@ import numpy as np
 import pytest
 
 from covid.model.classes import CLASS_NAMES
-from covid.model.network import (
+from covid.model.metadata import (
     GRADCAM_LAYER,
     ModelFileError,
     ModelMetadata,
+    file_sha256,
+    metadata_path,
+    read_metadata,
+)
+from covid.model.network import (
     ResNetGrayPreprocess,
     build_model,
-    file_sha256,
     load_model,
-    metadata_path,
     output_stride_of,
-    read_metadata,
     save_with_metadata,
 )
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covid.model.network import ModelFileError, read_metadata
+from covid.model.metadata import ModelFileError, read_metadata
 from covid.model.ood_stats import (
     OODFileError,
     OODStats,

@@ -7,7 +7,7 @@ import pytest
 
 from covid.inputs.preprocess import LungBox, lung_box
 from covid.model.lungs import LungSegmentation
-from covid.model.network import ModelFileError
+from covid.model.metadata import ModelFileError
 from covid.model.opacity import (
     OpacityModelMetadata,
     OpacitySegmenter,

@@ -12,7 +12,8 @@ from covid.evaluation.artefacts import artefact_paths
 from covid.evaluation.scoring import split_side
 from covid.inputs.preprocess import FOCUS_MODES
 from covid.model.classes import probability_column
-from covid.model.network import DEFAULT_MODEL_PATH, file_sha256, read_metadata
+from covid.model.metadata import file_sha256, read_metadata
+from covid.model.network import DEFAULT_MODEL_PATH
 from covid.screening.pipeline import analyse
 from covid.training.catalogue import CLASS_NAMES
 

@@ -230,7 +230,7 @@ def _cli(address, out, model, *sources, actors=1):
 
 
 def _model_sha(model: Path) -> str:
-    from covid.model.network import read_metadata
+    from covid.model.metadata import read_metadata
 
     return read_metadata(model).sha256
 

@@ -41,7 +41,7 @@ from covid.model.decision import (
     UNUSUAL_ADVICE,
 )
 from covid.model.lungs import LungSegmentation, LungSegmenter
-from covid.model.network import ModelMetadata
+from covid.model.metadata import ModelMetadata
 from covid.model.ood_stats import OODStats
 from covid.model.opacity import MAX_SCORE, OpacitySegmenter
 from covid.screening import scoring

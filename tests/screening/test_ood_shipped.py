@@ -21,7 +21,8 @@ from pydicom.data import get_testdata_file
 
 from covid.evaluation.artefacts import artefact_paths
 from covid.evaluation.scoring import split_side
-from covid.model.network import DEFAULT_MODEL_PATH, read_metadata
+from covid.model.metadata import read_metadata
+from covid.model.network import DEFAULT_MODEL_PATH
 from covid.screening.pipeline import analyse
 
 

@@ -104,7 +104,7 @@ def test_a_chest_film_is_outlined_and_a_refused_one_is_not(
 
 def test_the_opacity_segmenter_is_optional_and_verified(tiny_model_file, tiny_lung_file,
                                                         tmp_path):
-    from covid.model.network import ModelFileError
+    from covid.model.metadata import ModelFileError
     from covid.model.opacity import OpacitySegmenter
     from covid.screening.engine import load_models
     from tests.opacity_models import save_tiny_opacity

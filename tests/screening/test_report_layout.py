@@ -24,7 +24,7 @@ from covid.model.decision import (
     UNUSUAL_ADVICE,
     decide,
 )
-from covid.model.network import ModelMetadata
+from covid.model.metadata import ModelMetadata
 from covid.model.opacity import OpacitySegmentation, grade
 from covid.screening.pipeline import StudyResult, percentages
 from covid.screening.report_layout import (

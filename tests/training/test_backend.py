@@ -58,7 +58,8 @@ _SAVE_ON_TORCH = """
 import sys
 import keras, numpy as np
 from covid.model.classes import CLASS_NAMES
-from covid.model.network import ModelMetadata, build_model, save_with_metadata
+from covid.model.metadata import ModelMetadata
+from covid.model.network import build_model, save_with_metadata
 assert keras.backend.backend() == "torch"
 keras.utils.set_random_seed(1)
 model = build_model(input_size=32)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from covid.model.classes import CLASS_NAMES
-from covid.model.network import ModelMetadata
+from covid.model.metadata import ModelMetadata
 from covid.training.catalogue import SOURCES, data_dir, find_films
 from covid.training.lung_data import focused_dataset, match_masks
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from covid.model.network import load_model, read_metadata
+from covid.model.metadata import read_metadata
+from covid.model.network import load_model
 from covid.training import train
 from covid.training.catalogue import CLASS_NAMES, SOURCES
 
