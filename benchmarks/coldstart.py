@@ -96,11 +96,13 @@ def child(extras: bool, trace_first: bool, films: list[Path]) -> list[dict[str, 
     from covid.explain.inference import Classifier
     from covid.model.lungs import LungSegmenter
     from covid.model.metadata import check_sha256, read_metadata
-    from covid.model.opacity import DEFAULT_OPACITY_MODEL_PATH, OpacitySegmenter
+    from covid.model.opacity import OpacitySegmenter
     from covid.screening.ood import load_detector
     from covid.screening.pipeline import analyse
+    from covid.settings import settings
 
-    path = ROOT / "models/covid_resnet50.keras"
+    paths = settings()
+    path = paths.model_path
     meta = read_metadata(path)
     clock.step("classifier: SHA-256 of the file", lambda: check_sha256(path, meta.sha256))
     model = clock.step("classifier: build the network from its config",
@@ -110,10 +112,10 @@ def child(extras: bool, trace_first: bool, films: list[Path]) -> list[dict[str, 
                             lambda: Classifier(model, meta))
     ood = clock.step("OOD statistics", lambda: load_detector(path))
     unets = [clock.step("lung segmenter: load",
-                        lambda: LungSegmenter.from_file(ROOT / "models/lung_unet.keras"))]
-    if (ROOT / DEFAULT_OPACITY_MODEL_PATH).is_file():
+                        lambda: LungSegmenter.from_file(paths.lung_model_path))]
+    if paths.opacity_model_path.is_file():
         unets.append(clock.step("opacity segmenter: load", lambda: OpacitySegmenter.from_file(
-            ROOT / DEFAULT_OPACITY_MODEL_PATH)))
+            paths.opacity_model_path)))
     for unet in unets:
         if trace_first:
             clock.step(f"{type(unet).__name__}: trace", unet.warm_up)

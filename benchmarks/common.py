@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from covid.settings import settings
 from covid.training.catalogue import IMAGE_SUFFIXES, data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,10 +22,8 @@ DEFAULT_DATA = data_dir() / "covid19-radiography"
 
 def model_parser(description: str) -> argparse.ArgumentParser:
     """A parser with the options of every model benchmark: ``--model``, ``--data``, ``--json``."""
-    from covid.model.network import DEFAULT_MODEL_PATH
-
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--model", type=Path, default=ROOT / DEFAULT_MODEL_PATH)
+    parser.add_argument("--model", type=Path, default=settings().model_path)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dataset folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     return parser

@@ -239,11 +239,10 @@ async def check_pages(crowd: Crowd, sessions: list[Session], batches: list[list[
 
 def check_labels(crowd: Crowd, batches: list[list[Path]]) -> None:
     """Each table row shows the label the same models give its film alone, run here."""
-    from covid.app.resources import lung_model_path, model_path
     from covid.screening.engine import load_models
     from covid.screening.pipeline import analyse
 
-    models = load_models(model_path(), lung_model_path(), warm_up=False)
+    models = load_models(warm_up=False)  # the settings' models, as the server's
     paths = [p for batch in batches for p in batch]
     alone = analyse([(p.name, p.read_bytes()) for p in paths], models.classifier,
                     ood=models.ood, segmenter=models.segmenter)

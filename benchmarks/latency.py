@@ -98,8 +98,8 @@ def segmenter_costs(args: argparse.Namespace, films: list[Any]) -> dict[str, Any
         ``lung_s``, ``opacity_s`` (one film) and ``opacity_batch_s`` (per film in a
         batch); the opacity figures None without its file.
     """
+    from covid.explain.loading import load_opacity
     from covid.model.lungs import LungSegmenter
-    from covid.screening.engine import load_opacity
 
     lungs = LungSegmenter.from_file(args.lung_model)
     lungs.warm_up()

@@ -72,10 +72,11 @@ def _classifier(grappler: bool = True) -> Any:
     import tensorflow as tf
 
     from covid.explain.inference import Classifier
+    from covid.settings import settings
 
     if not grappler:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    return Classifier.from_file(ROOT / "models/covid_resnet50.keras")
+    return Classifier.from_file(settings().model_path)
 
 
 def _call_seconds(classifier: Any) -> float:

@@ -117,10 +117,11 @@ def page_run(film: Path | None, at: Any = None) -> tuple[Any, float, Split]:
 
 def warm_up(film: Path) -> None:
     """Loads the models through the page and waits for the classifier's graphs."""
-    from covid.app.resources import load_model, model_path
+    from covid.app.resources import load_model
+    from covid.settings import settings
 
     page_run(film)
-    classifier, _ = load_model(model_path())
+    classifier, _ = load_model(settings().model_path)
     warmer = classifier.warm_up_in_background()
     warmer.join()
 

@@ -21,7 +21,6 @@ from covid.app.common import (
     operating_point_words,
 )
 from covid.app.navigation import MODEL, SCREENING, go_to
-from covid.app.resources import model_path
 from covid.evaluation.comparison import comparison_rows, with_previous_sent_home
 from covid.evaluation.map_checks import (
     localisation_rows,
@@ -56,6 +55,7 @@ from covid.model.decision import finding_name
 from covid.model.figure_names import figure_name
 from covid.model.metadata import ModelMetadata
 from covid.screening.table import by_column
+from covid.settings import settings
 
 LOG = logging.getLogger(__name__)
 
@@ -458,7 +458,7 @@ def page() -> None:
     state.visit(MODEL)
     st.title("Model", anchor=False)
     disclaimer_ui()
-    path = model_path()
+    path = settings().model_path
     loaded = load_or_explain(path)
     if loaded is None:
         return

@@ -33,7 +33,6 @@ import contextlib
 import gc
 import importlib.abc
 import logging
-import os
 import sys
 import threading
 import time
@@ -43,6 +42,8 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import script_runner
+
+from covid.settings import settings
 
 if TYPE_CHECKING:
     from covid.explain.batching import BatchingClassifier
@@ -54,12 +55,6 @@ LOG = logging.getLogger(__name__)
 
 _STREAMLIT_CLEAN_UP = getattr(script_runner, "_clean_problem_modules", None)
 """Streamlit's own clean-up after a script run (it resets Keras), kept for reference."""
-
-MODEL_ENV = "COVID_MODEL_PATH"
-"""Environment variable naming the model to serve."""
-LUNG_MODEL_ENV = "COVID_LUNG_MODEL_PATH"
-"""Environment variable naming the lung segmenter to serve."""
-
 
 class StreamlitHookError(RuntimeError):
     """This Streamlit release has no ``script_runner._clean_problem_modules`` to replace."""
@@ -199,20 +194,6 @@ def import_keras_without_extras() -> bool:
 
 
 
-def model_path() -> Path:
-    """The model to serve: ``$COVID_MODEL_PATH``, else the shipped model."""
-    from covid.model.network import DEFAULT_MODEL_PATH  # deferred: imports Keras
-
-    return Path(os.environ.get(MODEL_ENV) or DEFAULT_MODEL_PATH)
-
-
-def lung_model_path() -> Path:
-    """The lung segmenter to serve: ``$COVID_LUNG_MODEL_PATH``, else the shipped one."""
-    from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH  # deferred: imports Keras
-
-    return Path(os.environ.get(LUNG_MODEL_ENV) or DEFAULT_LUNG_MODEL_PATH)
-
-
 def file_stamp(path: Path) -> tuple[int, int]:
     """A model file's (size, mtime_ns), or (0, 0) when it is missing."""
     try:
@@ -317,13 +298,14 @@ def segmenter_for(classifier: BatchingClassifier) -> LungSegmenter | None:
         ModelFileError: A lung-focused classifier has no segmenter, or another
             one than it was trained with; or the file is altered.
     """
-    from covid.screening.engine import check_segmenter, wants_segmenter
+    from covid.explain.loading import check_segmenter, wants_segmenter
 
-    path, meta = lung_model_path(), classifier.metadata
+    paths, meta = settings(), classifier.metadata
+    path = paths.lung_model_path
     if not wants_segmenter(meta, path):
         return None
     segmenter = load_lung_segmenter(str(path), file_stamp(path))
-    check_segmenter(meta, segmenter, model_path(), path)
+    check_segmenter(meta, segmenter, paths.model_path, path)
     return segmenter
 
 
@@ -335,7 +317,7 @@ def load_opacity_segmenter(path: str, stamp: tuple[int, int]) -> OpacitySegmente
         ModelFileError: The file is there but its metadata is missing, or the SHA-256 differs.
     """
     del stamp  # part of the cache key only
-    from covid.screening.engine import load_opacity
+    from covid.explain.loading import load_opacity
 
     segmenter = load_opacity(path)
     if segmenter is not None:
@@ -352,8 +334,6 @@ def opacity_for(lungs: LungSegmenter | None) -> OpacitySegmenter | None:
     Raises:
         ModelFileError: The file is altered.
     """
-    from covid.settings import settings
-
     if lungs is None:
         return None
     path = settings().opacity_model_path
@@ -420,7 +400,7 @@ def preload() -> None:
         from covid.model.metadata import ModelFileError
 
         try:
-            classifier, _ = load_model(model_path())
+            classifier, _ = load_model(settings().model_path)
             loaded = time.perf_counter()
             opacity_for(segmenter_for(classifier))
         except ModelFileError as err:

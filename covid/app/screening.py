@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from covid import DISCLAIMER
+from covid import settings as config
 from covid.app import state
 from covid.app.common import (
     disclaimer_ui,
@@ -26,13 +27,7 @@ from covid.app.common import (
 )
 from covid.app.navigation import MODEL, SCREENING, go_to
 from covid.app.pacs_ui import pacs_source_ui, send_all_ui
-from covid.app.resources import (
-    lung_model_path,
-    model_path,
-    opacity_for,
-    segmenter_for,
-    warm_up_when_idle,
-)
+from covid.app.resources import opacity_for, segmenter_for, warm_up_when_idle
 from covid.app.study import safe_detail_ui
 from covid.explain.overlay import colormap_names
 from covid.model.decision import finding_name
@@ -193,7 +188,8 @@ def controls_ui(class_names: Sequence[str], lungs: bool = True,
             disabled=not lungs,
             persist_state="session",
             help="Draw the segmented lung fields' edge over the X-ray and over the map."
-            if lungs else "Needs the lung segmenter (models/lung_unet.keras), which is missing.",
+            if lungs else
+            f"Needs the lung segmenter ({config.settings().lung_model_path}), which is missing.",
         )
         opacity_outline_ui(opacities)
     return DisplaySettings(
@@ -215,7 +211,8 @@ def opacity_outline_ui(available: bool) -> None:
         help="Outline, on the X-ray, the opacities found by the opacity segmenter: a separate "
         "network trained on radiologists' infection masks, not the classifier's evidence. The "
         "Grad-CAM map is left as it is." if available else
-        "Needs the opacity segmenter (models/opacity_unet.keras) and the lung segmenter.",
+        f"Needs the opacity segmenter ({config.settings().opacity_model_path}) and the lung "
+        "segmenter.",
     )
 
 
@@ -456,7 +453,8 @@ def load_ui() -> tuple[Classifier, OODGate | None, LungSegmenter | None,
     After a cold start this waits for the load the server began at start. An
     opacity segmenter that cannot be loaded only costs the opacity figures.
     """
-    loaded = load_or_explain(model_path())
+    paths = config.settings()
+    loaded = load_or_explain(paths.model_path)
     if loaded is None:
         return None
     classifier, ood = loaded
@@ -464,7 +462,7 @@ def load_ui() -> tuple[Classifier, OODGate | None, LungSegmenter | None,
         with st.spinner("Loading the lung segmenter…"):
             segmenter = segmenter_for(classifier)
     except ModelFileError as err:
-        model_error_ui(err, lung_model_path())
+        model_error_ui(err, paths.lung_model_path)
         return None
     try:
         opacity = opacity_for(segmenter)

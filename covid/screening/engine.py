@@ -14,9 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-# Re-exported for covid.app.resources and benchmarks.latency until they import
-# covid.explain.loading themselves.
-from covid.explain.loading import check_segmenter, load_opacity, wants_segmenter  # noqa: F401
 from covid.model.metadata import ModelFileError
 from covid.settings import settings
 

@@ -27,6 +27,7 @@ from streamlit.testing.v1 import AppTest
 
 from covid.app import resources
 from covid.explain.inference import Classifier
+from covid.settings import LUNG_MODEL_ENV, MODEL_ENV, settings
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -38,8 +39,8 @@ APP = ROOT / "streamlit_app.py"
 @pytest.fixture
 def tiny_served(tiny_model_file, monkeypatch, tmp_path):
     """Serves the tiny model with no lung segmenter; the caches start and end empty."""
-    monkeypatch.setenv("COVID_MODEL_PATH", str(tiny_model_file))
-    monkeypatch.setenv("COVID_LUNG_MODEL_PATH", str(tmp_path / "no_lung_model.keras"))
+    monkeypatch.setenv(MODEL_ENV, str(tiny_model_file))
+    monkeypatch.setenv(LUNG_MODEL_ENV, str(tmp_path / "no_lung_model.keras"))
     st.cache_resource.clear()
     yield tiny_model_file
     st.cache_resource.clear()
@@ -71,7 +72,7 @@ def test_the_preload_loads_once_what_the_page_then_finds_and_starts_the_warm_up(
 ):
     resources.preload()
     assert len(loads) == 1
-    classifier, _ = resources.load_model(resources.model_path())  # the page's call
+    classifier, _ = resources.load_model(settings().model_path)  # the page's call
     assert len(loads) == 1  # found loaded, not loaded again
     warm_up = classifier.warm_up_in_background()  # the preload's warm-up, started once
     warm_up.join(timeout=120)
@@ -82,14 +83,14 @@ def test_the_preload_loads_once_what_the_page_then_finds_and_starts_the_warm_up(
 def test_the_servers_lung_segmenter_answers_eagerly_until_the_warm_up_traces_it(
     tiny_served, tiny_lung_file, monkeypatch
 ):
-    monkeypatch.setenv("COVID_LUNG_MODEL_PATH", str(tiny_lung_file))
+    monkeypatch.setenv(LUNG_MODEL_ENV, str(tiny_lung_file))
     segmenter = resources.load_lung_segmenter(str(tiny_lung_file),
                                               resources.file_stamp(tiny_lung_file))
     size = segmenter.input_size
     films = np.random.default_rng(0).uniform(0, 255, (2, size, size, 1)).astype(np.float32)
     eager = segmenter.probs_batch(films)  # a first film, before the warm-up
     assert segmenter._forward.experimental_get_tracing_count() == 0
-    classifier, _ = resources.load_model(resources.model_path())
+    classifier, _ = resources.load_model(settings().model_path)
     resources._trace_segmenters(classifier)  # what the warm-up does once the classifier's done
     assert segmenter._forward.experimental_get_tracing_count() == 1
     np.testing.assert_allclose(segmenter.probs_batch(films), eager, atol=1e-5)
@@ -134,7 +135,7 @@ def test_importing_the_resources_imports_no_keras_so_the_pause_covers_tensorflow
 
 
 def test_a_failed_preload_enables_the_collector_again(monkeypatch, tmp_path, collector):
-    monkeypatch.setenv("COVID_MODEL_PATH", str(tmp_path / "absent.keras"))
+    monkeypatch.setenv(MODEL_ENV, str(tmp_path / "absent.keras"))
     st.cache_resource.clear()
     resources.preload()
     assert gc.isenabled()
@@ -174,7 +175,7 @@ def test_loading_the_models_leaves_tensorflows_graph_options_alone(tiny_served):
 def test_a_model_that_cannot_be_loaded_is_only_logged_by_the_preload(
     monkeypatch, tmp_path, caplog
 ):
-    monkeypatch.setenv("COVID_MODEL_PATH", str(tmp_path / "absent.keras"))
+    monkeypatch.setenv(MODEL_ENV, str(tmp_path / "absent.keras"))
     st.cache_resource.clear()
     resources.preload()  # no exception: the page explains it to whoever visits
     assert any("not preloaded" in r.getMessage() and "absent.keras" in r.getMessage()
@@ -219,7 +220,7 @@ def test_page_reruns_neither_reset_keras_nor_trace_again(tiny_served, monkeypatc
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     at.file_uploader(key="uploads").set_value([("a.png", _png(1), "image/png")]).run()
     assert not at.exception
-    classifier, _ = resources.load_model(resources.model_path())
+    classifier, _ = resources.load_model(settings().model_path)
     classifier.warm_up_in_background().join(timeout=120)
     counts = classifier.tracing_counts()
     at.file_uploader(key="uploads").set_value([("b.png", _png(2), "image/png")]).run()
@@ -271,6 +272,7 @@ def test_streamlit_run_finds_the_app_and_its_lifespan_preloads_the_models(tiny_m
         import streamlit_app
         from covid.app import resources
         from covid.explain.inference import Classifier
+        from covid.settings import settings
 
         assert isinstance(streamlit_app.app, st.App)
         async def serve():
@@ -285,12 +287,12 @@ def test_streamlit_run_finds_the_app_and_its_lifespan_preloads_the_models(tiny_m
         def refuse(*args, **kwargs):
             raise AssertionError("loaded again")
         Classifier.from_file = refuse
-        classifier, _ = resources.load_model(resources.model_path())
+        classifier, _ = resources.load_model(settings().model_path)
         classifier.warm_up_in_background().join(timeout=120)
         print(sorted(classifier.tracing_counts().items()))
     """)
-    env = dict(os.environ, COVID_MODEL_PATH=str(tiny_model_file),
-               COVID_LUNG_MODEL_PATH=str(tmp_path / "no_lung_model.keras"))
+    env = dict(os.environ, **{MODEL_ENV: str(tiny_model_file),
+                              LUNG_MODEL_ENV: str(tmp_path / "no_lung_model.keras")})
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -302,8 +304,8 @@ def test_every_session_shares_one_batching_classifier_whose_worker_stops_when_dr
 ):
     from covid.explain.batching import BatchingClassifier
 
-    first, _ = resources.load_model(resources.model_path())
-    again, _ = resources.load_model(resources.model_path())  # another session's call
+    first, _ = resources.load_model(settings().model_path)
+    again, _ = resources.load_model(settings().model_path)  # another session's call
     assert isinstance(first, BatchingClassifier) and again is first
     assert first._worker.is_alive()
     st.cache_resource.clear()  # as when a re-shipped model replaces it
