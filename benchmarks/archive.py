@@ -44,10 +44,10 @@ GOAL = 0.9
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parses the command line."""
-    from covid.model.lungs import DEFAULT_LUNG_MODEL_PATH
+    from covid.settings import settings
 
     parser = model_parser(__doc__.split("\n")[0])
-    parser.add_argument("--lung-model", type=Path, default=ROOT / DEFAULT_LUNG_MODEL_PATH)
+    parser.add_argument("--lung-model", type=Path, default=settings().lung_model_path)
     parser.add_argument("--n", type=int, default=64, help="films (alternating classes)")
     parser.add_argument("--actors", default="1,2", help="actor counts to try, comma-separated")
     parser.add_argument("--batch", type=int, default=16, help="films per actor call")

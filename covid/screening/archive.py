@@ -35,11 +35,19 @@ CPUs and the reads feeding it would wait on each other for ever. TensorFlow's
 thread pools follow each actor's share (Ray sets ``OMP_NUM_THREADS`` only). A
 local Ray listens on the loopback interface only (:func:`connect`).
 
+**Start-up.** The driver never imports TensorFlow (only the actors, which
+score, do; the model's metadata and SHA-256 come from the Keras-free
+:mod:`covid.model.metadata`). It starts or joins Ray in a thread as soon as it
+holds DIR's lock and has read its keys, and hashes the model and lists the
+films meanwhile; the actors then load the models while the read tasks read the
+first films.
+
 Ray is imported only here and only when this engine runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -48,6 +56,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -139,7 +148,8 @@ class Summary:
         replaced: Older rows removed because their film's bytes changed.
         already: Films given that already had a row (skipped).
         seconds: Wall time of the run, Ray's start-up included.
-        startup: Seconds spent starting or joining Ray.
+        startup: Seconds from the run's start until Ray was up (started or
+            joined beside the listing of the films) and the ledger made.
         interrupted: Whether the run was stopped before the end.
     """
 
@@ -255,7 +265,9 @@ def build_dataset(job: Job, films: list[tuple[str, str]], done: dict[str, str], 
         fn_constructor_kwargs={"scoring": job.scoring, "threads": plan.threads,
                                "model_path": str(job.model_path.absolute()),
                                "lung_path": str(job.lung_path.absolute()),
-                               "ledger": ledger, "max_tries": job.max_tries})
+                               "ledger": ledger, "max_tries": job.max_tries,
+                               "opacity_path": None if job.opacity_path is None
+                               else str(job.opacity_path.absolute())})
 
 
 def list_films(paths: list[Path], iter_files: Callable[[list[Path]], Iterator[Path]]
@@ -284,6 +296,8 @@ class Job:
         actors: Scoring actors (None: one per 2 CPUs, at least two).
         batch_size: Films per actor call.
         max_tries: Tries a film gets while its actor dies (see :data:`MAX_TRIES`).
+        opacity_path: The opacity segmenter's ``.keras`` file (None: the
+            settings' one; without the file, no opacity figures).
     """
 
     paths: list[Path]
@@ -295,13 +309,36 @@ class Job:
     actors: int | None = None
     batch_size: int = DEFAULT_BATCH
     max_tries: int = MAX_TRIES
+    opacity_path: Path | None = None
+
+
+@contextlib.contextmanager
+def ray_started(address: str | None) -> Iterator[Future[bool]]:
+    """Starts or joins Ray in a thread at once (:func:`connect`); shuts a local Ray down after.
+
+    Yields:
+        The start's future: whether this run started or joined Ray (it raises
+        what :func:`connect` raised).
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="ray-start") as pool:
+        start = pool.submit(connect, address)
+        try:
+            yield start
+        finally:
+            # Waits for a start still under way even when the run failed before using Ray.
+            if start.exception() is None and start.result():
+                import ray
+
+                ray.shutdown()
 
 
 def score_archive(job: Job, progress: Callable[[str], None] | None = None) -> Summary:
     """Scores every film of ``job`` that has no row in ``job.out`` for its present bytes.
 
     Rows that a newer row of the same path replaces are removed before the run
-    (those a killed run left) and after it.
+    (those a killed run left) and after it. Ray starts (:func:`ray_started`)
+    once the folder is known to be this run's, while the model is hashed and
+    the films are listed.
 
     Args:
         job: What to score, where to and how.
@@ -314,14 +351,13 @@ def score_archive(job: Job, progress: Callable[[str], None] | None = None) -> Su
     Raises:
         ArchiveError: ``job.out`` is in use by another run or holds foreign files
             or another model's rows, or the cluster is too small.
-        ModelFileError: The model's metadata is missing or malformed.
+        ModelFileError: The model's metadata is missing or malformed, or the
+            file does not match it.
     """
     from covid.model.metadata import check_sha256, read_metadata
 
     started, summary = time.monotonic(), Summary()
-    meta = read_metadata(job.model_path)
-    check_sha256(job.model_path, meta.sha256)
-    columns = job.scoring.columns
+    meta, columns = read_metadata(job.model_path), job.scoring.columns
     job.out.mkdir(parents=True, exist_ok=True)
     with open(job.out / ".lock", "w") as lock:
         try:
@@ -332,26 +368,28 @@ def score_archive(job: Job, progress: Callable[[str], None] | None = None) -> Su
             stale.unlink()
         summary.replaced = drop_replaced(job.out, meta.sha256, columns)
         parts = read_parts(job.out, meta.sha256, columns)
-        films = list_films(job.paths, job.scoring.iter_files)
-        has_row = {absolute: sha for part in parts for absolute, sha in part.films}
-        done = {a: has_row[a] for _, a in films if a in has_row}
-        writer = PartWriter(job.out, row_schema(columns), meta.sha256, parts)
-        try:
-            _stream(job, films, done, writer, summary, started, progress)
-        except KeyboardInterrupt:
-            summary.interrupted = True
-        finally:
-            writer.flush()  # what was scored before a Ctrl-C is kept
-            summary.replaced += drop_replaced(job.out, meta.sha256, columns)
+        with ray_started(job.address) as ray_up:
+            check_sha256(job.model_path, meta.sha256)
+            films = list_films(job.paths, job.scoring.iter_files)
+            has_row = {absolute: sha for part in parts for absolute, sha in part.films}
+            done = {a: has_row[a] for _, a in films if a in has_row}
+            writer = PartWriter(job.out, row_schema(columns), meta.sha256, parts)
+            try:
+                _stream(job, films, done, writer, summary, started, progress, ray_up.result())
+            except KeyboardInterrupt:
+                summary.interrupted = True
+            finally:
+                writer.flush()  # what was scored before a Ctrl-C is kept
+                summary.replaced += drop_replaced(job.out, meta.sha256, columns)
         summary.already = 0 if summary.interrupted else len(films) - summary.scored
         summary.seconds = time.monotonic() - started
     return summary
 
 
 def _stream(job: Job, films: list[tuple[str, str]], done: dict[str, str], writer: PartWriter,
-            summary: Summary, started: float, progress: Callable[[str], None] | None) -> None:
-    """Starts (or joins) Ray, runs the pipeline and hands every row to the writer."""
-    owned = connect(job.address)  # first: it sets what Ray reads when imported
+            summary: Summary, started: float, progress: Callable[[str], None] | None,
+            owned: bool) -> None:
+    """Runs the pipeline on the Ray started or joined (``owned``: started) and writes every row."""
     import ray
 
     ledger = None
@@ -377,8 +415,6 @@ def _stream(job: Job, films: list[tuple[str, str]], done: dict[str, str], writer
     finally:
         if ledger is not None and not owned:
             ray.kill(ledger)  # a joined cluster outlives this run; a local Ray goes with it
-        if owned:
-            ray.shutdown()
 
 
 def run_command(args: argparse.Namespace, scoring: Scoring) -> int:
@@ -402,7 +438,7 @@ def run_command(args: argparse.Namespace, scoring: Scoring) -> int:
         print("error: --actors and --batch-size must be at least 1", file=sys.stderr)
         return 2
     job = Job(args.paths, args.out, args.model, args.lung_model, scoring, args.address,
-              args.actors, args.batch_size or DEFAULT_BATCH)
+              args.actors, args.batch_size or DEFAULT_BATCH, opacity_path=args.opacity_model)
     try:
         summary = score_archive(job, lambda line: print(line, file=sys.stderr, flush=True))
     except (ArchiveError, ModelFileError) as err:

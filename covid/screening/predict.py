@@ -12,6 +12,9 @@ the run completed.
 the same rows as Parquet files into DIR, resumably (see :mod:`covid.screening.archive`).
 ``--batch-size`` is the films scored together by either engine. The shared flags
 (models, ``--out``, ``--format``, ``--batch-size``) are :mod:`covid.flags`'.
+
+Importing this module imports no TensorFlow: the Ray engine's driver never
+needs it (its actors import it), and the local engine imports it with the models.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from pathlib import Path
 from covid.flags import add_batch_size, add_format, add_model_flags, add_out
 from covid.model.metadata import ModelFileError
 from covid.screening.engine import missing_model_message
-from covid.screening.output import write_rows
 from covid.screening.scoring import BATCH, COLUMNS, archive_scoring, score_paths
 
 
@@ -57,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: --out is for --engine ray; the local engine writes to stdout",
               file=sys.stderr)
         return 2
+    from covid.screening.output import write_rows  # its table module imports TensorFlow
+
     try:
         rows = score_paths(args.paths, args.model, args.lung_model, args.opacity_model,
                            args.batch_size)

@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Any
 
 from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA, PROBABILITY_COLUMNS
 from covid.model.classes import probability_column as p_column
-from covid.screening.pipeline import StudyResult, analyse
 
 if TYPE_CHECKING:
     from covid.screening.archive_workers import Scoring
     from covid.screening.engine import ScreeningModels
+    from covid.screening.pipeline import StudyResult
 
 OPACITY_EXTENT, SEVERITY = "opacity_extent", "severity"
 """The opacity segmenter's columns: share of both lungs (0-1) and score (0-8)."""
@@ -169,6 +169,10 @@ def score_chunk(
     Returns:
         One row per file (see :func:`row`), in order.
     """
+    # Imported here: the pipeline imports TensorFlow, which the Ray archive's driver,
+    # needing only the columns and the file listing from this module, never does.
+    from covid.screening.pipeline import StudyResult, analyse
+
     classifier = models.classifier
     readable = [(p.name, c) for p, c in zip(paths, contents, strict=True) if isinstance(c, bytes)]
     scored = iter(analyse(readable, classifier, ood=models.ood, segmenter=models.segmenter,

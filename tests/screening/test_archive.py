@@ -33,6 +33,7 @@ from covid.screening import archive, archive_parts
 from covid.screening.archive_parts import PartWriter, read_parts, read_rows, row_schema
 from covid.screening.archive_workers import TryLedger, crash_message
 from covid.screening.scoring import COLUMNS, archive_scoring, score_chunk, score_paths
+from tests.opacity_models import save_tiny_opacity
 
 ROOT = Path(__file__).resolve().parents[2]
 REAL_PER_CLASS = 20
@@ -58,6 +59,20 @@ def crashing_score_chunk(paths, contents, models):
             with open(path.with_name(f".{path.name}.tries"), "a") as tries:
                 tries.write(f"{os.getpid()}\n")
             ctypes.string_at(0)  # a real segmentation fault, as in a native decoder
+    return score_chunk(paths, contents, models)
+
+
+def planted_score_chunk(paths, contents, models):
+    """predict's ``score_chunk``, with the lung segmenter finding planted lungs in the actor too."""
+    from covid.inputs.preprocess import lung_box
+    from covid.model.lungs import LungSegmentation, lung_field_problem
+    from tests.conftest import planted_lungs
+
+    def segment_batch(self, films):
+        masks = [planted_lungs(film.shape) for film in films]
+        return [LungSegmentation(m, lung_box(m), lung_field_problem(m)) for m in masks]
+
+    type(models.segmenter).segment_batch = segment_batch  # this actor's process only
     return score_chunk(paths, contents, models)
 
 
@@ -560,3 +575,51 @@ def test_a_film_whose_bytes_changed_replaces_its_row(
     keys = {a: sha for part in read_parts(job.out, _model_sha(tiny_model_file), COLUMNS)
             for a, sha in part.films}
     assert keys[str(changing.absolute())] == hashlib.sha256(second.read_bytes()).hexdigest()
+
+
+def test_the_opacity_model_given_is_the_one_the_actors_run(
+    ray_address, real_films, tiny_model_file, tiny_lung_file, plant_lungs, tmp_path
+):
+    opacity = save_tiny_opacity(tmp_path / "opacity.keras")  # opacity all over the lungs
+    folder = tmp_path / "films"
+    folder.mkdir()
+    for film in _donors(real_films, 4):
+        (folder / film.name).symlink_to(film)
+    scoring = dataclasses.replace(archive_scoring(), score_chunk=planted_score_chunk)
+    job = archive.Job([folder], tmp_path / "out", tiny_model_file, tiny_lung_file, scoring,
+                      actors=1, batch_size=4, opacity_path=opacity)
+    archive.score_archive(job)
+
+    got = {r["path"]: r for r in read_rows(job.out)}
+    want = {r["path"]: r for r in score_paths([folder], tiny_model_file, tiny_lung_file,
+                                                 opacity_path=opacity)}  # lungs planted here
+    assert got.keys() == want.keys() and len(got) == 4
+    for path, row in want.items():
+        _same_row(got[path], row)
+    chest = [r for r in got.values() if r["flag"] != "not_chest"]
+    assert chest and all(float(r["opacity_extent"]) == pytest.approx(1.0) for r in chest)
+
+
+def test_predict_hands_its_opacity_model_to_the_archive_job(tmp_path, monkeypatch):
+    jobs = []
+    monkeypatch.setattr(archive, "score_archive", lambda job, progress: jobs.append(job)
+                        or archive.Summary())
+    opacity = tmp_path / "mine.keras"
+    assert main(["predict", "--engine", "ray", "--out", str(tmp_path / "out"),
+                 "--opacity-model", str(opacity), str(tmp_path)]) == 0
+    assert [job.opacity_path for job in jobs] == [opacity]
+
+
+def test_the_driver_never_imports_tensorflow(ray_address, real_films, tiny_model_file, tmp_path):
+    folder = tmp_path / "films"
+    folder.mkdir()
+    for film in _donors(real_films, 2):
+        (folder / film.name).symlink_to(film)
+    out = tmp_path / "out"
+    check = ("import sys\nfrom covid.__main__ import main\nrc = main(sys.argv[1:])\n"
+             "print(rc, sorted({'tensorflow', 'keras'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", check, *_cli(ray_address, out, tiny_model_file,
+                                                               folder)[3:]],
+                          env=_env(), capture_output=True, text=True, timeout=WAIT, check=False)
+    assert done.stdout.split("\n")[-2] == "0 []", done.stderr[-2000:]
+    assert _paths(read_rows(out)) == _films(folder)
