@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, model_parser, pick_images, run_and_print
+from benchmarks.common import ROOT, cpu_model, model_parser, pick_images, run_and_print
 
 GOAL = 0.9
 """Ray's throughput, start-up included, as a fraction of the in-process engine's."""
@@ -146,6 +146,7 @@ def mismatches(local: list[dict[str, Any]], ray: list[dict[str, Any]]) -> tuple[
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measures the in-process engine, then Ray with each actor count, on the same films."""
     paths = pick_images(args.data, args.n)
+    load_before = os.getloadavg()[0]
     command = [*predict_command(args, paths), "--format", "json"]
     local_s, out, _, local_rss = timed(command, b"--format\0json")  # cmdline: NUL-separated
     local = json.loads(out)
@@ -154,7 +155,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         r["mismatched_rows"], r["max_dp"] = mismatches(local, r.pop("rows"))
         r["over_local"] = r["films_s"] / (len(paths) / local_s)
     return {"model": str(args.model), "films": len(paths), "batch": args.batch,
-            "cpu_count": os.cpu_count(), "load_avg": os.getloadavg()[0],
+            "cpu": cpu_model(), "cpu_count": os.cpu_count(), "load_before": load_before,
+            "load_avg": os.getloadavg()[0],
             "local_films_s": len(paths) / local_s, "local_seconds": local_s,
             "local_peak_rss_mb": max(local_rss, default=0), "ray": runs, "goal": GOAL}
 
@@ -164,7 +166,8 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"model    {r['model']}",
         f"films    {r['films']} real X-rays, {r['batch']} per actor call",
-        f"machine  {r['cpu_count']} CPU cores, load average {r['load_avg']:.1f} at the end",
+        f"machine  {r['cpu']}, {r['cpu_count']} CPU cores; load average "
+        f"{r['load_before']:.1f} at the start, {r['load_avg']:.1f} at the end",
         "timing   each engine's command from start to end, everything included",
         "",
         f"{'engine':24}{'films/s':>9}{'seconds':>9}{'x local':>9}{'start-up s':>12}"

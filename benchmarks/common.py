@@ -55,6 +55,17 @@ def run_and_print(
     return args, results
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as ``lscpu`` gives it (from ``/proc/cpuinfo``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def pick_images(data: Path, n: int) -> list[Path]:
     """The first ``n`` images, alternating between the class folders, each sorted by name.
 

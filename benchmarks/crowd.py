@@ -52,6 +52,7 @@ from benchmarks.browser import (
     films,
     memory_mib,
 )
+from benchmarks.common import cpu_model
 from benchmarks.server import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -123,14 +124,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="skip the labels' check against the same models run here")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     return parser.parse_args(argv)
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), e.g. for the figures' caption."""
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return "unknown CPU"
 
 
 def process_cpu_s(pid: int) -> float:

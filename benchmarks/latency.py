@@ -40,7 +40,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, median_seconds, model_parser, pick_images, run_and_print
+from benchmarks.common import (
+    ROOT,
+    cpu_model,
+    median_seconds,
+    model_parser,
+    pick_images,
+    run_and_print,
+)
 from covid.settings import settings
 
 _COLD_LOAD = """
@@ -73,17 +80,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--opacity-model", type=Path, default=paths.opacity_model_path,
                         help="the opacity segmenter (its figures are skipped without it)")
     return parser.parse_args(argv)
-
-
-def cpu_model() -> str:
-    """The CPU's model name, as ``lscpu`` gives it (from ``/proc/cpuinfo``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def segmenter_costs(args: argparse.Namespace, films: list[Any]) -> dict[str, Any]:

@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
+from covid.evaluation.ood_fit import fit_ood, quantile_threshold
 from covid.inputs.decode import DecodedImage, decode_image, read_image
 from covid.model.ood_stats import mahalanobis_score
 from covid.screening.ood import MIN_STD, OODDetector, cheap_checks
 from covid.training.catalogue import data_dir
-from covid.evaluation.ood_fit import fit_ood, quantile_threshold
 
 DATA_DIR = data_dir() / "covid19-radiography"
 D = 64
