@@ -17,7 +17,10 @@ For every scored film the tool stores, in the film's own study:
   Machine-readable results are what the AI Results profile asks for.
 - a Secondary Capture of the map over the film, drawn by the same code as the
   page and the PDF report, with "RESEARCH USE ONLY" and the same finding, advice
-  and flag burnt into the pixels, so that every viewer shows them.
+  and flag burnt into the pixels, so that every viewer shows them. When the
+  opacity segmenter outlined the film, its outline is drawn over the map in the
+  PDF report's colour (:data:`~covid.screening.report_layout.OPACITY_RGB`) and a
+  burnt-in line says what it is: a separate model's, not the classifier's.
 
 What is said comes from the film's :class:`~covid.model.decision.Decision`
 alone. A film refused as not a chest X-ray has nothing to send
@@ -49,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from covid.explain.localisation import draw_outline
 from covid.inputs.pacs import RESULT_SERIES_PREFIX, PacsClient, PacsError
 from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA
 from covid.model.decision import (
@@ -59,6 +63,7 @@ from covid.model.decision import (
     HOME_CODE,
     Decision,
 )
+from covid.screening.report_layout import OPACITY_RGB
 from covid.screening.studies import DisplaySettings, render_map
 
 if TYPE_CHECKING:
@@ -71,6 +76,8 @@ if TYPE_CHECKING:
 MANUFACTURER = "covid-xray-dashboard"
 RESEARCH_ONLY = "Research use only, not for diagnosis."
 BURNT_IN = "RESEARCH USE ONLY - not for diagnosis"
+OPACITY_LEGEND = "Yellow outline: opacities (separate segmenter)"
+"""The burnt-in line under the decision when the opacity outline is drawn (the PDF's yellow)."""
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 """High series numbers, after the study's own."""
 
@@ -436,11 +443,18 @@ def overlay_picture(result: StudyResult) -> np.ndarray:
     """The map over the film, drawn as the page and the report draw it, marked research only.
 
     Returns:
-        (H, W, 3) uint8: the label's map over the film with the lung outline,
-        "RESEARCH USE ONLY" and :func:`decision_line` burnt in across the top.
+        (H, W, 3) uint8: the label's map over the film with the lung outline and,
+        when the opacity segmenter outlined the film, its opacities in
+        :data:`~covid.screening.report_layout.OPACITY_RGB` (drawn last, over the
+        lung outline, so that the colour is exact); "RESEARCH USE ONLY",
+        :func:`decision_line` and then :data:`OPACITY_LEGEND` burnt in across the top.
     """
-    return burn_in(render_map(result.pixels, result.cam, DisplaySettings(outline=True),
-                              result.lungs), (BURNT_IN, decision_line(result.decision)))
+    picture = render_map(result.pixels, result.cam, DisplaySettings(outline=True), result.lungs)
+    lines = [BURNT_IN, decision_line(result.decision)]
+    if result.opacity is not None and not result.refused:
+        picture = draw_outline(picture, result.opacity.mask, OPACITY_RGB)
+        lines.append(OPACITY_LEGEND)
+    return burn_in(picture, lines)
 
 
 def build_sc(source: Dataset, result: StudyResult, meta: ModelMetadata, uids: ResultUids) -> Any:

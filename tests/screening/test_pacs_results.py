@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from highdicom.sr.utils import find_content_items
 from pydicom.sr.codedict import codes
+from scipy import ndimage
 
 from covid.explain.inference import Classifier
 from covid.inputs.pacs import InstanceRecord, PacsClient, PacsConfig, StudyQuery
@@ -19,6 +20,7 @@ from covid.screening import pacs_results
 from covid.screening.pacs_results import (
     BURNT_IN,
     OPACITY_EXTENT,
+    OPACITY_LEGEND,
     OPACITY_METHOD,
     RALE_SCORE,
     RESEARCH_ONLY,
@@ -36,6 +38,7 @@ from covid.screening.pacs_results import (
     source_header,
 )
 from covid.screening.pipeline import StudyResult, analyse
+from covid.screening.report_layout import OPACITY_RGB
 from covid.screening.studies import DisplaySettings, render_map
 from tests.pacs_server import (
     LEFT_OUT,
@@ -188,6 +191,50 @@ def test_sr_and_sc_are_stored_in_the_study_and_read_back(scored, classifier, ort
                        result.lungs)
     assert not np.array_equal(pixels[:8], drawn[:8])  # the banner
     np.testing.assert_array_equal(pixels[pixels.shape[0] // 2:], drawn[drawn.shape[0] // 2:])
+
+
+def sc_pixels(objects) -> np.ndarray:
+    """(Rows, Columns, 3) uint8: the Secondary Capture's PixelData as stored (RGB, interleaved)."""
+    sc = objects.sc
+    assert (sc.SamplesPerPixel, sc.PlanarConfiguration, sc.BitsAllocated) == (3, 0, 8)
+    return np.frombuffer(sc.PixelData, np.uint8)[: sc.Rows * sc.Columns * 3].reshape(
+        sc.Rows, sc.Columns, 3)
+
+
+def banner_rows(picture: np.ndarray) -> int:
+    """How many rows from the top the black banner takes (to its last all-black row).
+
+    The map colours every row below it (no colour map offered is black), so only
+    the banner's margins between and under the text are black across the width.
+    """
+    black = (picture[: picture.shape[0] // 2] == 0).all(axis=(1, 2))
+    return int(np.flatnonzero(black).max()) + 1
+
+
+def test_the_sc_outlines_the_opacities_in_the_pdf_colour_only_when_there_are_some(
+        scored, classifier):
+    _, header, result = scored
+    meta = classifier.metadata
+    outlined = graded(result)
+    mask = outlined.opacity.mask
+    plain, drawn = (sc_pixels(build_results(header, r, meta, meta.threshold))
+                    for r in (result, outlined))
+    edge = mask & ~ndimage.binary_erosion(mask, border_value=0)  # 224 px: a 1-px line
+    inside = ndimage.binary_erosion(mask, iterations=3, border_value=0)
+    below = np.zeros_like(mask)
+    below[banner_rows(drawn) + 1 :] = True  # the banner hides the picture's top rows
+    assert (edge & below).sum() > 100 and inside.sum() > 100
+
+    def coloured(picture):
+        return (picture == OPACITY_RGB).all(axis=2)
+
+    assert coloured(drawn)[edge & below].all()  # on the mask's boundary, all of it
+    assert not coloured(drawn)[inside].any()  # a line, not a fill: the map shows inside
+    assert not coloured(plain).any()  # no opacities, no yellow line anywhere
+    away = ~ndimage.binary_dilation(mask, iterations=2) & below
+    np.testing.assert_array_equal(drawn[away], plain[away])  # the rest is the same map
+    assert banner_rows(drawn) > banner_rows(plain)  # one more burnt-in line: the legend
+    assert "opacities" in OPACITY_LEGEND and "separate" in OPACITY_LEGEND
 
 
 def test_sending_again_stores_nothing_and_results_are_never_listed(scored, classifier, orthanc):
