@@ -22,7 +22,8 @@ answers only in part (it caps its results) lists what came and says so.
 Results go back to the PACS from the study view (:func:`send_study_ui`, "Send to
 PACS") and under the triage table (:func:`send_all_ui`, "Send all to PACS"): a
 Structured Report and a Secondary Capture of the map, built and stored by
-:mod:`covid.screening.pacs_results`. Only studies retrieved from the PACS in this
+:func:`covid.screening.pacs_results.send_film` as the command line does, naming
+the opacity segmenter when it outlined the film. Only studies retrieved from the PACS in this
 session get the buttons, only for a visitor who may use the PACS, and never a
 film refused as not a chest X-ray. Sending again stores nothing new (the
 results' UIDs are derived), and the page says so.
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from covid.app import state
+from covid.app.resources import opacity_for, segmenter_for
 from covid.inputs.pacs import (
     PacsClient,
     PacsConfig,
@@ -46,10 +48,13 @@ from covid.inputs.pacs import (
     StudyRecord,
     StudySearch,
 )
+from covid.model.metadata import ModelFileError
 from covid.screening.studies import Study, class_map, content_digest
 
 if TYPE_CHECKING:
     from covid.explain.inference import Classifier
+    from covid.model.opacity import OpacitySegmenter
+    from covid.screening.pipeline import StudyResult
 
 _KEYS = ("COVID_PACS_URL", "COVID_PACS_USER", "COVID_PACS_PASSWORD", "COVID_PACS_TIMEOUT",
          "COVID_PACS_CA_BUNDLE", "COVID_PACS_ALLOW_ANONYMOUS", "COVID_PACS_ALLOWED_EMAILS",
@@ -312,13 +317,7 @@ def send_study(client: PacsClient, study: Study, source: bytes, classifier: Clas
             refused as not a chest X-ray, or its header cannot give results.
     """
     # Imported here: highdicom is needed only once something is sent (cold start).
-    from covid.screening.pacs_results import (
-        ResultsError,
-        build_results,
-        nothing_to_send,
-        send_results,
-        source_header,
-    )
+    from covid.screening.pacs_results import ResultsError, nothing_to_send, send_film
 
     meta = classifier.metadata
     result = study.result
@@ -328,8 +327,23 @@ def send_study(client: PacsClient, study: Study, source: bytes, classifier: Clas
     target = list(meta.class_names).index(result.label)
     cam = class_map(study, classifier, target, SEND_METHOD, maps)
     result = replace(result, cam=cam, cam_target=target)
-    objects = build_results(source_header(source), result, meta, threshold, SEND_METHOD)
-    return send_results(client, objects)
+    return send_film(client, source, result, meta, threshold, SEND_METHOD,
+                     _opacity_segmenter(result, classifier))
+
+
+def _opacity_segmenter(result: StudyResult, classifier: Classifier) -> OpacitySegmenter | None:
+    """The page's opacity segmenter when it outlined this film (None otherwise).
+
+    It is the one the page scored with (cached, see :func:`covid.app.resources.opacity_for`).
+    A file altered since only costs the SR the segmenter's name, as it costs the
+    page its opacity figures.
+    """
+    if result.opacity is None:
+        return None
+    try:
+        return opacity_for(segmenter_for(classifier))
+    except ModelFileError:
+        return None
 
 
 def _try_send(client: PacsClient, study: Study, source: bytes, classifier: Classifier,

@@ -85,22 +85,14 @@ def _send(client: PacsClient, data: bytes, result: StudyResult,
     Returns:
         The ``sent`` value, and the reason when it is ``failed`` (also on stderr).
     """
-    from covid.screening.pacs_results import (
-        ResultsError,
-        build_results,
-        nothing_to_send,
-        send_results,
-        source_header,
-    )
+    from covid.screening.pacs_results import ResultsError, nothing_to_send, send_film
 
     if nothing_to_send(result) is not None:  # failed, or refused as not a chest X-ray
         return "no", ""
     meta = models.classifier.metadata
-    opacity_meta = None if models.opacity is None else models.opacity.metadata
     try:
-        objects = build_results(source_header(data), result, meta, meta.threshold,
-                                opacity_meta=opacity_meta)
-        return ("yes" if send_results(client, objects) else "already"), ""
+        sent = send_film(client, data, result, meta, meta.threshold, opacity=models.opacity)
+        return ("yes" if sent else "already"), ""
     except (PacsError, ResultsError) as err:
         print(f"error: sending the results of {result.name}: {err}", file=sys.stderr)
         return "failed", f"the results could not be sent: {err}"

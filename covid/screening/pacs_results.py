@@ -15,12 +15,10 @@ For every scored film the tool stores, in the film's own study:
   the method "Opacity segmentation" and, when given, the segmenter's own
   algorithm identification: a separate model, not the classifier.
   Machine-readable results are what the AI Results profile asks for.
-- a Secondary Capture of the map over the film, drawn by the same code as the
-  page and the PDF report, with "RESEARCH USE ONLY" and the same finding, advice
-  and flag burnt into the pixels, so that every viewer shows them. When the
-  opacity segmenter outlined the film, its outline is drawn over the map in the
-  PDF report's colour (:data:`~covid.screening.report_layout.OPACITY_RGB`) and a
-  burnt-in line says what it is: a separate model's, not the classifier's.
+- a Secondary Capture of the map over the film (and the opacity segmenter's
+  outline, in the PDF's yellow), drawn by the same code as the page and the PDF,
+  with "RESEARCH USE ONLY", the same finding, advice and flag (and what the
+  yellow is) burnt into the pixels, so that every viewer shows them.
 
 What is said comes from the film's :class:`~covid.model.decision.Decision`
 alone. A film refused as not a chest X-ray has nothing to send
@@ -70,7 +68,7 @@ if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
     from covid.model.metadata import ModelMetadata
-    from covid.model.opacity import OpacityModelMetadata
+    from covid.model.opacity import OpacityModelMetadata, OpacitySegmenter
     from covid.screening.pipeline import StudyResult
 
 MANUFACTURER = "covid-xray-dashboard"
@@ -443,11 +441,10 @@ def overlay_picture(result: StudyResult) -> np.ndarray:
     """The map over the film, drawn as the page and the report draw it, marked research only.
 
     Returns:
-        (H, W, 3) uint8: the label's map over the film with the lung outline and,
-        when the opacity segmenter outlined the film, its opacities in
-        :data:`~covid.screening.report_layout.OPACITY_RGB` (drawn last, over the
-        lung outline, so that the colour is exact); "RESEARCH USE ONLY",
-        :func:`decision_line` and then :data:`OPACITY_LEGEND` burnt in across the top.
+        (H, W, 3) uint8: the label's map over the film with the lung outline and
+        the opacities' (last, so that its colour is exact), when the segmenter
+        outlined the film; "RESEARCH USE ONLY", :func:`decision_line` and then
+        :data:`OPACITY_LEGEND` burnt in across the top.
     """
     picture = render_map(result.pixels, result.cam, DisplaySettings(outline=True), result.lungs)
     lines = [BURNT_IN, decision_line(result.decision)]
@@ -573,6 +570,27 @@ def send_results(client: PacsClient, objects: ResultObjects) -> bool:
         raise PacsError(f"storing results in study {objects.study_uid}: the PACS at "
                         f"{client.config.display_url} accepted them but does not hold them.")
     return True
+
+
+def send_film(client: PacsClient, source: bytes, result: StudyResult, meta: ModelMetadata,
+              threshold: float, method: str = "gradcam",
+              opacity: OpacitySegmenter | None = None) -> bool:
+    """:func:`build_results` from the film's DICOM bytes, then :func:`send_results`.
+
+    The one way the command line and the page send: both name the opacity
+    segmenter they scored with (or None), so that the SR identifies it and the
+    UIDs tell its results from another segmenter's.
+
+    Returns:
+        True when the results were stored now, False when the study held them.
+
+    Raises:
+        ResultsError: See :func:`build_results`.
+        covid.inputs.pacs.PacsError: See :func:`send_results`.
+    """
+    opacity_meta = None if opacity is None else opacity.metadata
+    return send_results(client, build_results(source_header(source), result, meta, threshold,
+                                              method, opacity_meta))
 
 
 def _missing(client: PacsClient, objects: ResultObjects, datasets: Sequence[Any]) -> list[Any]:

@@ -6,6 +6,8 @@ report and map once. The sign-in itself (a real OpenID Connect provider in a
 browser) is ``tests/app/test_browser_pacs.py``.
 """
 
+import io
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -13,6 +15,8 @@ from covid.app.pacs_ui import pacs_access
 from covid.inputs.pacs import RESULT_SERIES_PREFIX
 from covid.model.classes import FINDINGS, NORMAL
 from covid.model.decision import decide
+from covid.model.metadata import read_metadata_as
+from covid.model.opacity import OpacityModelMetadata
 from tests import pacs_server
 from tests.pacs_server import PASSWORD, PATIENT_NAME, USER, ct_slice, dx_film, to_bytes
 
@@ -122,11 +126,12 @@ def test_a_wrong_password_is_shown_without_a_traceback(orthanc, pacs_settings):
 # ------------------------------------------------------------------ sending the results
 
 
-def send_page(classifier, uploads=(), threshold=None, ood=None):
+def send_page(classifier, uploads=(), threshold=None, ood=None, opacities=False):
     import streamlit as st
 
     from covid.app import state
     from covid.app.pacs_ui import pacs_source_ui, send_all_ui, send_study_ui
+    from covid.app.resources import opacity_for, segmenter_for
     from covid.screening.studies import at_threshold, score_files
 
     pacs_source_ui()
@@ -136,8 +141,11 @@ def send_page(classifier, uploads=(), threshold=None, ood=None):
         return
     threshold = classifier.metadata.threshold if threshold is None else threshold
     maps = st.session_state.setdefault("maps", {})
+    # With opacities, the models the screening page loads score the films (its load_ui).
+    segmenter = segmenter_for(classifier) if opacities else None
     studies = at_threshold(score_files(files, classifier, st.session_state.setdefault(
-        "studies", {}), ood=ood), threshold)
+        "studies", {}), ood=ood, segmenter=segmenter, opacity=opacity_for(segmenter)),
+        threshold)
     send_all_ui(studies, classifier, maps, threshold)  # as under the triage table
     for study in studies:  # as in each study's view
         st.text(f"study: {study.result.name}")
@@ -278,6 +286,54 @@ def test_a_study_relabelled_at_another_operating_point_sends_its_new_label(
             assert client.has_instance(str(film.StudyInstanceUID), uid)
     assert labels[0] in FINDINGS and labels[1] == NORMAL
     assert orthanc.instance_count() == 5  # the film, and an SR and a map for each label
+
+
+@pytest.fixture
+def opacity_models(tiny_lung_file, tmp_path, plant_lungs, pacs_settings):
+    """The page's lung and opacity segmenters: tiny, the latter outlining all the lungs."""
+    from tests.opacity_models import save_tiny_opacity
+
+    path = save_tiny_opacity(tmp_path / "opacity.keras")
+    pacs_settings.setenv("COVID_LUNG_MODEL_PATH", str(tiny_lung_file))
+    pacs_settings.setenv("COVID_OPACITY_MODEL_PATH", str(path))
+    return read_metadata_as(OpacityModelMetadata, path)
+
+
+def test_the_page_sends_the_opacity_segmenter_it_scored_with_as_the_command_line_does(
+        orthanc, film_pixels, classifier, pacs_settings, opacity_models):
+    import highdicom as hd
+    from highdicom.sr.utils import find_content_items
+    from pydicom.sr.codedict import codes
+
+    from covid.inputs.pacs import InstanceRecord, PacsClient, PacsConfig
+    from covid.screening.pacs_results import RALE_SCORE, result_uids
+
+    film = dx_film(film_pixels[0], "ACC001", "20240101")
+    orthanc.upload(to_bytes(film))
+    _open_pacs(pacs_settings, orthanc)
+    at = AppTest.from_function(send_page, args=(classifier,), kwargs={"opacities": True},
+                               default_timeout=TIMEOUT).run()
+    _retrieve_every_study(at)
+    (result,) = at.session_state["studies"].values()
+    assert result.opacity is not None and result.opacity.severity.score == 8  # all the lungs
+    _buttons(at, "Send to PACS")[0].click().run()
+    assert not at.exception and not at.error and at.success
+
+    meta = classifier.metadata
+    label = decide(result.probs, meta.class_names, meta.threshold).label
+    uids = result_uids(str(film.SOPInstanceUID), meta.sha256, label, "gradcam",
+                       opacity_models.sha256)  # the UIDs pacs --send derives with the segmenter
+    client = PacsClient(PacsConfig(orthanc.url, user=USER, password=PASSWORD))
+    sr = hd.sr.srread(io.BytesIO(client.retrieve(InstanceRecord(
+        str(film.StudyInstanceUID), uids.sr_series, uids.sr, "SR", ""))))
+    group = sr.content.get_image_measurement_groups()[0]
+    (score,) = [m for m in group.get_measurements() if m.name.meaning == RALE_SCORE]
+    assert score.value == 8
+    named = [item.TextValue for item in find_content_items(
+        score[0], name=codes.DCM.AlgorithmName, recursive=True)]
+    assert named == [opacity_models.name]  # the segmenter identified, not only its figures
+    assert client.has_instance(str(film.StudyInstanceUID), uids.sc)
+    assert orthanc.instance_count() == 3
 
 
 class RefuseCtSlices:
