@@ -17,7 +17,8 @@ difference. Near-duplicate films are grouped by perceptual hash and kept within 
 side of an 80/10/10 split stratified by folder. Training is the loop the lung
 segmenter uses (:func:`covid.training.unet_training.fit_unet`); the checkpoint kept
 is the one with the best mean Dice on the validation COVID films, and the opacity
-threshold is then chosen on the same films (:func:`choose_threshold`).
+post-processing (threshold and smallest opacity kept) is then chosen on the same
+films (:func:`choose_setting`).
 
 The held-out test films are then segmented twice by the serving class
 (:class:`covid.model.opacity.OpacitySegmenter`): inside the shipped lung segmenter's
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA
-from covid.model.opacity import OPACITY_THRESHOLD
+from covid.model.opacity import MIN_COMPONENT, OPACITY_THRESHOLD
 from covid.training.catalogue import QUEX_CLASS_FOLDERS, QUEX_FOLDER, data_dir
 from covid.training.unet_training import fit_unet, hash_split, recipe, subsample, training_parser
 
@@ -51,6 +52,12 @@ CHUNK = 64
 """Films segmented per batch when testing."""
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 """Opacity thresholds tried on the validation films once training ends."""
+MIN_COMPONENTS = (0.005, 0.01, 0.02, 0.04)
+"""Smallest opacities kept (share of the lungs) tried with each threshold."""
+SETTINGS = tuple((t, m) for t in THRESHOLDS for m in MIN_COMPONENTS)
+"""Every post-processing setting tried on the validation films."""
+NORMAL_EXTENT_GOAL = 0.01
+"""Normal films' median extent a shipped setting must keep (issue 29's target: 1%)."""
 
 
 def find_opacity_dataset(root: str | Path) -> tuple[list[Path], np.ndarray]:
@@ -170,37 +177,75 @@ def load_opacity_data(args: argparse.Namespace) -> OpacityData:
     return OpacityData(images, covid, split, films, lungs, infection, x, y)
 
 
-def val_dice(model, data: OpacityData, thresholds: tuple[float, ...] = (OPACITY_THRESHOLD,)
-             ) -> dict[float, float]:
-    """Mean Dice of the validation COVID films, inside the radiologists' lungs, per threshold.
+def _val_probs(model, data: OpacityData, covid: bool) -> tuple[list[int], np.ndarray]:
+    """The validation films of one kind and the network's (N, S, S) maps over their lung boxes."""
+    index = [i for i in data.split["val"] if bool(data.covid[i]) == covid]
+    if not index:
+        return index, np.zeros((0, data.x.shape[1], data.x.shape[2]), np.float32)
+    return index, model.predict(data.x[index].astype(np.float32), batch_size=32, verbose=0)[..., 0]
+
+
+def val_settings(model, data: OpacityData, settings: tuple[tuple[float, float], ...]
+                 ) -> dict[tuple[float, float], dict[str, float]]:
+    """Each post-processing setting's validation figures, inside the radiologists' lungs.
 
     Args:
         model: The network.
         data: The dataset (its ``val`` split is used).
-        thresholds: Probabilities above which a pixel is opacity.
+        settings: ``(threshold, min_component)`` pairs, as
+            :func:`covid.model.opacity.opacity_from_probs` takes them.
 
     Returns:
-        Each threshold's mean Dice (0 without validation COVID films).
+        For each setting, ``dice``: the mean Dice of the validation COVID films (0
+        without any), and ``normal_extent``: the median extent of both lungs on the
+        validation normal films, as a share of the lungs (0 without any).
     """
     from covid.inputs.preprocess import lung_box
     from covid.model.lungs import dice
-    from covid.model.opacity import opacity_from_probs
+    from covid.model.opacity import grade, opacity_from_probs
 
-    index = [i for i in data.split["val"] if data.covid[i]]
-    if not index:
-        return dict.fromkeys(thresholds, 0.0)
-    probs = model.predict(data.x[index].astype(np.float32), batch_size=32, verbose=0)[..., 0]
-    boxes = [lung_box(data.lungs[i]) for i in index]
-    return {t: float(np.mean([
-        dice(opacity_from_probs(p, box, data.films[i].shape, data.lungs[i], t), data.infection[i])
-        for p, box, i in zip(probs, boxes, index, strict=True)
-    ])) for t in thresholds}
+    maps = {covid: _val_probs(model, data, covid) for covid in (True, False)}
+
+    def masks(covid: bool, threshold: float, smallest: float):
+        index, probs = maps[covid]
+        for p, i in zip(probs, index, strict=True):
+            yield i, opacity_from_probs(p, lung_box(data.lungs[i]), data.films[i].shape,
+                                        data.lungs[i], threshold, smallest)
+
+    figures = {}
+    for threshold, smallest in settings:
+        dices = [dice(m, data.infection[i]) for i, m in masks(True, threshold, smallest)]
+        extents = [grade(data.lungs[i], m).extent for i, m in masks(False, threshold, smallest)]
+        figures[threshold, smallest] = {
+            "dice": float(np.mean(dices)) if dices else 0.0,
+            "normal_extent": float(np.median(extents)) if extents else 0.0}
+    return figures
 
 
-def choose_threshold(model, data: OpacityData) -> tuple[float, dict[float, float]]:
-    """The threshold of :data:`THRESHOLDS` with the best validation Dice, and each one's Dice."""
-    dices = val_dice(model, data, THRESHOLDS)
-    return max(dices, key=dices.__getitem__), dices
+def val_dice(model, data: OpacityData) -> float:
+    """Mean Dice of the validation COVID films at the default setting: what picks the epoch."""
+    setting = (OPACITY_THRESHOLD, MIN_COMPONENT)
+    return val_settings(model, data, (setting,))[setting]["dice"]
+
+
+def choose_setting(figures: dict[tuple[float, float], dict[str, float]],
+                   normal_goal: float = NORMAL_EXTENT_GOAL) -> tuple[float, float]:
+    """The post-processing setting to ship, from its validation figures.
+
+    Outlining opacity on clear lungs is what a radiologist notices first, so the
+    setting must keep normal films' median extent within ``normal_goal``; among
+    those, the best COVID Dice wins. When none keeps it, the best Dice wins.
+
+    Args:
+        figures: :func:`val_settings`' output.
+        normal_goal: Largest median extent on normal films, as a share of the lungs.
+
+    Returns:
+        ``(threshold, min_component)``.
+    """
+    clear = {k: v for k, v in figures.items() if v["normal_extent"] <= normal_goal}
+    pool = clear or figures
+    return max(pool, key=lambda k: (pool[k]["dice"], -pool[k]["normal_extent"]))
 
 
 def _percent(values: list[float], q: float) -> float | None:
@@ -300,32 +345,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _metadata(args: argparse.Namespace, data: OpacityData, state: dict,
-              threshold: tuple[float, dict[float, float]], metrics: dict):
-    """The segmenter's metadata: data, split sizes, threshold, held-out metrics and the recipe.
+              setting: tuple[float, float], tried: dict, metrics: dict):
+    """The segmenter's metadata: data, split sizes, post-processing, held-out metrics, recipe.
 
-    ``threshold`` is the one chosen and the validation Dice of each one tried.
+    ``setting`` is the ``(threshold, min_component)`` chosen and ``tried`` each
+    setting's validation figures (:func:`val_settings`).
     """
-    from covid.model.opacity import MIN_COMPONENT, RALE_BANDS, OpacityModelMetadata
+    from covid.model.opacity import RALE_BANDS, OpacityModelMetadata
 
     covid = int(data.covid.sum())
     return OpacityModelMetadata(
         input_size=args.size,
-        threshold=threshold[0],
+        threshold=setting[0],
+        min_component=setting[1],
         trained_on=(f"{args.data.name}: {covid} COVID-19 films with radiologists' infection "
                     f"masks and {len(data.images) - covid} normal films (empty masks); the "
                     f"{EXCLUDED_FOLDER} films left out (their masks were never drawn)"),
         splits={k: len(v) for k, v in data.split.items()},
         metrics={**metrics, "val_dice_best": round(state["best_dice"], 4),
-                 "val_dice_by_threshold": {f"{t:g}": round(d, 4) for t, d in threshold[1].items()},
+                 "val_by_setting": [
+                     {"threshold": t, "min_component": m, "dice": round(f["dice"], 4),
+                      "normal_extent_median_pct": round(100 * f["normal_extent"], 2)}
+                     for (t, m), f in tried.items()],
                  "measured_at": "each mask's own resolution (256 px), after post-processing; "
                                 "COVID films for Dice, extent error and score agreement",
                  "score": f"modified RALE (Wong et al. 2020), per lung 0-4 at {RALE_BANDS}"},
         recipe={**recipe(args, state),
                 "crop": ("the lungs' square box (covid.inputs.preprocess.lung_box): the "
                          "radiologists' lung mask in training, the lung segmenter's in serving"),
-                "val_selection": ("epoch and threshold: mean Dice of the validation COVID "
-                                  "films, radiologists' lungs"),
-                "min_component": MIN_COMPONENT},
+                "val_selection": (
+                    f"epoch: mean Dice of the validation COVID films at threshold "
+                    f"{OPACITY_THRESHOLD:g}, smallest opacity {MIN_COMPONENT:g} of the lungs; "
+                    f"then threshold and smallest opacity: the best such Dice among the "
+                    f"settings whose median extent on validation normal films is at most "
+                    f"{100 * NORMAL_EXTENT_GOAL:g}% (radiologists' lungs)")},
     )
 
 
@@ -350,14 +403,16 @@ def train(args: argparse.Namespace) -> Path:
     data = load_opacity_data(args)
     fit = data.split["train"]
     model, state = fit_unet(args, data.x[fit], data.y[fit], lambda: build_opacity_unet(None),
-                            lambda m: val_dice(m, data)[OPACITY_THRESHOLD])
-    threshold, tried = choose_threshold(model, data)
-    LOG.info("threshold %g chosen on validation from %s", threshold, tried)
-    segmenter = OpacitySegmenter(model, OpacityModelMetadata(input_size=args.size,
-                                                             threshold=threshold))
+                            lambda m: val_dice(m, data))
+    tried = val_settings(model, data, SETTINGS)
+    setting = choose_setting(tried)
+    LOG.info("threshold %g, smallest opacity %g chosen on validation from %s",
+             *setting, tried)
+    segmenter = OpacitySegmenter(model, OpacityModelMetadata(
+        input_size=args.size, threshold=setting[0], min_component=setting[1]))
     metrics = held_out_metrics(segmenter, data, args.lung_model)
     LOG.info("held-out test %s", metrics)
-    metadata = _metadata(args, data, state, (threshold, tried), metrics)
+    metadata = _metadata(args, data, state, setting, tried, metrics)
     exported = args.run / "opacity_unet.keras"
     save_opacity_model(model, metadata, exported)
     if args.ship:

@@ -9,12 +9,15 @@ from PIL import Image
 from covid.model.opacity import OpacitySegmentation, OpacitySegmenter, grade
 from covid.training.train_opacity import (
     EXCLUDED_FOLDER,
-    THRESHOLDS,
+    SETTINGS,
+    OpacityData,
+    choose_setting,
     find_opacity_dataset,
     opacity_metrics,
     opacity_pair,
     parse_args,
     train,
+    val_settings,
 )
 
 PER_FOLDER = 20
@@ -116,8 +119,9 @@ def test_a_tiny_run_trains_saves_ships_and_resumes(tmp_path, tiny_lung_file):
     meta = segmenter.metadata
     assert exported == run / "opacity_unet.keras" and exported.is_file()
     assert meta.input_size == 32 and meta.recipe["epochs"] == 1
-    assert meta.threshold in THRESHOLDS
-    assert list(meta.metrics["val_dice_by_threshold"]) == [f"{t:g}" for t in THRESHOLDS]
+    assert (meta.threshold, meta.min_component) in SETTINGS
+    tried = [(r["threshold"], r["min_component"]) for r in meta.metrics["val_by_setting"]]
+    assert tried == list(SETTINGS)
     assert sum(meta.splits.values()) == 2 * PER_FOLDER  # no Non-COVID, no film without lungs
     assert EXCLUDED_FOLDER in meta.trained_on
     drawn, served = (meta.metrics[k] for k in ("radiologists_lungs", "lung_segmenter_lungs"))
@@ -135,3 +139,39 @@ def test_a_tiny_run_trains_saves_ships_and_resumes(tmp_path, tiny_lung_file):
 def test_the_data_folder_defaults_to_the_shared_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("COVID_DATA_DIR", str(tmp_path))
     assert parse_args([]).data == tmp_path / "covid-qu-ex-masks"
+
+
+def test_the_setting_keeps_normal_lungs_clear_before_it_maximises_dice():
+    figures = {(0.4, 0.005): {"dice": 0.74, "normal_extent": 0.025},
+               (0.5, 0.02): {"dice": 0.73, "normal_extent": 0.0},
+               (0.6, 0.02): {"dice": 0.70, "normal_extent": 0.0}}
+    assert choose_setting(figures) == (0.5, 0.02)  # 0.4 has the best Dice but outlines normals
+    assert choose_setting(figures, normal_goal=0.03) == (0.4, 0.005)
+    unclear = {k: {**v, "normal_extent": 0.05} for k, v in figures.items()}
+    assert choose_setting(unclear) == (0.4, 0.005)  # none keeps the goal: best Dice
+
+
+def _opacity_data() -> OpacityData:
+    """Two validation films (one COVID with half a lung outlined, one normal) and a training one."""
+    rows, cols = np.mgrid[:64, :64]
+    lungs = _lungs(rows, cols, 0, 0)
+    infection = lungs & (rows > 32) & (cols < 32)
+    films = [np.full((64, 64), 120, np.uint8)] * 3
+    return OpacityData(
+        images=[], covid=np.array([True, False, True]),
+        split={"train": np.array([2]), "val": np.array([0, 1]), "test": np.array([], int)},
+        films=films, lungs=[lungs] * 3, infection=[infection, np.zeros_like(lungs), infection],
+        x=np.zeros((3, 16, 16, 1), np.uint8), y=np.zeros((3, 16, 16, 1), np.uint8))
+
+
+def test_validation_figures_of_a_network_that_outlines_everything():
+    class Everywhere:
+        def predict(self, x, batch_size, verbose):
+            return np.ones((*x.shape[:3], 1), np.float32)
+
+    data = _opacity_data()
+    figures = val_settings(Everywhere(), data, ((0.5, 0.005), (0.5, 2.0)))
+    assert figures[0.5, 0.005]["normal_extent"] == 1.0  # whole lungs outlined on normals
+    assert 0.0 < figures[0.5, 0.005]["dice"] < 1.0
+    # a smallest opacity larger than the lungs removes every outline
+    assert figures[0.5, 2.0] == {"dice": 0.0, "normal_extent": 0.0}
