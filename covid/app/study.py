@@ -1,5 +1,8 @@
 """One study's view: the X-ray, its Grad-CAM, the probability bars, triage and PDF report.
 
+Under the bars, the sentence that says why the rule admitted the film or sent it
+home (:func:`covid.model.decision.why_sentence`, the PDF report's own).
+
 With a lung segmenter, the lung outline can be drawn over the X-ray and the map,
 and beside the bars the share of the shown map's evidence inside the lung
 fields is given, with a caution when less than half of it lies there. With the
@@ -25,7 +28,7 @@ import streamlit as st
 from covid.app import state
 from covid.app.pacs_ui import send_study_ui
 from covid.explain.localisation import draw_outline, evidence_caution, evidence_sentence
-from covid.model.decision import finding_name
+from covid.model.decision import why_sentence
 from covid.model.metadata import ModelMetadata
 from covid.screening.pipeline import StudyResult, percentages
 from covid.screening.studies import (
@@ -74,16 +77,22 @@ def probability_bars_ui(result: StudyResult, class_names: Sequence[str]) -> list
     return shown
 
 
-def triage_ui(result: StudyResult, meta: ModelMetadata, threshold: float) -> None:
+def why_ui(result: StudyResult, meta: ModelMetadata, threshold: float) -> None:
+    """Under the bars, why the rule decided as it did: the PDF report's sentence.
+
+    E.g. "P(any finding) 25.6% is above the operating point 19.5%: admit, as Other
+    pneumonia, the likelier finding.", then whose operating point it is.
+    """
+    which = "the shipped one" if state.is_shipped(meta, threshold) else "this session's choice"
+    st.caption(f"{why_sentence(result.decision, meta.class_names, threshold)} "
+               f"The operating point is {which}.")
+
+
+def triage_ui(result: StudyResult) -> None:
     """The prediction, an unusual film's caution and the advice: red to admit, else green."""
     st.markdown(f"**Prediction: {result.label}**")
     if result.flag_note:  # an unusual chest X-ray: why a radiologist must read it
         st.warning(result.flag_note, icon=":material/report:")
-    which = "shipped" if state.is_shipped(meta, threshold) else "this session's choice"
-    st.caption(
-        f"{finding_name(meta.class_names)} {result.p_finding:.1%} against the "
-        f"operating threshold of {threshold:.1%} ({which})."
-    )
     if result.decision.admit:
         st.error(result.triage, icon=":material/flag:")
     else:
@@ -240,9 +249,10 @@ def study_detail_ui(
             map_ui(study, cam, settings, explained)
         with score_col:
             probability_bars_ui(result, meta.class_names)
+            why_ui(result, meta, threshold)
             opacity_ui(result)
             lung_evidence_ui(result, cam, settings, explained)
-            triage_ui(result, meta, threshold)
+            triage_ui(result)
             info_ui(result.info)
             report_ui(study, classifier, settings, maps, threshold)
 

@@ -15,11 +15,14 @@ radiologist to read: the sickest patients' films (devices, severe disease) are
 the ones most unlike the training films, and must never be sent home or silenced.
 
 Every caller (pipeline, table, session threshold, CLI, report, evaluation) uses
-:func:`decide` or, for whole arrays, :func:`decide_labels`. Pure functions.
+:func:`decide` or, for whole arrays, :func:`decide_labels`; the PDF report and the
+page say why a film was admitted or sent home with :func:`why_sentence`, the
+rule's own comparison in words. Pure functions.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -106,13 +109,18 @@ def p_finding(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     return 1.0 - np.asarray(probs)[..., list(class_names).index(NORMAL)]
 
 
+def _findings(class_names: Sequence[str]) -> list[str]:
+    """A model's finding classes: every class but :data:`NORMAL`, in output order."""
+    return [name for name in class_names if name != NORMAL]
+
+
 def finding_name(class_names: Sequence[str]) -> str:
     """What the operating point thresholds, in words: ``P(COVID)`` or ``P(any finding)``.
 
     With one finding class (a two-class model) the probability of any finding is
     that class's probability, and is named after it.
     """
-    findings = [name for name in class_names if name != NORMAL]
+    findings = _findings(class_names)
     return f"P({findings[0]})" if len(findings) == 1 else "P(any finding)"
 
 
@@ -174,3 +182,43 @@ def decide(probs: np.ndarray, class_names: Sequence[str], threshold: float,
     admit = label != NORMAL or flag == FLAG_UNUSUAL
     return Decision(label=label, p_finding=finding, flag=flag, admit=admit,
                     triage=triage_text(label, flag))
+
+
+def _percents(value: float, threshold: float) -> tuple[str, str]:
+    """Both as percentages, with the fewest decimals (one to four) that tell them apart.
+
+    Two that differ by less than 0.00005% are equal to the eye: one decimal each.
+    """
+    for digits in range(1, 5):
+        shown = f"{value:.{digits}%}", f"{threshold:.{digits}%}"
+        if shown[0] != shown[1]:
+            return shown
+    return f"{value:.1%}", f"{threshold:.1%}"
+
+
+def why_sentence(decision: Decision, class_names: Sequence[str], threshold: float) -> str:
+    """Why the rule decided as it did, in one sentence (empty for a refused film).
+
+    E.g. "P(any finding) 25.6% is above the operating point 19.5%: admit, as Other
+    pneumonia, the likelier finding." The comparison is :func:`decide`'s own: a
+    finding label means P(any finding) reached the operating point. The PDF report
+    and the page's study view both print this sentence.
+
+    Args:
+        decision: The film's decision at ``threshold``.
+        class_names: The model's classes (they name the thresholded probability).
+        threshold: The operating point on P(any finding).
+    """
+    if decision.refused:
+        return ""
+    shown, point = _percents(decision.p_finding, threshold)
+    subject = f"{finding_name(class_names)} {shown}"
+    if decision.label == NORMAL:
+        below = f"{subject} is below the operating point {point}"
+        if decision.admit:  # only an unusual film is admitted below the operating point
+            return f"{below}, but the film is unusual: admit."
+        return f"{below}: go home."
+    where = "at" if math.isclose(decision.p_finding, threshold, abs_tol=1e-12) else "above"
+    several = len(_findings(class_names)) > 1  # else the one finding needs no naming
+    likelier = f", as {decision.label}, the likelier finding" if several else ""
+    return f"{subject} is {where} the operating point {point}: admit{likelier}."

@@ -43,7 +43,7 @@ from covid.explain.localisation import (
     evidence_sentence,
 )
 from covid.model.classes import NORMAL
-from covid.model.decision import FLAG_NONE, Decision, decide, finding_name
+from covid.model.decision import FLAG_NONE, decide, finding_name, why_sentence
 from covid.model.metadata import ModelMetadata
 from covid.screening.pipeline import StudyResult, percentages
 
@@ -194,46 +194,6 @@ def safe_info(info: dict[str, str]) -> list[tuple[str, str]]:
         (key, value) pairs, in the input order.
     """
     return [(k, str(v)[:64]) for k, v in info.items() if not _PHI_KEY.search(str(k))]
-
-
-def _percents(value: float, threshold: float) -> tuple[str, str]:
-    """Both as percentages, with the fewest decimals (one to four) that tell them apart.
-
-    Two that differ by less than 0.00005% are equal to the eye: one decimal each.
-    """
-    for digits in range(1, 5):
-        shown = f"{value:.{digits}%}", f"{threshold:.{digits}%}"
-        if shown[0] != shown[1]:
-            return shown
-    return f"{value:.1%}", f"{threshold:.1%}"
-
-
-def why_sentence(decision: Decision, class_names: Sequence[str], threshold: float) -> str:
-    """Why the rule decided as it did, in one sentence (empty for a refused film).
-
-    E.g. "P(any finding) 25.6% is above the operating point 19.5%: admit, as Other
-    pneumonia, the likelier finding." The comparison is the rule's own
-    (:func:`covid.model.decision.decide`): a finding label means P(any finding)
-    reached the operating point.
-
-    Args:
-        decision: The film's decision at ``threshold``.
-        class_names: The model's classes (they name the thresholded probability).
-        threshold: The operating point on P(any finding).
-    """
-    if decision.refused:
-        return ""
-    shown, point = _percents(decision.p_finding, threshold)
-    subject = f"{finding_name(class_names)} {shown}"
-    if decision.label == NORMAL:
-        below = f"{subject} is below the operating point {point}"
-        if decision.admit:  # only an unusual film is admitted below the operating point
-            return f"{below}, but the film is unusual: admit."
-        return f"{below}: go home."
-    where = "at" if math.isclose(decision.p_finding, threshold, abs_tol=1e-12) else "above"
-    findings = [name for name in class_names if name != NORMAL]
-    likelier = f", as {decision.label}, the likelier finding" if len(findings) > 1 else ""
-    return f"{subject} is {where} the operating point {point}: admit{likelier}."
 
 
 def operating_point_text(metadata: ModelMetadata, threshold: float) -> str:

@@ -212,6 +212,7 @@ def test_operating_point_is_per_session_and_relabels_cached_results(
     assert (label == NORMAL) == (shipped_label != NORMAL)
     assert triage.startswith(ADVICE[label])
     assert "chosen for this session" in page_text(first)
+    assert "The operating point is this session's choice." in page_text(first)
     assert f"{threshold:.3f}" in "\n".join(m.value for m in first.sidebar.markdown)
     assert calls["forward"] == passes  # re-labelled, not re-scored
 

@@ -21,7 +21,7 @@ from covid.explain.inference import Classifier
 from covid.inputs.decode import decode_image
 from covid.inputs.preprocess import to_model_input
 from covid.model.classes import NORMAL
-from covid.model.decision import UNUSUAL_ADVICE
+from covid.model.decision import UNUSUAL_ADVICE, why_sentence
 from tests.app.pages import (
     bar_percentages,
     chest_png,
@@ -44,6 +44,18 @@ def test_an_unusual_chest_xray_keeps_bars_and_map_with_a_caution_and_is_admitted
     assert round(sum(bar_percentages(at, meta.class_names).values()), 6) == 100.0
     assert any("prediction" in bar.text for bar in at.progress)
     assert any(c.startswith("Grad-CAM") for c in image_captions(at)) and not at.expander
+
+
+def test_the_sentence_that_says_why_sits_under_the_bars(make_app, meta):
+    at = make_app().run()
+    at.file_uploader(key="uploads").set_value(("chest.png", chest_png(1), "image/png")).run()
+    assert not at.exception
+    result = next(iter(at.session_state["_covid_studies"].values()))
+    why = why_sentence(result.decision, meta.class_names, meta.threshold)  # the PDF's sentence
+    assert why.startswith("P(any finding) ")
+    shown = [(node.type, node.value) for node in at.main if node.type in ("progress", "caption")]
+    last_bar = max(i for i, (kind, _) in enumerate(shown) if kind == "progress")
+    assert shown[last_bar + 1] == ("caption", f"{why} The operating point is the shipped one.")
 
 
 def test_an_image_that_is_not_a_chest_xray_is_refused_without_scores_or_map(make_app):

@@ -16,6 +16,7 @@ from covid.model.decision import (
     decide_labels,
     finding_name,
     p_finding,
+    why_sentence,
 )
 
 THREE = ("COVID", "Other pneumonia", "Normal")
@@ -87,3 +88,39 @@ def test_the_decision_is_an_immutable_value():
     decision = decide(np.array([0.2, 0.8]), TWO, 0.5)
     with pytest.raises(AttributeError):
         decision.label = "COVID"
+
+
+@pytest.mark.parametrize(("probs", "names", "threshold", "flag", "expected"), [
+    ([0.05, 0.206, 0.744], THREE, 0.195, "none",
+     "P(any finding) 25.6% is above the operating point 19.5%: admit, as Other pneumonia, "
+     "the likelier finding."),
+    ([0.1, 0.05, 0.85], THREE, 0.195, "none",
+     "P(any finding) 15.0% is below the operating point 19.5%: go home."),
+    ([0.1, 0.05, 0.85], THREE, 0.195, FLAG_UNUSUAL,
+     "P(any finding) 15.0% is below the operating point 19.5%, but the film is unusual: "
+     "admit."),
+    ([0.3, 0.7], TWO, 0.3, "none",
+     "P(COVID) 30.0% is at the operating point 30.0%: admit."),
+    ([0.19496, 0.80504], TWO, 0.195, "none",  # alike at one decimal: more are shown
+     "P(COVID) 19.496% is below the operating point 19.500%: go home."),
+])
+def test_the_why_sentence_follows_the_rule(probs, names, threshold, flag, expected):
+    decision = decide(np.asarray(probs), names, threshold, flag)
+    assert why_sentence(decision, names, threshold) == expected
+
+
+def test_a_refused_film_has_no_why_sentence():
+    decision = decide(np.asarray([0.9, 0.1]), TWO, 0.5, FLAG_NOT_CHEST)
+    assert why_sentence(decision, TWO, 0.5) == ""
+
+
+def test_the_why_sentence_says_what_the_rule_decided():
+    rng = np.random.default_rng(1)
+    for probs in rng.dirichlet(np.ones(3), size=200):
+        for flag in (FLAG_NONE, FLAG_UNUSUAL):
+            decision = decide(probs, THREE, 0.3, flag=flag)
+            sentence = why_sentence(decision, THREE, 0.3)
+            assert sentence.startswith("P(any finding) ")
+            assert ("is below" in sentence) == (decision.p_finding < 0.3)
+            assert sentence.endswith(": go home.") == (decision.advice == "home")
+            assert (f"as {decision.label}," in sentence) == (decision.label != "Normal")

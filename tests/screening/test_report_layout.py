@@ -22,7 +22,6 @@ from covid.model.decision import (
     FLAG_NOT_CHEST,
     FLAG_UNUSUAL,
     UNUSUAL_ADVICE,
-    decide,
 )
 from covid.model.metadata import ModelMetadata
 from covid.model.opacity import OpacitySegmentation, grade
@@ -32,7 +31,6 @@ from covid.screening.report_layout import (
     ReportError,
     build_report,
     opacity_figures,
-    why_sentence,
 )
 from tests.conftest import planted_lungs
 from tests.results import THREE_CLASSES, TWO_CLASSES, scored
@@ -200,30 +198,6 @@ def test_the_why_sentence_sits_between_the_bars_and_the_result():
     assert why in text
     assert text.index("Normal 74.4 %") < text.index(why) < text.index(
         "Result at the operating point: Other pneumonia")
-
-
-@pytest.mark.parametrize(("probs", "names", "threshold", "flag", "expected"), [
-    ([0.05, 0.206, 0.744], THREE_CLASSES, 0.195, "none",
-     "P(any finding) 25.6% is above the operating point 19.5%: admit, as Other pneumonia, "
-     "the likelier finding."),
-    ([0.1, 0.05, 0.85], THREE_CLASSES, 0.195, "none",
-     "P(any finding) 15.0% is below the operating point 19.5%: go home."),
-    ([0.1, 0.05, 0.85], THREE_CLASSES, 0.195, FLAG_UNUSUAL,
-     "P(any finding) 15.0% is below the operating point 19.5%, but the film is unusual: "
-     "admit."),
-    ([0.3, 0.7], TWO_CLASSES, 0.3, "none",
-     "P(COVID) 30.0% is at the operating point 30.0%: admit."),
-    ([0.19496, 0.80504], TWO_CLASSES, 0.195, "none",  # alike at one decimal: more are shown
-     "P(COVID) 19.496% is below the operating point 19.500%: go home."),
-])
-def test_the_why_sentence_follows_the_rule(probs, names, threshold, flag, expected):
-    decision = decide(np.asarray(probs), names, threshold, flag)
-    assert why_sentence(decision, names, threshold) == expected
-
-
-def test_a_refused_film_has_no_why_sentence():
-    decision = decide(np.asarray([0.9, 0.1]), TWO_CLASSES, 0.5, FLAG_NOT_CHEST)
-    assert why_sentence(decision, TWO_CLASSES, 0.5) == ""
 
 
 # --------------------------------------------------------------------------- flags
