@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from covid import DISCLAIMER
-from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA
+from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA, index_of
 
 FLAG_NONE = "none"
 """The film looks like the chest X-rays the model was trained on."""
@@ -105,8 +105,11 @@ def p_finding(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
 
     Returns:
         (...) probabilities.
+
+    Raises:
+        KeyError: The model has no :data:`NORMAL` class (said with the ones it has).
     """
-    return 1.0 - np.asarray(probs)[..., list(class_names).index(NORMAL)]
+    return 1.0 - np.asarray(probs)[..., index_of(class_names, NORMAL)]
 
 
 def _findings(class_names: Sequence[str]) -> list[str]:
@@ -136,7 +139,7 @@ def decide_labels(probs: np.ndarray, class_names: Sequence[str], threshold: floa
         (N,) int class indices: Normal below the threshold, else the likeliest finding.
     """
     probs = np.asarray(probs, np.float64)
-    normal = list(class_names).index(NORMAL)
+    normal = index_of(class_names, NORMAL)
     findings = probs.copy()
     findings[:, normal] = -np.inf
     return np.where(p_finding(probs, class_names) >= threshold, findings.argmax(axis=1), normal)

@@ -124,3 +124,10 @@ def test_the_why_sentence_says_what_the_rule_decided():
             assert ("is below" in sentence) == (decision.p_finding < 0.3)
             assert sentence.endswith(": go home.") == (decision.advice == "home")
             assert (f"as {decision.label}," in sentence) == (decision.label != "Normal")
+
+
+def test_a_model_without_a_normal_class_is_refused_with_the_classes_it_has():
+    with pytest.raises(KeyError, match="no class 'Normal'; it has COVID, Other pneumonia"):
+        p_finding(np.array([0.4, 0.6]), ("COVID", "Other pneumonia"))
+    with pytest.raises(KeyError, match="no class 'Normal'"):
+        decide_labels(np.array([[0.4, 0.6]]), ("COVID", "Other pneumonia"), 0.5)
