@@ -3,7 +3,7 @@
 A classifier that sees a lung crop gives a map over that crop; :func:`cam_to_film`
 places it back on the whole film, at the film's resolution, with zero evidence
 where the classifier saw nothing. The map is never masked, cropped or reweighted
-to look better: :func:`energy_inside` and :func:`peak_inside` measure the
+to look better: :func:`energy_inside` and :func:`inside_own` measure the
 unaltered map against a mask, and :func:`lung_outline` only draws the lungs'
 edge for display.
 
@@ -114,16 +114,6 @@ def _sample(mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
     cols = np.minimum((positions[valid, 1] * mask.shape[1]).astype(int), mask.shape[1] - 1)
     out[valid] = mask[rows, cols]
     return out
-
-
-def peak_inside(cam: np.ndarray, mask: np.ndarray) -> bool:
-    """Whether the map's highest point lies inside a mask (False for an empty map).
-
-    Args:
-        cam: (H, W) map.
-        mask: (h, w) bool mask over the same film, at any resolution.
-    """
-    return bool(_sample(mask, peak_position(cam))[0])
 
 
 def inside_own(positions: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:

@@ -132,12 +132,6 @@ def _dilate_last_stage(model: keras.Model) -> keras.Model:
     return dilated
 
 
-def output_stride_of(model: keras.Model) -> int:
-    """The input pixels per Grad-CAM cell of a model built by :func:`build_model`."""
-    stride = model.get_layer(_STRIDED_LAST_STAGE[0]).strides
-    return 32 if tuple(stride) == (2, 2) else 16
-
-
 _Meta = TypeVar("_Meta", bound=JsonMetadata)
 
 
