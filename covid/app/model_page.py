@@ -49,11 +49,12 @@ from covid.evaluation.results import (
     trade_curve,
     trade_thresholds,
 )
+from covid.evaluation.segmenters import grade_confusion, opacity_rows
 from covid.explain.localisation import CAUTION_SHARE
 from covid.model.classes import COVID, NORMAL
 from covid.model.decision import finding_name
 from covid.model.figure_names import figure_name
-from covid.model.metadata import ModelMetadata
+from covid.model.metadata import ModelFileError, ModelMetadata, read_metadata_as
 from covid.screening.table import by_column
 from covid.settings import settings
 
@@ -453,6 +454,36 @@ def lung_localisation_ui(meta: ModelMetadata, evaluation: Evaluation) -> None:
         )
 
 
+def opacity_card_ui() -> None:
+    """The opacity segmenter's post-processing and held-out figures, from its metadata."""
+    from covid.model.opacity import OpacityModelMetadata
+
+    st.subheader("Opacity segmenter", anchor=False)
+    path = settings().opacity_model_path
+    try:
+        meta = read_metadata_as(OpacityModelMetadata, path)
+    except ModelFileError as err:
+        st.info(f"No opacity segmenter: the outline and extent grade are off ({err}).")
+        return
+    st.markdown(
+        f"A separate U-Net ({meta.input_size} px over the lungs' box) outlines opacities "
+        f"inside the lung fields; it never changes the Grad-CAM map. Trained on "
+        f"{meta.trained_on}. A pixel is opacity above {meta.threshold:g}, and outlines "
+        f"smaller than {meta.min_component:.1%} of the lungs are dropped (chosen on validation)."
+    )
+    rows = opacity_rows(meta.metrics)
+    if not rows:
+        st.info("Its metadata records no test figures.")
+        return
+    st.markdown(markdown_table(rows, ("test split, segmented as served", "value")))
+    matrix = grade_confusion(meta.metrics)
+    if matrix is not None:
+        names = [str(score) for score in range(len(matrix))]
+        st.pyplot(confusion_figure(matrix, names),
+                  alt="The 0-8 opacity score of each test film: the radiologists' masks' "
+                  "(rows) against the segmenter's (columns)")
+
+
 def page() -> None:
     """The model page: model card, charts, live operating point and Grad-CAM check."""
     state.visit(MODEL)
@@ -478,3 +509,4 @@ def page() -> None:
     if evaluation.summary is not None:
         groups_ui(meta, evaluation)
     lung_localisation_ui(meta, evaluation)
+    opacity_card_ui()

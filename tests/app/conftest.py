@@ -24,8 +24,12 @@ from tests.app.pages import APP, TIMEOUT
 
 
 @pytest.fixture
-def serve(monkeypatch):
-    """Serves a given model file in fresh AppTests (with the gates it ships with)."""
+def serve(monkeypatch, tmp_path):
+    """Serves a given model file in fresh AppTests (with the gates it ships with).
+
+    No opacity segmenter is served unless a test sets ``COVID_OPACITY_MODEL_PATH``.
+    """
+    monkeypatch.setenv("COVID_OPACITY_MODEL_PATH", str(tmp_path / "no_opacity_model.keras"))
 
     def make(model: Path) -> AppTest:
         monkeypatch.setenv("COVID_MODEL_PATH", str(model))

@@ -101,6 +101,29 @@ def test_model_page_without_artefacts_says_so(serve, tiny_model_file):
     assert not at.image
 
 
+def test_model_page_shows_the_opacity_segmenters_figures_from_its_metadata(
+        serve, tiny_model_file, monkeypatch):
+    from covid.evaluation.segmenters import opacity_rows
+    from covid.model.metadata import read_metadata_as
+    from covid.model.opacity import OpacityModelMetadata
+    from covid.settings import MODELS_DIR, OPACITY_MODEL_FILE
+
+    absent = open_model_page(serve(tiny_model_file).run())
+    assert "No opacity segmenter" in page_text(absent) and not absent.image
+
+    shipped = MODELS_DIR / OPACITY_MODEL_FILE
+    meta = read_metadata_as(OpacityModelMetadata, shipped)
+    monkeypatch.setenv("COVID_OPACITY_MODEL_PATH", str(shipped))
+    at = open_model_page(serve(tiny_model_file).run())
+    text = page_text(at)
+    assert "Opacity segmenter" in [h.value for h in at.subheader]
+    assert f"above {meta.threshold:g}" in text
+    dice = dict(opacity_rows(meta.metrics))["mean Dice, COVID-19 films"]
+    assert f"| mean Dice, COVID-19 films | {dice} |" in text
+    assert len(at.image) == 1  # the grade confusion (no evaluation artefacts beside the model)
+    assert not at.exception
+
+
 def test_model_page_without_lung_figures_says_they_were_not_measured(
     serve, evaluated_model, tmp_path
 ):
