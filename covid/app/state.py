@@ -11,11 +11,11 @@ Widgets' own keys stay on the widgets, except those read here.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import streamlit as st
 
+from covid.model.decision import same_point
 from covid.model.metadata import ModelMetadata
 
 _STUDIES_KEY = "_covid_studies"
@@ -186,7 +186,7 @@ def threshold_in_force(meta: ModelMetadata) -> float:
 
 def is_shipped(meta: ModelMetadata, threshold: float) -> bool:
     """Whether a threshold is the model's shipped operating point."""
-    return math.isclose(threshold, meta.threshold, rel_tol=0.0, abs_tol=1e-9)
+    return same_point(threshold, meta.threshold)
 
 
 def choose_threshold(meta: ModelMetadata, threshold: float) -> None:
@@ -211,6 +211,6 @@ def start_threshold_widget(meta: ModelMetadata) -> None:
 
 def follow_threshold_widget(meta: ModelMetadata, value: float) -> float:
     """Makes the slider's value this session's choice; returns the threshold in force."""
-    if not math.isclose(value, threshold_in_force(meta), rel_tol=0.0, abs_tol=1e-12):
+    if not same_point(value, threshold_in_force(meta)):
         choose_threshold(meta, float(value))
     return threshold_in_force(meta)

@@ -27,7 +27,13 @@ import streamlit as st
 
 from covid.app import state
 from covid.app.pacs_ui import send_study_ui
-from covid.explain.localisation import draw_outline, evidence_caution, evidence_sentence
+from covid.explain.localisation import (
+    OPACITY_COLOUR,
+    OPACITY_RGB,
+    draw_outline,
+    evidence_caution,
+    evidence_sentence,
+)
 from covid.model.decision import why_sentence
 from covid.model.metadata import ModelMetadata
 from covid.screening.pipeline import StudyResult, percentages
@@ -51,8 +57,6 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 
-OPACITY_OUTLINE = (255, 0, 255)
-"""The opacity outline's colour over the X-ray (magenta: unlike the cyan lung outline)."""
 
 
 def probability_bars_ui(result: StudyResult, class_names: Sequence[str]) -> list[float]:
@@ -126,8 +130,9 @@ def xray_ui(result: StudyResult, settings: DisplaySettings, opacities: bool = Fa
         alt.append("with the lung outline")
     if opacities and result.opacity is not None:
         rgb = image if image.ndim == 3 else np.repeat(image[:, :, np.newaxis], 3, axis=2)
-        image = draw_outline(rgb, result.opacity.mask, OPACITY_OUTLINE)
-        caption.append("opacities in magenta (opacity segmenter, not the classifier's evidence)")
+        image = draw_outline(rgb, result.opacity.mask, OPACITY_RGB)
+        caption.append(f"opacities in {OPACITY_COLOUR} (opacity segmenter, not the classifier's "
+                       "evidence)")
         alt.append("with the opacity segmenter's outline")
     st.image(image, caption=" · ".join(caption), width="stretch", alt=" ".join(alt))
 

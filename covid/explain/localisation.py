@@ -219,6 +219,13 @@ def lung_outline(mask: np.ndarray, width: int | None = None) -> np.ndarray:
     return mask & ~inner
 
 
+OPACITY_RGB = (255, 0, 255)
+"""The opacity segmenter's outline in every output (page, PDF, PACS picture): magenta,
+a colour neither the X-ray's greys, the lung outline nor the jet colour map uses."""
+OPACITY_COLOUR = "magenta"
+""":data:`OPACITY_RGB` in words, for captions and legends."""
+
+
 def draw_outline(
     rgb: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (0, 255, 255),
     width: int | None = None,

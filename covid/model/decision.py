@@ -96,6 +96,15 @@ class Decision:
         return ADMIT_CODE if self.admit else HOME_CODE
 
 
+def same_point(threshold: float, other: float) -> bool:
+    """Whether two operating points are one, a widget's float round trip aside.
+
+    It answers whether a session's point is the shipped one, and whether a slider's
+    value is the point in force.
+    """
+    return math.isclose(threshold, other, rel_tol=0.0, abs_tol=1e-9)
+
+
 def p_finding(probs: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
     """Probability of any finding, ``1 - P(Normal)``.
 

@@ -16,9 +16,9 @@ For every scored film the tool stores, in the film's own study:
   algorithm identification: a separate model, not the classifier.
   Machine-readable results are what the AI Results profile asks for.
 - a Secondary Capture of the map over the film (and the opacity segmenter's
-  outline, in the PDF's yellow), drawn by the same code as the page and the PDF,
-  with "RESEARCH USE ONLY", the same finding, advice and flag (and what the
-  yellow is) burnt into the pixels, so that every viewer shows them.
+  outline, in the page's and the PDF's colour), drawn by the same code as the page
+  and the PDF, with "RESEARCH USE ONLY", the same finding, advice and flag (and what
+  the outline is) burnt into the pixels, so that every viewer shows them.
 
 What is said comes from the film's :class:`~covid.model.decision.Decision`
 alone. A film refused as not a chest X-ray has nothing to send
@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from covid.explain.localisation import draw_outline
+from covid.explain.localisation import OPACITY_COLOUR, OPACITY_RGB, draw_outline
 from covid.inputs.pacs import RESULT_SERIES_PREFIX, PacsClient, PacsError
 from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA
 from covid.model.decision import (
@@ -61,7 +61,6 @@ from covid.model.decision import (
     HOME_CODE,
     Decision,
 )
-from covid.screening.report_layout import OPACITY_RGB
 from covid.screening.studies import DisplaySettings, render_map
 
 if TYPE_CHECKING:
@@ -74,8 +73,8 @@ if TYPE_CHECKING:
 MANUFACTURER = "covid-xray-dashboard"
 RESEARCH_ONLY = "Research use only, not for diagnosis."
 BURNT_IN = "RESEARCH USE ONLY - not for diagnosis"
-OPACITY_LEGEND = "Yellow outline: opacities (separate segmenter)"
-"""The burnt-in line under the decision when the opacity outline is drawn (the PDF's yellow)."""
+OPACITY_LEGEND = f"{OPACITY_COLOUR.capitalize()} outline: opacities (separate segmenter)"
+"""The burnt-in line under the decision when the opacity outline is drawn."""
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
 """High series numbers, after the study's own."""
 

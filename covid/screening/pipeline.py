@@ -127,12 +127,6 @@ class StudyResult:
         """Calibrated probability of any finding, ``1 - P(Normal)``."""
         return None if self.decision is None else self.decision.p_finding
 
-    def probability(self, class_name: str) -> float | None:
-        """The calibrated probability of one class (None if failed or not a class)."""
-        if self.probs is None or class_name not in self.class_names:
-            return None
-        return float(self.probs[self.class_names.index(class_name)])
-
 
 def relabel(result: StudyResult, threshold: float) -> StudyResult:
     """The result decided at another operating point (the decision rule, nothing else).

@@ -26,7 +26,6 @@ to Latin-1, is the fallback.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -38,20 +37,20 @@ from PIL import Image
 from covid import DISCLAIMER
 from covid.explain.localisation import (
     EVIDENCE_MEANING,
+    OPACITY_COLOUR,
+    OPACITY_RGB,
     draw_outline,
     evidence_caution,
     evidence_sentence,
 )
 from covid.model.classes import NORMAL
-from covid.model.decision import FLAG_NONE, decide, finding_name, why_sentence
+from covid.model.decision import FLAG_NONE, decide, finding_name, same_point, why_sentence
 from covid.model.metadata import ModelMetadata
 from covid.screening.pipeline import StudyResult, percentages
 
 TITLE = "Chest X-ray screening report"
 SHA_PREFIX_CHARS = 12
 """Hex characters of the model's SHA-256 printed in the report."""
-OPACITY_RGB = (255, 210, 0)
-"""The opacity outline's colour over the X-ray (yellow: unlike the lung outline's white)."""
 OPACITY_MEANING = (
     "From the opacity segmenter, a separate model that outlines opacities inside the lung "
     "fields, not the classifier's evidence. Each lung scores 0-4 for none, under 25%, 25-50%, "
@@ -207,7 +206,7 @@ def operating_point_text(metadata: ModelMetadata, threshold: float) -> str:
         A sentence such as "P(any finding) ≥ 0.500 admits (the shipped operating point)."
     """
     rule = f"{finding_name(metadata.class_names)} ≥ {threshold:.3f} admits"
-    if math.isclose(threshold, metadata.threshold, rel_tol=0.0, abs_tol=1e-9):
+    if same_point(threshold, metadata.threshold):
         return f"{rule} (the shipped operating point)."
     return f"{rule} (a session choice; the shipped operating point is {metadata.threshold:.3f})."
 
@@ -234,7 +233,7 @@ def _pictures(result: StudyResult, overlay: np.ndarray | None) -> list[tuple[np.
     if result.opacity is not None and not result.refused:
         rgb = np.repeat(np.asarray(result.pixels, np.uint8)[:, :, np.newaxis], 3, axis=2)
         xray = draw_outline(rgb, result.opacity.mask, OPACITY_RGB)
-        caption = "X-ray; in yellow, the opacity segmentation (not the classifier's)"
+        caption = f"X-ray; in {OPACITY_COLOUR}, the opacity segmentation (not the classifier's)"
     pictures = [(xray, caption)]
     if overlay is not None:
         pictures.append((overlay, "Grad-CAM overlay (evidence for the label)"

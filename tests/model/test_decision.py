@@ -131,3 +131,10 @@ def test_a_model_without_a_normal_class_is_refused_with_the_classes_it_has():
         p_finding(np.array([0.4, 0.6]), ("COVID", "Other pneumonia"))
     with pytest.raises(KeyError, match="no class 'Normal'"):
         decide_labels(np.array([[0.4, 0.6]]), ("COVID", "Other pneumonia"), 0.5)
+
+
+def test_same_point_forgives_a_float_round_trip_only():
+    from covid.model.decision import same_point
+
+    assert same_point(0.1946551799774, 0.1946551799774 + 1e-12)
+    assert not same_point(0.195, 0.196)

@@ -11,6 +11,7 @@ from pydicom.sr.codedict import codes
 from scipy import ndimage
 
 from covid.explain.inference import Classifier
+from covid.explain.localisation import OPACITY_RGB
 from covid.inputs.pacs import InstanceRecord, PacsClient, PacsConfig, StudyQuery
 from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA
 from covid.model.decision import FLAG_NOT_CHEST, FLAG_UNUSUAL, decide
@@ -38,7 +39,6 @@ from covid.screening.pacs_results import (
     source_header,
 )
 from covid.screening.pipeline import StudyResult, analyse
-from covid.screening.report_layout import OPACITY_RGB
 from covid.screening.studies import DisplaySettings, render_map
 from tests.pacs_server import (
     LEFT_OUT,
@@ -167,8 +167,8 @@ def test_sr_and_sc_are_stored_in_the_study_and_read_back(scored, classifier, ort
     assert result.decision.advice in ("admit", "home")
     assert result.decision.triage in texts(group)
     values = {m.name.meaning: m.value for m in group.get_measurements()}
-    for name in meta.class_names:
-        assert values[f"P({name})"] == pytest.approx(result.probability(name), abs=1e-6)
+    for name, p in zip(meta.class_names, result.probs, strict=True):
+        assert values[f"P({name})"] == pytest.approx(float(p), abs=1e-6)
     assert values["Operating point"] == pytest.approx(meta.threshold)
     assert values["Lung evidence"] == pytest.approx(result.lung_evidence, abs=1e-6)
     assert opacity_measurements(group) == {}  # no opacity segmenter ran
@@ -230,7 +230,7 @@ def test_the_sc_outlines_the_opacities_in_the_pdf_colour_only_when_there_are_som
 
     assert coloured(drawn)[edge & below].all()  # on the mask's boundary, all of it
     assert not coloured(drawn)[inside].any()  # a line, not a fill: the map shows inside
-    assert not coloured(plain).any()  # no opacities, no yellow line anywhere
+    assert not coloured(plain).any()  # no opacities, no outline colour anywhere
     away = ~ndimage.binary_dilation(mask, iterations=2) & below
     np.testing.assert_array_equal(drawn[away], plain[away])  # the rest is the same map
     assert banner_rows(drawn) > banner_rows(plain)  # one more burnt-in line: the legend

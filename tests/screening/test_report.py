@@ -15,11 +15,10 @@ from pypdf import PdfReader
 
 from covid import DISCLAIMER
 from covid.__main__ import main
-from covid.explain.localisation import energy_inside, lung_outline
+from covid.explain.localisation import OPACITY_RGB, energy_inside, lung_outline
 from covid.inputs.decode import ImageDecodeError
 from covid.model.opacity import MAX_SCORE
 from covid.screening.report import OUTLINE_RGB, report_for_file
-from covid.screening.report_layout import OPACITY_RGB
 
 WHEN = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
 PATIENT = "DOE^JANE"

@@ -15,7 +15,7 @@ from pypdf import PdfReader
 from pypdf.generic import ContentStream
 
 from covid import DISCLAIMER
-from covid.explain.localisation import EVIDENCE_MEANING, lung_outline
+from covid.explain.localisation import EVIDENCE_MEANING, OPACITY_RGB, lung_outline
 from covid.model.classes import COVID, NORMAL, OTHER_PNEUMONIA
 from covid.model.decision import (
     ADVICE,
@@ -27,7 +27,6 @@ from covid.model.metadata import ModelMetadata
 from covid.model.opacity import OpacitySegmentation, grade
 from covid.screening.pipeline import StudyResult, percentages
 from covid.screening.report_layout import (
-    OPACITY_RGB,
     ReportError,
     build_report,
     opacity_figures,
