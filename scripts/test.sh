@@ -39,4 +39,6 @@ fi
 
 .venv/bin/ruff check .
 # Every server is installed above: a test that finds one missing fails here (tests/servers.py).
-COVID_TESTS_REQUIRE_SERVERS=1 .venv/bin/python -m pytest "$@"
+# Two workers: one pytest process keeps only about one of the two cores busy on average
+# (TensorFlow start-ups, servers, browsers), so two halve the wall time (docs/performance.md).
+COVID_TESTS_REQUIRE_SERVERS=1 .venv/bin/python -m pytest -n 2 --dist loadfile "$@"

@@ -14,6 +14,22 @@ from covid.model.classes import CLASS_NAMES
 from covid.model.metadata import ModelMetadata
 from covid.model.network import LOGITS_LAYER, save_with_metadata
 
+
+def _expected_seconds(item: pytest.Item) -> float:
+    """A test's rough length alone: ``slow(seconds=N)`` says it, a bare ``slow`` is 30."""
+    slow = item.get_closest_marker("slow")
+    return 0.0 if slow is None else float(slow.kwargs.get("seconds", 30))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Puts the slowest tests (and so their files) first.
+
+    Spread over workers (``-n``), the longest file then starts at once instead of
+    running alone at the end (the trainer's end-to-end test takes about five minutes).
+    """
+    items.sort(key=_expected_seconds, reverse=True)
+
+
 TINY_SIZE = 32
 TINY_LAYER = "last_conv"
 

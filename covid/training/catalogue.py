@@ -20,7 +20,6 @@ any old film in its group, a group of new films only is split 70/15/15
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from covid.model.classes import CLASS_NAMES, COVID, NORMAL, OTHER_PNEUMONIA, index_of
+from covid.settings import settings
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 PAEDIATRIC_MAX_NUMBER = 1341
@@ -57,11 +57,8 @@ bits chained 4,444 different films into one group."""
 
 
 def data_dir() -> Path:
-    """The shared data folder: ``COVID_DATA_DIR``, else ``../shared/data`` from the project root."""
-    configured = os.environ.get("COVID_DATA_DIR")
-    if configured:
-        return Path(configured)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    """The shared data folder (:attr:`covid.settings.Settings.data_dir`)."""
+    return settings().data_dir
 
 
 @dataclass(frozen=True)

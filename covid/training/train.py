@@ -408,7 +408,7 @@ def export(model, trainer, data: TrainingData, args, state: TrainState, final_si
     """Exports the averaged weights, BatchNorm re-estimated, as float32 with metadata."""
     if trainer.optimizer.use_ema:
         trainer.optimizer.finalize_variable_values(trainer.trainable_variables)
-    reestimate_batchnorm(model, data.train_stack[..., :1], final_size, batches=100)
+    reestimate_batchnorm(model, data.train_stack[..., :1], final_size, args.export_bn_batches)
     finished = state.epoch >= sum(s.epochs for s in parse_stages(args.stages))
     metadata = ModelMetadata(
         name="Chest X-ray ResNet-50: COVID-19, other pneumonia, normal (lung-guided)",
@@ -439,7 +439,7 @@ def recipe(args, state: TrainState, data: TrainingData) -> dict:
         "optimizer": "AdamW", "peak_lr": args.lr, "weight_decay": args.weight_decay,
         "lr_schedule": "linear warm-up + one cosine decay over the whole budget",
         "warmup_steps": args.warmup_steps, "ema_momentum": args.ema,
-        "bn_momentum": args.bn_momentum,
+        "bn_momentum": args.bn_momentum, "export_bn_batches": args.export_bn_batches,
         "sampling": f"strata of (age, class): Normal a third of each age group's draws, "
                     f"the rest equally to its pathological classes; adults "
                     f"{args.adult_share:.0%} of the draws; mixed-age pneumonias in both "
@@ -561,6 +561,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bn-momentum", type=float, default=0.9)
     p.add_argument("--bn-batches", type=int, default=20,
                    help="batches re-estimating BatchNorm for the averaged weights at validation")
+    p.add_argument("--export-bn-batches", type=int, default=100, help="the same, at export")
     p.add_argument("--cam-weight", type=float, default=1.0, help="weight of the lung-map loss")
     p.add_argument("--infection-weight", type=float, default=0.5)
     p.add_argument("--peak-weight", type=float, default=0.5,

@@ -43,11 +43,12 @@ def _args(tmp_path, stages, *extra):
         "--data", str(tmp_path / "data"), "--run", str(tmp_path / "run"), "--stages", stages,
         "--steps-per-epoch", "2", "--batch-size", "4", "--val-limit", "9", "--warmup-steps", "1",
         "--precision", "float32", "--cache-dir", str(tmp_path / "cache"), "--bn-batches", "1",
+        "--export-bn-batches", "2",
         "--base-split", str(tmp_path / "none.json"), *extra,
     ])
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=300)
 def test_training_end_to_end_and_resume(tmp_path):
     _data(tmp_path / "data")
     exported = train.train(_args(tmp_path, "64:1"))
@@ -57,6 +58,7 @@ def test_training_end_to_end_and_resume(tmp_path):
     assert meta.map_grid == [4, 4] and meta.input_contrast == "equalise"  # stride 16
     assert meta.recipe["images_seen"] == 8 and meta.recipe["initialised_from"] == "random"
     assert meta.recipe["lung_guidance"]["cam_weight"] == 1.0
+    assert meta.recipe["export_bn_batches"] == 2
     assert meta.recipe["lung_guidance"]["map_loss_by_epoch"] == ["1-1: absolute + peak x0.5"]
     probs = model.predict(np.zeros((1, 64, 64, 1), "float32"), verbose=0)
     np.testing.assert_allclose(probs.sum(), 1.0, atol=1e-5)
