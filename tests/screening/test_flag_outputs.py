@@ -191,14 +191,20 @@ def said_by_predict_csv(film: Film) -> Said:
     return Said(row["label"], row["flag"], row["advice"])
 
 
-def said_by_archive_parquet(film: Film) -> Said:
-    """The row the Ray archive's actors write (predict's row), through a Parquet file."""
+def _archive_row(film: Film) -> dict:
+    """The row the Ray archive's actors write (predict's row), read back from its Parquet file."""
     path = Path(film.result.name)
     with tempfile.TemporaryDirectory() as out:
         writer = PartWriter(Path(out), row_schema(scoring.COLUMNS), film.meta.sha256, [])
         writer.add(scoring.row(path, film.result, film.meta.class_names), (str(path), "sha"))
         writer.flush()
         (row,) = read_rows(Path(out))
+    return row
+
+
+def said_by_archive_parquet(film: Film) -> Said:
+    """What the Ray archive's Parquet row says."""
+    row = _archive_row(film)
     assert row["ood"] == str(film.kind != FLAG_NONE).lower()
     return Said(row["label"], row["flag"], row["advice"])
 
@@ -282,12 +288,7 @@ def opacity_by_predict_csv(film: Film) -> Figures:
 
 
 def opacity_by_archive_parquet(film: Film) -> Figures:
-    path = Path(film.result.name)
-    with tempfile.TemporaryDirectory() as out:
-        writer = PartWriter(Path(out), row_schema(scoring.COLUMNS), film.meta.sha256, [])
-        writer.add(scoring.row(path, film.result, film.meta.class_names), (str(path), "sha"))
-        writer.flush()
-        (row,) = read_rows(Path(out))
+    row = _archive_row(film)
     return _figures(row[scoring.OPACITY_EXTENT], row[scoring.SEVERITY])
 
 

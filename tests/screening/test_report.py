@@ -1,11 +1,9 @@
 """A study's PDF report from its file, and the ``report`` command."""
 
-import contextlib
 import io
 import re
 import subprocess
 import sys
-import zlib
 from datetime import datetime, timezone
 
 import numpy as np
@@ -19,28 +17,11 @@ from covid.explain.localisation import OPACITY_RGB, energy_inside, lung_outline
 from covid.inputs.decode import ImageDecodeError
 from covid.model.opacity import MAX_SCORE
 from covid.screening.report import OUTLINE_RGB, report_for_file
+from tests.screening.pdfs import all_bytes, flat, pdf_text
 
 WHEN = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
 PATIENT = "DOE^JANE"
 PATIENT_ID = "PID-12345"
-
-
-def _text(pdf: bytes) -> str:
-    reader = PdfReader(io.BytesIO(pdf))
-    return "\n".join(page.extract_text() for page in reader.pages)
-
-
-def _all_bytes(pdf: bytes) -> bytes:
-    """The raw file plus every stream inflated, to look for leaks anywhere."""
-    inflated = []
-    for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
-        with contextlib.suppress(zlib.error):
-            inflated.append(zlib.decompress(match.group(1)))
-    return pdf + b"".join(inflated)
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def _n_images(pdf: bytes) -> int:
@@ -79,7 +60,7 @@ def test_report_for_file_on_a_png(classifier, tmp_path):
     path = tmp_path / "thorax_ü.png"
     path.write_bytes(_png_bytes())
     pdf = report_for_file(path, classifier, method="gradcam++", colormap="turbo", when=WHEN)
-    text = _text(pdf)
+    text = pdf_text(pdf)
     assert "thorax_ü.png" in text and "tiny test CNN" in text
     assert "shipped operating point" in text
     assert _n_images(pdf) >= 2
@@ -105,7 +86,7 @@ def test_report_for_file_outlines_the_lungs_and_opacities_and_reports_both(
     segmenter = LungSegmenter.from_file(tiny_lung_file)
     pdf = report_for_file(path, classifier, when=WHEN, segmenter=segmenter,
                           opacity_segmenter=opacity_segmenter)
-    text = _flat(_text(pdf))
+    text = flat(pdf_text(pdf))
     result, overlay = drawn["result"], drawn["overlay"]
     lungs = plant_lungs.mask((120, 100))
     assert np.array_equal(result.lungs, lungs)
@@ -131,7 +112,7 @@ def test_report_for_file_refuses_a_colour_photograph_without_a_map_or_opacities(
     pdf = report_for_file(path, classifier, ood=OODDetector(), when=WHEN,
                           segmenter=LungSegmenter.from_file(tiny_lung_file),
                           opacity_segmenter=opacity_segmenter)
-    text = _flat(_text(pdf))
+    text = flat(pdf_text(pdf))
     assert "Not a chest X-ray: it is a colour image" in text and _n_images(pdf) == 1
     assert "Result at the operating point" not in text and "%" not in text
     assert "score" not in text and "Right lung" not in text
@@ -177,7 +158,7 @@ def test_dicom_patient_identifiers_never_reach_the_pdf(classifier, tmp_path):
     path = tmp_path / "study.dcm"
     path.write_bytes(_dicom_bytes())
     pdf = report_for_file(path, classifier, when=WHEN)
-    text, raw = _text(pdf), _all_bytes(pdf)
+    text, raw = pdf_text(pdf), all_bytes(pdf)
     assert "study.dcm" in text and _n_images(pdf) >= 2
     assert "Modality: CR" in text and "ViewPosition: PA" in text
     for secret in (PATIENT, PATIENT_ID, "DOE", "JANE", "19700101", "General Hospital"):
@@ -192,7 +173,7 @@ def test_cli_writes_a_valid_pdf(tiny_model_file, tmp_path, capsys):
     # no segmenter: the shipped one finds no lungs in noise, which would be refused
     assert main(["report", str(image), "--out", str(out), "--model", str(tiny_model_file),
                  "--lung-model", str(tmp_path / "none.keras")]) == 0
-    text = _flat(_text(out.read_bytes()))
+    text = flat(pdf_text(out.read_bytes()))
     assert "a.png" in text and DISCLAIMER in text and _n_images(out.read_bytes()) >= 2
     assert re.search(r"P\((COVID|any finding)\) [\d.]+% is (above|at|below) the operating "
                      r"point 50\.0%", text)  # the rule's reason, either way
@@ -205,11 +186,11 @@ def test_cli_grades_the_opacities_with_the_opacity_model(
     image.write_bytes(_png_bytes(4, shape=(120, 100)))
     assert main(["report", str(image), "--out", str(out), "--model", str(tiny_model_file),
                  "--lung-model", str(tiny_lung_file), "--opacity-model", str(opacity_file)]) == 0
-    assert f"score {MAX_SCORE}/{MAX_SCORE}" in _flat(_text(out.read_bytes()))
+    assert f"score {MAX_SCORE}/{MAX_SCORE}" in flat(pdf_text(out.read_bytes()))
     assert main(["report", str(image), "--out", str(out), "--model", str(tiny_model_file),
                  "--lung-model", str(tiny_lung_file),
                  "--opacity-model", str(tmp_path / "none.keras")]) == 0  # optional
-    assert "score" not in _flat(_text(out.read_bytes()))
+    assert "score" not in flat(pdf_text(out.read_bytes()))
 
 
 def test_cli_missing_model_is_a_clear_error(tmp_path, capsys):

@@ -1,9 +1,6 @@
 """The PDF report's layout, read back with pypdf: what it says, where, and what it never says."""
 
-import contextlib
 import io
-import re
-import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,6 +30,7 @@ from covid.screening.report_layout import (
 )
 from tests.conftest import planted_lungs
 from tests.results import THREE_CLASSES, TWO_CLASSES, scored
+from tests.screening.pdfs import all_bytes, flat, pdf_images, pdf_text
 
 SHA = "0123456789abcdef" * 4
 WHEN = datetime(2024, 5, 1, 12, 30, tzinfo=timezone.utc)
@@ -53,29 +51,6 @@ def meta_for(class_names=TWO_CLASSES, threshold=0.5, name="tiny test CNN"):
 @pytest.fixture
 def metadata():
     return meta_for()
-
-
-def _text(pdf: bytes) -> str:
-    reader = PdfReader(io.BytesIO(pdf))
-    return "\n".join(page.extract_text() for page in reader.pages)
-
-
-def _flat(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _all_bytes(pdf: bytes) -> bytes:
-    """The raw file plus every stream inflated, to look for leaks anywhere."""
-    inflated = []
-    for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
-        with contextlib.suppress(zlib.error):
-            inflated.append(zlib.decompress(match.group(1)))
-    return pdf + b"".join(inflated)
-
-
-def _images(pdf: bytes) -> list[np.ndarray]:
-    return [np.asarray(image.image.convert("RGB"))
-            for page in PdfReader(io.BytesIO(pdf)).pages for image in page.images]
 
 
 def _pages(pdf: bytes) -> int:
@@ -112,7 +87,7 @@ def test_report_holds_everything_required(metadata):
     result = _result()
     pdf = build_report(result, _overlay(), metadata, 0.5, when=WHEN)
     assert pdf.startswith(b"%PDF-")
-    text = _text(pdf)
+    text = pdf_text(pdf)
     covid_pct, normal_pct = percentages(result.probs)
     assert covid_pct + normal_pct == pytest.approx(100.0)
     for expected in (f"COVID {covid_pct:.1f} %", f"Normal {normal_pct:.1f} %", ADMIT,
@@ -121,13 +96,13 @@ def test_report_holds_everything_required(metadata):
                      "2024-05-01 12:30"):
         assert expected in text, expected
     assert SHA[:13] not in text
-    assert len(_images(pdf)) == 2 and _pages(pdf) == 1
+    assert len(pdf_images(pdf)) == 2 and _pages(pdf) == 1
 
 
 def test_session_threshold_is_named_as_such(metadata):
     result = _result(p_covid=0.4, threshold=0.3)
     assert result.label == COVID
-    text = _text(build_report(result, _overlay(), metadata, 0.3, when=WHEN))
+    text = pdf_text(build_report(result, _overlay(), metadata, 0.3, when=WHEN))
     assert "0.300" in text and "session choice" in text and "0.500" in text
 
 
@@ -135,7 +110,7 @@ def test_a_three_class_report_has_three_bars_and_the_finding_advice():
     metadata = meta_for(THREE_CLASSES, threshold=0.4, name="three")
     result = scored("p.png", [0.15, 0.5, 0.35], THREE_CLASSES, threshold=0.4,
                     pixels=np.zeros(SHAPE, np.uint8))
-    text = _flat(_text(build_report(result, _overlay(), metadata, 0.4, when=WHEN)))
+    text = flat(pdf_text(build_report(result, _overlay(), metadata, 0.4, when=WHEN)))
     for expected in ("COVID 15.0 %", "Other pneumonia 50.0 %", "Normal 35.0 %",
                      "Result at the operating point: Other pneumonia",
                      ADVICE[OTHER_PNEUMONIA], "P(any finding) ≥ 0.400 admits"):
@@ -180,7 +155,7 @@ def test_no_class_label_is_cut_by_its_bar(class_names):
     pdf = build_report(result, _overlay(), metadata, 0.4, when=WHEN)
     for name, (label_end, bar_left) in _label_and_bar_edges(pdf, class_names).items():
         assert label_end < bar_left, f"{name!r} runs under its bar"
-    assert f"{class_names[1]} 50.0 %" in _flat(_text(pdf))
+    assert f"{class_names[1]} 50.0 %" in flat(pdf_text(pdf))
 
 
 # --------------------------------------------------------------------------- why
@@ -191,7 +166,7 @@ def test_the_why_sentence_sits_between_the_bars_and_the_result():
     metadata = meta_for(THREE_CLASSES, threshold=0.195)
     result = scored("p.png", [0.05, 0.206, 0.744], THREE_CLASSES, threshold=0.195,
                     pixels=np.zeros(SHAPE, np.uint8))
-    text = _flat(_text(build_report(result, _overlay(), metadata, 0.195, when=WHEN)))
+    text = flat(pdf_text(build_report(result, _overlay(), metadata, 0.195, when=WHEN)))
     why = ("P(any finding) 25.6% is above the operating point 19.5%: admit, as Other "
            "pneumonia, the likelier finding.")
     assert why in text
@@ -204,18 +179,18 @@ def test_the_why_sentence_sits_between_the_bars_and_the_result():
 
 def test_a_refused_study_gets_the_refusal_and_no_label_bars_map_or_advice(metadata):
     pdf = build_report(_result(flag=FLAG_NOT_CHEST), None, metadata, 0.5, when=WHEN)
-    text = _flat(_text(pdf))
+    text = flat(pdf_text(pdf))
     assert "This does not look like a chest X-ray" in text
     assert f"Not a chest X-ray: {REASONS[FLAG_NOT_CHEST]}" in text
     assert ADMIT not in text and GO_HOME not in text
     assert "Result at the operating point" not in text
     assert "%" not in text and "Grad-CAM" not in text  # no bars, no reason, no map
-    assert DISCLAIMER in text and len(_images(pdf)) == 1
+    assert DISCLAIMER in text and len(pdf_images(pdf)) == 1
 
 
 def test_an_unusual_study_keeps_its_label_and_bars_with_a_caution_and_is_admitted(metadata):
     result = _result(p_covid=0.1, flag=FLAG_UNUSUAL)  # Normal, yet admitted
-    text = _flat(_text(build_report(result, _overlay(), metadata, 0.5, when=WHEN)))
+    text = flat(pdf_text(build_report(result, _overlay(), metadata, 0.5, when=WHEN)))
     assert "Result at the operating point: Normal" in text
     assert f"Caution: {REASONS[FLAG_UNUSUAL]}" in text
     assert UNUSUAL_ADVICE in text and GO_HOME not in text
@@ -231,10 +206,10 @@ def test_a_classified_study_needs_its_overlay(metadata):
 def test_identifier_like_info_keys_are_never_printed(metadata):
     info = {"Modality": "DX", "PatientName": PATIENT, "Patient ID": PATIENT_ID}
     pdf = build_report(_result(info=info), _overlay(), metadata, 0.5, when=WHEN)
-    assert "Modality: DX" in _text(pdf)
+    assert "Modality: DX" in pdf_text(pdf)
     for secret in (PATIENT, PATIENT_ID):
-        assert secret not in _text(pdf)
-        assert secret.encode() not in _all_bytes(pdf)
+        assert secret not in pdf_text(pdf)
+        assert secret.encode() not in all_bytes(pdf)
 
 
 # --------------------------------------------------------------------------- opacities
@@ -246,13 +221,13 @@ def test_a_chest_film_shows_the_opacity_outline_and_figures(metadata):
     assert severity.right != severity.left and 0 < severity.score < 8  # a telling film
     result = _result(lungs=planted_lungs(SHAPE), opacity=opacity)
     pdf = build_report(result, _overlay(), metadata, 0.5, when=WHEN, lung_evidence=0.3)
-    text = _flat(_text(pdf))
+    text = flat(pdf_text(pdf))
     figures = (f"Right lung {severity.right:.0%} · left lung {severity.left:.0%} · "
                f"score {severity.score}/8")
     assert opacity_figures(result) == figures
     assert figures in text and "a separate segmentation" in text
     assert "not the classifier's" in text  # named apart from the map
-    xray, overlay = _images(pdf)
+    xray, overlay = pdf_images(pdf)
     assert (xray == OPACITY_RGB).all(axis=2).sum() == lung_outline(opacity.mask).sum()
     assert not (overlay == OPACITY_RGB).all(axis=2).any()  # the map is left as it is
     assert _pages(pdf) == 1  # everything, the lungs' caution too, on one page
@@ -260,19 +235,19 @@ def test_a_chest_film_shows_the_opacity_outline_and_figures(metadata):
 
 def test_without_the_segmenter_the_opacities_are_said_to_be_unmeasured(metadata):
     pdf = build_report(_result(), _overlay(), metadata, 0.5, when=WHEN)
-    text = _flat(_text(pdf))
+    text = flat(pdf_text(pdf))
     assert "Not measured: the opacity segmenter did not run" in text
     assert "score" not in text and "Right lung" not in text
-    assert not (_images(pdf)[0] == OPACITY_RGB).all(axis=2).any()
+    assert not (pdf_images(pdf)[0] == OPACITY_RGB).all(axis=2).any()
 
 
 def test_a_refused_film_gets_no_opacity_outline_or_figures(metadata):
     refused = _result(flag=FLAG_NOT_CHEST, opacity=_opacity())  # even if one got through
     pdf = build_report(refused, None, metadata, 0.5, when=WHEN)
-    text = _flat(_text(pdf))
+    text = flat(pdf_text(pdf))
     assert opacity_figures(refused) is None
     assert "Right lung" not in text and "score" not in text and "opacit" not in text.lower()
-    (xray,) = _images(pdf)
+    (xray,) = pdf_images(pdf)
     assert not (xray == OPACITY_RGB).all(axis=2).any()
 
 
@@ -283,13 +258,13 @@ def test_a_refused_film_gets_no_opacity_outline_or_figures(metadata):
 def test_the_share_of_evidence_in_the_lungs_and_its_meaning_are_reported(metadata, flag):
     result = _result(flag=flag, lungs=np.zeros(SHAPE, bool))
     low = build_report(result, _overlay(), metadata, 0.5, when=WHEN, lung_evidence=0.3)
-    text = _flat(_text(low))
+    text = flat(pdf_text(low))
     assert "30% of the evidence lies inside the lung fields" in text
-    assert _flat(EVIDENCE_MEANING) in text
+    assert flat(EVIDENCE_MEANING) in text
     assert "Caution" in text and "mostly outside the lungs" in text
     assert "lung outline in white" in text
     assert _pages(low) == 1
-    high = _flat(_text(build_report(result, _overlay(), metadata, 0.5, when=WHEN,
+    high = flat(pdf_text(build_report(result, _overlay(), metadata, 0.5, when=WHEN,
                                     lung_evidence=0.81)))
     assert "81% of the evidence lies inside the lung fields" in high
     assert ("Caution" in high) == (flag == FLAG_UNUSUAL)  # the lungs' caution is gone
@@ -298,7 +273,7 @@ def test_the_share_of_evidence_in_the_lungs_and_its_meaning_are_reported(metadat
 
 
 def test_without_lungs_the_share_is_said_to_be_unmeasured(metadata):
-    text = _flat(_text(build_report(_result(), _overlay(), metadata, 0.5, when=WHEN)))
+    text = flat(pdf_text(build_report(_result(), _overlay(), metadata, 0.5, when=WHEN)))
     assert "Not measured: no lung segmenter" in text
     assert "lung outline" not in text and "of the evidence lies inside" not in text
 
