@@ -58,7 +58,6 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 
-
 def probability_bars_ui(result: StudyResult, class_names: Sequence[str]) -> list[float]:
     """One bar per class with its percentage; the predicted label in bold.
 

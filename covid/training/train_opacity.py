@@ -177,12 +177,35 @@ def load_opacity_data(args: argparse.Namespace) -> OpacityData:
     return OpacityData(images, covid, split, films, lungs, infection, x, y)
 
 
-def _val_probs(model, data: OpacityData, covid: bool) -> tuple[list[int], np.ndarray]:
-    """The validation films of one kind and the network's (N, S, S) maps over their lung boxes."""
+def _val_outlines(model, data: OpacityData, covid: bool):
+    """The validation films of one kind, each with a function of a setting giving its outline.
+
+    The network runs once per film; a setting only re-thresholds its map.
+
+    Returns:
+        ``[(film index, outline(threshold, min_component) -> (H, W) bool), ...]``.
+    """
+    from covid.inputs.preprocess import lung_box
+    from covid.model.opacity import opacity_from_probs
+
     index = [i for i in data.split["val"] if bool(data.covid[i]) == covid]
     if not index:
-        return index, np.zeros((0, data.x.shape[1], data.x.shape[2]), np.float32)
-    return index, model.predict(data.x[index].astype(np.float32), batch_size=32, verbose=0)[..., 0]
+        return []
+    probs = model.predict(data.x[index].astype(np.float32), batch_size=32, verbose=0)[..., 0]
+
+    def outline(p: np.ndarray, i: int):
+        box = lung_box(data.lungs[i])
+        return lambda t, m: opacity_from_probs(p, box, data.films[i].shape, data.lungs[i], t, m)
+
+    return [(i, outline(p, i)) for p, i in zip(probs, index, strict=True)]
+
+
+def _mean_dice(data: OpacityData, covid_films: list, setting: tuple[float, float]) -> float:
+    """Mean Dice of the COVID films' outlines at one setting (0 without any)."""
+    from covid.model.lungs import dice
+
+    dices = [dice(outline(*setting), data.infection[i]) for i, outline in covid_films]
+    return float(np.mean(dices)) if dices else 0.0
 
 
 def val_settings(model, data: OpacityData, settings: tuple[tuple[float, float], ...]
@@ -200,32 +223,23 @@ def val_settings(model, data: OpacityData, settings: tuple[tuple[float, float], 
         without any), and ``normal_extent``: the median extent of both lungs on the
         validation normal films, as a share of the lungs (0 without any).
     """
-    from covid.inputs.preprocess import lung_box
-    from covid.model.lungs import dice
-    from covid.model.opacity import grade, opacity_from_probs
+    from covid.model.opacity import grade
 
-    maps = {covid: _val_probs(model, data, covid) for covid in (True, False)}
-
-    def masks(covid: bool, threshold: float, smallest: float):
-        index, probs = maps[covid]
-        for p, i in zip(probs, index, strict=True):
-            yield i, opacity_from_probs(p, lung_box(data.lungs[i]), data.films[i].shape,
-                                        data.lungs[i], threshold, smallest)
-
+    covid_films, normal_films = (_val_outlines(model, data, kind) for kind in (True, False))
     figures = {}
-    for threshold, smallest in settings:
-        dices = [dice(m, data.infection[i]) for i, m in masks(True, threshold, smallest)]
-        extents = [grade(data.lungs[i], m).extent for i, m in masks(False, threshold, smallest)]
-        figures[threshold, smallest] = {
-            "dice": float(np.mean(dices)) if dices else 0.0,
-            "normal_extent": float(np.median(extents)) if extents else 0.0}
+    for setting in settings:
+        extents = [grade(data.lungs[i], outline(*setting)).extent for i, outline in normal_films]
+        figures[setting] = {"dice": _mean_dice(data, covid_films, setting),
+                            "normal_extent": float(np.median(extents)) if extents else 0.0}
     return figures
 
 
 def val_dice(model, data: OpacityData) -> float:
-    """Mean Dice of the validation COVID films at the default setting: what picks the epoch."""
-    setting = (OPACITY_THRESHOLD, MIN_COMPONENT)
-    return val_settings(model, data, (setting,))[setting]["dice"]
+    """Mean Dice of the validation COVID films at the default setting: what picks the epoch.
+
+    Only the COVID films run: each epoch calls it.
+    """
+    return _mean_dice(data, _val_outlines(model, data, True), (OPACITY_THRESHOLD, MIN_COMPONENT))
 
 
 def choose_setting(figures: dict[tuple[float, float], dict[str, float]],
