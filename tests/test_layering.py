@@ -33,7 +33,7 @@ ROOT_MODULES = frozenset({"covid.settings", "covid.flags"})
 command-line flags every command shares (argparse and the settings only)."""
 
 ENTRY_MODULES = frozenset({"covid.__main__", "covid.train", "covid.evaluate", "covid.train_lungs",
-                           "covid.train_opacity", "covid.fit_ood"})
+                           "covid.train_opacity", "covid.fit_ood", "covid.invariance"})
 """Command-line entry points at the package's top: above every stage but the app."""
 
 CHILD_PROCESSES = frozenset({"covid.training.backend"})

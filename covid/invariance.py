@@ -1,0 +1,106 @@
+r"""``python -m covid.invariance``: does a film's look move a model's decision?
+
+Usage::
+
+    python -m covid.invariance --model RUN/model.keras \
+        --compare models/covid_resnet50.keras --per-group 100 --out shifts.json
+
+Scores validation films unaltered and under each alteration of
+:data:`covid.evaluation.invariance.ALTERATIONS` (JPEG, gamma, exposure, contrast,
+blur, noise), through the serving path, and prints per model and per group of
+films (true class, source, age) the mean change of calibrated P(any finding) and
+the share sent home, at the model's own temperature and operating point. Writes
+nothing but ``--out`` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from covid.evaluation.artefacts import default_split
+from covid.evaluation.invariance import ALTERATIONS, sample_groups, score_altered, shifts
+from covid.evaluation.scoring import load_scorer, split_side
+from covid.flags import add_data, add_model_flags, add_out
+from covid.model.metadata import ModelFileError
+
+LOG = logging.getLogger("covid.invariance")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's parser (its shared flags are :mod:`covid.flags`')."""
+    parser = argparse.ArgumentParser(
+        prog="python -m covid.invariance",
+        description="Does exposure, contrast, gamma, blur, noise or JPEG move a model's "
+                    "decision? Validation films, altered before the serving path.")
+    add_model_flags(parser, opacity=False)
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="score this model too, on the same films (e.g. the shipped)")
+    parser.add_argument("--split", type=Path, default=None,
+                        help="split record (default: the one beside --model)")
+    add_data(parser)
+    parser.add_argument("--per-group", type=int, default=100,
+                        help="validation films per group (true class, source, age)")
+    add_out(parser, "the figures as JSON", metavar="JSON")
+    return parser
+
+
+def markdown(model: str, figures: dict) -> str:
+    """Two tables of one model's figures: the change of P(any finding), and the share sent home."""
+    groups = list(next(iter(figures.values())))
+    head = "| alteration | " + " | ".join(groups) + " |\n|" + " --- |" * (len(groups) + 1)
+    first = figures[next(iter(figures))]
+    delta = [f"| {name} | " + " | ".join(f"{100 * s.delta_p_finding:+.1f}" for s in row.values())
+             + " |" for name, row in figures.items()]
+    home = ["| unaltered | " + " | ".join(f"{100 * s.sent_home_unaltered:.1f}%"
+                                          for s in first.values()) + " |"]
+    home += [f"| {name} | " + " | ".join(f"{100 * s.sent_home:.1f}%" for s in row.values())
+             + " |" for name, row in figures.items()]
+    counts = ", ".join(f"{g}: {s.n}" for g, s in first.items())
+    return (f"### {model}\n\nFilms: {counts}.\n\nMean change of P(any finding), points:\n\n"
+            f"{head}\n" + "\n".join(delta) + "\n\nSent home:\n\n" + f"{head}\n"
+            + "\n".join(home) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point.
+
+    Raises:
+        SystemExit: 1 when a model cannot be loaded (missing, altered, or not
+            trained with that lung segmenter).
+    """
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        _run(args)
+    except ModelFileError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def _run(args: argparse.Namespace) -> None:
+    record = json.loads((args.split or default_split(args.model)).read_text())
+    films = sample_groups(split_side(record, "val", args.data), args.per_group)
+    paths = [args.model] + ([args.compare] if args.compare else [])
+    loaded = [load_scorer(path, args.lung_model) for path in paths]
+    LOG.info("%d validation films, %d alterations, %d model(s)", len(films.names),
+             len(ALTERATIONS), len(paths))
+    logits = score_altered([c for c, _ in loaded], loaded[0][1], films, ALTERATIONS)
+    report = {}
+    for path, (classifier, _), per_model in zip(paths, loaded, logits, strict=True):
+        meta = classifier.metadata
+        figures = shifts(per_model, films, meta.class_names, meta.temperature, meta.threshold)
+        name = f"{meta.name} v{meta.version} ({path})"
+        print(markdown(name, figures))
+        report[name] = {"sha256": meta.sha256, "threshold": meta.threshold,
+                        "temperature": meta.temperature,
+                        "alterations": {a: {g: asdict(s) for g, s in row.items()}
+                                        for a, row in figures.items()}}
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
