@@ -19,9 +19,8 @@ gradient inside the loss (a second derivative through the last stage), and a
 larger input four times the arithmetic. A checkpoint (weights,
 optimizer state with the average, and the run's state) is written after every
 epoch, atomically, so that ``--resume`` continues a run that a session's end
-killed, and ``--export-now`` exports an unfinished run's checkpoint. Model
-building runs inside a ``tf.distribute`` strategy: MirroredStrategy on several
-GPUs, MultiWorkerMirroredStrategy when ``TF_CONFIG`` is set.
+killed, with its recipe flags (:mod:`covid.training.resume`), and ``--export-now``
+exports an unfinished run's checkpoint. Models are built in a ``tf.distribute`` strategy.
 """
 
 from __future__ import annotations
@@ -47,6 +46,7 @@ from covid.training.catalogue import data_dir
 from covid.training.guided import OutsideLungsLoss, cell_shares, guided_model, map_loss_kind
 from covid.training.inputs import TrainingData, balanced_batches, prepare_data
 from covid.training.metrics import validation_record
+from covid.training.resume import check_same_recipe
 
 LOG = logging.getLogger("covid.training.train")
 VERSION = "4"
@@ -151,7 +151,7 @@ def initialise(model: keras.Model, path: Path | None) -> str:
 
 
 def choose_strategy():
-    """Picks a distribution strategy (TensorFlow backend only; others train as they are)."""
+    """MultiWorkerMirrored with ``TF_CONFIG``, Mirrored on several GPUs (TensorFlow only)."""
     if keras.backend.backend() != "tensorflow":
         import contextlib
 
@@ -491,8 +491,10 @@ def train(args: argparse.Namespace) -> Path:
     total_epochs = sum(s.epochs for s in stages)
     keras.utils.set_random_seed(args.seed)
     keras.mixed_precision.set_global_policy(_precision_policy(args.precision))
-    data = prepare_data(args, stages[-1].size)
     resuming = (args.resume or args.export_now) and (args.run / "state.json").exists()
+    if resuming:  # before the data and the network, which take minutes
+        check_same_recipe(json.loads((args.run / "state.json").read_text())["invocations"], args)
+    data = prepare_data(args, stages[-1].size)
     with choose_strategy().scope():
         model, trainer = build_training(args, total_epochs * args.steps_per_epoch)
         # A checkpoint replaces every weight, so a resumed run does not load --init.
@@ -564,8 +566,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export-bn-batches", type=int, default=100, help="the same, at export")
     p.add_argument("--cam-weight", type=float, default=1.0, help="weight of the lung-map loss")
     p.add_argument("--infection-weight", type=float, default=0.5)
-    p.add_argument("--peak-weight", type=float, default=0.5,
-                   help="weight of the map-peak term of the lung-map loss (0: mass only)")
+    p.add_argument("--peak-weight", type=float, default=0.5, help="map-peak term (0: mass only)")
     p.add_argument("--val-limit", type=int, default=600, help="val films scored per epoch")
     p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and last)")
     p.add_argument("--max-images", type=int, default=0, help="tiny runs: films per class")
@@ -578,10 +579,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", type=Path, default=None,
                    help="start from this classifier's weights where layers match")
     p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run, same recipe flags")
     p.add_argument("--export-now", action="store_true",
-                   help="export the run's checkpoint as it stands, at the size it last trained "
-                        "at, without training further (to evaluate a run that has not finished)")
+                   help="export the checkpoint as it stands, at its last size, untrained further")
     p.add_argument("--cache-dir", type=Path, default=CACHE_DIR, help="hashes, segmentations")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
