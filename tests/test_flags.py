@@ -4,6 +4,7 @@ import argparse
 
 import pytest
 
+from covid import invariance
 from covid.evaluation import cli, ood_fit
 from covid.flags import FORMATS
 from covid.screening import explain_files, pacs_cli, predict, report
@@ -19,6 +20,7 @@ def _parsers() -> dict[str, argparse.ArgumentParser]:
         module.add_arguments(commands[name])
     commands["covid.evaluate"] = cli.build_parser()
     commands["covid.fit_ood"] = ood_fit.build_parser()
+    commands["covid.invariance"] = invariance.build_parser()
     return commands
 
 
@@ -42,9 +44,9 @@ def test_format_offers_the_same_choices_wherever_it_appears():
 
 def test_out_and_data_are_the_names_where_a_command_writes_or_reads_a_folder():
     parsers = _parsers()
-    for name in ("predict", "report", "explain"):
+    for name in ("predict", "report", "explain", "covid.invariance"):
         assert "--out" in _options(parsers[name]), name
-    for name in ("covid.evaluate", "covid.fit_ood"):
+    for name in ("covid.evaluate", "covid.fit_ood", "covid.invariance"):
         assert "--data" in _options(parsers[name]), name
 
 
