@@ -15,16 +15,16 @@ def _recorded(argv: list[str]) -> dict:
 
 
 def test_the_same_flags_resume_even_on_another_machine():
-    invocations = [{"argv": RUN}, {"argv": RUN, "options": _recorded(RUN + ["--contrast", "none"])}]
+    invocations = [{"argv": RUN}, {"argv": RUN, "options": _recorded([*RUN, "--contrast", "none"])}]
     check_same_recipe(invocations, parse_args(
-        RUN + ["--contrast", "none", "--resume", "--backend", "torch", "--precision", "float32",
-               "--val-limit", "30", "--cache-dir", "/elsewhere"]))
+        [*RUN, "--contrast", "none", "--resume", "--backend", "torch", "--precision", "float32",
+         "--val-limit", "30", "--cache-dir", "/elsewhere"]))
 
 
 def test_a_recipe_flag_left_out_or_changed_is_refused_naming_each():
-    invocations = [{"argv": RUN, "options": _recorded(RUN + ["--contrast", "none"])}]
+    invocations = [{"argv": RUN, "options": _recorded([*RUN, "--contrast", "none"])}]
     with pytest.raises(RecipeChangedError) as refused:
-        check_same_recipe(invocations, parse_args(RUN + ["--resume", "--lr", "1e-3"]))
+        check_same_recipe(invocations, parse_args([*RUN, "--resume", "--lr", "1e-3"]))
     message = str(refused.value)
     assert "--contrast none (this command: equalise)" in message
     assert "--lr 0.0003 (this command: 0.001)" in message
@@ -33,7 +33,7 @@ def test_a_recipe_flag_left_out_or_changed_is_refused_naming_each():
 
 
 def test_a_run_recorded_before_options_were_kept_is_not_judged():
-    check_same_recipe([{"argv": RUN}], parse_args(RUN + ["--resume", "--contrast", "none"]))
+    check_same_recipe([{"argv": RUN}], parse_args([*RUN, "--resume", "--contrast", "none"]))
 
 
 def test_every_recipe_flag_is_a_trainer_flag():
