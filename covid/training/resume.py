@@ -14,11 +14,12 @@ import argparse
 
 RECIPE_FLAGS = ("adult_share", "batch_size", "bn_momentum", "cam_weight", "contrast", "ema",
                 "focus", "infection_weight", "label_smoothing", "lr", "max_images",
-                "output_stride", "peak_weight", "seed", "stages", "steps_per_epoch",
-                "warmup_steps", "weight_decay")
-"""The options that decide what a run learns, as ``argparse`` names them. The rest
-(backend, precision, data and cache folders, validation size) may change between
-sessions and machines."""
+                "output_stride", "peak_weight", "seed", "steps_per_epoch", "warmup_steps",
+                "weight_decay")
+"""The options that decide what a run learns, as ``argparse`` names them. The rest may
+change between sessions and machines (backend, precision, data and cache folders,
+validation size), and ``--stages`` may grow or shrink: a run extended by a stage, or
+exported at a later stage's size."""
 
 
 class RecipeChangedError(SystemExit):

@@ -14,11 +14,11 @@ def _recorded(argv: list[str]) -> dict:
             if k != "argv"}
 
 
-def test_the_same_flags_resume_even_on_another_machine():
+def test_the_same_flags_resume_on_another_machine_and_with_another_stage():
     invocations = [{"argv": RUN}, {"argv": RUN, "options": _recorded([*RUN, "--contrast", "none"])}]
     check_same_recipe(invocations, parse_args(
         [*RUN, "--contrast", "none", "--resume", "--backend", "torch", "--precision", "float32",
-         "--val-limit", "30", "--cache-dir", "/elsewhere"]))
+         "--val-limit", "30", "--cache-dir", "/elsewhere", "--stages", "160:94,224:4"]))
 
 
 def test_a_recipe_flag_left_out_or_changed_is_refused_naming_each():
