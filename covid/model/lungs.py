@@ -346,6 +346,8 @@ class CompiledUNet:
             size = self.input_size
             return np.zeros((0, size, size), np.float32)
         with self._lock:
+            if keras.backend.backend() != "tensorflow":  # a trainer on PyTorch segments too
+                return np.asarray(self.model.predict_on_batch(x))[..., 0]
             if self.eager_until_traced and not self._traced:
                 return self.model(x, training=False).numpy()[..., 0]
             return self._forward(x).numpy()[..., 0]

@@ -33,8 +33,10 @@ NOISE_STD = 8.0
 JPEG_QUALITY = (30, 95)
 """Range of the JPEG re-compression quality (every film is re-compressed)."""
 
-_GEOMETRIC: dict[int, keras.Sequential] = {}
-_PHOTOMETRIC: dict[int, keras.Sequential] = {}
+# Layer tuples, not a keras.Sequential: a random layer called on its own inside tf.data
+# runs on TensorFlow whatever the Keras backend, a Sequential on the backend (PyTorch fails).
+_GEOMETRIC: dict[int, tuple[keras.layers.Layer, ...]] = {}
+_PHOTOMETRIC: dict[int, tuple[keras.layers.Layer, ...]] = {}
 
 
 def describe() -> str:
@@ -46,27 +48,34 @@ def describe() -> str:
             "geometric part; no flips")
 
 
-def _geometric(seed: int) -> keras.Sequential:
+def _geometric(seed: int) -> tuple[keras.layers.Layer, ...]:
     if seed not in _GEOMETRIC:
-        _GEOMETRIC[seed] = keras.Sequential([
+        _GEOMETRIC[seed] = (
             keras.layers.RandomRotation(ROTATION, fill_mode="constant", seed=seed, dtype="float32"),
             keras.layers.RandomTranslation(SHIFT, SHIFT, fill_mode="constant", seed=seed + 1,
                                            dtype="float32"),
             keras.layers.RandomZoom((-ZOOM, ZOOM), fill_mode="constant", seed=seed + 2,
                                     dtype="float32"),
-        ], name="xray_geometric")
+        )
     return _GEOMETRIC[seed]
 
 
-def _photometric(seed: int) -> keras.Sequential:
+def _photometric(seed: int) -> tuple[keras.layers.Layer, ...]:
     if seed not in _PHOTOMETRIC:
-        _PHOTOMETRIC[seed] = keras.Sequential([
+        _PHOTOMETRIC[seed] = (
             keras.layers.RandomBrightness(BRIGHTNESS, value_range=(0.0, 255.0), seed=seed + 3,
                                           dtype="float32"),
             keras.layers.RandomContrast(CONTRAST, value_range=(0.0, 255.0), seed=seed + 4,
                                         dtype="float32"),
-        ], name="xray_photometric")
+        )
     return _PHOTOMETRIC[seed]
+
+
+def _through(layers: tuple[keras.layers.Layer, ...], x: tf.Tensor) -> tf.Tensor:
+    """``x`` through each random layer in turn, in training mode (so they draw)."""
+    for layer in layers:
+        x = layer(x, training=True)
+    return x
 
 
 def _random_gamma(films: tf.Tensor) -> tf.Tensor:
@@ -104,8 +113,8 @@ def augment_stack(stack: tf.Tensor, seed: int = 0) -> tuple[tf.Tensor, tf.Tensor
         ``(films, masks)``: (B, H, W, 1) float32 in [0, 255], and (B, H, W, k)
         float32 masks moved exactly like their films.
     """
-    moved = _geometric(seed)(stack, training=True)
+    moved = _through(_geometric(seed), stack)
     films, masks = moved[..., :1], moved[..., 1:]
-    films = tf.clip_by_value(_photometric(seed)(films, training=True), 0.0, 255.0)
+    films = tf.clip_by_value(_through(_photometric(seed), films), 0.0, 255.0)
     films = _random_gamma(films)
     return tf.map_fn(_degrade, films, fn_output_signature=tf.float32), masks

@@ -41,6 +41,7 @@ import tensorflow as tf
 from covid.model.classes import CLASS_NAMES, COVID
 from covid.model.metadata import ModelMetadata
 from covid.model.network import build_model, save_with_metadata
+from covid.training.averaging import averaged_weights, reestimate_batchnorm
 from covid.training.backend import probe_record
 from covid.training.catalogue import data_dir
 from covid.training.guided import OutsideLungsLoss, cell_shares, guided_model, map_loss_kind
@@ -92,6 +93,7 @@ def note_invocation(state: TrainState, args: argparse.Namespace) -> None:
     options = {k: str(v) if isinstance(v, Path) else v
                for k, v in sorted(vars(args).items()) if k != "argv"}
     state.invocations.append({"argv": list(args.argv), "options": options,
+                              "backend": keras.backend.backend(),  # the one it ran on
                               "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                               "epochs": [state.epoch + 1, state.epoch]})
 
@@ -177,39 +179,6 @@ def lr_schedule(peak: float, total_steps: int, warmup: int):
     )
 
 
-_FORWARDS: dict[int, object] = {}
-
-
-def _training_forward(model: keras.Model):
-    """One compiled training-mode forward pass per model (retraced only for a new size)."""
-    if id(model) not in _FORWARDS:
-        _FORWARDS[id(model)] = tf.function(lambda x: model(x, training=True))
-    return _FORWARDS[id(model)]
-
-
-def reestimate_batchnorm(model: keras.Model, images: np.ndarray, size: int, batches: int = 40,
-                         batch_size: int = 32, seed: int = 0) -> None:
-    """Re-estimates BatchNorm moving statistics with forward passes in training mode.
-
-    No weight is updated; only the moving means and variances follow the current
-    weights on unaugmented training images.
-
-    Args:
-        model: The classifier.
-        images: (N, S, S, 1) uint8 (or float) training inputs.
-        size: The side to run at.
-        batches: Forward passes.
-        batch_size: Images per pass.
-        seed: Seed of the image choice.
-    """
-    rng = np.random.default_rng(seed)
-    _forward = _training_forward(model)
-    for _ in range(batches):
-        idx = np.sort(rng.choice(len(images), size=min(batch_size, len(images)), replace=False))
-        x = tf.image.resize(tf.cast(images[idx], tf.float32), (size, size), antialias=True)
-        _forward(x)
-
-
 def _to_float32(model: keras.Model, n_classes: int, output_stride: int) -> keras.Model:
     """Copies a mixed-precision model's weights into a float32 one for serving."""
     policy = keras.mixed_precision.global_policy()
@@ -291,26 +260,6 @@ def load_checkpoint(run: Path, trainer: keras.Model) -> TrainState:
         for i, var in enumerate(variables):
             var.assign(stored[f"v{i}"])
     return TrainState(**json.loads((run / "state.json").read_text()))
-
-
-class averaged_weights:  # noqa: N801 (a context manager read as a phrase)
-    """Within the block the model holds its EMA weights with matching BatchNorm statistics."""
-
-    def __init__(self, model, trainer, images: np.ndarray, size: int, batches: int) -> None:
-        self.model, self.trainer, self.images = model, trainer, images
-        self.size, self.batches = size, batches
-
-    def __enter__(self):
-        self.backup = [np.asarray(v) for v in self.trainer.weights]
-        if self.trainer.optimizer.use_ema:
-            self.trainer.optimizer.finalize_variable_values(self.trainer.trainable_variables)
-            # The moving statistics followed the raw weights; the average needs its own.
-            reestimate_batchnorm(self.model, self.images, self.size, self.batches)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for var, value in zip(self.trainer.weights, self.backup, strict=True):
-            var.assign(value)
 
 
 def _training_dataset(data: TrainingData, args, size: int, epoch: int):
