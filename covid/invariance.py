@@ -22,10 +22,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from covid.evaluation.artefacts import default_split
+from covid.evaluation.cli import run_offline_tool
 from covid.evaluation.invariance import ALTERATIONS, sample_groups, score_altered, shifts
 from covid.evaluation.scoring import load_scorer, split_side
 from covid.flags import add_data, add_model_flags, add_out
-from covid.model.metadata import ModelFileError
 
 LOG = logging.getLogger("covid.invariance")
 
@@ -72,12 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         SystemExit: 1 when a model cannot be loaded (missing, altered, or not
             trained with that lung segmenter).
     """
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        _run(args)
-    except ModelFileError as err:
-        raise SystemExit(f"error: {err}") from None
+    run_offline_tool(_run, build_parser().parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> None:

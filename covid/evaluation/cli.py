@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from covid.evaluation.evaluate import evaluate
@@ -28,6 +29,25 @@ from covid.model.metadata import ModelFileError
 from covid.settings import settings
 
 LOG = logging.getLogger("covid.evaluate")
+
+
+def run_offline_tool(run: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:
+    """Runs an evaluation tool (``covid.evaluate``, ``covid.invariance``): timed log lines.
+
+    Args:
+        run: The tool's body.
+        args: Its parsed flags.
+
+    Raises:
+        SystemExit: 1, with one line naming the file and the reason (no traceback),
+            when a model cannot be loaded (missing, altered, or not trained with
+            that lung segmenter).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        run(args)
+    except ModelFileError as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -74,12 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             loaded (missing, altered, or not trained with that lung segmenter); a
             message for a missing layer.
     """
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    try:
-        _run(args)
-    except ModelFileError as err:
-        raise SystemExit(f"error: {err}") from None
+    run_offline_tool(_run, parse_args(argv))
 
 
 def _run(args: argparse.Namespace) -> None:
