@@ -31,6 +31,9 @@ CANDIDATES: tuple[tuple[str, str], ...] = (
 )
 """(backend, precision policy) pairs the probe tries."""
 
+MODELS = ("resnet50", "unet", "guided")
+"""What the probe can time: the plain classifier, the lung U-Net, or the trainer's step."""
+
 _PROBE_TIMEOUT_S = 300
 
 
@@ -49,7 +52,7 @@ def probe_one(
     Args:
         backend: ``"tensorflow"`` or ``"torch"``.
         precision: A Keras dtype policy name.
-        model: ``"resnet50"`` or ``"unet"``.
+        model: One of :data:`MODELS`.
         size: Square image side.
         batch: Images per step.
         steps: Timed steps (after two untimed warm-up steps).
@@ -184,11 +187,30 @@ def probe_record() -> list[dict]:
     return json.loads(os.environ.get("COVID_BACKEND_PROBE", "[]"))
 
 
-def _time_training(model_name: str, precision: str, size: int, batch: int, steps: int) -> dict:
+def _probe_model(model_name: str, size: int, batch: int):
+    """A compiled model to time, with one batch of random inputs and targets.
+
+    ``"guided"`` is the three-class trainer exactly as ``python -m covid.train``
+    builds it with its defaults (dilated last stage, map outputs and loss, AdamW
+    with the weights' average), so that its timing is the trainer's step.
+
+    Returns:
+        ``(model, x, y)``: x is (batch, size, size, 1) float32 in [0, 255].
+    """
     import keras
     import numpy as np
 
-    keras.mixed_precision.set_global_policy(precision)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (batch, size, size, 1)).astype(np.float32)
+    if model_name == "guided":
+        from covid.training.train import build_training, parse_args
+
+        args = parse_args([])
+        _, model = build_training(args, total_steps=1000)
+        cells = size // args.output_stride
+        y = {"probs": np.eye(3, dtype=np.float32)[rng.integers(0, 3, batch)],
+             "cams": rng.uniform(size=(batch, cells, cells, 2)).astype(np.float32)}
+        return model, x, y
     if model_name == "unet":
         from covid.model.lungs import build_unet
 
@@ -201,9 +223,14 @@ def _time_training(model_name: str, precision: str, size: int, batch: int, steps
         y_shape = (batch, model.output_shape[-1])
         loss = "categorical_crossentropy"
     model.compile(optimizer=keras.optimizers.AdamW(1e-4), loss=loss)
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (batch, size, size, 1)).astype(np.float32)
-    y = (rng.uniform(size=y_shape) > 0.5).astype(np.float32)
+    return model, x, (rng.uniform(size=y_shape) > 0.5).astype(np.float32)
+
+
+def _time_training(model_name: str, precision: str, size: int, batch: int, steps: int) -> dict:
+    import keras
+
+    keras.mixed_precision.set_global_policy(precision)
+    model, x, y = _probe_model(model_name, size, batch)
     for _ in range(2):
         model.train_on_batch(x, y)
     tick = time.perf_counter()
@@ -214,22 +241,34 @@ def _time_training(model_name: str, precision: str, size: int, batch: int, steps
     return {"img_per_s": rate, "keras_backend": keras.backend.backend()}
 
 
+def _candidates(text: str) -> tuple[tuple[str, str], ...]:
+    """``--candidates``: ``"torch:float32,tensorflow:float32"`` as (backend, precision) pairs."""
+    pairs = tuple(tuple(item.split(":", 1)) for item in text.split(",") if item)
+    if not pairs or any(len(pair) != 2 for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected BACKEND:PRECISION,..., got {text!r}")
+    return pairs
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m covid.training.backend``: probe every candidate, or time one (``--probe``)."""
     parser = argparse.ArgumentParser(prog="python -m covid.training.backend",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--probe", action="store_true", help="time this process's backend only")
-    parser.add_argument("--model", default="resnet50", choices=("resnet50", "unet"))
+    parser.add_argument("--model", default="resnet50", choices=MODELS,
+                        help="guided: the three-class trainer's own step (its defaults)")
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--candidates", type=_candidates, default=CANDIDATES,
+                        help="BACKEND:PRECISION,... to time (default: every candidate; bf16 "
+                             "emulated in software takes minutes)")
     args = parser.parse_args(argv)
     if args.probe:
         print(json.dumps(_time_training(args.model, args.precision, args.size, args.batch,
                                         args.steps)))
         return
-    results = probe(args.model, args.size, args.batch, args.steps)
+    results = probe(args.model, args.size, args.batch, args.steps, args.candidates)
     print(json.dumps({"results": results, "fastest": fastest(results)}, indent=1))
 
 

@@ -1,5 +1,6 @@
 """Backend probing and choice, and cross-backend equality of saved models."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from covid.training.backend import _without_options, fastest, probe_one
+from covid.training.backend import _candidates, _without_options, fastest, probe_one
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,10 +49,18 @@ def test_a_failing_candidate_is_reported_not_raised():
 
 
 @pytest.mark.slow
-def test_probe_times_a_real_backend():
-    result = probe_one("tensorflow", "float32", "unet", 32, 2, 1)
+@pytest.mark.parametrize("model", ["unet", "guided"])  # guided: the trainer's own step
+def test_probe_times_a_real_backend(model):
+    result = probe_one("tensorflow", "float32", model, 32, 2, 1)
     assert result["img_per_s"] > 0, result
     assert result["keras_backend"] == "tensorflow"
+
+
+def test_candidates_flag_names_backend_and_precision_pairs():
+    assert _candidates("torch:float32,tensorflow:mixed_bfloat16") == (
+        ("torch", "float32"), ("tensorflow", "mixed_bfloat16"))
+    with pytest.raises(argparse.ArgumentTypeError, match="BACKEND:PRECISION"):
+        _candidates("torch")
 
 
 _SAVE_ON_TORCH = """
