@@ -23,6 +23,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from covid.training.probe_record import PROBE_ENV
+
 CANDIDATES: tuple[tuple[str, str], ...] = (
     ("tensorflow", "float32"),
     ("tensorflow", "mixed_bfloat16"),
@@ -122,7 +124,7 @@ def select_backend(argv: Sequence[str], module: str, model: str, size: int) -> N
     from ``argv``. With ``auto`` every candidate is probed and the fastest wins;
     the run then re-executes as ``python -m module ... --backend B --precision P``
     with ``KERAS_BACKEND`` set, and the probe's figures travel in
-    ``COVID_BACKEND_PROBE``. Call it before anything imports Keras.
+    ``PROBE_ENV``. Call it before anything imports Keras.
 
     Args:
         argv: The command line (without the program name).
@@ -138,7 +140,7 @@ def select_backend(argv: Sequence[str], module: str, model: str, size: int) -> N
     if backend == "auto":
         results = probe(model, size)
         best = fastest(results)
-        os.environ["COVID_BACKEND_PROBE"] = json.dumps(results)
+        os.environ[PROBE_ENV] = json.dumps(results)
         backend, precision = best["backend"], best["precision"]
     if precision == "auto":
         precision = "float32"
@@ -180,11 +182,6 @@ def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
             continue
         out.append(arg)
     return out
-
-
-def probe_record() -> list[dict]:
-    """The probe results handed down by :func:`select_backend` (empty when none ran)."""
-    return json.loads(os.environ.get("COVID_BACKEND_PROBE", "[]"))
 
 
 def _probe_model(model_name: str, size: int, batch: int):

@@ -42,11 +42,11 @@ from covid.model.classes import CLASS_NAMES, COVID
 from covid.model.metadata import ModelMetadata
 from covid.model.network import build_model, save_with_metadata
 from covid.training.averaging import averaged_weights, reestimate_batchnorm
-from covid.training.backend import probe_record
 from covid.training.catalogue import data_dir
 from covid.training.guided import OutsideLungsLoss, cell_shares, guided_model, map_loss_kind
 from covid.training.inputs import TrainingData, balanced_batches, prepare_data
 from covid.training.metrics import validation_record
+from covid.training.probe_record import probe_record
 from covid.training.resume import check_same_recipe
 
 LOG = logging.getLogger("covid.training.train")

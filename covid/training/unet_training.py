@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from covid.training.backend import probe_record
+from covid.training.probe_record import probe_record
 
 LOG = logging.getLogger("covid.training.unet_training")
 
