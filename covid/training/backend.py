@@ -123,8 +123,9 @@ def select_backend(argv: Sequence[str], module: str, model: str, size: int) -> N
     Reads ``--backend`` (``auto``, ``tensorflow`` or ``torch``) and ``--precision``
     from ``argv``. With ``auto`` every candidate is probed and the fastest wins;
     the run then re-executes as ``python -m module ... --backend B --precision P``
-    with ``KERAS_BACKEND`` set, and the probe's figures travel in
-    ``PROBE_ENV``. Call it before anything imports Keras.
+    with ``KERAS_BACKEND`` set, and the probe's figures travel in the
+    environment variable :data:`~covid.training.probe_record.PROBE_ENV`. Call it before
+    anything imports Keras.
 
     Args:
         argv: The command line (without the program name).
@@ -200,12 +201,14 @@ def _probe_model(model_name: str, size: int, batch: int):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, size, size, 1)).astype(np.float32)
     if model_name == "guided":
+        from covid.model.classes import CLASS_NAMES
         from covid.training.train import build_training, parse_args
 
         args = parse_args([])
         _, model = build_training(args, total_steps=1000)
         cells = size // args.output_stride
-        y = {"probs": np.eye(3, dtype=np.float32)[rng.integers(0, 3, batch)],
+        y = {"probs": np.eye(len(CLASS_NAMES), dtype=np.float32)[
+                 rng.integers(0, len(CLASS_NAMES), batch)],
              "cams": rng.uniform(size=(batch, cells, cells, 2)).astype(np.float32)}
         return model, x, y
     if model_name == "unet":
