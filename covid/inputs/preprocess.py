@@ -67,10 +67,25 @@ FOCUS_MODES = ("full", "crop", "attenuate", "crop+attenuate", "crop+mask")
 the outside of the lungs attenuated, both together, or the box with the outside
 of the (slightly grown, softened) lungs blacked out."""
 
-CONTRASTS = ("none", "equalise")
+CONTRASTS = ("none", "equalise", "equalise-film", "window-film", "standardise-film")
 """How the input's grey levels are standardised: kept as the film has them (v3 and
-earlier), or histogram-equalised over the film inside the lung box, so that a film's
-exposure, contrast and processing say nothing about its class (DeGrave et al. 2021)."""
+earlier), histogram-equalised over the film inside the lung box, or over the whole film
+before the box is cut; windowed over the whole film (:data:`WINDOW_PERCENTILES`); or
+standardised by the whole film's median and interquartile range (:data:`STANDARD_SPREAD`).
+
+Either equalisation makes a film's exposure, contrast and processing say nothing about
+its class (DeGrave et al. 2021), since it is unchanged by any increasing map of the grey
+levels, but it keeps only their order. The two linear maps keep their spacing, and are
+unchanged by a shift or scaling of the grey levels. The window's percentiles sit where a
+darker exposure clips the film to black, so it follows exposure after all; the median
+and quartiles lie inside the body, away from the clipping."""
+
+WINDOW_PERCENTILES = (1.0, 99.0)
+"""The film's percentiles that ``window-film`` stretches to black and white."""
+
+STANDARD_SPREAD = 64.0
+"""Grey levels that ``standardise-film`` gives the film's interquartile range, about
+the median at 128: about 0.4% of lung pixels clip (1.7% for the 95th-percentile film)."""
 
 OUTSIDE_WEIGHT = 0.3
 """Intensity kept outside the (dilated, softened) lung fields by ``attenuate``."""
@@ -163,6 +178,41 @@ def equalise(x: np.ndarray, inside: np.ndarray) -> np.ndarray:
     return np.where(inside, out, 0).astype(np.uint8)
 
 
+def window(pixels: np.ndarray, percentiles: tuple[float, float] = WINDOW_PERCENTILES
+           ) -> np.ndarray:
+    """Stretches a film linearly so that two of its percentiles become black and white.
+
+    Args:
+        pixels: (H, W) uint8 film.
+        percentiles: The low and high percentile of the film's grey levels.
+
+    Returns:
+        (H, W) uint8 film; a film with one grey level is returned unchanged.
+    """
+    low, high = np.percentile(pixels, percentiles)
+    if high <= low:
+        return pixels
+    out = (pixels.astype(np.float32) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def standardise(pixels: np.ndarray, spread: float = STANDARD_SPREAD) -> np.ndarray:
+    """Maps a film's median to grey 128 and its interquartile range to ``spread`` levels.
+
+    Args:
+        pixels: (H, W) uint8 film.
+        spread: Grey levels between the mapped quartiles.
+
+    Returns:
+        (H, W) uint8 film; a film whose quartiles coincide is returned unchanged.
+    """
+    low, median, high = np.percentile(pixels, (25, 50, 75))
+    if high <= low:
+        return pixels
+    out = 128.0 + (pixels.astype(np.float32) - median) * (spread / (high - low))
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def _soft_weight(mask: np.ndarray, outside: float) -> np.ndarray:
     """Per-pixel weights: 1 in the (slightly dilated) lungs, ``outside`` far from them."""
     from scipy import ndimage
@@ -192,8 +242,9 @@ def lung_focus(
         size: The classifier's input side.
         mode: One of :data:`FOCUS_MODES`.
         outside: Intensity weight outside the lungs for the ``attenuate`` modes.
-        contrast: One of :data:`CONTRASTS`, applied to the box (the whole film
-            for ``full``) before any attenuation.
+        contrast: One of :data:`CONTRASTS`: ``equalise`` over the box (the whole
+            film for ``full``); the ``-film`` ones over the film before the box
+            is cut; each before any attenuation.
 
     Returns:
         ``(x, box)``: the (size, size, 1) uint8 model input, and the film region
@@ -209,6 +260,12 @@ def lung_focus(
         raise ValueError(f"unknown contrast {contrast!r}; expected one of {CONTRASTS}")
     if pixels.ndim != 2 or pixels.dtype != np.uint8:
         raise ValueError(f"expected a (H, W) uint8 image, got {pixels.shape} {pixels.dtype}")
+    if contrast == "equalise-film":
+        pixels = equalise(pixels, np.ones(pixels.shape, bool))
+    elif contrast == "window-film":
+        pixels = window(pixels)
+    elif contrast == "standardise-film":
+        pixels = standardise(pixels)
     if mode == "full":
         x = to_model_input(pixels, size)
         if contrast == "equalise":

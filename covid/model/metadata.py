@@ -81,8 +81,11 @@ class ModelMetadata(JsonMetadata):
         lung_model_sha256: SHA-256 of the lung segmenter the classifier was trained
             with (empty for ``full``).
         input_contrast: How the input's grey levels are standardised
-            (``covid.inputs.preprocess.CONTRASTS``): ``none`` (v3 and earlier) or
-            ``equalise`` (histogram equalisation over the lung box).
+            (``covid.inputs.preprocess.CONTRASTS``): ``none`` (v3 and earlier),
+            ``equalise`` (histogram equalisation over the lung box),
+            ``equalise-film`` (over the whole film), ``window-film`` (the film's
+            percentiles stretched linearly) or ``standardise-film`` (its median
+            and quartiles).
         gradcam_layer: Name of the layer Grad-CAM explains.
         map_grid: ``[rows, cols]`` of the Grad-CAM grid over the input at
             ``input_size`` (empty for models that predate the field).

@@ -38,6 +38,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from covid.inputs.preprocess import CONTRASTS
 from covid.model.classes import CLASS_NAMES, COVID
 from covid.model.metadata import ModelMetadata
 from covid.model.network import build_model, save_with_metadata
@@ -501,7 +502,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps-per-epoch", type=int, default=100)
     p.add_argument("--output-stride", type=int, default=16, choices=(16, 32),
                    help="input pixels per map cell: 16 dilates the last stage")
-    p.add_argument("--contrast", default="equalise", help="input contrast: none or equalise")
+    p.add_argument("--contrast", default="equalise", choices=CONTRASTS,
+                   help="how the input's grey levels are standardised")
     p.add_argument("--adult-share", type=float, default=2 / 3,
                    help="share of the draws from the adults' strata")
     p.add_argument("--batch-size", type=int, default=32)
