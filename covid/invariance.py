@@ -9,8 +9,10 @@ Scores validation films unaltered and under each alteration of
 :data:`covid.evaluation.invariance.ALTERATIONS` (JPEG, gamma, exposure, contrast,
 blur, noise), through the serving path, and prints per model and per group of
 films (true class, source, age) the mean change of calibrated P(any finding) and
-the share sent home, at the model's own temperature and operating point. Writes
-nothing but ``--out`` (JSON).
+the share sent home, at the model's own temperature and operating point. With
+``--contrasts``, it runs no network: it prints how far each alteration moves the
+input of ``--model``'s size and focus under each standardisation named, to screen
+one before training on it. Writes nothing but ``--out`` (JSON).
 """
 
 from __future__ import annotations
@@ -23,9 +25,17 @@ from pathlib import Path
 
 from covid.evaluation.artefacts import default_split
 from covid.evaluation.cli import run_offline_tool
-from covid.evaluation.invariance import ALTERATIONS, sample_groups, score_altered, shifts
+from covid.evaluation.invariance import (
+    ALTERATIONS,
+    input_changes,
+    sample_groups,
+    score_altered,
+    shifts,
+)
 from covid.evaluation.scoring import load_scorer, split_side
 from covid.flags import add_data, add_model_flags, add_out
+from covid.inputs.preprocess import CONTRASTS
+from covid.training.catalogue import Catalogue
 
 LOG = logging.getLogger("covid.invariance")
 
@@ -44,8 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_data(parser)
     parser.add_argument("--per-group", type=int, default=100,
                         help="validation films per group (true class, source, age)")
+    parser.add_argument("--contrasts", type=_contrasts, default=None,
+                        help="comma-separated standardisations: measure how far each "
+                             f"alteration moves the input under each ({', '.join(CONTRASTS)}); "
+                             "no network runs")
     add_out(parser, "the figures as JSON", metavar="JSON")
     return parser
+
+
+def _contrasts(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(CONTRASTS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown {unknown}; expected some of {CONTRASTS}")
+    return names
+
+
+def inputs_markdown(changes: dict) -> str:
+    """One table per standardisation: each alteration's mean change of the input, by group."""
+    parts = []
+    for contrast, figures in changes.items():
+        groups = list(next(iter(figures.values())))
+        head = "| alteration | " + " | ".join(groups) + " |\n|" + " --- |" * (len(groups) + 1)
+        rows = [f"| {name} | " + " | ".join(f"{v:.1f}" for v in row.values()) + " |"
+                for name, row in figures.items()]
+        parts.append(f"### input standardised by `{contrast}`: mean change, grey levels "
+                     f"per pixel\n\n{head}\n" + "\n".join(rows) + "\n")
+    return "\n".join(parts)
 
 
 def markdown(model: str, figures: dict) -> str:
@@ -78,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
 def _run(args: argparse.Namespace) -> None:
     record = json.loads((args.split or default_split(args.model)).read_text())
     films = sample_groups(split_side(record, "val", args.data), args.per_group)
+    if args.contrasts:
+        _screen_inputs(args, films)
+        return
     paths = [args.model] + ([args.compare] if args.compare else [])
     loaded = [load_scorer(path, args.lung_model) for path in paths]
     LOG.info("%d validation films, %d alterations, %d model(s)", len(films.names),
@@ -95,6 +133,19 @@ def _run(args: argparse.Namespace) -> None:
                                         for a, row in figures.items()}}
     if args.out:
         args.out.write_text(json.dumps(report, indent=1))
+
+
+def _screen_inputs(args: argparse.Namespace, films: Catalogue) -> None:
+    """``--contrasts``: the inputs' changes at ``--model``'s size and focus, no network."""
+    classifier, segmenter = load_scorer(args.model, args.lung_model)
+    meta = classifier.metadata
+    LOG.info("%d validation films, %d alterations, inputs only", len(films.names),
+             len(ALTERATIONS))
+    changes = input_changes(segmenter, films, ALTERATIONS, args.contrasts, meta.input_size,
+                            meta.input_mode)
+    print(inputs_markdown(changes))
+    if args.out:
+        args.out.write_text(json.dumps({"input_changes": changes}, indent=1))
 
 
 if __name__ == "__main__":

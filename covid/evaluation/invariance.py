@@ -106,6 +106,24 @@ def sample_groups(films: Catalogue, per_group: int, seed: int = 0) -> Catalogue:
     return films.subset(np.sort(np.concatenate(pick)))
 
 
+def _altered_chunks(segmenter, films: Catalogue, alterations: dict[str, Alteration],
+                    chunk: int, seed: int):
+    """Yields ``(start, name, altered films, their lung segmentations)``, chunk by chunk.
+
+    Within a chunk, :data:`UNALTERED` comes first; the segmenter runs on each altered
+    film, as serving would (None: whole-film inputs only, no segmentation).
+    """
+    steps = {UNALTERED: lambda film, rng: film, **alterations}
+    for start in range(0, len(films.names), chunk):
+        raw = [read_image(p).pixels for p in films.paths[start:start + chunk]]
+        for name, alter in steps.items():
+            rng = np.random.default_rng([seed, start])
+            altered = [alter(film, rng) for film in raw]
+            lungs = (segmenter.segment_batch(altered) if segmenter is not None
+                     else [None] * len(altered))
+            yield start, name, altered, lungs
+
+
 def score_altered(classifiers: Sequence, segmenter, films: Catalogue,
                   alterations: dict[str, Alteration], chunk: int = 32, seed: int = 0
                   ) -> list[dict[str, np.ndarray]]:
@@ -126,22 +144,54 @@ def score_altered(classifiers: Sequence, segmenter, films: Catalogue,
     Returns:
         Per classifier, ``{name: (N, C) logits}`` for :data:`UNALTERED` and each alteration.
     """
-    steps = {UNALTERED: lambda film, rng: film, **alterations}
-    out: list[dict[str, list]] = [{name: [] for name in steps} for _ in classifiers]
-    for start in range(0, len(films.names), chunk):
-        raw = [read_image(p).pixels for p in films.paths[start:start + chunk]]
-        for name, alter in steps.items():
-            rng = np.random.default_rng([seed, start])
-            altered = [alter(film, rng) for film in raw]
-            lungs = (segmenter.segment_batch(altered) if segmenter is not None
-                     else [None] * len(altered))
-            for logits, classifier in zip(out, classifiers, strict=True):
-                meta = classifier.metadata
-                x = np.stack([focus_film(f, s, meta.input_size, meta.input_mode,
-                                         meta.input_contrast).x
-                              for f, s in zip(altered, lungs, strict=True)])
-                logits[name].append(classifier.forward_batch(x.astype(np.float32))[0])
+    out: list[dict[str, list]] = [{} for _ in classifiers]
+    for _, name, altered, lungs in _altered_chunks(segmenter, films, alterations, chunk, seed):
+        for logits, classifier in zip(out, classifiers, strict=True):
+            meta = classifier.metadata
+            x = np.stack([focus_film(f, s, meta.input_size, meta.input_mode,
+                                     meta.input_contrast).x
+                          for f, s in zip(altered, lungs, strict=True)])
+            logits.setdefault(name, []).append(classifier.forward_batch(x.astype(np.float32))[0])
     return [{name: np.concatenate(parts) for name, parts in per.items()} for per in out]
+
+
+def input_changes(segmenter, films: Catalogue, alterations: dict[str, Alteration],
+                  contrasts: Sequence[str], size: int, mode: str, chunk: int = 32,
+                  seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
+    """How far each alteration moves the model's input, per standardisation; no network.
+
+    Screens a standardisation (:data:`covid.inputs.preprocess.CONTRASTS`) before a
+    network is trained on it: an input that does not move cannot move a decision.
+
+    Args:
+        segmenter: The lung segmenter (None for ``mode`` ``full``).
+        films: The films.
+        alterations: Alterations by name.
+        contrasts: The standardisations to compare.
+        size: The input side.
+        mode: The input's focus mode.
+        chunk: Films read and segmented at a time.
+        seed: Seed of the random alterations.
+
+    Returns:
+        ``{contrast: {alteration: {group: mean absolute change}}}``, in grey levels per
+        input pixel, averaged over each group's films (:func:`group_names`).
+    """
+    groups = group_names(films)
+    change = {c: {a: np.zeros(len(films.names)) for a in alterations} for c in contrasts}
+    plain: dict[str, list[np.ndarray]] = {}
+    for start, name, altered, lungs in _altered_chunks(segmenter, films, alterations, chunk,
+                                                        seed):
+        for contrast in contrasts:
+            x = [focus_film(f, s, size, mode, contrast).x.astype(np.float32)
+                 for f, s in zip(altered, lungs, strict=True)]
+            if name == UNALTERED:
+                plain[contrast] = x
+                continue
+            change[contrast][name][start:start + len(x)] = [
+                np.abs(a - b).mean() for a, b in zip(x, plain[contrast], strict=True)]
+    return {c: {a: {str(g): float(v[groups == g].mean()) for g in np.unique(groups)}
+                for a, v in per.items()} for c, per in change.items()}
 
 
 @dataclass(frozen=True)

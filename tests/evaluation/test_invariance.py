@@ -11,6 +11,7 @@ from covid.evaluation.invariance import (
     ALTERATIONS,
     UNALTERED,
     group_names,
+    input_changes,
     sample_groups,
     score_altered,
     shifts,
@@ -142,3 +143,37 @@ def test_the_command_prints_both_models_tables_and_writes_the_figures(tmp_path, 
     assert set(reader) == set(ALTERATIONS)
     assert all(s["n"] == 2 for s in reader["exposure +15%"].values())
     assert min(s["delta_p_finding"] for s in reader["exposure +15%"].values()) > 0.05
+
+
+def test_input_changes_show_what_each_standardisation_ignores(tmp_path):
+    films = split_side(json.loads(three_class_split(tmp_path).read_text()), "val")
+    changes = input_changes(None, films, ALTERATIONS, ["none", "standardise-film",
+                                                       "equalise-film"], 48, "full", chunk=4)
+    assert set(changes) == {"none", "standardise-film", "equalise-film"}
+    assert set(changes["none"]) == set(ALTERATIONS)
+    assert set(changes["none"]["gamma 0.75"]) == set(group_names(films))
+    raw, linear, ranked = (changes[c] for c in ("none", "standardise-film", "equalise-film"))
+    for group, moved in raw["exposure +15%"].items():
+        assert moved > 20, group
+        assert raw["contrast x0.75"][group] > 3, group
+        for name in ("exposure +15%", "exposure -15%", "contrast x0.75"):
+            assert linear[name][group] < 2, (name, group)
+        assert linear["gamma 1.33"][group] > 2 * ranked["gamma 1.33"][group], group
+
+
+def test_the_command_screens_inputs_without_a_network(tmp_path, capsys, tiny_lung_file):
+    split = three_class_split(tmp_path)
+    path = tmp_path / "reader" / "model.keras"
+    save_with_metadata(_brightness_reader(8.0), tiny_metadata_for(1.0, 0.5), path)
+    out = tmp_path / "inputs.json"
+    invariance.main(["--model", str(path), "--split", str(split), "--lung-model",
+                     str(tiny_lung_file), "--per-group", "2", "--contrasts",
+                     "none,window-film", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "input standardised by `none`" in printed and "`window-film`" in printed
+    assert "Mean change of P(any finding)" not in printed
+    changes = json.loads(out.read_text())["input_changes"]
+    assert set(changes) == {"none", "window-film"}
+    assert min(changes["none"]["exposure +15%"].values()) > 20
+    with pytest.raises(SystemExit):
+        invariance.main(["--model", str(path), "--contrasts", "clahe"])
