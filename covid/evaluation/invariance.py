@@ -2,7 +2,7 @@
 
 Issue 27 asks that a film's look say nothing about its class: v4 trains on films
 that are all JPEG-recompressed and put under strong exposure, contrast, gamma, blur
-and noise changes, and its served input is histogram-equalised over the lung box.
+and noise changes, and its served input's grey levels are standardised (``input_contrast``).
 This measures whether that worked, on the validation split and film by film: each
 film is altered the way sites and scanners differ (:data:`ALTERATIONS`) *before*
 the one serving path (segmentation, focus, the network), and its calibrated
