@@ -214,6 +214,14 @@ def standardise(pixels: np.ndarray, spread: float = STANDARD_SPREAD) -> np.ndarr
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+_FILM_STANDARDISERS = {
+    "equalise-film": lambda pixels: equalise(pixels, np.ones(pixels.shape, bool)),
+    "window-film": window,
+    "standardise-film": standardise,
+}
+"""The standardisations applied to the whole film, before the box is cut, by name."""
+
+
 def _soft_weight(mask: np.ndarray, outside: float) -> np.ndarray:
     """Per-pixel weights: 1 in the (slightly dilated) lungs, ``outside`` far from them."""
     from scipy import ndimage
@@ -261,12 +269,8 @@ def lung_focus(
         raise ValueError(f"unknown contrast {contrast!r}; expected one of {CONTRASTS}")
     if pixels.ndim != 2 or pixels.dtype != np.uint8:
         raise ValueError(f"expected a (H, W) uint8 image, got {pixels.shape} {pixels.dtype}")
-    if contrast == "equalise-film":
-        pixels = equalise(pixels, np.ones(pixels.shape, bool))
-    elif contrast == "window-film":
-        pixels = window(pixels)
-    elif contrast == "standardise-film":
-        pixels = standardise(pixels)
+    if contrast in _FILM_STANDARDISERS:
+        pixels = _FILM_STANDARDISERS[contrast](pixels)
     if mode == "full":
         x = to_model_input(pixels, size)
         if contrast == "equalise":
